@@ -1,0 +1,420 @@
+"""The one typed configuration: schema, defaults, YAML loading and dotted overrides.
+
+No ML imports here: `--help`, `--print-config` and every config error answer without torch.
+Defaults live in this schema only; the rest of the code reads `cfg.section.key`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class UserError(Exception):
+    """An error in what the user gave us (config, data, paths). Printed as-is, exit code 2."""
+
+
+class ConfigError(UserError):
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        lines = [f"{source}: {len(problems)} problem(s):"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+ALL_LINEAR = "all-linear"
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+class ModelSection(_Section):
+    name: str = Field(
+        "unsloth/Qwen2.5-0.5B-Instruct-bnb-4bit",
+        description="Hub id, local model directory, or 'random:<shape>' for a random-init model "
+        "built locally (shapes: tiny, llama-1b, qwen-1.5b, llama-8b).",
+    )
+    backend: Literal["unsloth", "transformers"] = "unsloth"
+    max_seq_length: int = Field(2048, ge=16)
+    load_in_4bit: bool = True
+    load_in_8bit: bool = False
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    gradient_checkpointing: Union[Literal["unsloth"], bool] = "unsloth"
+    attn_implementation: Optional[str] = Field(
+        None, description="transformers backend only: sdpa, eager, flex_attention; None = library default"
+    )
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    random_init_dir: str = Field(
+        "data/models", description="where 'random:<shape>' models are built and cached"
+    )
+
+    @model_validator(mode="after")
+    def _one_quantization(self):
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are both true; pick one (or neither for 16-bit)")
+        return self
+
+
+class LoraSection(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Union[list[str], str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        description="list of module names, a regex string, or 'all-linear'",
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    loftq: bool = Field(False, description="initialise LoRA with LoftQ (needs a 16-bit load)")
+    loftq_bits: Literal[2, 4, 8] = 4
+    loftq_iter: int = Field(1, ge=1)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("target_modules is empty; give module names, a regex, or 'all-linear'")
+        if isinstance(v, str) and v != ALL_LINEAR:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"target_modules is not a valid regex: {e}") from None
+        return v
+
+
+class SourceSpec(_Section):
+    """A data source: local file/directory (`path`) or a hub dataset (`name`)."""
+
+    path: Optional[str] = None
+    name: Optional[str] = None
+    config: Optional[str] = None
+    split: Optional[str] = None
+    streaming: bool = False
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N rows")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of 'path' (local file or directory) or 'name' (hub dataset)")
+        return self
+
+
+def _coerce_source(v):
+    # A bare string is a local path when it looks like one, else a hub dataset name.
+    if v is None or isinstance(v, (dict, SourceSpec)):
+        return v
+    if isinstance(v, str):
+        looks_local = v.startswith((".", "/", "~")) or os.path.splitext(v)[1] != "" or os.path.exists(v)
+        return {"path": v} if looks_local else {"name": v}
+    return v
+
+
+class DataSection(_Section):
+    train: Optional[SourceSpec] = None
+    validation: Optional[SourceSpec] = None
+    test: Optional[SourceSpec] = None
+    validation_size: Union[int, float] = Field(
+        0.05, description="rows (int) or fraction (float) carved out of train when no validation source"
+    )
+    test_size: Union[int, float] = Field(0, description="as validation_size, for the test split")
+    split_seed: int = 42
+    document_column: Optional[str] = None
+    summary_column: Optional[str] = None
+    id_column: Optional[str] = None
+    instruction: str = "Summarize the following text."
+    prompt_template: str = Field(
+        "{instruction}\n\n{document}",
+        description="user-turn text; must contain {document}; {instruction} is optional",
+    )
+    template: str = Field(
+        "auto",
+        description="'auto' (the tokenizer's chat template if it has one, else plain), 'plain', "
+        "or a chat template name known to Unsloth's get_chat_template (chatml, llama-3, qwen-2.5, ...)",
+    )
+    plain_response_prefix: str = Field("\n\nSummary:\n", description="plain template: text between prompt and summary")
+    truncation: Literal["head", "head_tail", "drop"] = "head"
+    on_bad_rows: Literal["drop", "error"] = "drop"
+    num_proc: Optional[int] = Field(None, ge=1, description="tokenization processes; None = one per core, at most 8")
+    cache: bool = True
+
+    _coerce = field_validator("train", "validation", "test", mode="before")(_coerce_source)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_document(cls, v):
+        if "{document}" not in v:
+            raise ValueError("prompt_template must contain '{document}'")
+        return v
+
+    @field_validator("validation_size", "test_size")
+    @classmethod
+    def _size(cls, v):
+        if isinstance(v, float) and not 0.0 <= v < 1.0:
+            raise ValueError("a fractional size must be in [0, 1)")
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a row count must be >= 0")
+        return v
+
+
+class EarlyStopSpec(_Section):
+    metric: str = Field("eval_rougeL", description="any logged eval metric, e.g. eval_rougeL or eval_loss")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainSection(_Section):
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+    ] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0, description="> 0 overrides warmup_ratio")
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optim: str = Field("adamw_8bit", description="any transformers optimizer name; adamw_8bit needs bitsandbytes + GPU")
+    logging_steps: int = Field(10, ge=1)
+    eval_strategy: Literal["no", "steps", "epoch"] = "steps"
+    eval_steps: int = Field(100, ge=1)
+    save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: Optional[int] = Field(3, ge=1)
+    seed: int = 3407
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str = "eval_rougeL"
+    greater_is_better: Optional[bool] = Field(None, description="None = inferred from the metric name")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU"
+    )
+    resume: str = Field("auto", description="'auto' (newest complete checkpoint), 'never', or a checkpoint path")
+    dataloader_num_workers: int = Field(0, ge=0)
+    early_stopping: list[EarlyStopSpec] = Field(
+        default_factory=list, description="e.g. [{metric: eval_rougeL, patience: 3, min_delta: 0.005}]"
+    )
+
+    @field_validator("optim")
+    @classmethod
+    def _optim(cls, v):
+        from_transformers = {
+            "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit",
+            "paged_adamw_32bit", "adafactor", "sgd", "adagrad", "lion_8bit", "paged_lion_8bit",
+            "lion_32bit", "rmsprop", "adamw_anyprecision",
+        }
+        if v not in from_transformers:
+            raise ValueError(f"unknown optimizer {v!r}; one of: {', '.join(sorted(from_transformers))}")
+        return v
+
+    @field_validator("resume")
+    @classmethod
+    def _resume(cls, v):
+        if not v:
+            raise ValueError("resume must be 'auto', 'never' or a checkpoint path")
+        return v
+
+
+class EvalSection(_Section):
+    rouge: bool = Field(True, description="generate summaries and score ROUGE on the validation split")
+    base_eval: bool = Field(True, description="score the untrained model once before training ('base' in metrics.json)")
+    num_samples: int = Field(64, ge=1, description="validation rows generated at each evaluation (fixed, seeded subset)")
+    batch_size: int = Field(8, ge=1, description="generation batch size (separate from training)")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="None = derived from reference summary lengths")
+    num_beams: int = Field(1, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    sample_seed: int = 1234
+    every_steps: Optional[int] = Field(None, ge=1, description="ROUGE every N steps; None = every train.eval_steps")
+    log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
+
+
+class OutputSection(_Section):
+    run_name: str = "summarizer"
+    dir: Optional[str] = Field(None, description="checkpoints and logs; default outputs/<run_name>")
+    model_dir: Optional[str] = Field(None, description="final model; default fine_tuned/<run_name>")
+
+    @field_validator("run_name")
+    @classmethod
+    def _name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("run_name may use letters, digits, '.', '_' and '-' and must start with a letter or digit")
+        return v
+
+
+class TrackingSection(_Section):
+    report_to: list[Literal["wandb", "tensorboard", "mlflow", "none"]] = Field(default_factory=lambda: ["none"])
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class Config(_Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.train.load_best_model_at_end and self.train.eval_strategy == "no":
+            raise ValueError("train.load_best_model_at_end needs train.eval_strategy 'steps' or 'epoch'")
+        if self.train.load_best_model_at_end and self.train.save_strategy not in (self.train.eval_strategy, "best"):
+            raise ValueError("train.load_best_model_at_end needs train.save_strategy equal to train.eval_strategy")
+        if self.lora.loftq and (self.model.load_in_4bit or self.model.load_in_8bit):
+            raise ValueError("lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false")
+        return self
+
+    # Paths derived from the config, in one place.
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir or os.path.join("outputs", self.output.run_name))
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.output.model_dir or os.path.join("fine_tuned", self.output.run_name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("function-after", "function-before")))
+
+
+def _format_pydantic(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = _format_loc(e["loc"])
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            problems.append(f"{loc}: unknown key{_suggest(loc)}")
+        elif kind == "missing":
+            problems.append(f"{loc}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            problems.append(f"{loc or '(top level)'}: {msg}{got_s}")
+    return problems
+
+
+def _known_keys(section: str | None) -> list[str]:
+    if section is None:
+        return list(Config.model_fields)
+    field = Config.model_fields.get(section)
+    if field is None:
+        return []
+    return list(field.annotation.model_fields)  # type: ignore[union-attr]
+
+
+def _suggest(loc: str) -> str:
+    import difflib
+
+    parts = loc.split(".")
+    section = parts[0] if len(parts) > 1 else None
+    known = _known_keys(section)
+    close = difflib.get_close_matches(parts[-1], known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(known)}" if known else "")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError([f"override {item!r}: expected key=value, e.g. train.learning_rate=1e-4"], "command line")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError([f"override {item!r}: {key!r} is not a dotted key like train.max_steps"], "command line")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    problems = []
+    for item in overrides or []:
+        try:
+            path, value = parse_override(item)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        node = data
+        for i, p in enumerate(path[:-1]):
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            elif not isinstance(child, dict):
+                if isinstance(child, str) and p in ("train", "validation", "test"):
+                    # data.train=path then data.train.limit=10: expand the short form
+                    child = node[p] = _coerce_source(child)
+                else:
+                    problems.append(f"{'.'.join(path[: i + 1])}: is not a section, cannot set {'.'.join(path)}")
+                    break
+            node = child
+        else:
+            node[path[-1]] = value
+    if problems:
+        raise ConfigError(problems, "command line")
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file not found: {p}. Ready configs are in configs/ (e.g. configs/demo.yaml).")
+    if p.is_dir():
+        raise UserError(f"config path is a directory, expected a YAML file: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"config file {p}:{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p}: expected a mapping of sections (model:, lora:, data:, ...), got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    source = str(path) if path else "config"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_pydantic(e), source) from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,140 @@
+"""A thin wrapper that builds TRL's SFTTrainer from our config.
+
+`sft_config(cfg, ...)` is the one place our config maps onto `SFTConfig`. The dataset handed to the
+trainer is already tokenized (`input_ids` + `completion_mask` from data.py), so TRL's collator puts
+-100 on the prompt and padding and the loss covers the summary tokens (and EOS) only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from .config import ROUGE_KEYS, Config, UserError
+from .model import Precision, has_cuda
+
+log = logging.getLogger("llm_summarizer.trainer")
+
+TRAIN_COLUMNS = ["input_ids", "completion_mask"]
+
+
+def resolve_optim(cfg: Config) -> str:
+    optim = cfg.train.optim
+    if ("8bit" in optim or optim.startswith("paged_")) and not has_cuda():
+        log.info("train.optim=%s needs a CUDA GPU (bitsandbytes); using adamw_torch on the CPU", optim)
+        return "adamw_torch"
+    return optim
+
+
+def greater_is_better(cfg: Config) -> bool:
+    if cfg.train.greater_is_better is not None:
+        return cfg.train.greater_is_better
+    return not cfg.train.metric_for_best_model.endswith("loss")
+
+
+def check_metric(cfg: Config, has_validation: bool) -> None:
+    metric = cfg.train.metric_for_best_model
+    names = [metric] + [e.metric for e in cfg.train.early_stopping]
+    for name in names:
+        bare = name.removeprefix("eval_")
+        if bare in ROUGE_KEYS and not cfg.eval.rouge:
+            raise UserError(f"{name} is a ROUGE metric but eval.rouge=false; enable eval.rouge or use eval_loss")
+    if (cfg.train.load_best_model_at_end or cfg.train.early_stopping) and not has_validation:
+        raise UserError("train.load_best_model_at_end / train.early_stopping need a validation split "
+                        "(data.validation or data.validation_size > 0)")
+
+
+def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]):
+    from trl import SFTConfig
+
+    t = cfg.train
+    eval_strategy = t.eval_strategy if has_validation else "no"
+    metric = t.metric_for_best_model
+    return SFTConfig(
+        output_dir=str(output_dir),
+        run_name=cfg.output.run_name,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=resolve_optim(cfg),
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        load_best_model_at_end=t.load_best_model_at_end and has_validation,
+        metric_for_best_model=metric if metric.startswith("eval_") else f"eval_{metric}",
+        greater_is_better=greater_is_better(cfg),
+        bf16=prec.bf16,
+        fp16=prec.fp16,
+        report_to=report_to,
+        max_length=cfg.model.max_seq_length,
+        completion_only_loss=True,
+        packing=False,
+        dataloader_num_workers=t.dataloader_num_workers,
+        restore_callback_states_from_checkpoint=True,
+        disable_tqdm=True,
+    )
+
+
+def trainer_class(loss_from_logits: bool):
+    """SFTTrainer (Unsloth's patched one when unsloth was imported first) + ROUGE in the eval loop."""
+    import torch
+    from trl import SFTTrainer
+
+    class SummarizationTrainer(SFTTrainer):
+        rouge_evaluator = None
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            if self.rouge_evaluator is not None and metric_key_prefix == "eval":
+                m = self.rouge_evaluator.run(self.model, step=self.state.global_step)
+                out.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in m.items()})
+            return out
+
+        if loss_from_logits:
+            # TRL's fused LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the
+            # transformers backend computes the same token-mean cross-entropy from the logits.
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                labels = inputs.pop("labels")
+                inputs["use_cache"] = False
+                outputs = model(**inputs)
+                logits = outputs.logits[:, :-1, :].float()
+                target = labels[:, 1:].to(logits.device)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum")
+                n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+                loss = loss / torch.as_tensor(n, device=loss.device).clamp(min=1)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    loss = loss * self.accelerator.num_processes
+                return (loss, outputs) if return_outputs else loss
+
+    return SummarizationTrainer
+
+
+def build_trainer(cfg: Config, model, tokenizer, prepared, prec: Precision, output_dir: Path,
+                  callbacks: list, report_to: list[str], rouge_evaluator=None):
+    has_val = "validation" in prepared.splits and len(prepared.splits["validation"]) > 0
+    check_metric(cfg, has_val)
+    args = sft_config(cfg, prec, output_dir, has_val, report_to)
+    loss_from_logits = cfg.model.backend == "transformers" and not has_cuda()
+    cls = trainer_class(loss_from_logits)
+    train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
+    eval_ds = prepared.splits["validation"].select_columns(TRAIN_COLUMNS) if has_val else None
+    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                  processing_class=tokenizer, callbacks=callbacks)
+    trainer.rouge_evaluator = rouge_evaluator
+    return trainer

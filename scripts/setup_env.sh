@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment at .venv/ (cheap when nothing changed).
+#
+#   bash scripts/setup_env.sh            # install / refresh
+#   bash scripts/setup_env.sh --relock   # after changing dependencies: resolve anew, rewrite the lock
+#
+# Why not a plain `pip install unsloth`: unsloth and unsloth_zoo 2026.10.x require
+# certifi>=2026.10.19, which some registries do not serve, so resolution fails. We install every
+# other dependency first (exact versions from requirements/lock-linux-x86_64.txt on Linux x86_64,
+# the ranges in pyproject.toml elsewhere), then unsloth + unsloth_zoo with --no-deps.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+STAMP="$VENV/.installed"
+LOCK=requirements/lock-linux-x86_64.txt
+relock=0
+[ "${1:-}" = "--relock" ] && relock=1
+
+want=$(cat pyproject.toml requirements/*.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+if [ $relock = 0 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+echo "setup_env: preparing $VENV (first time: several minutes, a few GB of packages)" >&2
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+rm -f "$STAMP"
+if [ $relock = 0 ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+  "${pip[@]}" install -q -r "$LOCK"
+else
+  "${pip[@]}" install -q -e ".[test,report]"
+fi
+"${pip[@]}" install -q --no-deps -r requirements/unsloth.txt
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+if [ $relock = 1 ]; then
+  { sed -n '1,3p' "$LOCK"; "${pip[@]}" freeze --exclude-editable | grep -v -i -E '^(unsloth|unsloth_zoo|pip|setuptools)([=@ ]|$)'; } > "$LOCK.new"
+  mv "$LOCK.new" "$LOCK"
+  want=$(cat pyproject.toml requirements/*.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+  echo "setup_env: rewrote $LOCK" >&2
+fi
+"$VENV/bin/python" -c "import llm_summarizer, importlib.metadata as m; print('setup_env: ready:', 'unsloth', m.version('unsloth'), 'torch', m.version('torch'))" >&2
+echo "$want" > "$STAMP"
