@@ -171,7 +171,8 @@ def _read_hub(spec: SourceSpec, role: str) -> list[dict]:
         raise DataError(
             f"data.{role}: could not load hub dataset '{spec.name}' (split '{split}'): {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}. Without network access, use local files "
-            f"(data.{role}=path/to/{role}.jsonl) or the offline demo: configs/demo.yaml"
+            f"(data.{role}=path/to/{role}.jsonl) with a local model (model.name=/path/to/local/model), "
+            f"or the offline demo: configs/demo.yaml"
         ) from None
     if spec.streaming:
         out = []
@@ -247,6 +248,26 @@ def read_source(spec: SourceSpec, role: str, data: DataSection) -> RawSplit:
     split.columns = chosen or ()
     split.read = len(split.rows)
     return split
+
+
+def raw_from_rows(rows, role: str, data: DataSection, source: str = "in-memory") -> RawSplit:
+    """A RawSplit from rows already in memory: a datasets.Dataset, a pandas DataFrame or a list of dicts."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns") and not hasattr(rows, "to_list"):
+        rows = rows.to_dict(orient="records")  # pandas
+    elif hasattr(rows, "to_list"):
+        rows = rows.to_list()  # datasets.Dataset
+    rows = list(rows)
+    if not rows:
+        raise DataError(f"{role} dataset ({source}) holds no rows")
+    columns = list(dict.fromkeys(k for r in rows[:1000] for k in r))
+    doc, summ, id_col = _pick_columns(columns, data, f"{role} dataset ({source})")
+    split = RawSplit(role=role, source=source, rows=[], columns=(doc, summ, id_col))
+    for i, r in enumerate(rows):
+        rid = r.get(id_col) if id_col else None
+        split.rows.append({"id": str(rid) if rid is not None else f"{role}-{i}", "document": r.get(doc),
+                           "summary": r.get(summ), "_file": source, "_row": i})
+    split.read = len(split.rows)
+    return validate_rows(split, data.on_bad_rows)
 
 
 def _bad_reason(value: Any) -> Optional[str]:

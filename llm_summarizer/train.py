@@ -37,60 +37,93 @@ class RunResult:
     log_history: list = field(default_factory=list)
 
 
-def run(cfg: Config) -> RunResult:
+@dataclass
+class Session:
+    """Everything a run holds between building the trainer and saving the final model."""
+
+    cfg: Config
+    model: object
+    tokenizer: object
+    model_info: dict
+    prepared: object
+    evaluator: object
+    trainer: object
+    t_start: float
+
+
+def run(cfg: Config, extra_callbacks: Optional[list] = None) -> RunResult:
     """The whole training story, one step per call. Raises UserError on bad input."""
-    from . import artifacts, data, model as model_lib, trainer as trainer_lib
-    from .callbacks import EarlyStopping, RougeCallback, RougeEvaluator
+    from . import data, model as model_lib
 
     t_start = time.time()
-    # 1. Where everything goes; which checkpoint (if any) we resume from.
-    output_dir, model_dir = cfg.output_dir, cfg.model_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = artifacts.resolve_resume(cfg.train.resume, output_dir)
-    (output_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-
+    # 1. Where everything goes; fail on a bad resume path before anything heavy.
+    resume_from = prepare_output(cfg)
     # 2. Unsloth first (it patches transformers/trl/peft on import), then seed everything once.
+    seed_everything(cfg)
+    # 3. Raw data: read, validate, split.
+    raw = data.load_raw_splits(cfg)
+    # 4. Base model + tokenizer + LoRA.
+    model, tokenizer, model_info = model_lib.load_model_and_tokenizer(cfg, raw)
+    # 5-7. Token ids under the budget, the ROUGE evaluator and callbacks, the trainer.
+    session = build_session(cfg, model, tokenizer, model_info, raw, extra_callbacks, t_start)
+    # 8-11. Base ROUGE, train (resuming), final ROUGE, atomic save.
+    return train_and_save(session, resume_from)
+
+
+def prepare_output(cfg: Config) -> Optional[Path]:
+    from . import artifacts
+
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = artifacts.resolve_resume(cfg.train.resume, cfg.output_dir)
+    (cfg.output_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+    return resume_from
+
+
+def seed_everything(cfg: Config) -> None:
+    from . import model as model_lib
+
     if cfg.model.backend == "unsloth":
         model_lib.import_unsloth()
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
 
-    # 3. Raw data: read, validate, split.
-    raw = data.load_raw_splits(cfg)
 
-    # 4. Base model + tokenizer + LoRA.
-    model, tokenizer, model_info = model_lib.load_model_and_tokenizer(cfg, raw)
+def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, extra_callbacks=None,
+                  t_start: Optional[float] = None) -> Session:
+    from . import data, model as model_lib, trainer as trainer_lib
+    from .callbacks import EarlyStopping, RougeCallback, RougeEvaluator
+
     prec = model_lib.pick_precision(cfg)
-
     # 5. Prompt/completion token ids under the token budget.
-    prepared = data.prepare(cfg, tokenizer, raw, cache_dir=output_dir / "data_cache")
-
+    prepared = data.prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / "data_cache")
     # 6. ROUGE on generated summaries + early stopping.
     evaluator, callbacks = None, []
     if cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"]):
         evaluator = RougeEvaluator(cfg, tokenizer, prepared.formatter, prepared.splits["validation"],
-                                   prepared.stats["train"].completion_tokens, out_dir=output_dir)
+                                   prepared.stats["train"].completion_tokens, out_dir=cfg.output_dir)
         callbacks.append(RougeCallback(evaluator, cfg.eval.every_steps))
     for es in cfg.train.early_stopping:
         callbacks.append(EarlyStopping(es.metric, es.patience, es.min_delta))
-
+    callbacks.extend(extra_callbacks or [])
     # 7. The trainer.
-    trainer = trainer_lib.build_trainer(cfg, model, tokenizer, prepared, prec, output_dir, callbacks,
+    trainer = trainer_lib.build_trainer(cfg, model, tokenizer, prepared, prec, cfg.output_dir, callbacks,
                                         report_to=[r for r in cfg.tracking.report_to if r != "none"],
                                         rouge_evaluator=evaluator)
+    return Session(cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time())
 
+
+def train_and_save(s: Session, resume_from: Optional[Path]) -> RunResult:
+    cfg, evaluator, trainer = s.cfg, s.evaluator, s.trainer
+    output_dir, model_dir = cfg.output_dir, cfg.model_dir
     # 8. ROUGE of the untrained model (once per run; a resumed run reuses it).
-    base = _base_rouge(cfg, evaluator, model, output_dir, resume_from)
-
+    base = _base_rouge(cfg, evaluator, s.model, output_dir, resume_from)
     # 9. Train.
     if resume_from is not None:
         _truncate_samples(output_dir, resume_from)
     train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-
     # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end).
     final = _final_rouge(cfg, evaluator, trainer)
-
     # 11. Save the final model atomically, with what reproduces it.
     metrics = {
         "base": base,
@@ -101,10 +134,10 @@ def run(cfg: Config) -> RunResult:
                   "best_metric": trainer.state.best_metric,
                   "rouge_callback_s": round(evaluator.total_seconds, 2) if evaluator else None,
                   "resumed_from": str(resume_from) if resume_from else None},
-        "data": prepared.report(),
+        "data": s.prepared.report(),
         "eval_protocol": _protocol(cfg, evaluator),
     }
-    _save_final(cfg, model, tokenizer, model_dir, metrics, model_info, t_start)
+    _save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
     _print_summary(cfg, output_dir, model_dir, metrics)
     return RunResult(output_dir, model_dir, metrics, resume_from, list(trainer.state.log_history))
 
