@@ -155,6 +155,52 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+STAGING_DIR = ".staging"
+
+
+def staging_root(run_dir) -> Path:
+    p = Path(run_dir) / STAGING_DIR
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def clean_staging(run_dir: Path) -> None:
+    """Remove what an interrupted checkpoint save left behind (never a visible checkpoint)."""
+    p = Path(run_dir) / STAGING_DIR
+    if p.exists():
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def publish_checkpoint(trainer, staging: Path, run_dir: Path) -> Path:
+    """Move the complete checkpoint from staging to run_dir/checkpoint-N, then rotate old ones."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    name = f"checkpoint-{trainer.state.global_step}"
+    src, dst = staging / name, run_dir / name
+    # Paths recorded while the checkpoint sat in staging point at its final place.
+    for attr in ("best_model_checkpoint",):
+        val = getattr(trainer.state, attr, None)
+        if val and Path(val).parent == staging:
+            setattr(trainer.state, attr, str(run_dir / Path(val).name))
+    state_file = src / "trainer_state.json"
+    if state_file.exists():
+        text = state_file.read_text().replace(str(staging), str(run_dir))
+        state_file.write_text(text)
+    _fsync_tree(src)
+    old = None
+    if dst.exists():  # the same step saved again after a resume
+        old = run_dir / f".{name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    _fsync_dir(run_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if trainer.args.should_save:
+        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=trainer.args.save_total_limit,
+                           best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
+    return dst
+
+
 def write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from typing import Optional
 from transformers import TrainerCallback
 
 from .config import Config
+from .guards import TrainingStopped
 from .generation import derive_max_new_tokens, generate
 from .scoring import ROUGE_TYPES, score_corpus
 
@@ -50,7 +51,10 @@ class RougeEvaluator:
         self.max_new_tokens = derive_max_new_tokens(summary_token_lengths, cfg.eval)
         self.out_dir = out_dir
         self.total_seconds = 0.0
+        self.seconds_outside_training = 0.0  # the base-model pass before train()
         self.calls = 0
+        # fn(step, tag, metrics, samples) after each pass: trackers log the samples table from here
+        self.listeners: list = []
 
     def run(self, model, step: Optional[int] = None, tag: Optional[str] = None) -> dict:
         t0 = time.perf_counter()
@@ -60,30 +64,34 @@ class RougeEvaluator:
         means, per = score_corpus(self.references, preds)
         seconds = time.perf_counter() - t0
         self.total_seconds += seconds
+        if tag == "base":
+            self.seconds_outside_training += seconds
         self.calls += 1
         metrics = {k: float(v) for k, v in means.items()}
         metrics["gen_len_mean"] = float(sum(g.new_tokens for g in gens) / max(1, len(gens)))
         metrics["gen_hit_max_frac"] = float(sum(g.hit_max for g in gens) / max(1, len(gens)))
         metrics["rouge_seconds"] = float(seconds)
         metrics["rouge_examples"] = len(gens)
+        name = tag or f"step-{step}"
+        samples = [{"step": step, "tag": name, "id": self.ids[i], "document": self.documents[i][:500],
+                    "reference": self.references[i], "prediction": gens[i].text, **per[i]}
+                   for i in range(min(len(gens), self.cfg.eval.log_samples))]
         if self.out_dir is not None:
-            self._write(step, tag, gens, per)
+            self._write(name, gens, per, samples)
+        for fn in self.listeners:
+            fn(step, name, metrics, samples)
         return metrics
 
-    def _write(self, step, tag, gens, per) -> None:
-        name = tag or f"step-{step}"
+    def _write(self, name, gens, per, samples) -> None:
         d = self.out_dir / PREDICTIONS_DIR
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for i, (rid, ref, g, s) in enumerate(zip(self.ids, self.references, gens, per)):
                 f.write(json.dumps({"id": rid, "reference": ref, "prediction": g.text, "new_tokens": g.new_tokens,
                                     "hit_max_new_tokens": g.hit_max, **s}, ensure_ascii=False) + "\n")
-        n_show = min(len(gens), self.cfg.eval.log_samples)
         with open(self.out_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
-            for i in range(n_show):
-                f.write(json.dumps({"step": step, "tag": name, "id": self.ids[i],
-                                    "document": self.documents[i][:500], "reference": self.references[i],
-                                    "prediction": gens[i].text, **per[i]}, ensure_ascii=False) + "\n")
+            for row in samples:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 class RougeCallback(TrainerCallback):
@@ -93,6 +101,11 @@ class RougeCallback(TrainerCallback):
         self.evaluator = evaluator
         self.every_steps = every_steps
         self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # On resume the trainer state (and its log history) comes from the checkpoint: so does ours.
+        self.history = [{"step": h.get("step"), **{k: v for k, v in h.items() if k.startswith("eval_rouge")}}
+                        for h in state.log_history if "eval_rougeL" in h]
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0:
@@ -104,6 +117,13 @@ class RougeCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics and "eval_rougeL" in metrics:
             self.history.append({"step": state.global_step, **{k: metrics[k] for k in metrics if k.startswith("eval_rouge")}})
+
+
+def early_stopping_callback(metric: str, patience: int, min_delta: float = 0.0):
+    """An EarlyStopping whose class name is unique per metric: transformers saves and restores callback
+    state by class name, and mixes up several instances of one class."""
+    name = "EarlyStopping_" + "".join(c if c.isalnum() else "_" for c in metric)
+    return type(name, (EarlyStopping,), {})(metric, patience, min_delta)
 
 
 class EarlyStopping(TrainerCallback):
@@ -143,3 +163,44 @@ class EarlyStopping(TrainerCallback):
         return {"args": {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
                          "greater_is_better": self.greater},
                 "attributes": {"best": self.best, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}}
+
+
+class NonFiniteGuard(TrainerCallback):
+    def __init__(self, policy: str = "stop", max_skips: int = 0):
+        self.policy = policy
+        self.max_skips = max_skips
+        self.skipped = 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return control
+        bad = _first_nonfinite_grad(model)
+        if bad is None:
+            return control
+        step = state.global_step + 1
+        if self.policy == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            for p in model.parameters():
+                p.grad = None  # the optimizer leaves parameters without a gradient untouched
+            log.warning("non-finite gradient in %s at step %d: skipped this optimizer step (%d of %d allowed)",
+                        bad, step, self.skipped, self.max_skips)
+            return control
+        extra = (f" after skipping {self.skipped} step(s) (train.max_nonfinite_skips={self.max_skips})"
+                 if self.policy == "skip" else "")
+        raise TrainingStopped(
+            f"non-finite loss or gradient at step {step} (first in {bad}){extra}. Training stopped; the last "
+            f"complete checkpoint in {args.output_dir} is kept and a rerun resumes from it. Try a lower "
+            f"train.learning_rate, train.max_grad_norm, or train.precision=fp32/bf16 instead of fp16; "
+            f"or train.on_nonfinite=skip with train.max_nonfinite_skips=N to skip such steps.")
+
+    def state(self) -> dict:
+        return {"args": {"policy": self.policy, "max_skips": self.max_skips}, "attributes": {"skipped": self.skipped}}
+
+
+def _first_nonfinite_grad(model) -> Optional[str]:
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return None

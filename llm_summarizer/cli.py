@@ -9,6 +9,7 @@ import sys
 from .config import UserError, load_config
 
 EXIT_USER_ERROR = 2
+EXIT_TRAINING_STOPPED = 3  # a guard stopped training (non-finite loss, out of memory, disk full)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -29,6 +30,34 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def load_env_file(path: str) -> list[str]:
+    """KEY=VALUE lines (e.g. WANDB_API_KEY, HF_TOKEN) into the environment; values are never printed.
+
+    Variables already set in the environment win. Returns the names that were set.
+    """
+    import re
+
+    p = os.path.expanduser(path)
+    if not os.path.isfile(p):
+        raise UserError(f"--env-file: file not found: {path}")
+    names = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            m = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
+            if not m:
+                raise UserError(f"--env-file {path}, line {n}: expected KEY=VALUE")
+            key, value = m.group(1), m.group(2).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            if key not in os.environ:
+                os.environ[key] = value
+                names.append(key)
+    return names
+
+
 def run_cli(parser, go, argv=None) -> int:
     """Parse args, load the config (when the parser has --config), call go(args, cfg).
 
@@ -37,6 +66,10 @@ def run_cli(parser, go, argv=None) -> int:
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("LLM_SUMMARIZER_LOG_LEVEL", "INFO"))
     try:
+        if getattr(args, "env_file", None):
+            names = load_env_file(args.env_file)
+            logging.getLogger("llm_summarizer").info("loaded %d variable(s) from %s: %s", len(names),
+                                                     args.env_file, ", ".join(names) or "none new")
         cfg = None
         if getattr(args, "config", None) is not None or hasattr(args, "overrides"):
             cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
@@ -50,3 +83,10 @@ def run_cli(parser, go, argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as e:
+        from .guards import TrainingStopped
+
+        if isinstance(e, TrainingStopped):
+            print(f"error: training stopped: {e}", file=sys.stderr)
+            return EXIT_TRAINING_STOPPED
+        raise

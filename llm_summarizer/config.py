@@ -202,6 +202,19 @@ class TrainSection(_Section):
     )
     resume: str = Field("auto", description="'auto' (newest complete checkpoint), 'never', or a checkpoint path")
     dataloader_num_workers: int = Field(0, ge=0)
+    # Speed switches: defaults are what the benchmark measured (BENCHMARKS.md, python -m llm_summarizer.bench).
+    padding_free: bool = Field(
+        False, description="concatenate each batch's examples into one row, no padding; position_ids restart per "
+        "example so attention stays inside it. The Unsloth CPU backend turns it off (trainer.args shows it)")
+    packing: bool = Field(
+        False, description="pack examples into rows of model.max_seq_length tokens (best-fit, TRL 'bfd'), padding-free "
+        "inside each row: a fixed token budget per row instead of a fixed number of examples")
+    sampling: Literal["random", "group_by_length"] = Field(
+        "random", description="training order: random, or group_by_length (batches of similar length, less padding)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss or gradient: stop (keeping the last checkpoint) or skip the step"
+    )
+    max_nonfinite_skips: int = Field(10, ge=0, description="with on_nonfinite=skip: stop after this many skips")
     early_stopping: list[EarlyStopSpec] = Field(
         default_factory=list, description="e.g. [{metric: eval_rougeL, patience: 3, min_delta: 0.005}]"
     )
@@ -239,12 +252,32 @@ class EvalSection(_Section):
     sample_seed: int = 1234
     every_steps: Optional[int] = Field(None, ge=1, description="ROUGE every N steps; None = every train.eval_steps")
     log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
+    bootstrap_samples: int = Field(1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals")
+    bootstrap_seed: int = Field(1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)")
 
 
 class OutputSection(_Section):
     run_name: str = "summarizer"
     dir: Optional[str] = Field(None, description="checkpoints and logs; default outputs/<run_name>")
     model_dir: Optional[str] = Field(None, description="final model; default fine_tuned/<run_name>")
+    report: bool = Field(True, description="write report.md and PNG plots into output.dir after training")
+    push_to_hub: bool = Field(False, description="push the final model dir (adapter + card) to the hub after training; "
+                              "the token comes from HF_TOKEN in the environment")
+    hub_model_id: Optional[str] = Field(None, description="hub repository 'namespace/name' for push_to_hub")
+    hub_private: bool = Field(True, description="create the hub repository as private")
+
+    @field_validator("hub_model_id")
+    @classmethod
+    def _hub_id(cls, v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("hub_model_id must look like 'namespace/name' (letters, digits, '.', '_', '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _hub_needs_id(self):
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("output.push_to_hub=true needs output.hub_model_id (e.g. your-name/my-summarizer)")
+        return self
 
     @field_validator("run_name")
     @classmethod
@@ -255,11 +288,30 @@ class OutputSection(_Section):
 
 
 class TrackingSection(_Section):
-    report_to: list[Literal["wandb", "tensorboard", "mlflow", "none"]] = Field(default_factory=lambda: ["none"])
+    report_to: list[Literal["wandb", "tensorboard", "mlflow", "none"]] = Field(
+        default_factory=lambda: ["none"], description="any of wandb, tensorboard, mlflow (several at once), or none")
+    project: str = Field("llm_summarizer", description="W&B project and MLflow experiment name")
+    entity: Optional[str] = Field(None, description="W&B team or user; None = the account's default entity")
+    run_name: Optional[str] = Field(None, description="name on the dashboards; None = output.run_name")
+    tags: list[str] = Field(default_factory=list, description="W&B tags (MLflow tags with empty values)")
+    group: Optional[str] = Field(None, description="W&B group (e.g. one sweep or one dataset)")
+    notes: Optional[str] = Field(None, description="W&B notes / MLflow run description")
+    log_model: bool = Field(False, description="upload the final adapter directory as a W&B artifact (type model)")
+    wandb_mode: Literal["auto", "online", "offline"] = Field(
+        "auto", description="auto: WANDB_MODE when set, else online when there is an API key and the W&B server "
+        "answers, else offline (upload later with the printed `wandb sync` command)")
+    mlflow_tracking_uri: Optional[str] = Field(
+        None, description="sqlite:///path/mlflow.db, a folder (MLflow's file store) or a server URL; "
+        "None = MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db")
 
     @field_validator("report_to", mode="before")
     @classmethod
     def _listify(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tag_list(cls, v):
         return [v] if isinstance(v, str) else v
 
 

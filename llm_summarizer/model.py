@@ -87,11 +87,43 @@ def check_model_dir(p: Path) -> None:
     if not p.is_dir():
         raise UserError(f"model.name: {p} is a file; expected a model directory (config.json + weights)")
     if (p / "adapter_config.json").exists():
-        return  # an adapter directory; its base is named inside
+        import json
+
+        try:
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (ValueError, OSError):
+            raise UserError(f"model.name: {p}/adapter_config.json is not valid JSON") from None
+        if not any((p / w).exists() for w in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise UserError(f"model.name: {p} has adapter_config.json but no adapter weights (adapter_model.safetensors)")
+        if base and base.startswith(("/", ".", "~")) and not Path(os.path.expanduser(base)).exists():
+            raise UserError(f"model.name: {p} is a LoRA adapter whose base model {base} is not found; "
+                            f"restore the base model there, or use a merged model directory")
+        return
     if not (p / "config.json").exists():
         raise UserError(f"model.name: {p} has no config.json; is it a model directory?")
     if not any((p / w).exists() for w in WEIGHT_FILES):
         raise UserError(f"model.name: {p} has config.json but no weights ({', '.join(WEIGHT_FILES[::2])})")
+    _check_architecture(p)
+
+
+def _check_architecture(p: Path) -> None:
+    import json
+
+    try:
+        conf = json.loads((p / "config.json").read_text())
+    except (ValueError, OSError):
+        raise UserError(f"model.name: {p}/config.json is not valid JSON") from None
+    model_type = conf.get("model_type")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise UserError(f"model.name: {p} has model_type {model_type!r}, which this transformers version does not "
+                        f"know; use a supported causal LM (llama, qwen2, mistral, gemma, phi3, ...)")
+    archs = conf.get("architectures") or []
+    if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") or "ConditionalGeneration" in a
+                         for a in archs):
+        raise UserError(f"model.name: {p} is a {', '.join(archs)}, not a causal language model; "
+                        f"summarization fine-tuning here needs a decoder (…ForCausalLM) model")
 
 
 def _offline_hint(cfg: Config, e: Exception) -> UserError:

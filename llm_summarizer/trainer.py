@@ -80,9 +80,14 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         bf16=prec.bf16,
         fp16=prec.fp16,
         report_to=report_to,
-        max_length=cfg.model.max_seq_length,
+        # data.prepare already cut every example to max_seq_length; TRL refuses padding_free with a
+        # max_length it cannot enforce, and uses max_length as the row size when packing.
+        max_length=None if t.padding_free and not t.packing else cfg.model.max_seq_length,
         completion_only_loss=True,
-        packing=False,
+        packing=t.packing,
+        packing_strategy="bfd",
+        padding_free=t.padding_free,
+        train_sampling_strategy=t.sampling,
         dataloader_num_workers=t.dataloader_num_workers,
         restore_callback_states_from_checkpoint=True,
         disable_tqdm=True,
@@ -96,6 +101,22 @@ def trainer_class(loss_from_logits: bool):
 
     class SummarizationTrainer(SFTTrainer):
         rouge_evaluator = None
+
+        def _save_checkpoint(self, model, trial):
+            # Crash-consistent checkpoints: write into a hidden staging directory, flush it, then rename
+            # it to checkpoint-N, so the resume scan never sees a half-written one; older checkpoints
+            # are rotated only after the new one is complete.
+            from .artifacts import publish_checkpoint, staging_root
+
+            run_dir = self._get_output_dir(trial=trial)
+            staging = staging_root(run_dir)
+            final_args_dir, limit = self.args.output_dir, self.args.save_total_limit
+            self.args.output_dir, self.args.save_total_limit = str(staging), None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.output_dir, self.args.save_total_limit = final_args_dir, limit
+            publish_checkpoint(self, staging, Path(run_dir))
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                             metric_key_prefix="eval"):

@@ -68,7 +68,7 @@ class TrainerClass:
             self.tokenizer = model_lib._finish_tokenizer(self.cfg, self.tokenizer)
             info = {"base_model": getattr(self.model.config, "_name_or_path", "in-memory"),
                     "backend": self.cfg.model.backend}
-        self.session = build_session(self.cfg, self.model, self.tokenizer, info, raw)
+        self.session = build_session(self.cfg, self.model, self.tokenizer, info, raw, resume_from=self._resume_from)
         return self.session.trainer
 
     def Start_Training(self, trainer=None):  # noqa: N802 - the name users of the original script know

@@ -85,7 +85,7 @@ def test_early_stopping_on_rouge(tmp_path, models_dir):
     assert res.metrics["train"]["global_step"] == 15  # first eval sets the best, two more without improvement
     state = json.loads(sorted(cfg.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
                        .joinpath("trainer_state.json").read_text())
-    es = state["stateful_callbacks"]["EarlyStopping"]
+    es = state["stateful_callbacks"]["EarlyStopping_eval_rougeL"]
     es = es[0] if isinstance(es, list) else es
     assert es["attributes"]["bad_evals"] == 2
 
@@ -110,3 +110,35 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
     for k in final:
         assert (final[k] - best[k]).abs().max().item() == 0.0, k
     assert res.metrics["final"]["rougeL"] == pytest.approx(curve[best_step], abs=1e-9)
+
+
+def test_generation_oom_halves_batch_and_retries(demo_run, monkeypatch):
+    """A CUDA out-of-memory during generation halves the generation batch instead of killing the run."""
+    from llm_summarizer import generation
+    from llm_summarizer.config import load_config
+    from llm_summarizer.data import Formatter
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config(demo_run.model_dir / "config.yaml", ["eval.batch_size=8"])
+    base_path = json.loads((demo_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    tok = AutoTokenizer.from_pretrained(str(demo_run.model_dir))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(demo_run.model_dir))
+    fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
+    docs = [r["document"] for r in read_jsonl(ROOT / "data/demo/validation.jsonl")[:8]]
+    sizes = []
+    real = model.generate
+
+    def flaky(**kw):
+        sizes.append(kw["input_ids"].shape[0])
+        if kw["input_ids"].shape[0] > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(**kw)
+
+    monkeypatch.setattr(model, "generate", flaky)
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    out = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers")
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
+    assert len(out) == 8 and all(isinstance(g.text, str) for g in out)
+    assert sum(1 for g in out if g.text) >= 6

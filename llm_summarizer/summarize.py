@@ -1,0 +1,230 @@
+"""Summarize documents with a fine-tuned model: a file, a directory, a JSONL/CSV column, or standard input.
+
+    python -m llm_summarizer.summarize --model fine_tuned/demo article.txt
+    python -m llm_summarizer.summarize --model fine_tuned/demo reports/                # every *.txt and *.md in it
+    python -m llm_summarizer.summarize --model fine_tuned/demo news.jsonl --column document --output summaries.jsonl
+    cat article.txt | python -m llm_summarizer.summarize --model fine_tuned/demo
+    python -m llm_summarizer.summarize --model fine_tuned/demo article.txt eval.num_beams=4 --max-new-tokens 200
+
+Tables (.jsonl .json .csv .tsv .parquet) give one summary per row, from --column (found automatically
+when it is one of the usual names: document, text, article, dialogue, ...). Other files are read as
+plain UTF-8 text. A document longer than the model's token budget is cut by the same rule as in
+training (data.truncation, model.max_seq_length minus the prompt and max_new_tokens), and a warning
+says so. Output: the summary text (one input), `== name` blocks (several), or JSON lines with
+--format jsonl or an --output ending in .jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import UserError
+
+log = logging.getLogger("llm_summarizer.summarize")
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+DOCUMENT_COLUMNS = ("document", "text", "article", "dialogue", "content", "input", "source", "transcript", "src")
+DEFAULT_GLOBS = ("*.txt", "*.md")
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=.*", re.S)
+
+
+@dataclass
+class Item:
+    source: str  # file path, "stdin", or "file.jsonl"
+    id: Optional[str]  # row id for tables
+    text: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}#{self.id}" if self.id is not None else self.source
+
+
+def _read_plain(p: Path) -> str:
+    raw = p.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise UserError(f"{p}: looks binary (NUL bytes), not a text document")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not valid UTF-8 (byte offset {e.start}); re-save it as UTF-8") from None
+
+
+def _table_items(p: Path, column: Optional[str]) -> list[Item]:
+    from .data import ID_COLUMNS, read_file
+
+    rows = read_file(p)
+    if not rows:
+        raise UserError(f"{p}: holds no rows")
+    columns = list(dict.fromkeys(k for r in rows[:1000] for k in r))
+    col = column or next((c for c in DOCUMENT_COLUMNS if c in columns), None)
+    if col is None or col not in columns:
+        what = f"column {column!r} not found" if column else "no document column found"
+        raise UserError(f"{p}: {what}; the file has columns: {', '.join(columns) or '(none)'}. Pass --column NAME")
+    id_col = next((c for c in ID_COLUMNS if c in columns), None)
+    items, skipped = [], []
+    for i, r in enumerate(rows):
+        v = r.get(col)
+        if not isinstance(v, str) or not v.strip():
+            skipped.append(i)
+            continue
+        rid = r.get(id_col) if id_col else None
+        items.append(Item(str(p), str(rid) if rid is not None else str(i), v))
+    if skipped:
+        log.warning("%s: skipped %d row(s) whose %r is empty or not text (first rows: %s)", p, len(skipped), col,
+                    skipped[:5])
+    return items
+
+
+def collect_items(inputs: list[str], column: Optional[str] = None, globs=DEFAULT_GLOBS, stdin=None) -> list[Item]:
+    """The documents to summarize, in order; UserError for anything unreadable."""
+    stdin = stdin or sys.stdin
+    if not inputs:
+        if stdin.isatty():
+            raise UserError("nothing to summarize: give a file or a directory, or pipe text into standard input")
+        inputs = ["-"]
+    items: list[Item] = []
+    for name in inputs:
+        if name == "-":
+            text = stdin.read()
+            if not text.strip():
+                raise UserError("no text on standard input; pass a file or a directory, or pipe text in")
+            items.append(Item("stdin", None, text))
+            continue
+        p = Path(os.path.expanduser(name))
+        if not p.exists():
+            raise UserError(f"{name}: file or directory not found")
+        if p.is_dir():
+            files = sorted({f for g in globs for f in p.glob(g) if f.is_file()})
+            if not files:
+                raise UserError(f"{name}: no {' or '.join(globs)} files in this directory")
+            for f in files:
+                text = _read_plain(f)
+                if text.strip():
+                    items.append(Item(str(f), None, text))
+                else:
+                    log.warning("%s is empty; skipped", f)
+        elif p.suffix.lower() in TABLE_SUFFIXES:
+            items.extend(_table_items(p, column))
+        else:
+            text = _read_plain(p)
+            if not text.strip():
+                log.warning("%s is empty; skipped", p)
+                continue
+            items.append(Item(str(p), None, text))
+    if not items:
+        raise UserError("nothing to summarize: every input was empty")
+    return items
+
+
+def _warn_truncated(loaded, items: list[Item], gens, max_new_tokens: int, shown: list) -> None:
+    """Say which documents were cut to the token budget, and by how much."""
+    f, cfg = loaded.formatter, loaded.cfg
+    budget = f.doc_budget(max_new_tokens)
+    for it, g in zip(items, gens):
+        if not g.truncated_input:
+            continue
+        if len(shown) < 5:
+            n = len(loaded.tokenizer(it.text, add_special_tokens=False)["input_ids"])
+            log.warning("%s: %d tokens, cut to %d (data.truncation=%s: model.max_seq_length=%d minus %d prompt "
+                        "tokens and max_new_tokens=%d, the rule used in training)", it.name, n, max(1, budget),
+                        cfg.data.truncation, cfg.model.max_seq_length, f.template_tokens, max_new_tokens)
+        shown.append(it.name)
+
+
+def summarize(model, texts: list[str], backend: Optional[str] = None, base: Optional[str] = None,
+              overrides: Optional[list[str]] = None, max_new_tokens: Optional[int] = None) -> list[str]:
+    """Summaries of `texts` by a saved model directory (or an already loaded inference.Loaded)."""
+    from .inference import Loaded, load_for_generation, summarize_texts
+
+    loaded = model if isinstance(model, Loaded) else load_for_generation(model, backend, base, overrides)
+    return [g.text for g in summarize_texts(loaded, texts, max_new_tokens)]
+
+
+def run(args, inputs: list[str], overrides: list[str]) -> int:
+    from .inference import default_max_new_tokens, load_for_generation, summarize_texts
+
+    # 1. What to summarize (read and checked before the model is loaded).
+    items = collect_items(inputs, args.column, tuple(args.glob or DEFAULT_GLOBS))
+    if args.max_new_tokens:
+        overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
+    # 2. The model, with the prompt format and token budget it was trained with.
+    loaded = load_for_generation(args.model, args.backend, args.base, overrides)
+    max_new, _ = default_max_new_tokens(loaded)
+    fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
+    out_path = Path(args.output) if args.output else None
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}") if out_path else None
+    if out_path:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    sink = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
+    shown: list = []
+    chunk = loaded.cfg.eval.batch_size * 8
+    try:
+        # 3. Generate in chunks, writing as they finish.
+        for start in range(0, len(items), chunk):
+            part = items[start: start + chunk]
+            gens = summarize_texts(loaded, [it.text for it in part], max_new)
+            _warn_truncated(loaded, part, gens, max_new, shown)
+            for it, g in zip(part, gens):
+                if fmt == "jsonl":
+                    row = {"source": it.source, **({"id": it.id} if it.id is not None else {}), "summary": g.text,
+                           "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max}
+                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                elif len(items) == 1:
+                    sink.write(g.text + "\n")
+                else:
+                    sink.write(f"== {it.name}\n{g.text}\n\n")
+            sink.flush()
+    except BaseException:
+        if tmp:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp:
+        sink.close()
+        os.replace(tmp, out_path)
+        log.info("wrote %d summaries to %s", len(items), out_path)
+    if len(shown) > 5:
+        log.warning("%d of %d documents were truncated to the token budget in all", len(shown), len(items))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m llm_summarizer.summarize", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
+    ap.add_argument("items", nargs="*", metavar="INPUT or key=value",
+                    help="files, directories, '-' for standard input (the default); and config overrides")
+    ap.add_argument("--column", help="document column of JSONL/CSV/TSV/parquet inputs")
+    ap.add_argument("--glob", action="append", help="file patterns for directories (default *.txt and *.md)")
+    ap.add_argument("--output", help="write here instead of standard output (JSON lines when it ends in .jsonl)")
+    ap.add_argument("--format", choices=["text", "jsonl"], help="output format (default text)")
+    ap.add_argument("--max-new-tokens", type=int, help="longest summary in tokens (default: as in training)")
+    ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
+    ap.add_argument("--base", help="base model of an adapter, when it is not where adapter_config.json says")
+    return ap
+
+
+def main(argv=None) -> int:
+    from .cli import run_cli
+
+    def go(args, _cfg):
+        if args.max_new_tokens is not None and args.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+        overrides = [i for i in args.items if _OVERRIDE.fullmatch(i) and not os.path.exists(i)]
+        inputs = [i for i in args.items if i not in overrides]
+        return run(args, inputs, overrides)
+
+    return run_cli(build_parser(), go, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
