@@ -110,11 +110,13 @@ def prepare_model(args, cfg: Config) -> tuple[str, Optional[str]]:
     return str(Path(model_lib.resolve_model_path(cfg, raw)).resolve()), args.shape
 
 
-def run_child(spec: dict, work: Path, name: str) -> dict:
+def run_child(spec: dict, work: Path, name: str, threads: Optional[int] = None) -> dict:
     spec_path, result_path, log_path = work / f"{name}.spec.json", work / f"{name}.result.json", work / f"{name}.log"
     spec["result"] = str(result_path)
     spec_path.write_text(json.dumps(spec, indent=1))
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print(f"[bench] {name}: {spec['config']['model']['backend']} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -122,7 +124,8 @@ def run_child(spec: dict, work: Path, name: str) -> dict:
                              stdout=log, stderr=subprocess.STDOUT, env=env)
     if rc != 0 or not result_path.exists():
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-40:])
-        raise RuntimeError(f"benchmark run {name} failed (exit code {rc}); log {log_path}:\n{tail}")
+        print(f"[bench] {name} failed (exit code {rc}); log {log_path}:\n{tail}", file=sys.stderr, flush=True)
+        return {"failed": name, "exit_code": rc, "log": str(log_path), "log_tail": tail[-3000:]}
     res = json.loads(result_path.read_text())
     print(f"[bench] {name}: {res['tokens_per_s_nonpad']:.0f} non-pad tokens/s, {res['s_per_step']:.3f} s/step "
           f"({time.perf_counter() - t0:.0f} s in all)", file=sys.stderr, flush=True)
@@ -141,6 +144,9 @@ def aggregate(runs: list[dict], backends: list[str]) -> dict:
     per = {}
     for b in backends:
         rs = [r for r in runs if r["backend"] == b]
+        if not rs:
+            per[b] = {"effective": {}, "failed": True}
+            continue
         per[b] = {k: _spread([r[k] for r in rs if r.get(k) is not None]) for k in SUMMARY_KEYS
                   if any(r.get(k) is not None for r in rs)}
         per[b]["effective"] = rs[0]["effective"]
@@ -154,7 +160,8 @@ def aggregate(runs: list[dict], backends: list[str]) -> dict:
     same = None
     if len(backends) > 1:
         rounds = sorted({r["round"] for r in runs})
-        same = all(len({r["tokens_nonpad"] for r in runs if r["round"] == i}) == 1 for i in rounds)
+        same = all(len({r["tokens_nonpad"] for r in runs if r["round"] == i}) == 1 and
+                   len([r for r in runs if r["round"] == i]) == len(backends) for i in rounds)
     return {"backends": per, "ratios_unsloth_over_transformers": ratios, "same_tokens_each_round": same}
 
 
@@ -170,7 +177,7 @@ def bench(args) -> dict:
     probe = bench_config(args, data, "random:tiny", work / "prepare")
     model_dir, shape = prepare_model(args, probe)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    runs, configs = [], {}
+    runs, configs, failures = [], {}, []
     for rnd in range(args.rounds):
         order = backends if rnd % 2 == 0 else backends[::-1]
         for b in order:
@@ -179,9 +186,14 @@ def bench(args) -> dict:
             cfg.model.backend = b
             spec = {"config": config_to_dict(cfg), "warmup_steps": args.warmup_steps, "round": rnd}
             configs.setdefault(b, spec["config"])
-            res = run_child(spec, work, name)
+            res = run_child(spec, work, name, args.threads)
+            if "failed" in res:
+                failures.append(res)
+                continue
             res["round"], res["order"] = rnd, order.index(b)
             runs.append(res)
+    if not runs:
+        raise RuntimeError(f"every benchmark run failed; logs in {work}")
     first = runs[0]
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -194,20 +206,25 @@ def bench(args) -> dict:
         "data": {"name": data[2], "train": str(data[0]), "validation": str(data[1]) if data[1] else None,
                  **first["data_stats"]},
         "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "rounds": args.rounds,
-                     "backends": backends, "overrides": args.overrides, "config": args.config},
+                     "backends": backends, "overrides": args.overrides, "config": args.config,
+                     "threads": args.threads},
         "config": {k: v for k, v in configs[backends[0]].items() if k in ("model", "lora", "train", "eval")},
         **aggregate(runs, backends),
         "runs": runs,
+        "failures": failures,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
-    if not args.keep:
+    if not args.keep and not failures:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
     if args.markdown:
         append_row(Path(args.markdown), result)
     print(render_summary(result, out))
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed ({', '.join(f['failed'] for f in failures)}); "
+                           f"the others are in {out}; logs in {work}")
     return result
 
 
@@ -225,6 +242,9 @@ MARKER = "<!-- bench rows: python -m llm_summarizer.bench appends below -->"
 def _pair(result: dict, key: str, fmt: str, spread: bool = False) -> str:
     cells = []
     for b, s in result["backends"].items():
+        if s.get("failed"):
+            cells.append(f"{b[0]}: failed")
+            continue
         if key not in s:
             cells.append(f"{b[0]}: n/a")
             continue
@@ -244,8 +264,12 @@ def _settings(result: dict) -> str:
              f"steps {result['settings']['warmup_steps']}+{result['settings']['steps'] - result['settings']['warmup_steps']}"
              f" x{result['settings']['rounds']}",
              f"sampling {t.get('sampling', 'random')}"]
+    if result["settings"].get("threads"):
+        parts.append(f"{result['settings']['threads']} CPU thread(s)")
     for b, s in result["backends"].items():
         eff = s["effective"]
+        if not eff:
+            continue
         feats = [k for k in ("padding_free", "packing") if eff.get(k)]
         parts.append(f"{b[0]}: {'+'.join(feats) or 'padded'}, {eff.get('attn_implementation')}, {eff.get('optim')}")
     return ", ".join(parts)
@@ -255,8 +279,8 @@ def table_row(result: dict) -> str:
     v = result["versions"]
     versions = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "trl", "peft", "unsloth") if k in v)
     ratios = result["ratios_unsloth_over_transformers"]
-    ratio = ", ".join(f"{k.replace('tokens_per_s_', 'tok/s ').replace('peak_memory_gib', 'memory')} {r:.2f}x"
-                      for k, r in ratios.items() if k in ("tokens_per_s_nonpad", "s_per_step", "peak_memory_gib"))
+    names = {"tokens_per_s_nonpad": "non-pad tok/s", "s_per_step": "s/step", "peak_memory_gib": "memory"}
+    ratio = ", ".join(f"{names[k]} {r:.2f}x" for k, r in ratios.items() if k in names)
     m, d = result["model"], result["data"]
     what = f"{m['shape'] or Path(m['dir']).name} · {m['mode']} · {d['name']}"
     cells = [result["date"], result["device"], what, _settings(result),
@@ -268,10 +292,19 @@ def table_row(result: dict) -> str:
 
 
 def append_row(path: Path, result: dict) -> None:
+    """Add the row at the end of the table under MARKER (made, with its header, when missing)."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if MARKER not in text:
         text = text.rstrip("\n") + "\n\n" + MARKER + "\n\n" + TABLE_HEADER
-    path.write_text(text.rstrip("\n") + "\n" + table_row(result), encoding="utf-8")
+    head, tail = text.split(MARKER, 1)
+    lines = tail.splitlines(True)
+    i = next((k for k, l in enumerate(lines) if l.startswith("|")), len(lines))
+    while i < len(lines) and lines[i].startswith("|"):
+        i += 1
+    if i and not lines[i - 1].endswith("\n"):
+        lines[i - 1] += "\n"
+    lines.insert(i, table_row(result))
+    path.write_text(head + MARKER + "".join(lines), encoding="utf-8")
 
 
 def render_summary(result: dict, out: Path) -> str:
@@ -286,6 +319,9 @@ def render_summary(result: dict, out: Path) -> str:
     if result["ratios_unsloth_over_transformers"]:
         lines.append("   unsloth/transformers: " + ", ".join(
             f"{k} {v:.2f}x" for k, v in result["ratios_unsloth_over_transformers"].items()))
+    bad = [f"{r['backend']} round {r['round']}" for r in result["runs"] if not r.get("token_count_ok", True)]
+    if bad:
+        lines.append(f"   WARNING: token counts unreliable in {', '.join(bad)} (forwards seen != micro-batches)")
     lines.append(f"   result: {out}")
     return "\n".join(lines)
 
@@ -497,7 +533,10 @@ def child(spec_path: str) -> int:
     out = trainer.train()
     train_wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / GIB if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    check = loss_check(trainer, tok)
+    try:
+        check = loss_check(trainer, tok)
+    except Exception as e:  # keep the speed numbers of a run whose check could not run; say why
+        check = {"error": f"{type(e).__name__}: {e}"[:500], "rel_diff": None}
     prec = model_lib.pick_precision(cfg)
     ceiling = matmul_ceiling(torch, torch.bfloat16 if cuda and prec.name != "fp16" else
                              (torch.float16 if cuda else torch.float32), cuda)
@@ -528,10 +567,12 @@ def measure(spec, cfg, clock, trainer, session, out, train_wall, peak, check, ce
     train_s = last[1] - first[1] - evals_inside
     steps = last[0] - first[0]
     tokens_all, nonpad, sumsq, micro = (last[i] - first[i] for i in (2, 3, 4, 5))
+    # One counted forward per micro-batch, else the token counts are off (a wrapper calling the model twice,
+    # or a forward the hook does not see): kept in the result rather than losing the run.
     expected_micro = steps * cfg.train.gradient_accumulation_steps
     if micro != expected_micro:
-        raise RuntimeError(f"the token counter saw {micro} training forwards for {expected_micro} micro-batches; "
-                           f"the model's forward is not the one the trainer calls")
+        print(f"warning: the token counter saw {micro} training forwards for {expected_micro} micro-batches",
+              file=sys.stderr)
     step_times = []
     for a, b in zip(marks, marks[1:]):
         if a[0] >= warm:
@@ -556,6 +597,7 @@ def measure(spec, cfg, clock, trainer, session, out, train_wall, peak, check, ce
         "data_stats": _length_stats(session.prepared.stats["train"]),
         "steps_measured": steps,
         "micro_batches": micro,
+        "token_count_ok": micro == expected_micro,
         "tokens_all": tokens_all,
         "tokens_nonpad": nonpad,
         "padding_share": 1 - nonpad / tokens_all if tokens_all else None,
@@ -606,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps per run (warm-up included)")
     ap.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of the speed numbers")
     ap.add_argument("--rounds", type=int, default=3, help="runs per backend; the order alternates each round")
+    ap.add_argument("--threads", type=int, help="CPU threads per run (OMP_NUM_THREADS); on a shared CPU, 1 "
+                    "avoids the stalls of oversubscribed thread pools. Default: the library's choice")
     ap.add_argument("--out", help="JSON result path (default outputs/bench/<time>-<model>-<data>.json)")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="append the row here ('' for none)")
     ap.add_argument("--work-dir", help="where the runs write (default: beside --out; removed unless --keep)")

@@ -12,10 +12,22 @@ EXIT_USER_ERROR = 2
 EXIT_TRAINING_STOPPED = 3  # a guard stopped training (non-finite loss, out of memory, disk full)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a line is logged: notebooks and test runners swap it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger("llm_summarizer")
-    if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
+    if not any(type(h) is _CurrentStderr for h in root.handlers):
+        h = _CurrentStderr()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(h)
     root.setLevel(level)

@@ -210,7 +210,8 @@ class TrainSection(_Section):
         False, description="pack examples into rows of model.max_seq_length tokens (best-fit, TRL 'bfd'), padding-free "
         "inside each row: a fixed token budget per row instead of a fixed number of examples")
     sampling: Literal["random", "group_by_length"] = Field(
-        "random", description="training order: random, or group_by_length (batches of similar length, less padding)")
+        "group_by_length", description="training order: group_by_length (shuffled, then batches of similar length: "
+        "less padding, 1.05-1.7x the non-padding tokens/s measured) or random")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient: stop (keeping the last checkpoint) or skip the step"
     )
@@ -218,6 +219,12 @@ class TrainSection(_Section):
     early_stopping: list[EarlyStopSpec] = Field(
         default_factory=list, description="e.g. [{metric: eval_rougeL, patience: 3, min_delta: 0.005}]"
     )
+
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        # YAML reads a bare `no` as false; the strategy is meant.
+        return "no" if v is False else v
 
     @field_validator("optim")
     @classmethod

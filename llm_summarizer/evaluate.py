@@ -88,13 +88,17 @@ def load_eval_rows(cfg: Config, data=None, split: str = "test", limit: Optional[
         if split not in ("train", "validation", "test"):
             raise UserError(f"--split {split!r}: without --data the split must be train, validation or test "
                             f"(read from the model's config.yaml)")
-        if cfg.data.train is None and getattr(cfg.data, split) is None:
-            raise UserError(f"the model's config.yaml names no data.{split}; pass --data SOURCE")
-        raw = D.load_raw_splits(cfg)
-        if split not in raw:
-            raise UserError(f"the model's config.yaml has no data.{split} (and no {split}_size carved from train); "
-                            f"pass --data SOURCE")
-        split_raw = raw[split]
+        spec = getattr(cfg.data, split)
+        if spec is not None:  # read only this split (a hub train split can be large)
+            split_raw = D.validate_rows(D.read_source(spec, split, cfg.data), cfg.data.on_bad_rows)
+        else:  # held out of train by the seeded split training used
+            if cfg.data.train is None:
+                raise UserError(f"the model's config.yaml names no data.{split}; pass --data SOURCE")
+            raw = D.load_raw_splits(cfg)
+            if split not in raw:
+                raise UserError(f"the model's config.yaml has no data.{split} (and no {split}_size carved from "
+                                f"train); pass --data SOURCE")
+            split_raw = raw[split]
     else:
         spec = _source_spec(data)
         if spec.path is not None:
@@ -400,6 +404,9 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
         raise UserError(f"--limit {limit}: must be at least 1")
     # 1. The model directory, checked from its files before anything heavy.
     info = inference.describe_model_dir(model, base)
+    if compare_base and info.kind == "merged" and not info.base:
+        raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
+                        f"(export_info.json base_model); pass --base /path/to/base/model")
     cfg = inference.model_config(info, overrides)
     if (backend or cfg.model.backend) == "unsloth":
         from .model import import_unsloth

@@ -342,6 +342,15 @@ def _write_card(dst: Path, loaded, kind: str, info: dict) -> None:
     write_model_card(dst / "README.md", loaded.cfg, loaded.info.metrics, run_info, kind=kind, export_info=info)
 
 
+def _readable(root: Path) -> None:
+    """Ordinary permissions (umask) for what we publish: temporary directories start private (0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def _scratch(target: Path):
     """Working space beside the target (same disk), always removed."""
@@ -415,8 +424,9 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
     max_new = inference.default_max_new_tokens(loaded)[0]
     # 3. The fixed documents, and the source model's own greedy summaries of them: the reference.
     docs, docs_source = verification_documents(loaded.cfg, verify_examples, verify_data)
+    base_model = info.base if info.kind == "adapter" else info.base_recorded
     meta = {"format": fmt, "source": str(info.path.resolve()), "source_kind": info.kind,
-            "base_model": info.base if info.kind == "adapter" else info.base_recorded,
+            "base_model": str(Path(base_model).resolve()) if base_model and os.path.isdir(base_model) else base_model,
             "backend": loaded.backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions()}
     with _scratch(target) as scratch, atomic_directory(target) as tmp:
         if info.kind == "adapter":
@@ -484,6 +494,7 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
         meta["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / "export_info.json", meta)
         _write_card(tmp, loaded, "adapter" if fmt == "adapter" else "gguf" if fmt == "gguf" else "merged", meta)
+        _readable(tmp)
     log.info("exported %s -> %s (%s); %s", info.path, target, fmt, check["summary"])
     # 5. The hub, when asked: the export is complete locally whatever happens there.
     url = hub.push_folder(target, repo, private) if push else None

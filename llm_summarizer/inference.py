@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,8 +149,10 @@ def check_architecture(model_path: str, what: str, trust_remote_code: bool = Fal
         raise UserError(f"{what}: {p}/config.json has model_type {model_type!r}, which transformers "
                         f"{_version('transformers')} does not know; use a supported causal LM (llama, qwen2, "
                         f"mistral, gemma, phi3, ...) or upgrade transformers")
-    if model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        archs = ", ".join(conf.get("architectures") or [model_type])
+    archs = conf.get("architectures") or []
+    causal_arch = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    if (archs and not causal_arch) or (model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        archs = ", ".join(archs or [model_type])
         raise UserError(f"{what}: {p} is a {archs} ({model_type}), not a causal language model; summarization "
                         f"here needs a decoder model (...ForCausalLM)")
     q = conf.get("quantization_config") or {}
@@ -254,12 +257,14 @@ def _load_unsloth(info: ModelDir, cfg: Config, dtype, q4: bool, q8: bool):
     import_unsloth()
     from unsloth import FastLanguageModel
 
-    with _adapter_with_base(info) if info.kind == "adapter" else contextlib.nullcontext(info.path) as name:
+    # Unsloth prints its loading notes; standard output belongs to the commands' results (summaries).
+    with contextlib.redirect_stdout(sys.stderr), \
+            _adapter_with_base(info) if info.kind == "adapter" else contextlib.nullcontext(info.path) as name:
         try:
             model, _ = FastLanguageModel.from_pretrained(
                 model_name=str(name), max_seq_length=cfg.model.max_seq_length, dtype=dtype, load_in_4bit=q4,
                 load_in_8bit=q8, trust_remote_code=cfg.model.trust_remote_code)
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
+        except Exception as e:  # a user's file that does not load: say which and why
             raise _load_error("--model", str(info.path), e) from None
     return model
 
@@ -281,14 +286,14 @@ def _load_transformers(info: ModelDir, cfg: Config, dtype, q4: bool, q8: bool):
     src = info.base if info.kind == "adapter" else str(info.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
+    except Exception as e:  # a user's file that does not load: say which and why
         raise _load_error("--base" if info.kind == "adapter" else "--model", src, e) from None
     if info.kind == "adapter":
         from peft import PeftModel
 
         try:
             model = PeftModel.from_pretrained(model, str(info.path))
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
+        except Exception as e:  # a user's file that does not load: say which and why
             raise _load_error("--model", str(info.path), e) from None
     return model
 
@@ -330,7 +335,8 @@ def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional
     if backend == "unsloth":
         from .model import import_unsloth
 
-        import_unsloth()  # before transformers is imported by anything below
+        with contextlib.redirect_stdout(sys.stderr):
+            import_unsloth()  # before transformers is imported by anything below
     from .data import Formatter
 
     for p, what in ((str(info.path), "--model"), (info.base if info.kind == "adapter" else None, "base model")):

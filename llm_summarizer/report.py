@@ -56,26 +56,25 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     evals = [h for h in log_history if "eval_loss" in h or "eval_rougeL" in h]
     if plt is None or not (train or evals):
         return False
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
     if train:
         ax1.plot(*zip(*train), color=COLORS["loss"], lw=1.5, label="training loss")
     ev_loss = [(h["step"], h["eval_loss"]) for h in evals if "eval_loss" in h]
     if ev_loss:
         ax1.plot(*zip(*ev_loss), "o-", color=COLORS["eval_loss"], lw=1.5, ms=4, label="validation loss")
-    ax1.set(title="Loss", xlabel="training step", ylabel="cross-entropy on summary tokens")
-    ax1.legend(frameon=False)
+    ax1.set(title="Loss (summary tokens)", xlabel="training step", ylabel="cross-entropy")
+    below = dict(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3)
+    ax1.legend(**below)
     steps = [h["step"] for h in evals if "eval_rougeL" in h]
     for k in ("rouge1", "rouge2", "rougeL"):
         ys = [100 * h[f"eval_{k}"] for h in evals if f"eval_{k}" in h]
         xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)
         if ys:
-            ax2.plot(xs, ys, "o-", color=COLORS[k], lw=1.5, ms=4, label=LABELS[k])
-            ax2.annotate(f"{ys[-1]:.1f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 0),
-                         va="center", fontsize=8, color=COLORS[k])
-    ax2.set(title="ROUGE F1 on generated validation summaries" + (" (step 0 = base model)" if base else ""),
-            xlabel="training step", ylabel="F1 x 100", ylim=(0, 100))
+            ax2.plot(xs, ys, "o-", color=COLORS[k], lw=1.5, ms=4, label=f"{LABELS[k]} (last {ys[-1]:.1f})")
+    ax2.set(title="ROUGE on generated validation summaries", ylabel="F1 x 100", ylim=(0, 100),
+            xlabel="training step" + (" (step 0: the base model)" if base and steps else ""))
     if steps:
-        ax2.legend(frameon=False, loc="lower right")
+        ax2.legend(**below)
     else:
         ax2.text(0.5, 0.5, "no ROUGE evaluations logged", ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
@@ -95,7 +94,7 @@ def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_
     series = ([("base model", base, COLORS["base"])] if base else []) + [(model_label, model, COLORS["model"])]
     x = np.arange(len(keys))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (label, block, color) in enumerate(series):
         vals = [100 * _f1(block[k]) for k in keys]
         err = None
@@ -110,13 +109,12 @@ def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_
             top = v + (err[1][keys.index(k)] if err else 0)
             ax.text(p, top + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [LABELS[k] for k in keys])
-    ax.set(ylabel="F1 x 100", ylim=(0, 105),
-           title="ROUGE: base model vs fine-tuned" if base else f"ROUGE of the {model_label} model")
+    title = "ROUGE: base model vs fine-tuned" if base else f"ROUGE of the {model_label} model"
+    if any(isinstance(model[k], dict) and "ci95" in model[k] for k in keys):
+        title += "\n(error bars: bootstrap 95% confidence intervals)"
+    ax.set(ylabel="F1 x 100", ylim=(0, 105), title=title)
     ax.grid(axis="x", visible=False)
-    ax.legend(frameon=False, loc="upper right", ncol=len(series))
-    if any(isinstance(model[k], dict) for k in keys):
-        ax.text(0.0, -0.14, "error bars: bootstrap 95% confidence intervals", transform=ax.transAxes, fontsize=8,
-                color="#555555")
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(series))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -136,14 +134,14 @@ def plot_lengths(path: Path, references: list[str], predictions: list[str], base
         series.append(("base model", [len(t.split()) for t in base], COLORS["base"]))
     hi = max(max(s[1]) for s in series if s[1]) + 1
     bins = np.linspace(0, hi, min(40, hi) + 1)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
     for label, xs, color in series:
         mean = sum(xs) / max(1, len(xs))
         ax.hist(xs, bins=bins, histtype="stepfilled", alpha=0.25, color=color)
         ax.hist(xs, bins=bins, histtype="step", lw=1.6, color=color, label=f"{label} (mean {mean:.1f})")
         ax.axvline(mean, color=color, ls="--", lw=1)
-    ax.set(title="Summary length", xlabel="words per summary", ylabel="summaries")
-    ax.legend(frameon=False)
+    ax.set(title="Summary length (dashed lines: means)", xlabel="words per summary", ylabel="summaries")
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=len(series))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -37,7 +37,7 @@ from .config import Config, UserError, config_to_dict
 log = logging.getLogger("llm_summarizer.tracking")
 
 TRACKING_FILE = "tracking.json"  # in output.dir: the tracker run ids a resumed run continues
-SAMPLES_KEY = "eval/samples"
+SAMPLES_KEY = "eval/rouge_samples"
 SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", "rouge1", "rouge2", "rougeL", "rougeLsum"]
 STEP_KEY = "train/global_step"
 TENSORBOARD_DIR = "tensorboard"
@@ -177,11 +177,15 @@ def check_installed(cfg: Config) -> None:
     """Fail before any heavy work when a requested tracker's package is missing."""
     import importlib.util
 
-    missing = [_PACKAGES[r] for r in cfg.tracking.report_to if r in _PACKAGES and importlib.util.find_spec(_PACKAGES[r]) is None]
+    needed = [_PACKAGES[r] for r in cfg.tracking.report_to if r in _PACKAGES]
+    uri = cfg.tracking.mlflow_tracking_uri
+    if "mlflow" in needed and (uri is None or uri.startswith("sqlite")):
+        needed += ["sqlalchemy", "alembic"]  # MLflow's SQLite store (mlflow-skinny leaves them out)
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"tracking.report_to lists {', '.join(missing)} but the package is not installed: "
-                        f"pip install {' '.join(missing)}  (or pip install 'llm_summarizer[trackers]'), "
-                        "or remove it from tracking.report_to")
+        raise UserError(f"tracking.report_to={cfg.tracking.report_to} needs {', '.join(missing)}, not installed: "
+                        f"pip install {' '.join(missing)}  (or pip install -e '.[trackers]'), "
+                        "or remove the tracker from tracking.report_to")
 
 
 def _read_ids(output_dir: Path) -> dict:
@@ -343,7 +347,8 @@ class Trackers:
         mode, why = decide_wandb_mode(t.wandb_mode)
         run_id = prior.get("run_id") or new_run_id()
         wandb_dir = self.output_dir / WANDB_DIR
-        wandb_dir.mkdir(parents=True, exist_ok=True)
+        if mode != "disabled":
+            wandb_dir.mkdir(parents=True, exist_ok=True)
         kwargs = dict(project=t.project, entity=t.entity, name=t.run_name or self.cfg.output.run_name,
                       tags=list(t.tags) or None, group=t.group, notes=t.notes, job_type="train",
                       config=run_config(self.cfg), id=run_id, resume="allow", dir=str(self.output_dir),

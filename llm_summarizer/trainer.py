@@ -35,7 +35,7 @@ def greater_is_better(cfg: Config) -> bool:
 
 def check_metric(cfg: Config, has_validation: bool) -> None:
     metric = cfg.train.metric_for_best_model
-    names = [metric] + [e.metric for e in cfg.train.early_stopping]
+    names = ([metric] if cfg.train.load_best_model_at_end else []) + [e.metric for e in cfg.train.early_stopping]
     for name in names:
         bare = name.removeprefix("eval_")
         if bare in ROUGE_KEYS and not cfg.eval.rouge:

@@ -7,6 +7,7 @@ there and consistent with the raw counts it was computed from; it makes no claim
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ def smoke(tmp_path_factory, models_dir):
     md.write_text("# Benchmarks\n\nwhat a user wrote before\n")
     out = tmp / "result.json"
     r = run_cli("bench", "--shape", "tiny", "--data", "demo", "--steps", "4", "--warmup-steps", "1", "--rounds", "1",
+                "--threads", "1",
                 "--val-rows", "12", "--out", out, "--markdown", md, f"model.random_init_dir={models_dir}",
                 "eval.num_samples=2", "eval.max_new_tokens=8", "train.logging_steps=1", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -37,7 +39,7 @@ def smoke(tmp_path_factory, models_dir):
 def test_bench_json_has_every_field_with_sane_values(smoke):
     res, _, _, r = smoke
     assert res["command"].startswith("python -m llm_summarizer.bench --shape tiny --data demo --steps 4")
-    assert res["device"].startswith("CPU")
+    assert res["device"].startswith("CPU") and res["device"].endswith(", 1 torch threads")
     for pkg in ("torch", "transformers", "trl", "peft", "unsloth"):
         assert res["versions"][pkg]
     assert res["model"]["shape"] == "tiny" and res["model"]["mode"] == "LoRA fp32"
@@ -165,8 +167,9 @@ def test_padding_free_and_packed_batches_have_the_loss_of_their_examples_one_by_
     """Concatenated examples must not attend to each other: the loss of a padding-free batch (and of a
     packed row) equals the token-weighted loss of its examples run one at a time. The transformers backend,
     in a process without Unsloth (whose CPU backend turns both switches off)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny tensors: one thread is faster on a shared CPU
     r = subprocess.run([sys.executable, "-c", PADDING_FREE_CHECK, str(models_dir), str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
     pf = res["padding_free"]

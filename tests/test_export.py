@@ -1,0 +1,220 @@
+"""Exports of the demo run's adapter, the model card, and hub pushes that keep the token secret."""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT, read_jsonl, tiny_overrides
+
+TEST = ROOT / "data" / "demo" / "test.jsonl"
+KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+# Generation with plain transformers in a fresh process (no Unsloth patches), as a user of the merged model would.
+PLAIN = r"""
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from llm_summarizer.config import load_config
+from llm_summarizer.data import Formatter
+from llm_summarizer.generation import generate
+d, docs, n = sys.argv[1], json.loads(open(sys.argv[2]).read()), int(sys.argv[3])
+model = AutoModelForCausalLM.from_pretrained(d, dtype="auto")
+tok = AutoTokenizer.from_pretrained(d)
+cfg = load_config(d + "/config.yaml")
+gens = generate(model, tok, Formatter(tok, cfg.data, cfg.model.max_seq_length), docs, cfg.eval, n, "transformers")
+print(json.dumps({"texts": [g.text for g in gens], "dtype": str(model.dtype), "unsloth": "unsloth" in sys.modules}))
+"""
+
+
+def hidden(d: Path) -> list:
+    return [p.name for p in d.iterdir() if p.name.startswith(".")]
+
+
+def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(demo_run, tmp_path):
+    from llm_summarizer import inference
+    from llm_summarizer.export import export_model
+
+    out = tmp_path / "merged"
+    res = export_model(demo_run.model_dir, "merged-16bit", output=out, verify_examples=4)
+    assert res.output_dir == out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "config.yaml", "README.md", "export_info.json"} <= names
+    assert "adapter_config.json" not in names and not hidden(tmp_path)
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["method"].startswith("Unsloth save_pretrained_merged") and info["dtype"] == "float16"
+    assert "4/4 fixed documents" in info["verification"]["summary"]
+    # Checked again here, on other documents: the adapter (in this process) against the merged weights
+    # loaded by plain transformers in a process that never imported Unsloth.
+    docs = [r["document"] for r in read_jsonl(TEST)[:6]]
+    loaded = inference.load_for_generation(demo_run.model_dir)
+    n = inference.default_max_new_tokens(loaded)[0]
+    adapter = [g.text for g in inference.summarize_texts(loaded, docs, n)]
+    (tmp_path / "docs.json").write_text(json.dumps(docs))
+    r = subprocess.run([sys.executable, "-c", PLAIN, str(out), str(tmp_path / "docs.json"), str(n)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plain = json.loads(r.stdout.strip().splitlines()[-1])
+    assert plain["unsloth"] is False and plain["dtype"] == "torch.float16"
+    assert plain["texts"] == adapter
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "reproduces the adapter's greedy summaries" in card
+
+
+def test_merged_16bit_on_the_transformers_backend(demo_run, tmp_path):
+    from llm_summarizer.export import export_model
+
+    out = tmp_path / "merged"
+    res = export_model(demo_run.model_dir, "merged-16bit", output=out, backend="transformers", verify_examples=4)
+    info = json.loads((out / "export_info.json").read_text())
+    assert info == res.info and info["backend"] == "transformers"
+    assert info["method"] == "PEFT merge_and_unload, cast to float16" and info["dtype"] == "float16"
+    # checked by plain transformers in another process, on the model's own validation documents
+    assert "4/4 fixed documents (first 4 rows of" in info["verification"]["summary"]
+    assert not hidden(tmp_path)
+
+
+def test_export_that_differs_from_the_adapter_fails_and_leaves_nothing(demo_run, tmp_path, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from llm_summarizer import export
+
+    real = export.merge_16bit
+
+    def broken_merge(loaded, dst, scratch):
+        how = real(loaded, dst, scratch)
+        w = load_file(str(dst / "model.safetensors"))
+        torch.manual_seed(0)
+        for k in w:
+            if "down_proj" in k:
+                w[k] = torch.randn_like(w[k]) * 0.5  # what a wrong merge looks like
+        save_file(w, str(dst / "model.safetensors"), metadata={"format": "pt"})
+        return how
+
+    monkeypatch.setattr(export, "merge_16bit", broken_merge)
+    out = tmp_path / "merged"
+    capsys.readouterr()
+    rc = export.main([str(demo_run.model_dir), "--format", "merged-16bit", "--output", str(out), "--verify-examples", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "does not reproduce the adapter's greedy summaries" in err and "Nothing was written" in err
+    assert not out.exists() and not hidden(tmp_path)
+
+
+def test_gguf_without_llama_cpp_says_what_to_install(demo_run, tmp_path, monkeypatch, capsys):
+    from llm_summarizer import export
+
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
+    before = sorted(p.name for p in demo_run.model_dir.parent.iterdir())
+    out = tmp_path / "gguf"
+    capsys.readouterr()
+    rc = export.main([str(demo_run.model_dir), "--format", "gguf", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "convert_hf_to_gguf.py" in err and "git clone https://github.com/ggml-org/llama.cpp" in err
+    assert "--llama-cpp" in err and "Nothing was written" in err
+    assert not out.exists() and not hidden(tmp_path)
+    assert sorted(p.name for p in demo_run.model_dir.parent.iterdir()) == before
+
+
+def test_merged_4bit_needs_a_gpu(demo_run, tmp_path, capsys):
+    import torch
+
+    from llm_summarizer import export
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; test_merged_4bit_on_gpu covers it")
+    capsys.readouterr()
+    rc = export.main([str(demo_run.model_dir), "--format", "merged-4bit", "--output", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs a CUDA GPU" in err and "merged-16bit" in err
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.gpu
+def test_merged_4bit_on_gpu(demo_run, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from llm_summarizer.export import export_model
+
+    res = export_model(demo_run.model_dir, "merged-4bit", output=tmp_path / "q")
+    conf = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert conf["quantization_config"]["load_in_4bit"] is True
+    assert res.info["verification"]["rougeL_agreement"] >= 0.8
+
+
+def test_model_card_front_matter_and_rouge_table(demo_run):
+    text = (demo_run.model_dir / "README.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    body = text.split("---\n", 2)[2]
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert {"summarization", "lora"} <= set(meta["tags"]) and meta["metrics"] == ["rouge"]
+    assert meta["datasets"] == ["train.jsonl", "validation.jsonl"]
+    final, base = demo_run.metrics["final"], demo_run.metrics["base"]
+    reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert reported == {k: round(100 * final[k], 2) for k in KEYS}
+    for k, label in zip(KEYS, ("ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum")):
+        row = f"| {label} | {100 * base[k]:.2f} | {100 * final[k]:.2f} | {100 * (final[k] - base[k]):+.2f} |"
+        assert row in body, row
+    assert "## Evaluation protocol" in body and "use_stemmer: True" in body
+    lr = yaml.safe_load((demo_run.model_dir / "config.yaml").read_text())["train"]["learning_rate"]
+    assert "## Training procedure" in body and f"| learning rate | {lr} (" in body
+
+
+def test_push_without_token_or_network_fails_clearly_and_leaks_no_secret(tmp_path, models_dir, monkeypatch, capfd):
+    from llm_summarizer.config import UserError, load_config
+    from llm_summarizer.train import run
+
+    secrets = {"HF_TOKEN": "hf_SECRETtoken0123456789abcdef", "WANDB_API_KEY": "0123456789abcdef0123456789abcdef0123abcd"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a real network failure, without the network
+    log_stream = io.StringIO()
+    handler = logging.StreamHandler(log_stream)
+    logger = logging.getLogger("llm_summarizer")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        cfg = load_config(ROOT / "configs/demo.yaml", tiny_overrides(
+            tmp_path, models_dir, **{"train.max_steps": 4, "train.eval_steps": 2, "train.save_steps": 2,
+                                     "eval.num_samples": 4, "output.push_to_hub": "true",
+                                     "output.hub_model_id": "someone/demo-summarizer"}))
+        with pytest.raises(UserError) as e:
+            run(cfg)
+    finally:
+        logger.removeHandler(handler)
+    msg = str(e.value)
+    assert "someone/demo-summarizer failed" in msg and "hf upload someone/demo-summarizer" in msg
+    # the push came last: the model, its card and the report are all there
+    assert (tmp_path / "fine_tuned" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "fine_tuned" / "README.md").is_file() and (tmp_path / "outputs" / "report.md").is_file()
+    captured = capfd.readouterr()
+    texts = [msg, log_stream.getvalue(), captured.out, captured.err]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for name, secret in secrets.items():
+        assert not any(secret in t for t in texts), f"{name} appears in the output"
+        leaked = [p for p in files if secret.encode() in p.read_bytes()]
+        assert not leaked, f"{name} written to {leaked}"
+    # without any token the push is refused before anything is uploaded, with what to do
+    import huggingface_hub.constants
+
+    from llm_summarizer import hub
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no_login" / "token"))
+
+    with pytest.raises(UserError, match="set HF_TOKEN"):
+        hub.push_folder(tmp_path / "fine_tuned", "someone/demo-summarizer")
