@@ -195,6 +195,8 @@ def publish_checkpoint(trainer, staging: Path, run_dir: Path) -> Path:
     _fsync_dir(run_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    # Whatever else the save wrote beside the checkpoint (TRL's README) goes with the staging area.
+    shutil.rmtree(staging, ignore_errors=True)
     if trainer.args.should_save:
         rotate_checkpoints(output_dir=str(run_dir), save_total_limit=trainer.args.save_total_limit,
                            best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)

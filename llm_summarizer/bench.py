@@ -1,7 +1,7 @@
 """Benchmark the project's own training path: backend unsloth against backend transformers, in one run.
 
-    python -m llm_summarizer.bench                                     # CPU: tiny random-init Llama, ~10 min
-    python -m llm_summarizer.bench --steps 8 --warmup-steps 2 --rounds 1 eval.num_samples=4   # quick look
+    python -m llm_summarizer.bench --threads 1                         # CPU: tiny random-init Llama, ~8 min
+    python -m llm_summarizer.bench --steps 8 --warmup-steps 2 --rounds 1 eval.num_samples=4   # a quick look
     python -m llm_summarizer.bench --shape llama-1b --data dialogsum   # GPU: Llama-3.2-1B shape, bf16 LoRA
     python -m llm_summarizer.bench --shape llama-1b --data dialogsum --qlora
     python -m llm_summarizer.bench --model /path/to/model --data path/to/data_dir train.padding_free=true

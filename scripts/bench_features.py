@@ -23,12 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Each names its sampling, so a variant means the same thing whatever the schema default is.
 VARIANTS = {
-    "padded": [],
+    "padded": ["train.sampling=random"],
     "group_by_length": ["train.sampling=group_by_length"],
-    "padding_free": ["train.padding_free=true"],
+    "padding_free": ["train.padding_free=true", "train.sampling=random"],
     "padding_free+group": ["train.padding_free=true", "train.sampling=group_by_length"],
-    "packing": ["train.packing=true"],
+    "packing": ["train.packing=true", "train.sampling=random"],
+    # transformers backend only (Unsloth picks its own attention): FlexAttention with a document mask
+    "padding_free+flex": ["train.padding_free=true", "model.attn_implementation=flex_attention", "train.sampling=random"],
 }
 
 
@@ -37,7 +40,8 @@ def main(argv=None) -> int:
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="padded,group_by_length,padding_free,packing",
+                    help=f"comma-separated, of: {', '.join(VARIANTS)}")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,KEY=V", help="an extra variant")
     ap.add_argument("--backends", default="transformers")
     ap.add_argument("--rounds", type=int, default=3)

@@ -3,7 +3,7 @@
 # reaches nothing (its image has torch, transformers, peft, accelerate, triton; not unsloth, trl,
 # datasets, bitsandbytes, torchao, pydantic, rouge-score: those travel as wheels, for Python 3.12).
 #
-#   bash scripts/bench_gpu_prepare.sh        # wheels -> .whl/, DialogSum + SciTLDR -> .bench_data/
+#   bash scripts/bench_gpu_prepare.sh        # wheels -> .whl/, DialogSum + SciTLDR -> .bench_data/ (git-ignored)
 #   # then, on the GPU machine, from the repository root, carrying .whl and .bench_data:
 #   bash scripts/bench_gpu.sh                # see that script for what it runs and where results go
 #
@@ -70,10 +70,6 @@ for name in dialogsum scitldr; do
 done
 [ -f "$DATA_DIR/dialogsum/train.jsonl" ] || echo "warning: $SHARED/dialogsum not found; the GPU run falls back to data/demo" >&2
 
-# Ignored locally (not committed), so only `carry` takes them to the GPU machine.
-for d in "$WHEEL_DIR" "$DATA_DIR"; do
-  case "$d" in /*|../*) continue ;; esac
-  [ -d .git ] && { grep -qxF "/${d#./}/" .git/info/exclude 2>/dev/null || echo "/${d#./}/" >> .git/info/exclude; }
-done
+# .whl/ and .bench_data/ are in .gitignore: never committed, taken to the GPU machine only when asked for.
 du -sh "$WHEEL_DIR" "$DATA_DIR"
 echo "ready: run scripts/bench_gpu.sh on the GPU machine with carry [\"$WHEEL_DIR\", \"$DATA_DIR\"]"

@@ -68,7 +68,7 @@ def test_bench_json_has_every_field_with_sane_values(smoke):
         assert run["evaluations"] == 1 and run["rouge_calls"] == 1  # the forced end-of-training ROUGE pass
         assert 0 < run["rouge_s"] <= run["eval_s"] < run["train_wall_s"]
         assert run["rouge_share"] == pytest.approx(run["rouge_s"] / run["train_wall_s"])
-        assert run["effective"]["padding_free"] is False and run["effective"]["sampling"] == "random"
+        assert run["effective"]["padding_free"] is False and run["effective"]["sampling"] == "group_by_length"
         check = run["loss_check"]
         assert check["examples"] == 8 and check["rel_diff"] < 1e-5 and 5 < check["batch_loss"] < 10
     assert res["same_tokens_each_round"] is True

@@ -188,8 +188,8 @@ def test_push_without_token_or_network_fails_clearly_and_leaks_no_secret(tmp_pat
     logger.setLevel(logging.DEBUG)
     try:
         cfg = load_config(ROOT / "configs/demo.yaml", tiny_overrides(
-            tmp_path, models_dir, **{"train.max_steps": 4, "train.eval_steps": 2, "train.save_steps": 2,
-                                     "eval.num_samples": 4, "output.push_to_hub": "true",
+            tmp_path, models_dir, **{"train.max_steps": 2, "train.eval_steps": 2, "train.save_steps": 2,
+                                     "train.logging_steps": 1, "eval.num_samples": 2, "output.push_to_hub": "true",
                                      "output.hub_model_id": "someone/demo-summarizer"}))
         with pytest.raises(UserError) as e:
             run(cfg)
