@@ -153,6 +153,8 @@ def run(args, inputs: list[str], overrides: list[str]) -> int:
 
     # 1. What to summarize (read and checked before the model is loaded).
     items = collect_items(inputs, args.column, tuple(args.glob or DEFAULT_GLOBS))
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a directory; give a file name (summaries.jsonl, summaries.txt)")
     if args.max_new_tokens:
         overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
     # 2. The model, with the prompt format and token budget it was trained with.
