@@ -95,17 +95,11 @@ class RougeEvaluator:
 
 
 class RougeCallback(TrainerCallback):
-    """Asks the trainer to evaluate every `eval.every_steps` and at the end; records ROUGE history."""
+    """Asks the trainer to evaluate every `eval.every_steps` and at the end (the ROUGE history is the log history)."""
 
     def __init__(self, evaluator: RougeEvaluator, every_steps: Optional[int]):
         self.evaluator = evaluator
         self.every_steps = every_steps
-        self.history: list[dict] = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # On resume the trainer state (and its log history) comes from the checkpoint: so does ours.
-        self.history = [{"step": h.get("step"), **{k: v for k, v in h.items() if k.startswith("eval_rouge")}}
-                        for h in state.log_history if "eval_rougeL" in h]
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_steps and state.global_step % self.every_steps == 0:
@@ -113,10 +107,6 @@ class RougeCallback(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_evaluate = True  # ROUGE at the end, whatever the schedule
         return control
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics and "eval_rougeL" in metrics:
-            self.history.append({"step": state.global_step, **{k: metrics[k] for k in metrics if k.startswith("eval_rouge")}})
 
 
 def early_stopping_callback(metric: str, patience: int, min_delta: float = 0.0):

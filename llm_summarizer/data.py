@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -587,8 +588,11 @@ def tokenize_split(raw: RawSplit, formatter: Formatter, data: DataSection, cache
         if cached is not None:
             tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
             ds.save_to_disk(str(tmp))
-            os.replace(tmp, cached) if not cached.exists() else None
-            ds = datasets.load_from_disk(str(cached if cached.exists() else tmp))
+            if cached.exists():  # another run wrote the same cache meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, cached)
+            ds = datasets.load_from_disk(str(cached))
     status = ds["status"]
     counts = Counter(status)
     stats = SplitStats(role=raw.role, source=raw.source, rows_read=raw.read, rows_kept=0,

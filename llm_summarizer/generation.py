@@ -129,9 +129,3 @@ def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection,
             if progress:
                 progress(i, len(order))
     return results  # type: ignore[return-value]
-
-
-def timed_generate(*args, **kwargs) -> tuple[list[Generated], float]:
-    t0 = time.perf_counter()
-    out = generate(*args, **kwargs)
-    return out, time.perf_counter() - t0

@@ -156,11 +156,6 @@ def _finish_tokenizer(cfg: Config, tok):
     return tok
 
 
-def _target_modules(cfg: Config):
-    t = cfg.lora.target_modules
-    return t if isinstance(t, list) else t  # list, regex string, or "all-linear": all understood by PEFT
-
-
 def _loftq_config(cfg: Config):
     if not cfg.lora.loftq:
         return None
@@ -215,7 +210,7 @@ def _load_unsloth(cfg: Config, path: str, prec: Precision):
         kwargs["use_dora"] = True
     loftq = _loftq_config(cfg)
     model = FastLanguageModel.get_peft_model(
-        model, r=lo.r, target_modules=_target_modules(cfg), lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+        model, r=lo.r, target_modules=cfg.lora.target_modules, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
         bias=lo.bias, use_gradient_checkpointing=m.gradient_checkpointing, random_state=cfg.train.seed,
         use_rslora=lo.use_rslora, init_lora_weights="loftq" if loftq else True,
         loftq_config=loftq if loftq else {}, **kwargs,
@@ -254,7 +249,7 @@ def _load_transformers(cfg: Config, path: str, prec: Precision):
     lo = cfg.lora
     loftq = _loftq_config(cfg)
     peft_cfg = LoraConfig(
-        r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=_target_modules(cfg), bias=lo.bias,
+        r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=cfg.lora.target_modules, bias=lo.bias,
         use_rslora=lo.use_rslora, use_dora=lo.use_dora, task_type="CAUSAL_LM",
         init_lora_weights="loftq" if loftq else True, loftq_config=loftq or {},
     )
