@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .config import Config
 from .guards import TrainingStopped
@@ -116,7 +117,7 @@ def early_stopping_callback(metric: str, patience: int, min_delta: float = 0.0):
     return type(name, (EarlyStopping,), {})(metric, patience, min_delta)
 
 
-class EarlyStopping(TrainerCallback):
+class EarlyStopping(TrainerCallback, ExportableState):
     """Stop when `metric` has not improved by more than `min_delta` for `patience` evaluations.
 
     The counters are saved in trainer_state.json (transformers' stateful callbacks), so a resumed run
@@ -155,7 +156,7 @@ class EarlyStopping(TrainerCallback):
                 "attributes": {"best": self.best, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}}
 
 
-class NonFiniteGuard(TrainerCallback):
+class NonFiniteGuard(TrainerCallback, ExportableState):
     def __init__(self, policy: str = "stop", max_skips: int = 0):
         self.policy = policy
         self.max_skips = max_skips

@@ -75,7 +75,9 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         seed=t.seed,
         data_seed=t.seed,
         load_best_model_at_end=t.load_best_model_at_end and has_validation,
-        metric_for_best_model=metric if metric.startswith("eval_") else f"eval_{metric}",
+        # Only when it picks the best checkpoint: transformers looks the metric up at every save otherwise.
+        metric_for_best_model=(metric if metric.startswith("eval_") else f"eval_{metric}")
+        if t.load_best_model_at_end and has_validation else None,
         greater_is_better=greater_is_better(cfg),
         bf16=prec.bf16,
         fp16=prec.fp16,
