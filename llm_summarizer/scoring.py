@@ -1,7 +1,8 @@
 """ROUGE as published summarization results compute it: rouge-score, Porter stemming, F1.
 
 ROUGE-Lsum treats newlines as sentence boundaries (rouge-score's convention), so both texts get one
-sentence per line first; the splitter is a plain regex on sentence-final punctuation (no downloads).
+sentence per line first; the splitter is a plain regex on sentence-final punctuation followed by whitespace
+and a capital letter, digit or opening quote (no downloads; "e.g. the" stays one sentence).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ PROTOCOL = {
     "measure": "F1 (fmeasure)",
     "use_stemmer": True,
     "tokenizer": "rouge-score default (lowercase, non-alphanumerics to spaces)",
-    "rougeLsum_sentence_split": "newline; sentences split by a regex on . ! ? followed by whitespace",
+    "rougeLsum_sentence_split": "newlines, and . ! ? followed by whitespace and a capital, digit or opening quote",
     "aggregation": "mean over examples",
 }
 

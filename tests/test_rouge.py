@@ -13,7 +13,9 @@ def independent_rouge(reference: str, prediction: str) -> dict:
     from rouge_score import rouge_scorer
 
     sc = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
-    nl = lambda t: "\n".join(s for s in re.split(r"(?<=[.!?])\s+", t.strip()) if s)
+    # the documented protocol: a sentence ends at . ! ? followed by whitespace and a capital, digit or opening quote
+    nl = lambda t: "\n".join(s.strip() for line in t.strip().split("\n")
+                             for s in re.split(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9#])", line.strip()) if s.strip())
     return {k: v.fmeasure for k, v in sc.score(nl(reference), nl(prediction)).items()}
 
 
@@ -26,6 +28,7 @@ def test_rouge_known_values():
     assert s["rougeL"] == pytest.approx(0.5)
     assert s["rougeLsum"] == pytest.approx(1.0)
     assert split_sentences("First one. Second one! Third?\nFourth") == "First one.\nSecond one!\nThird?\nFourth"
+    assert split_sentences("Prices rose approx. three percent. then fell") == "Prices rose approx. three percent. then fell"
     means, per = score_corpus(["a b c", "x y"], ["a b c", "z"])
     assert means["rouge1"] == pytest.approx(0.5) and per[1]["rouge1"] == 0.0
 

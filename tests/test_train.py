@@ -78,11 +78,21 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir):
     bad = cfg.output_dir / "checkpoint-15"
     shutil.copytree(cfg.output_dir / "checkpoint-10", bad)
     (bad / "optimizer.pt").unlink()
-    second = run(cfg)
+    class FirstStep(TrainerCallback):
+        seen = None
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.seen is None:
+                self.seen = state.global_step
+
+    first_step = FirstStep()
+    second = run(cfg, extra_callbacks=[first_step])
     assert second.resumed_from == cfg.output_dir / "checkpoint-10"
     assert second.metrics["train"]["global_step"] == 20
+    assert first_step.seen == 11, "the resumed run must continue the step count, not restart"
+    # the history carries the first segment's entries from the checkpoint, each step once
     steps = [h["step"] for h in second.log_history if "loss" in h]
-    assert steps and min(steps) > 10, "the resumed run must continue the step count, not restart"
+    assert steps == sorted(set(steps)) and steps == [h["step"] for h in full.log_history if "loss" in h]
     a, b = load_adapter(full.model_dir), load_adapter(second.model_dir)
     assert a.keys() == b.keys()
     for k in a:
