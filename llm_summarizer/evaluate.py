@@ -295,17 +295,31 @@ def paired_difference(rows: list[dict], base_rows: list[dict], samples: int, see
 # Settings, protocol, output
 
 
+def _file_digest(p: Path, whole_below: int = 256 << 20, chunk: int = 1 << 20, samples: int = 16) -> str:
+    """sha256 of the whole file when small (adapters), else of its size and evenly spaced 1 MiB chunks:
+    a retrained model is noticed, a copied one (new path, new modification time) is the same model."""
+    import hashlib
+
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        if size <= whole_below:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+        else:
+            for i in range(samples):
+                f.seek((size - chunk) * i // (samples - 1))
+                h.update(f.read(chunk))
+    return h.hexdigest()
+
+
 def _weights_fingerprint(path: Path) -> list:
-    """Size and modification time of the weight files: a retrained or replaced model is noticed."""
+    """The weight files by content, so evaluating a copy of a model resumes, and a retrained one does not."""
     from .inference import ADAPTER_WEIGHTS, FULL_WEIGHTS
 
-    out = []
-    for name in ADAPTER_WEIGHTS + FULL_WEIGHTS:
-        p = path / name
-        if p.is_file():
-            st = p.stat()
-            out.append([name, st.st_size, st.st_mtime_ns])
-    return out
+    names = [n for n in ADAPTER_WEIGHTS + FULL_WEIGHTS if (path / n).is_file()]
+    shards = sorted(p.name for pat in ("model-*.safetensors", "pytorch_model-*.bin") for p in path.glob(pat))
+    return [[name, _file_digest(path / name)] for name in names + shards]
 
 
 def _decoding(ev, max_new_tokens: int, source: str, stop_ids, tokenizer) -> dict:
@@ -346,7 +360,8 @@ def check_settings(out: Path, settings: dict) -> None:
         except ValueError:
             old = None
         if old is not None:
-            differs = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            # the model is known by its weights' content: a moved or copied model directory is the same model
+            differs = sorted(k for k in set(old) | set(settings) if k != "model" and old.get(k) != settings.get(k))
             if differs and has_preds:
                 raise UserError(f"--output {out} holds predictions of a different evaluation (differs in: "
                                 f"{', '.join(differs)}); choose another --output, or delete {out} to start over")

@@ -96,6 +96,35 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
     )
 
 
+def epoch_seeded_sampler(lengths: list[int], batch_size: int, seed: int):
+    """transformers' length-grouped order, drawn from a generator seeded with (seed, epoch).
+
+    transformers' own LengthGroupedSampler draws each epoch's order from the global torch RNG at the
+    moment the epoch starts; a run resumed in a later epoch has another RNG state there and trains on
+    other batches than the run would have. Seeding per epoch makes the order a function of (seed, epoch)
+    alone, so a resumed run sees exactly the batches of an uninterrupted one.
+    """
+    import torch
+    from torch.utils.data import Sampler
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    class EpochSeededLengthGroupedSampler(Sampler):
+        def __init__(self):
+            self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = int(epoch)
+
+        def __len__(self) -> int:
+            return len(self.lengths)
+
+        def __iter__(self):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+    return EpochSeededLengthGroupedSampler()
+
+
 def trainer_class(loss_from_logits: bool):
     """SFTTrainer (Unsloth's patched one when unsloth was imported first) + ROUGE in the eval loop."""
     import torch
@@ -119,6 +148,15 @@ def trainer_class(loss_from_logits: bool):
             finally:
                 self.args.output_dir, self.args.save_total_limit = final_args_dir, limit
             publish_checkpoint(self, staging, Path(run_dir))
+
+        def _get_train_sampler(self, train_dataset=None):
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:  # see epoch_seeded_sampler: resume must see the same batches
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                sampler = epoch_seeded_sampler(sampler.lengths, sampler.batch_size, seed)
+            return sampler
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                             metric_key_prefix="eval"):

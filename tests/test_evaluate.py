@@ -121,6 +121,12 @@ def test_interrupted_evaluation_resumes_without_regenerating(demo_run, tmp_path,
     ids = [r["id"] for r in read_jsonl(out / "predictions.jsonl")]
     assert len(ids) == len(set(ids)) == 12
     assert res.metrics["generation"]["model"]["reused"] == 8 and res.metrics["generation"]["model"]["generated"] == 4
+    # the same model copied elsewhere (new path, new modification times) is still the same evaluation
+    copy = tmp_path / "copied_model"
+    shutil.copytree(demo_run.model_dir, copy, copy_function=shutil.copyfile)
+    calls.clear()
+    res = evaluate_model(copy, **args)
+    assert calls == [] and res.metrics["generation"]["model"]["reused"] == 12
     # other decoding settings never get mixed into the same predictions file
     capsys.readouterr()
     rc = main(["--model", str(demo_run.model_dir), "--data", str(TEST), "--output", str(out), "--limit", "12",

@@ -55,7 +55,8 @@ def test_demo_logs_rouge_at_every_evaluation(demo_run):
     assert any("eval_rougeL" in h for h in state["log_history"])
 
 
-def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir):
+@pytest.mark.parametrize("sampling", ["group_by_length", "random"])
+def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampling):
     from transformers import TrainerCallback
 
     from llm_summarizer.train import run
@@ -68,15 +69,18 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir):
             if state.global_step == self.step:
                 control.should_training_stop = True
 
+    # 40 training rows = 5 steps per epoch: the run stops and resumes in the third epoch, where the
+    # batch order is no longer the one drawn at start-up
     base = ["eval.rouge=false", "eval.base_eval=false", "train.eval_strategy=no", "train.max_steps=20",
-            "train.save_steps=10", "train.save_total_limit=null"]
+            "train.save_steps=6", "train.save_total_limit=null", "train.logging_steps=1", "data.train.limit=40",
+            f"train.sampling={sampling}"]
     full = run(load_config(ROOT / "configs/demo.yaml", tiny_overrides(tmp_path / "full", models_dir) + base))
     cfg = load_config(ROOT / "configs/demo.yaml", tiny_overrides(tmp_path / "cut", models_dir) + base)
-    first = run(cfg, extra_callbacks=[StopAt(10)])
-    assert first.metrics["train"]["global_step"] == 10
+    first = run(cfg, extra_callbacks=[StopAt(12)])
+    assert first.metrics["train"]["global_step"] == 12
     # a newer checkpoint that is incomplete must be skipped
     bad = cfg.output_dir / "checkpoint-15"
-    shutil.copytree(cfg.output_dir / "checkpoint-10", bad)
+    shutil.copytree(cfg.output_dir / "checkpoint-12", bad)
     (bad / "optimizer.pt").unlink()
     class FirstStep(TrainerCallback):
         seen = None
@@ -87,9 +91,9 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir):
 
     first_step = FirstStep()
     second = run(cfg, extra_callbacks=[first_step])
-    assert second.resumed_from == cfg.output_dir / "checkpoint-10"
+    assert second.resumed_from == cfg.output_dir / "checkpoint-12"
     assert second.metrics["train"]["global_step"] == 20
-    assert first_step.seen == 11, "the resumed run must continue the step count, not restart"
+    assert first_step.seen == 13, "the resumed run must continue the step count, not restart"
     # the history carries the first segment's entries from the checkpoint, each step once
     steps = [h["step"] for h in second.log_history if "loss" in h]
     assert steps == sorted(set(steps)) and steps == [h["step"] for h in full.log_history if "loss" in h]
