@@ -58,7 +58,8 @@ def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float)
         target = t0 + rng.uniform(0.35, 1.0) * t_ref
         when = "random"
         while p.poll() is None and time.time() < deadline:
-            if mode == "checkpoint" and staging.exists() and any(staging.iterdir()):
+            # a staging folder left by the previous kill is there until the new process clears it
+            if mode == "checkpoint" and staging.exists() and any(c.stat().st_mtime > t0 for c in staging.iterdir()):
                 when = "during checkpoint write"
                 break
             if mode == "random" and time.time() >= target:
