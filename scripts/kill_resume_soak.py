@@ -49,6 +49,13 @@ def run_to_end(out: Path, args, log) -> float:
     return time.time() - t0
 
 
+def writing_since(staging: Path, t0: float) -> bool:
+    try:
+        return any(c.stat().st_mtime > t0 for c in staging.iterdir())
+    except OSError:  # not there yet, or renamed away while we looked
+        return False
+
+
 def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float) -> dict:
     staging = out / "outputs" / ".staging"
     with open(log, "ab") as f:
@@ -59,7 +66,7 @@ def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float)
         when = "random"
         while p.poll() is None and time.time() < deadline:
             # a staging folder left by the previous kill is there until the new process clears it
-            if mode == "checkpoint" and staging.exists() and any(c.stat().st_mtime > t0 for c in staging.iterdir()):
+            if mode == "checkpoint" and writing_since(staging, t0):
                 when = "during checkpoint write"
                 break
             if mode == "random" and time.time() >= target:
