@@ -109,7 +109,7 @@ def compare(ref: Path, got: Path, tol: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kills", type=int, default=30)
+    ap.add_argument("--kills", type=int, default=30, help="kills that land in a running process")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--save-steps", type=int, default=5)
     ap.add_argument("--eval-steps", type=int, default=20)
@@ -143,19 +143,22 @@ def main(argv=None) -> int:
         shutil.rmtree(got)
         round_kills.clear()
 
-    for i in range(args.kills):
-        mode = "checkpoint" if i % 3 == 2 else "random"
+    landed = 0
+    while landed < args.kills and len(kills) < 3 * args.kills:
+        # --kills counts kills that landed: an attempt can find the run already finished
+        mode = "checkpoint" if landed % 3 == 2 else "random"
         kills.append(kill_once(got, args, log, mode, rng, t_ref))
+        landed += kills[-1]["killed"]
         round_kills.append(kills[-1])
-        print(json.dumps({"kill": i + 1, **kills[-1]}), flush=True)
+        print(json.dumps({"attempt": len(kills), "landed": landed, **kills[-1]}), flush=True)
         if (got / "fine_tuned" / "metrics.json").exists():
             finish_round()  # then start over, so every kill lands in a run that still has training to do
     if round_kills or not rounds:
         if not (got / "fine_tuned" / "metrics.json").exists():
             run_to_end(got, args, log)
         finish_round()
-    ok = all(r["ok"] for r in rounds)
-    report = {"ok": ok, "kills_requested": args.kills, "kills_landed": sum(k["killed"] for k in kills),
+    ok = all(r["ok"] for r in rounds) and landed >= args.kills
+    report = {"ok": ok, "kills_requested": args.kills, "kills_landed": landed, "attempts": len(kills),
               "kills_during_checkpoint_write": sum(k["when"] == "during checkpoint write" for k in kills),
               "rounds_compared": len(rounds), "steps": args.steps, "save_steps": args.save_steps,
               "uninterrupted_s": round(t_ref, 1),
