@@ -21,7 +21,7 @@ want=$(cat pyproject.toml requirements/*.txt scripts/setup_env.sh | sha256sum | 
 if [ $relock = 0 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   exit 0
 fi
-echo "setup_env: preparing $VENV (first time: several minutes, a few GB of packages)" >&2
+echo "setup_env: preparing $VENV (a new one takes several minutes and a few GB; a refresh installs only what changed)" >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 rm -f "$STAMP"

@@ -173,7 +173,7 @@ def test_padding_free_and_packed_batches_have_the_loss_of_their_examples_one_by_
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
     pf = res["padding_free"]
-    assert pf["args"] == [True, None, "group_by_length"] and pf["sampler"] == "LengthGroupedSampler"
+    assert pf["args"] == [True, None, "group_by_length"] and pf["sampler"] == "EpochSeededLengthGroupedSampler"
     # one row, no padding, no attention mask: position_ids restart at each of the 8 examples
     assert pf["keys"] == ["input_ids", "labels", "position_ids"] and pf["shape"] == [1, sum(pf["lengths"])]
     assert pf["starts"] == 8
