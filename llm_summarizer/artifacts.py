@@ -132,6 +132,15 @@ def recover_interrupted_replace(target: Path) -> None:
         log.warning("restored %s from an interrupted save", target)
 
 
+def _umask_permissions(root: Path) -> None:
+    """Ordinary permissions (the umask's) for what we publish: mkdtemp makes its directory private (0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(root, 0o777 & ~mask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `target` whole, on error it is removed."""
@@ -141,6 +150,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _umask_permissions(tmp)
         _fsync_tree(tmp)
         old = None
         if target.exists():

@@ -243,13 +243,18 @@ def completion_logprobs(model, formatter, documents: list[str], summaries: list[
     return out
 
 
+def logprob_gaps(ref_lp: list, exp_lp: list) -> list[float]:
+    """Mean absolute difference per token between two models' log-probabilities, per document."""
+    return [sum(abs(a - b) for a, b in zip(x, y)) / max(1, len(x)) for x, y in zip(ref_lp, exp_lp)]
+
+
 def compare(reference: list[str], exported: list[str], docs: list[str], what: str, ref_lp: list, exp_lp: list,
             tolerance: float) -> dict:
     """The export must give the same greedy summaries as the adapter, and the same log-probabilities to the
     adapter's summaries (within `tolerance` nats per token, the 16-bit rounding of merged weights). A greedy
     summary may differ only where the adapter itself had a near-tie, which the second test shows."""
     n = len(reference)
-    diffs = [sum(abs(a - b) for a, b in zip(x, y)) / max(1, len(x)) for x, y in zip(ref_lp, exp_lp)]
+    diffs = logprob_gaps(ref_lp, exp_lp)
     worst = max(diffs) if diffs else 0.0
     bad = [i for i, (a, b) in enumerate(zip(reference, exported)) if a != b]
     if len(exported) != n or len(diffs) != n or worst > tolerance:
@@ -388,15 +393,6 @@ def _write_card(dst: Path, loaded, kind: str, info: dict) -> None:
     write_model_card(dst / "README.md", loaded.cfg, loaded.info.metrics, run_info, kind=kind, export_info=info)
 
 
-def _readable(root: Path) -> None:
-    """Ordinary permissions (umask) for what we publish: temporary directories start private (0700)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(root, 0o777 & ~mask)
-    for p in root.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-
-
 @contextlib.contextmanager
 def _scratch(target: Path):
     """Working space beside the target (same disk), always removed."""
@@ -526,8 +522,7 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
                                  "loading the 4-bit model")
                 agree = agreement(reference, res["texts"])
                 check["rougeL_agreement"] = round(agree, 4)
-                check["max_logprob_diff_per_token_4bit"] = round(max(
-                    sum(abs(a - b) for a, b in zip(x, y)) / max(1, len(x)) for x, y in zip(ref_lp, res["logprobs"])), 6)
+                check["max_logprob_diff_per_token_4bit"] = round(max(logprob_gaps(ref_lp, res["logprobs"])), 6)
                 if agree < min_4bit_agreement or any(not t.strip() for t in res["texts"]):
                     raise ExportFailed(f"the 4-bit model's greedy summaries agree with the adapter's only to ROUGE-L "
                                        f"{agree:.3f} (< --min-4bit-agreement {min_4bit_agreement}) or some are empty. "
@@ -549,7 +544,6 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
         meta["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / "export_info.json", meta)
         _write_card(tmp, loaded, "adapter" if fmt == "adapter" else "gguf" if fmt == "gguf" else "merged", meta)
-        _readable(tmp)
     log.info("exported %s -> %s (%s); %s", info.path, target, fmt, check["summary"])
     # 5. The hub, when asked: the export is complete locally whatever happens there.
     url = hub.push_folder(target, repo, private) if push else None

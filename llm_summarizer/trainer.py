@@ -150,13 +150,19 @@ def trainer_class(loss_from_logits: bool):
             publish_checkpoint(self, staging, Path(run_dir))
 
         def _get_train_sampler(self, train_dataset=None):
-            from transformers.trainer_pt_utils import LengthGroupedSampler
+            # group_by_length: transformers' grouping with an order seeded per epoch (see epoch_seeded_sampler),
+            # the lengths read from Arrow (transformers reads every row to get them).
+            import datasets
 
-            sampler = super()._get_train_sampler(train_dataset)
-            if type(sampler) is LengthGroupedSampler:  # see epoch_seeded_sampler: resume must see the same batches
-                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                sampler = epoch_seeded_sampler(sampler.lengths, sampler.batch_size, seed)
-            return sampler
+            from .data import token_lengths
+
+            ds = self.train_dataset if train_dataset is None else train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or not isinstance(ds, datasets.Dataset) \
+                    or "input_ids" not in ds.column_names:
+                return super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return epoch_seeded_sampler(token_lengths(ds), self.args.train_batch_size *
+                                        self.args.gradient_accumulation_steps, seed)
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                             metric_key_prefix="eval"):

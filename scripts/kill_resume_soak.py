@@ -101,7 +101,8 @@ def compare(ref: Path, got: Path, tol: float) -> dict:
     ma = json.loads((ref / "fine_tuned" / "metrics.json").read_text())
     mb = json.loads((got / "fine_tuned" / "metrics.json").read_text())
     final_same = ma["final"] == mb["final"] and ma["base"] == mb["base"]
-    return {"adapter_max_abs_diff": max_diff, "adapter_ok": max_diff <= tol,
+    ok = max_diff <= tol and not loss_mismatch and not rouge_mismatch and final_same
+    return {"ok": ok, "adapter_max_abs_diff": max_diff, "adapter_ok": max_diff <= tol,
             "loss_steps_compared": len(la), "loss_mismatch_steps": loss_mismatch,
             "rouge_steps_compared": len(ra), "rouge_mismatch_steps": rouge_mismatch,
             "final_and_base_rouge_identical": final_same}
@@ -135,8 +136,6 @@ def main(argv=None) -> int:
         # Every interrupted run that reaches its end is compared with the uninterrupted one, so each
         # kill is checked, also those in runs that finished before the last kill was due.
         result = compare(ref, got, args.tol)
-        result["ok"] = result["adapter_ok"] and not result["loss_mismatch_steps"] \
-            and not result["rouge_mismatch_steps"] and result["final_and_base_rouge_identical"]
         result["kills_landed"] = sum(k["killed"] for k in round_kills)
         rounds.append(result)
         print(json.dumps({"round": len(rounds), **result}), flush=True)
