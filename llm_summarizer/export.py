@@ -9,8 +9,8 @@
 Formats:
   adapter       the LoRA adapter + tokenizer (base_model_name_or_path resolved), for PEFT / vLLM LoRA serving
   merged-16bit  LoRA folded into the base weights, saved in the base's 16-bit dtype (float16 for a float32
-                base, as Unsloth does): Unsloth's save_pretrained_merged on the unsloth backend, PEFT
-                merge_and_unload on the transformers backend; loads with plain transformers, vLLM, TGI
+                base, on every machine; --dtype overrides): Unsloth's save_pretrained_merged on a GPU, PEFT
+                merge_and_unload otherwise; loads with plain transformers, vLLM, TGI
   merged-4bit   the merged model quantized to bitsandbytes NF4 (CUDA GPU only)
   gguf          the merged model converted by llama.cpp's convert_hf_to_gguf.py (f16, bf16, q8_0 directly;
                 k-quants such as q4_k_m through llama-quantize), for llama.cpp and Ollama
@@ -297,42 +297,98 @@ def _stored_dtype(path: Optional[str]) -> Optional[str]:
     return conf.get("dtype") or conf.get("torch_dtype")
 
 
-def _dtype16(loaded):
-    """The merged model's dtype: the base's own 16-bit dtype, float16 for a float32 base (as Unsloth does)."""
+DTYPES16 = ("float16", "bfloat16")
+DTYPE_RULE = ("the base checkpoint's own 16-bit dtype (bfloat16 or float16); float16 for a float32 base or one that "
+              "does not record its dtype; --dtype overrides. The same on every machine: the CPU's or GPU's bfloat16 "
+              "support does not enter into it")
+
+
+def merged_dtype(loaded, requested: str = "auto") -> tuple[str, str]:
+    """(dtype name, why) of a merged-16bit export: a function of the base checkpoint, never of the hardware."""
+    if requested != "auto":
+        return requested, f"--dtype {requested}"
+    stored = _stored_dtype(loaded.info.base)
+    if stored in DTYPES16:
+        return stored, f"the base checkpoint is {stored}"
+    return "float16", (f"the base checkpoint is {stored}" if stored else "the base checkpoint records no dtype") + \
+        ", so float16 (the project's rule for float32 bases)"
+
+
+def _written_dtype(dst: Path) -> Optional[str]:
+    """The floating-point dtype the saved weights hold (the first floating tensor's), from safetensors headers."""
+    from safetensors import safe_open
+
+    files = sorted(dst.glob("*.safetensors"))
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                t = st.get_slice(k).get_dtype()
+                if t in ("F16", "BF16", "F32", "F64"):
+                    return {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}[t]
+    return None
+
+
+def _recast(dst: Path, dtype: str) -> None:
+    """Cast every floating tensor of the saved safetensors to `dtype`, and say so in config.json."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    target = getattr(torch, dtype)
+    for f in sorted(dst.glob("*.safetensors")):
+        tensors = load_file(str(f))
+        save_file({k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}, str(f),
+                  metadata={"format": "pt"})
+    conf_path = dst / "config.json"
+    conf = json.loads(conf_path.read_text(encoding="utf-8"))
+    for key in ("dtype", "torch_dtype"):
+        if key in conf:
+            conf[key] = dtype
+    conf_path.write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
+
+
+def _peft_merge(loaded, dst: Path, dtype: str) -> str:
     import torch
 
-    stored = _stored_dtype(loaded.info.base)
-    return torch.bfloat16 if stored == "bfloat16" else torch.float16
-
-
-def _peft_merge(loaded, dst: Path) -> str:
-    dtype = _dtype16(loaded)
-    merged = loaded.model.merge_and_unload()
-    merged = merged.to(dtype)
+    merged = loaded.model.merge_and_unload()  # in the loaded dtype (float32 on a CPU), then one rounding
+    merged = merged.to(getattr(torch, dtype))
     merged.config.pad_token_id = loaded.tokenizer.pad_token_id
     merged.save_pretrained(str(dst), safe_serialization=True)
     loaded.tokenizer.save_pretrained(str(dst))
-    return f"PEFT merge_and_unload, cast to {str(dtype).replace('torch.', '')}"
+    return f"PEFT merge_and_unload, cast to {dtype}"
 
 
-def merge_16bit(loaded, dst: Path, scratch: Path) -> str:
-    """Fold the adapter into the base weights and save them in 16-bit; returns how it was done."""
+def merge_16bit(loaded, dst: Path, scratch: Path, dtype: str) -> str:
+    """Fold the adapter into the base weights and save them in `dtype`; returns how it was done.
+
+    On a GPU the unsloth backend uses Unsloth's save_pretrained_merged. On a CPU Unsloth's version is a
+    PEFT merge whose final cast follows the CPU's bfloat16 support (bfloat16 on AVX512-BF16/AMX machines,
+    float16 elsewhere), so there the merge is PEFT's, cast once to the project's dtype, on either backend.
+    """
+    import torch
+
     dst.mkdir(parents=True, exist_ok=True)
-    if loaded.backend != "unsloth":
-        return _peft_merge(loaded, dst)
+    if loaded.backend != "unsloth" or not torch.cuda.is_available():
+        how = _peft_merge(loaded, dst, dtype)
+        return how + (" (Unsloth's CPU merge is the same PEFT merge with a hardware-dependent cast)"
+                      if loaded.backend == "unsloth" else "")
     try:
         loaded.model.save_pretrained_merged(str(dst), loaded.tokenizer, save_method="merged_16bit",
                                             temporary_location=str(scratch / "unsloth-buffers"),
                                             safe_serialization=None)  # None pins safetensors on small machines
         if not any((dst / w).is_file() for w in ("model.safetensors", "model.safetensors.index.json")):
             raise RuntimeError(f"no safetensors weights in {dst} after saving")
-        return "Unsloth save_pretrained_merged (merged_16bit)"
     except Exception as e:  # a fallback that says why, rather than no export at all
         reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
         log.warning("Unsloth's save_pretrained_merged failed (%s); falling back to PEFT merge_and_unload", reason)
         shutil.rmtree(dst, ignore_errors=True)
         dst.mkdir(parents=True)
-        return _peft_merge(loaded, dst) + f" (fallback: Unsloth's save_pretrained_merged failed: {reason})"
+        return _peft_merge(loaded, dst, dtype) + f" (fallback: Unsloth's save_pretrained_merged failed: {reason})"
+    how = "Unsloth save_pretrained_merged (merged_16bit)"
+    written = _written_dtype(dst)
+    if written != dtype:
+        _recast(dst, dtype)
+        how += f", then cast from {written} to {dtype}"
+    return how
 
 
 def _copy_adapter(loaded, dst: Path) -> str:
@@ -438,7 +494,8 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
                  overrides: Optional[list[str]] = None, overwrite: bool = False, verify_examples: int = 8,
                  verify_data=None, gguf_type: str = "q8_0", llama_cpp: Optional[str] = None,
                  min_4bit_agreement: float = 0.8, logprob_tolerance: float = 0.1, push_to_hub: Optional[bool] = None,
-                 hub_model_id: Optional[str] = None, hub_private: Optional[bool] = None) -> ExportResult:
+                 hub_model_id: Optional[str] = None, hub_private: Optional[bool] = None,
+                 dtype: str = "auto") -> ExportResult:
     """Export a saved model directory; the Python face of `python -m llm_summarizer.export`.
     Raises UserError for bad input (before anything is written) and ExportFailed when the export
     does not behave like the adapter (nothing is left behind)."""
@@ -448,6 +505,8 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
     t0 = time.time()
     if verify_examples < 1:
         raise UserError(f"--verify-examples {verify_examples}: must be at least 1")
+    if dtype not in ("auto",) + DTYPES16:
+        raise UserError(f"--dtype {dtype!r}: one of auto, {', '.join(DTYPES16)}")
     # 1. Everything checkable without loading the model, before anything is written.
     info = inference.describe_model_dir(model_dir, base)
     cfg0 = inference.model_config(info, overrides)
@@ -498,7 +557,9 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
         else:
             merged = tmp if fmt == "merged-16bit" else scratch / "merged-16bit"
             if info.kind == "adapter":
-                meta["method"] = merge_16bit(loaded, merged, scratch)
+                target_dtype, why = merged_dtype(loaded, dtype)
+                meta["method"] = merge_16bit(loaded, merged, scratch, target_dtype)
+                meta["dtype_rule"] = f"{target_dtype}: {why}. Rule: {DTYPE_RULE}"
                 if merged != tmp:
                     _write_metadata(merged, loaded, fmt)
                 res = run_worker({"action": "greedy", "model_dir": str(merged), "config": str(merged / "config.yaml"),
@@ -507,6 +568,9 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
                 check.update(compare(reference, res["texts"], docs, "the merged model (plain transformers "
                                      "AutoModelForCausalLM)", ref_lp, res["logprobs"], logprob_tolerance))
                 meta["dtype"] = res["dtype"]
+                if res["dtype"] != target_dtype:
+                    raise ExportFailed(f"the merged weights load as {res['dtype']}, expected {target_dtype}. "
+                                       f"Nothing was written.")
                 check["summary"] = _check_text(check, len(docs), f"plain transformers AutoModelForCausalLM loads the "
                                                f"merged weights ({res['dtype']})", docs_source)
             else:
@@ -563,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output (only once the new one is checked)")
     ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
     ap.add_argument("--base", help="base model of the adapter, when it is not where adapter_config.json says")
+    ap.add_argument("--dtype", default="auto", choices=("auto",) + DTYPES16,
+                    help="merged weights' dtype (default auto: the base's bfloat16/float16, float16 for a float32 "
+                         "base; the same on every machine)")
     ap.add_argument("--verify-examples", type=int, default=8, help="fixed documents the export is checked on (default 8)")
     ap.add_argument("--verify-data", help="take those documents from this data source (default: the model's validation data)")
     ap.add_argument("--gguf-type", default="q8_0", help=f"GGUF type: {', '.join(GGUF_DIRECT + GGUF_QUANTIZED)} (default q8_0)")
@@ -588,7 +655,7 @@ def main(argv=None) -> int:
                          args.verify_examples, args.verify_data, args.gguf_type, args.llama_cpp,
                          args.min_4bit_agreement, args.logprob_tolerance, True if args.push_to_hub else None,
                          args.hub_model_id,
-                         False if args.public else None)
+                         False if args.public else None, args.dtype)
         except ExportFailed as e:
             print(f"error: export failed: {e}", file=sys.stderr)
             return EXIT_EXPORT_FAILED

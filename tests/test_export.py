@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, read_jsonl, tiny_overrides
+from .conftest import ROOT, read_jsonl, run_cli, tiny_overrides
 
 TEST = ROOT / "data" / "demo" / "test.jsonl"
 KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -48,7 +48,9 @@ def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(demo_r
     assert {"config.json", "model.safetensors", "tokenizer.json", "config.yaml", "README.md", "export_info.json"} <= names
     assert "adapter_config.json" not in names and not hidden(tmp_path)
     info = json.loads((out / "export_info.json").read_text())
-    assert info["method"].startswith("Unsloth save_pretrained_merged") and info["dtype"] == "float16"
+    # The demo base is float32: the project's rule gives float16 on every machine (CPU bf16 support or not).
+    assert info["dtype"] == "float16" and info["dtype_rule"].startswith("float16: the base checkpoint is float32")
+    assert info["method"].startswith("PEFT merge_and_unload, cast to float16 (Unsloth's CPU merge")
     assert "4/4 fixed documents" in info["verification"]["summary"]
     assert info["verification"]["matched"] == 4 and info["verification"]["max_logprob_diff_per_token"] < 0.01
     # Checked again here, on other documents: the adapter (in this process) against the merged weights
@@ -66,6 +68,73 @@ def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(demo_r
     assert plain["texts"] == adapter
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "reproduces the adapter's greedy summaries" in card
+
+
+BF16_ANSWER = """
+import sys
+from unsloth_zoo.cpu import cpu_bf16_supported
+print(cpu_bf16_supported())
+"""
+
+
+def _weights(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "model.safetensors"))
+
+
+def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(demo_run, tmp_path):
+    """The machine's bf16 answer is forced to the other value than this CPU's (Unsloth's own override,
+    UNSLOTH_CPU_BF16), so both answers are exercised on every machine: same dtype, same weights."""
+    import torch
+
+    from unsloth_zoo.cpu import cpu_bf16_supported
+
+    here = cpu_bf16_supported()
+    other = "0" if here else "1"
+    env = {"UNSLOTH_CPU_BF16": other}
+    probe = subprocess.run([sys.executable, "-c", "import unsloth;" + BF16_ANSWER], capture_output=True, text=True,
+                           env={**os.environ, **env}, timeout=300)
+    assert probe.stdout.strip().splitlines()[-1] == str(not here), probe.stderr[-2000:]
+    outs = {}
+    for answer, extra in ((here, {}), (not here, env)):
+        out = tmp_path / f"bf16-{answer}"
+        r = run_cli("export", demo_run.model_dir, "--format", "merged-16bit", "--output", out,
+                    "--verify-examples", "2", env=extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+        info = json.loads((out / "export_info.json").read_text())
+        assert info["dtype"] == "float16", (answer, info)
+        assert json.loads((out / "config.json").read_text()).get("dtype") == "float16"
+        outs[answer] = _weights(out)
+    a, b = outs[True], outs[False]
+    assert a.keys() == b.keys() and all(a[k].dtype == torch.float16 and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_explicit_dtype_wins_and_bad_dtype_is_refused(demo_run, tmp_path, capsys):
+    from llm_summarizer.export import export_model, main
+
+    out = tmp_path / "bf16"
+    res = export_model(demo_run.model_dir, "merged-16bit", output=out, verify_examples=2, dtype="bfloat16")
+    assert res.info["dtype"] == "bfloat16" and res.info["dtype_rule"].startswith("bfloat16: --dtype bfloat16")
+    with pytest.raises(SystemExit) as e:
+        main([str(demo_run.model_dir), "--format", "merged-16bit", "--dtype", "float32"])
+    assert e.value.code == 2 and "--dtype" in capsys.readouterr().err
+
+
+def test_cpu_training_precision_ignores_the_cpus_bfloat16_support(monkeypatch, tmp_path):
+    """Unsloth's CPU backend turns fp16 into bf16 on AVX512-BF16 machines; training here is float32 on every CPU."""
+    import unsloth_zoo.cpu.trainer as cpu_trainer
+
+    from llm_summarizer.config import load_config
+    from llm_summarizer.model import pick_precision
+    from llm_summarizer.trainer import sft_config
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"output.dir={tmp_path}"])
+    for answer in (True, False):
+        monkeypatch.setattr(cpu_trainer, "cpu_bf16_supported", lambda: answer)
+        prec = pick_precision(cfg)
+        args = sft_config(cfg, prec, tmp_path, True, ["none"])
+        assert (prec.name, args.bf16, args.fp16) == ("fp32", False, False), answer
 
 
 def test_merged_16bit_on_the_transformers_backend(demo_run, tmp_path):
@@ -89,8 +158,8 @@ def test_export_that_differs_from_the_adapter_fails_and_leaves_nothing(demo_run,
 
     real = export.merge_16bit
 
-    def broken_merge(loaded, dst, scratch):
-        how = real(loaded, dst, scratch)
+    def broken_merge(loaded, dst, scratch, dtype):
+        how = real(loaded, dst, scratch, dtype)
         w = load_file(str(dst / "model.safetensors"))
         torch.manual_seed(0)
         for k in w:
