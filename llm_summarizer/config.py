@@ -6,6 +6,7 @@ Defaults live in this schema only; the rest of the code reads `cfg.section.key`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -14,17 +15,19 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError, UserError
 
-class UserError(Exception):
-    """An error in what the user gave us (config, data, paths). Printed as-is, exit code 2."""
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the ready configs, shipped in the package
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md", ".gguf", ".yaml", ".yml")
 
 
-class ConfigError(UserError):
-    def __init__(self, problems: list[str], source: str = "config"):
-        self.problems = problems
-        self.source = source
-        lines = [f"{source}: {len(problems)} problem(s):"] + [f"  - {p}" for p in problems]
-        super().__init__("\n".join(lines))
+def is_local_path(name: str) -> bool:
+    """The one rule for "is this a local path or a hub id": a path when it starts with . / ~, exists, ends
+    in a file suffix we read, or cannot be a hub id (namespace/name); a hub id otherwise."""
+    name = str(name)
+    return (name.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(name))
+            or name.lower().endswith(_LOCAL_SUFFIXES) or not _HUB_ID.fullmatch(name))
 
 
 class _Section(BaseModel):
@@ -114,8 +117,7 @@ def _coerce_source(v):
     if v is None or isinstance(v, (dict, SourceSpec)):
         return v
     if isinstance(v, str):
-        looks_local = v.startswith((".", "/", "~")) or os.path.splitext(v)[1] != "" or os.path.exists(v)
-        return {"path": v} if looks_local else {"name": v}
+        return {"path": v} if is_local_path(v) else {"name": v}
     return v
 
 
@@ -170,6 +172,9 @@ class EarlyStopSpec(_Section):
     metric: str = Field("eval_rougeL", description="any logged eval metric, e.g. eval_rougeL or eval_loss")
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0)
+    greater_is_better: Optional[bool] = Field(
+        None, description="None = train.greater_is_better when the metric is train.metric_for_best_model, "
+        "else inferred from the name (a *loss is lower-is-better)")
 
 
 class TrainSection(_Section):
@@ -341,6 +346,13 @@ class Config(_Section):
             raise ValueError("lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false")
         return self
 
+    def greater_is_better(self, metric: str) -> bool:
+        """Whether a higher `metric` is better: the same answer for best-model selection and early stopping."""
+        bare = metric.removeprefix("eval_")
+        if self.train.greater_is_better is not None and bare == self.train.metric_for_best_model.removeprefix("eval_"):
+            return self.train.greater_is_better
+        return not bare.endswith("loss")
+
     # Paths derived from the config, in one place.
     @property
     def output_dir(self) -> Path:
@@ -386,8 +398,6 @@ def _known_keys(section: str | None) -> list[str]:
 
 
 def _suggest(loc: str) -> str:
-    import difflib
-
     parts = loc.split(".")
     section = parts[0] if len(parts) > 1 else None
     known = _known_keys(section)
@@ -437,10 +447,38 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The ready configs by name (demo, default, ...): the YAML files shipped in the package."""
+    return {p.stem: p for p in sorted(CONFIGS_DIR.glob("*.yaml"))}
+
+
+def config_description(path: Path) -> str:
+    """A shipped config's first comment line: what it is for."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A config file: an existing path wins; else the name of a shipped config (`demo`, `demo.yaml`)."""
+    p = Path(os.path.expanduser(str(name)))
+    if p.exists():
+        return p
+    shipped = shipped_configs()
+    stem = p.name[: -len(p.suffix)] if p.suffix in (".yaml", ".yml") else p.name
+    if str(name) in (stem, p.name) and stem in shipped:
+        return shipped[stem]
+    if p.parent.name == "configs" and stem in shipped:  # configs/demo.yaml from before the configs moved
+        return shipped[stem]
+    raise UserError(f"config file not found: {name}. Ready configs (by name, e.g. --config demo): "
+                    f"{', '.join(shipped)}; list them with `llm-summarizer configs`.")
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"config file not found: {p}. Ready configs are in configs/ (e.g. configs/demo.yaml).")
+    p = resolve_config_path(path)
     if p.is_dir():
         raise UserError(f"config path is a directory, expected a YAML file: {p}")
     try:
@@ -464,7 +502,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
-    source = str(path) if path else "config"
+    source = str(resolve_config_path(path)) if path else "config"
     try:
         return Config.model_validate(data)
     except ValidationError as e:

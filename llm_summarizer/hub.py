@@ -1,7 +1,7 @@
 """Push a model directory (adapter or merged weights, with its model card) to the Hugging Face Hub.
 
-    HF_TOKEN=hf_... python -m llm_summarizer.train --config my.yaml output.push_to_hub=true output.hub_model_id=you/my-summarizer
-    HF_TOKEN=hf_... python -m llm_summarizer.export fine_tuned/my-run --format merged-16bit --push-to-hub --hub-model-id you/my-summarizer
+    HF_TOKEN=hf_... llm-summarizer train --config my.yaml output.push_to_hub=true output.hub_model_id=you/my-summarizer
+    HF_TOKEN=hf_... llm-summarizer export fine_tuned/my-run --format merged-16bit --push-to-hub --hub-model-id you/my-summarizer
 
 The token is read from the environment (HF_TOKEN, or HUGGING_FACE_HUB_TOKEN), or from a login done
 earlier with `hf auth login`. It is handed to the hub client only: never logged, never written to any
@@ -16,7 +16,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .config import UserError
+from huggingface_hub import HfApi, get_token
+
+from .errors import UserError
+from .redaction import env_secrets, redact
 
 log = logging.getLogger("llm_summarizer.hub")
 
@@ -29,24 +32,9 @@ def hub_token() -> Optional[str]:
         if value:
             return value
     try:
-        from huggingface_hub import get_token
-
         return get_token()
     except Exception:
         return None
-
-
-def redact(text: str, secrets) -> str:
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
-
-
-def _secrets(token: Optional[str]) -> list[str]:
-    # Every credential in the environment, not only the one used: an error text could quote any.
-    names = [k for k in os.environ if any(w in k.upper() for w in ("TOKEN", "API_KEY", "SECRET", "PASSWORD"))]
-    return [token or ""] + [os.environ[k] for k in names]
 
 
 def require_token() -> str:
@@ -62,8 +50,6 @@ def push_folder(folder, repo_id: str, private: bool = True, commit_message: Opti
     folder = Path(folder)
     token = require_token()
     try:
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
@@ -71,7 +57,8 @@ def push_folder(folder, repo_id: str, private: bool = True, commit_message: Opti
                           ignore_patterns=[".*", "*.tmp"])
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        msg = redact(f"{type(e).__name__}: {first}", _secrets(token))
+        # every credential in the environment, not only the one used: an error text could quote any
+        msg = redact(f"{type(e).__name__}: {first}", [token or ""] + env_secrets())
         raise UserError(f"pushing {folder} to the hub repository {repo_id} failed ({msg}). The model itself is saved "
                         f"in {folder}; push it later with: hf upload {repo_id} {folder}"
                         + (" --private" if private else "")) from None

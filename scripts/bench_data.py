@@ -30,9 +30,11 @@ def main(argv=None) -> int:
     ap.add_argument("--num-proc", type=int, default=None)
     args = ap.parse_args(argv)
 
-    from llm_summarizer import data as D
     from llm_summarizer.config import load_config
-    from llm_summarizer.model import load_tokenizer
+    from llm_summarizer.data import rows as R, tokenize as TK
+    from llm_summarizer.data.readers import RawSplit
+    from llm_summarizer.data.tokenize import _num_proc
+    from llm_summarizer.models.loading import load_tokenizer
 
     src = [json.loads(l) for l in Path(args.source).read_text(encoding="utf-8").splitlines() if l.strip()]
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,22 +47,22 @@ def main(argv=None) -> int:
                      f"model.max_seq_length={args.max_seq_length}", f"model.random_init_dir={tmp}/models"]
         if args.num_proc:
             overrides.append(f"data.num_proc={args.num_proc}")
-        cfg = load_config(ROOT / "configs" / "demo.yaml", overrides)
+        cfg = load_config("demo", overrides)
         t0 = time.perf_counter()
-        raw = D.load_raw_splits(cfg)
+        raw = R.load_raw_splits(cfg)
         t_read = time.perf_counter() - t0
         # The tokenizer is trained on a slice of the data (random:tiny), outside the timing.
-        small = {"train": D.RawSplit("train", "slice", raw["train"].rows[:2000])}
+        small = {"train": RawSplit("train", "slice", raw["train"].rows[:2000])}
         tok = load_tokenizer(cfg, small)
         cache = Path(tmp) / "cache"
         t0 = time.perf_counter()
-        prep = D.prepare(cfg, tok, raw, cache_dir=cache)
+        prep = TK.prepare(cfg, tok, raw, cache_dir=cache)
         t_tok = time.perf_counter() - t0
         t0 = time.perf_counter()
-        D.prepare(cfg, tok, raw, cache_dir=cache)
+        TK.prepare(cfg, tok, raw, cache_dir=cache)
         t_cached = time.perf_counter() - t0
         n = prep.stats["train"].rows_kept
-        nproc = D._num_proc(cfg.data, args.rows) or 1
+        nproc = _num_proc(cfg.data, args.rows) or 1
         result = {"rows": args.rows, "kept": n, "cpus": os.cpu_count(), "num_proc": nproc,
                   "read_validate_s": round(t_read, 2), "read_rows_per_s": round(args.rows / t_read),
                   "tokenize_s": round(t_tok, 2), "tokenize_rows_per_s": round(args.rows / t_tok),

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_features.py --variant batch8:train.per_device_train_batch_size=8,train.gradient_accumulation_steps=1
     .venv/bin/python scripts/bench_features.py -- --shape llama-1b --data dialogsum --steps 30   # GPU
 
-Each round runs `python -m llm_summarizer.bench --rounds 1` once per variant (the variant's config
+Each round runs `python -m llm_summarizer bench --rounds 1` once per variant (the variant's config
 overrides added), the order of the variants reversed every other round, so drift on a shared machine
 falls on every variant alike. Arguments after `--` go to every bench call. Prints a Markdown table
 (median and min-max over rounds of non-padding tokens/s, s/step, peak memory, padding share, the
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         order = list(variants) if rnd % 2 == 0 else list(variants)[::-1]
         for v in order:
             path = out / f"{v}-r{rnd}.json"
-            cmd = [sys.executable, "-m", "llm_summarizer.bench", *flags, "--rounds", "1", "--backends", args.backends,
+            cmd = [sys.executable, "-m", "llm_summarizer", "bench", *flags, "--rounds", "1", "--backends", args.backends,
                    "--out", str(path), "--markdown", "", *overrides, *variants[v]]
             print(f"[features] round {rnd} {v}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             rc = subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)

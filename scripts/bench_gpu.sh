@@ -4,9 +4,9 @@
 #   bash scripts/bench_gpu_prepare.sh                # first, where the package registry is reachable
 #   bash scripts/bench_gpu.sh                        # on the GPU machine, repository root, .whl + .bench_data beside
 #   bash scripts/bench_gpu.sh lora qlora features    # stages to run (default: lora qlora)
-#   .venv/bin/python -m llm_summarizer.bench --from-json RESULTS/bench-*.json   # back here: rows into BENCHMARKS.md
+#   .venv/bin/python -m llm_summarizer bench --from-json RESULTS/bench-*.json   # back here: rows into BENCHMARKS.md
 #
-# Stages (each one invocation of python -m llm_summarizer.bench, both backends, schema defaults):
+# Stages (each one invocation of python -m llm_summarizer bench, both backends, schema defaults):
 #   lora      random-init Llama-3.2-1B shape, bf16 LoRA r=16 on all seven projections, DialogSum
 #   qlora     the same with the base in 4-bit (QLoRA)
 #   features  bench_features.py: padded vs group_by_length vs padding_free (SDPA, and FlexAttention on the
@@ -43,7 +43,7 @@ import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 assert torch.cuda.is_available() or os.environ["REQUIRE_GPU"] == "0", "no CUDA GPU visible"
 missing = []
-for m in ("pydantic", "yaml", "datasets", "trl", "peft", "rouge_score", "bitsandbytes", "llm_summarizer.bench"):
+for m in ("pydantic", "yaml", "datasets", "trl", "peft", "rouge_score", "bitsandbytes", "llm_summarizer.bench.harness"):
     try:
         importlib.import_module(m)
     except Exception as e:
@@ -60,7 +60,7 @@ bench() {  # bench NAME ESTIMATED_SECONDS ARGS...
     return
   fi
   echo "== $name (${SECONDS}s used)"
-  python3 -m llm_summarizer.bench --shape "$SHAPE" --data "$DATA" --steps "$STEPS" --warmup-steps "$WARMUP" \
+  python3 -m llm_summarizer bench --shape "$SHAPE" --data "$DATA" --steps "$STEPS" --warmup-steps "$WARMUP" \
     --rounds "$ROUNDS" --out "$OUT/bench-$SHAPE-$name.json" --markdown "$OUT/rows.md" \
     --work-dir "/tmp/bench-$name" "$@" "${extra[@]}" || {
       echo "== $name failed"; tail -n 60 /tmp/bench-"$name"/*.log 2>/dev/null | tail -c 6000 > "$OUT/$name-failed.log"; }

@@ -22,7 +22,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Unsloth must be imported before transformers/trl/peft for its patches to apply to the in-process runs.
-from llm_summarizer.model import import_unsloth  # noqa: E402
+from llm_summarizer.models.unsloth_first import import_unsloth  # noqa: E402
 
 import_unsloth()
 
@@ -37,7 +37,7 @@ def shared_dataset(name: str) -> Path:
 def run_cli(module: str, *args, cwd=ROOT, env=None, timeout=900) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", f"llm_summarizer.{module}", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "llm_summarizer", module, *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=e)
 
 
@@ -67,10 +67,10 @@ def tiny_overrides(tmp: Path, models_dir: Path, **extra) -> list[str]:
 def demo_run(tmp_path_factory, models_dir):
     """configs/demo.yaml exactly as the README runs it (only the output locations moved)."""
     from llm_summarizer.config import load_config
-    from llm_summarizer.train import run
+    from llm_summarizer.training.run import run
 
     tmp = tmp_path_factory.mktemp("demo")
-    cfg = load_config(ROOT / "configs" / "demo.yaml",
+    cfg = load_config("demo",
                       [f"model.random_init_dir={models_dir}", f"output.dir={tmp / 'outputs'}",
                        f"output.model_dir={tmp / 'fine_tuned'}"])
     return run(cfg)

@@ -5,17 +5,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_summarizer.config import ConfigError, UserError, load_config
+from llm_summarizer.config import config_description, load_config, shipped_configs
+from llm_summarizer.errors import ConfigError, UserError
 
 from .conftest import ROOT, run_cli
 
 
 def test_every_shipped_config_parses():
-    files = sorted((ROOT / "configs").glob("*.yaml"))
-    assert {f.name for f in files} >= {"demo.yaml", "default.yaml"}
-    for f in files:
-        cfg = load_config(f)
-        assert cfg.model.name
+    shipped = shipped_configs()
+    assert set(shipped) >= {"demo", "default"}
+    for name, f in shipped.items():
+        assert f.parent == ROOT / "llm_summarizer" / "configs"
+        cfg = load_config(name)
+        assert cfg.model.name and config_description(f), name
 
 
 def test_defaults_and_derived_paths():
@@ -27,7 +29,7 @@ def test_defaults_and_derived_paths():
 
 
 def test_dotted_overrides_parse_types():
-    cfg = load_config(ROOT / "configs" / "demo.yaml",
+    cfg = load_config("demo",
                       ["train.learning_rate=1e-4", "lora.target_modules=[q_proj,v_proj]", "train.max_steps=7",
                        "tracking.report_to=[wandb,tensorboard]", "data.train.limit=5", "lora.target_modules=all-linear"])
     assert cfg.train.learning_rate == pytest.approx(1e-4)
@@ -39,7 +41,7 @@ def test_dotted_overrides_parse_types():
 
 def test_all_errors_in_one_message():
     with pytest.raises(ConfigError) as e:
-        load_config(ROOT / "configs" / "demo.yaml",
+        load_config("demo",
                     ["lora.rr=3", "train.max_steps=abc", "model.dtype=float8", "nosuch.key=1"])
     msg = str(e.value)
     assert "4 problem(s)" in msg
@@ -63,7 +65,7 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 def test_cli_config_error_exit_2_no_traceback_no_torch(tmp_path):
     # The error must come before torch is imported: check in a fresh interpreter.
-    code = ("import sys; from llm_summarizer.train import main; rc = main(['--config', 'configs/demo.yaml', "
+    code = ("import sys; from llm_summarizer.commands.train import main; rc = main(['--config', 'demo', "
             "'lora.rr=1', 'train.seed=x']); print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH'); "
             "raise SystemExit(rc)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -74,7 +76,7 @@ def test_cli_config_error_exit_2_no_traceback_no_torch(tmp_path):
 
 
 def test_cli_print_config_is_resolved_yaml():
-    r = run_cli("train", "--config", "configs/demo.yaml", "--print-config", "train.max_steps=11", timeout=120)
+    r = run_cli("train", "--config", "demo", "--print-config", "train.max_steps=11", timeout=120)
     assert r.returncode == 0, r.stderr
     data = yaml.safe_load(r.stdout)
     assert data["train"]["max_steps"] == 11
@@ -84,5 +86,5 @@ def test_cli_print_config_is_resolved_yaml():
 def test_missing_config_file_exit_2():
     r = run_cli("train", "--config", "configs/nope.yaml", timeout=120)
     assert r.returncode == 2
-    assert "config file not found: configs/nope.yaml" in r.stderr
+    assert "config file not found: configs/nope.yaml" in r.stderr and "default, demo" in r.stderr
     assert "Traceback" not in r.stderr

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-import pytest
 
 from .conftest import ROOT
-from .test_tracking import tracker_env, wandb_runs
+from .tracking.test_tracking import tracker_env, wandb_runs
 
 NOTEBOOK = ROOT / "notebooks" / "llm_summarizer_colab.ipynb"
 
@@ -79,7 +77,7 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
     assert res["model"]["rougeL"]["f1"] > res["base"]["rougeL"]["f1"] and res["model"]["examples"] == 16
     assert re.search(rf"rougeL\s+{res['base']['rougeL']['f1']:.4f}\s+{res['model']['rougeL']['f1']:.4f}", text)
     # the summary printed for the pasted document (here: the first test document) is the model's own
-    from llm_summarizer.summarize import summarize
+    from llm_summarizer.models.generation import summarize
 
     document = json.loads((ROOT / "data/demo/test.jsonl").read_text().splitlines()[0])["document"]
     expected = summarize(str(model_dir), [document])[0].strip()

@@ -1,0 +1,89 @@
+"""Evaluate a saved model on a split: ROUGE with bootstrap confidence intervals, optionally against its base.
+
+    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl
+    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl --compare-base
+    llm-summarizer evaluate --model fine_tuned/demo                  # data.test of the model's config.yaml
+    llm-summarizer evaluate --model fine_tuned/demo-merged-16bit --data data/demo --split validation
+    llm-summarizer evaluate --model fine_tuned/my-run --data knkarthick/dialogsum --split test --limit 500
+    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl eval.num_beams=4 eval.batch_size=32
+
+--model is any saved model directory: a LoRA adapter (its base is loaded from adapter_config.json, or
+--base) or a merged model. --data is anything the training data pipeline reads: a JSONL/JSON/CSV/TSV/
+parquet file, a directory (the file named after --split when there is one), or a hub dataset name.
+Writes to --output (default evaluations/<model>/<split>/):
+
+    predictions.jsonl        id, reference, prediction, per-example ROUGE, generated tokens (appended as
+                             batches finish: rerunning an interrupted evaluation generates only the rest)
+    predictions_base.jsonl   the same for the base model, with --compare-base
+    metrics.json             ROUGE-1/2/L/Lsum F1 with bootstrap 95% intervals, lengths, truncation share,
+                             throughput, the base model and the paired difference, and the protocol
+    report.md, plots/*.png   the same as pictures
+
+Decoding and prompt settings come from the model's config.yaml; `key=value` arguments override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from ..config import ROUGE_KEYS
+from . import boot
+
+PROG = "llm-summarizer evaluate"
+PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
+
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
+    ap.add_argument("--data", help="file, directory or hub dataset; default: data.<split> of the model's config.yaml")
+    ap.add_argument("--split", default="test", help="split name (default test): the hub split, or <split>.* in a directory")
+    ap.add_argument("--output", help="output directory (default evaluations/<model>/<split>/)")
+    ap.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    ap.add_argument("--compare-base", action="store_true", help="also evaluate the base model; paired differences")
+    ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
+    ap.add_argument("--base", help="base model of an adapter (or of a merged model, for --compare-base)")
+    ap.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.batch_size=32 eval.num_beams=4")
+    return ap
+
+
+def _fmt_block(b: dict) -> str:
+    return "  ".join(f"{k} {100 * b[k]['f1']:.2f} [{100 * b[k]['ci95'][0]:.2f}, {100 * b[k]['ci95'][1]:.2f}]"
+                     for k in ROUGE_KEYS)
+
+
+def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
+    r = m["results"]
+    print(f"\n== llm_summarizer: evaluation of {m['model']['path']} on {m['data']['split']} "
+          f"({m['data']['source']}), {m['data']['examples']} examples, F1 x 100 [95% CI]")
+    print(f"   model:        {_fmt_block(r['model'])}")
+    if "base" in r:
+        print(f"   base:         {_fmt_block(r['base'])}")
+        d = r["model_minus_base"]
+        print("   model - base: " + "  ".join(
+            f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]" for k in ROUGE_KEYS))
+    t = r["model"]["throughput"]
+    print(f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
+          f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
+          f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s")
+    print(f"   wrote: {out / PREDICTIONS}, {out / METRICS}" + (f", {report} (+ plots/)" if report else ""))
+
+
+def run(args, _cfg) -> int:
+    boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    from ..evaluation.evaluate import evaluate_model
+
+    res = evaluate_model(args.model, args.data, args.split, args.output, args.limit, args.compare_base,
+                         args.backend, args.base, args.overrides, report=not args.no_report)
+    _print_summary(res.metrics, res.output_dir, res.report)
+    return 0
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    return boot.run_command(build_parser(prog), run, argv)

@@ -1,0 +1,132 @@
+"""Summarize documents with a fine-tuned model: a file, a directory, a JSONL/CSV column, or standard input.
+
+    llm-summarizer summarize --model fine_tuned/demo article.txt
+    llm-summarizer summarize --model fine_tuned/demo reports/                # every *.txt and *.md in it
+    llm-summarizer summarize --model fine_tuned/demo news.jsonl --column document --output summaries.jsonl
+    cat article.txt | llm-summarizer summarize --model fine_tuned/demo
+    llm-summarizer summarize --model fine_tuned/demo article.txt eval.num_beams=4 --max-new-tokens 200
+
+Tables (.jsonl .json .csv .tsv .parquet) give one summary per row, from --column (found automatically
+when it is one of the usual names: document, text, article, dialogue, ...). Other files are read as
+plain UTF-8 text. A document longer than the model's token budget is cut by the same rule as in
+training (data.truncation, model.max_seq_length minus the prompt and max_new_tokens), and a warning
+says so. Output: the summary text (one input), `== name` blocks (several), or JSON lines with
+--format jsonl or an --output ending in .jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from . import boot
+
+log = logging.getLogger("llm_summarizer.summarize")
+
+PROG = "llm-summarizer summarize"
+
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=.*", re.S)
+
+
+def _warn_truncated(loaded, items: list, gens, max_new_tokens: int, shown: list) -> None:
+    """Say which documents were cut to the token budget, and by how much."""
+    f, cfg = loaded.formatter, loaded.cfg
+    budget = f.doc_budget(max_new_tokens)
+    for it, g in zip(items, gens):
+        if not g.truncated_input:
+            continue
+        if len(shown) < 5:
+            n = len(loaded.tokenizer(it.text, add_special_tokens=False)["input_ids"])
+            log.warning("%s: %d tokens, cut to %d (data.truncation=%s: model.max_seq_length=%d minus %d prompt "
+                        "tokens and max_new_tokens=%d, the rule used in training)", it.name, n, max(1, budget),
+                        cfg.data.truncation, cfg.model.max_seq_length, f.template_tokens, max_new_tokens)
+        shown.append(it.name)
+
+
+def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
+    from ..data.documents import DEFAULT_GLOBS, collect_items  # datasets and pyarrow: no torch, no transformers
+
+    # 1. What to summarize (read and checked before the model is loaded).
+    items = collect_items(inputs, args.column, tuple(args.glob or DEFAULT_GLOBS))
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a directory; give a file name (summaries.jsonl, summaries.txt)")
+    if args.max_new_tokens:
+        overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
+    boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    from ..models.generation import default_max_new_tokens, summarize_texts
+    from ..models.loading import load_for_generation
+
+    # 2. The model, with the prompt format and token budget it was trained with.
+    loaded = load_for_generation(args.model, args.backend, args.base, overrides)
+    max_new, _ = default_max_new_tokens(loaded)
+    fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
+    out_path = Path(args.output) if args.output else None
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}") if out_path else None
+    if out_path:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    sink = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
+    shown: list = []
+    chunk = loaded.cfg.eval.batch_size * 8
+    try:
+        # 3. Generate in chunks, writing as they finish.
+        for start in range(0, len(items), chunk):
+            part = items[start: start + chunk]
+            gens = summarize_texts(loaded, [it.text for it in part], max_new)
+            _warn_truncated(loaded, part, gens, max_new, shown)
+            for it, g in zip(part, gens):
+                if fmt == "jsonl":
+                    row = {"source": it.source, **({"id": it.id} if it.id is not None else {}), "summary": g.text,
+                           "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max}
+                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                elif len(items) == 1:
+                    sink.write(g.text + "\n")
+                else:
+                    sink.write(f"== {it.name}\n{g.text}\n\n")
+            sink.flush()
+    except BaseException:
+        if tmp:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp:
+        sink.close()
+        os.replace(tmp, out_path)
+        log.info("wrote %d summaries to %s", len(items), out_path)
+    if len(shown) > 5:
+        log.warning("%d of %d documents were truncated to the token budget in all", len(shown), len(items))
+    return 0
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
+    ap.add_argument("items", nargs="*", metavar="INPUT or key=value",
+                    help="files, directories, '-' for standard input (the default); and config overrides")
+    ap.add_argument("--column", help="document column of JSONL/CSV/TSV/parquet inputs")
+    ap.add_argument("--glob", action="append", help="file patterns for directories (default *.txt and *.md)")
+    ap.add_argument("--output", help="write here instead of standard output (JSON lines when it ends in .jsonl)")
+    ap.add_argument("--format", choices=["text", "jsonl"], help="output format (default text)")
+    ap.add_argument("--max-new-tokens", type=int, help="longest summary in tokens (default: as in training)")
+    ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
+    ap.add_argument("--base", help="base model of an adapter, when it is not where adapter_config.json says")
+    return ap
+
+
+def run(args, _cfg) -> int:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    overrides = [i for i in args.items if _OVERRIDE.fullmatch(i) and not os.path.exists(i)]
+    inputs = [i for i in args.items if i not in overrides]
+    return summarize_inputs(args, inputs, overrides)
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    return boot.run_command(build_parser(prog), run, argv)

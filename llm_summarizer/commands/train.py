@@ -1,0 +1,47 @@
+"""Fine-tune a summarizer: llm-summarizer train --config NAME_OR_FILE [key=value ...]
+
+    llm-summarizer train --config demo                           # offline demo, CPU, minutes
+    llm-summarizer train --config default                        # a real model + dataset (network)
+    llm-summarizer train --config demo train.max_steps=50 lora.r=8
+    llm-summarizer train --config my.yaml --print-config         # the resolved config, then exit
+    llm-summarizer configs                                       # the ready configs
+
+Checkpoints go to output.dir (default outputs/<run_name>/); running the same command again resumes
+from the newest complete checkpoint there (train.resume=auto|never|PATH). The fine-tuned adapter,
+tokenizer, config.yaml, metrics.json and a model card go to output.model_dir (default
+fine_tuned/<run_name>/), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import boot
+
+PROG = "llm-summarizer train"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap.add_argument("--config", help="a ready config by name (demo, default, ...; see `llm-summarizer configs`) "
+                                     "or a YAML file")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--env-file", help="a .env file with WANDB_API_KEY / HF_TOKEN etc. (never logged or saved)")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides: train.learning_rate=1e-4 lora.target_modules=[q_proj,v_proj]")
+    return ap
+
+
+def run(args, cfg) -> int:
+    boot.ml_stack(cfg.model.backend)
+    from ..training.run import run as train_run
+    from ..training.run import summary_lines
+
+    result = train_run(cfg)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    return boot.run_command(build_parser(prog), run, argv)

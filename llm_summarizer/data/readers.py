@@ -1,0 +1,240 @@
+"""Reading summarization data: local files (JSONL, JSON, CSV, TSV, parquet, a directory of them) or a
+hub dataset, into rows of {id, document, summary} with the columns found automatically or named in the config.
+
+Every problem with a file (missing, empty, binary, not UTF-8, a cut-off last line, a row with more fields
+than the header, missing columns) is one `DataError` naming the file, the line and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import pyarrow.parquet as pq
+
+from ..config import DataSection, SourceSpec
+from ..errors import DataError
+
+log = logging.getLogger("llm_summarizer.data")
+
+
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+# (document column, summary column) pairs found automatically, in order of preference.
+COLUMN_PAIRS = [
+    ("document", "summary"), ("article", "highlights"), ("dialogue", "summary"), ("text", "summary"),
+    ("article", "summary"), ("source", "summary"), ("abstract", "tldr"), ("transcript", "summary"),
+    ("content", "summary"), ("input", "output"), ("source", "target"), ("src", "tgt"), ("text", "target"),
+]
+
+
+ID_COLUMNS = ("id", "idx", "uid", "example_id", "doc_id")
+
+
+MAX_SHOWN_ROWS = 5
+
+
+def _files_of(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"data file not found: {path}. Check the path in data.train / data.validation / data.test.")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        if not files:
+            raise DataError(f"data directory {path} holds no {', '.join(SUPPORTED_SUFFIXES)} files")
+        return files
+    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise DataError(f"data file {path}: unsupported format '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    return [path]
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"data file {path} is empty")
+    if b"\x00" in raw[:8192] and path.suffix.lower() != ".parquet":
+        raise DataError(f"data file {path} looks binary (NUL bytes), not {path.suffix} text")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"data file {path}, line {line}: not valid UTF-8 (byte offset {e.start}); "
+                        f"re-save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    text = _read_text(path)
+    rows = []
+    lines = text.split("\n")
+    last = max((i for i, l in enumerate(lines) if l.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (the last line looks cut off: was the file fully written?)" if i == last else ""
+            raise DataError(f"data file {path}, line {i + 1}: invalid JSON: {e.msg}{hint}") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"data file {path}, line {i + 1}: expected a JSON object per line, got {type(obj).__name__}")
+        rows.append(obj)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    text = _read_text(path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        # A .json file that is really JSON lines is common; accept it.
+        if e.msg == "Extra data":
+            return _read_jsonl(path)
+        raise DataError(f"data file {path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+    if isinstance(obj, dict):
+        # {"data": [...]} or {"train": [...]}; or column-oriented {"document": [...], "summary": [...]}
+        lists = {k: v for k, v in obj.items() if isinstance(v, list)}
+        if len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
+            obj = next(iter(lists.values()))
+        elif lists and len(lists) == len(obj) and len({len(v) for v in lists.values()}) == 1:
+            keys = list(lists)
+            obj = [dict(zip(keys, vals)) for vals in zip(*lists.values())]
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise DataError(f"data file {path}: expected a list of objects (or JSON lines), one per example")
+    return obj
+
+
+def _read_delimited(path: Path, delimiter: str) -> list[dict]:
+    text = _read_text(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = []
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(f"data file {path}, line {reader.line_num}: more fields than the header has "
+                                f"({len(reader.fieldnames or [])}); check quoting")
+            rows.append(row)
+    except csv.Error as e:
+        raise DataError(f"data file {path}, line {reader.line_num}: {e}") from None
+    if reader.fieldnames is None:
+        raise DataError(f"data file {path} is empty")
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DataError(f"data file {path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+
+
+def read_file(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix == ".csv":
+        return _read_delimited(path, ",")
+    if suffix == ".tsv":
+        return _read_delimited(path, "\t")
+    return _read_parquet(path)
+
+
+def _read_hub(spec: SourceSpec, role: str) -> list[dict]:
+    split = spec.split or role
+    try:
+        ds = datasets.load_dataset(spec.name, spec.config, split=split, streaming=spec.streaming)
+    except Exception as e:
+        raise DataError(
+            f"data.{role}: could not load hub dataset '{spec.name}' (split '{split}'): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Without network access, use local files "
+            f"(data.{role}=path/to/{role}.jsonl) with a local model (model.name=/path/to/local/model), "
+            f"or the offline demo: configs/demo.yaml"
+        ) from None
+    if spec.streaming:
+        out = []
+        for i, row in enumerate(ds):
+            if spec.limit and i >= spec.limit:
+                break
+            out.append(dict(row))
+        return out
+    if spec.limit:
+        ds = ds.select(range(min(spec.limit, len(ds))))
+    return ds.to_list()
+
+
+@dataclass
+class RawSplit:
+    role: str
+    source: str
+    rows: list[dict]  # {"id", "document", "summary"}
+    read: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    dropped_examples: dict = field(default_factory=dict)  # reason -> first row indices
+    columns: tuple = ()
+
+
+def pick_columns(columns: list[str], data: DataSection, where: str) -> tuple[str, str, Optional[str]]:
+    cols = set(columns)
+    doc, summ = data.document_column, data.summary_column
+    missing = [c for c in (doc, summ, data.id_column) if c is not None and c not in cols]
+    if missing:
+        raise DataError(f"{where}: column(s) {', '.join(repr(m) for m in missing)} not found; the file has "
+                        f"columns: {', '.join(columns) or '(none)'}. Set data.document_column / data.summary_column.")
+    if doc is None or summ is None:
+        for d, s in COLUMN_PAIRS:
+            if (doc or d) == d and (summ or s) == s and d in cols and s in cols:
+                doc, summ = d, s
+                break
+        else:
+            raise DataError(
+                f"{where}: could not find the document and summary columns among: {', '.join(columns) or '(none)'}. "
+                f"Set data.document_column and data.summary_column.")
+    id_col = data.id_column or next((c for c in ID_COLUMNS if c in cols), None)
+    return doc, summ, id_col
+
+
+def read_source(spec: SourceSpec, role: str, data: DataSection) -> RawSplit:
+    if spec.path is not None:
+        path = Path(os.path.expanduser(spec.path))
+        files = _files_of(path)
+        per_file = [(f, read_file(f)) for f in files]
+        source = str(path)
+    else:
+        per_file = [(Path(f"hub:{spec.name}"), _read_hub(spec, role))]
+        source = f"hub:{spec.name}" + (f"/{spec.config}" if spec.config else "") + f"[{spec.split or role}]"
+    split = RawSplit(role=role, source=source, rows=[])
+    chosen = None
+    index = 0
+    for f, rows in per_file:
+        if not rows:
+            raise DataError(f"data file {f} holds no rows")
+        columns = list(dict.fromkeys(k for r in rows[:1000] for k in r))
+        doc, summ, id_col = pick_columns(columns, data, f"data file {f}")
+        if chosen is None:
+            chosen = (doc, summ, id_col)
+            log.info("data.%s: %s: document column '%s', summary column '%s'%s", role, source, doc, summ,
+                     f", id column '{id_col}'" if id_col else "")
+        for r in rows:
+            if spec.limit and index >= spec.limit:
+                break
+            rid = r.get(id_col) if id_col else None
+            split.rows.append({"id": str(rid) if rid is not None else f"{role}-{index}",
+                               "document": r.get(doc), "summary": r.get(summ), "_file": str(f), "_row": index})
+            index += 1
+    split.columns = chosen or ()
+    split.read = len(split.rows)
+    return split

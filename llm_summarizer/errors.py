@@ -1,0 +1,40 @@
+"""What can go wrong on purpose, and the exit code each gives at the command line.
+
+    UserError        bad input (config, data, paths, model files): one message, exit code 2
+    TrainingStopped  a guard stopped training (non-finite loss, out of memory, disk full): exit code 3
+    ExportFailed     an export was made but does not behave like its source: exit code 1, nothing kept
+
+Library code raises these; only the command layer (`llm_summarizer.commands`) turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+EXIT_EXPORT_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_TRAINING_STOPPED = 3
+
+
+class UserError(Exception):
+    """An error in what the user gave us (config, data, paths). Printed as-is, exit code 2."""
+
+
+class ConfigError(UserError):
+    """Every problem of a config at once, each naming its key."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        lines = [f"{source}: {len(problems)} problem(s):"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class DataError(UserError):
+    """A data file or row that cannot be used; the message names the file and row."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped on purpose by a guard; the message says why and what to do. Exit code 3."""
+
+
+class ExportFailed(Exception):
+    """The export was made but does not behave like the adapter (or a tool failed); nothing was kept."""

@@ -1,0 +1,327 @@
+"""Evaluate a saved model on a split: ROUGE with bootstrap confidence intervals, optionally against its base.
+
+    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl
+    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl --compare-base
+    llm-summarizer evaluate --model fine_tuned/demo                  # data.test of the model's config.yaml
+    llm-summarizer evaluate --model fine_tuned/demo-merged-16bit --data data/demo --split validation
+    llm-summarizer evaluate --model fine_tuned/my-run --data knkarthick/dialogsum --split test --limit 500
+    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl eval.num_beams=4 eval.batch_size=32
+
+--model is any saved model directory: a LoRA adapter (its base is loaded from adapter_config.json, or
+--base) or a merged model. --data is anything the training data pipeline reads: a JSONL/JSON/CSV/TSV/
+parquet file, a directory (the file named after --split when there is one), or a hub dataset name.
+Writes to --output (default evaluations/<model>/<split>/):
+
+    predictions.jsonl        id, reference, prediction, per-example ROUGE, generated tokens (appended as
+                             batches finish: rerunning an interrupted evaluation generates only the rest)
+    predictions_base.jsonl   the same for the base model, with --compare-base
+    metrics.json             ROUGE-1/2/L/Lsum F1 with bootstrap 95% intervals, lengths, truncation share,
+                             throughput, the base model and the paired difference, and the protocol
+    report.md, plots/*.png   the same as pictures
+
+Decoding and prompt settings come from the model's config.yaml; `key=value` arguments override them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from pydantic import ValidationError
+
+from ..config import Config, SourceSpec, _coerce_source
+from ..data.readers import SUPPORTED_SUFFIXES, read_source
+from ..data.rows import load_raw_splits, validate_rows
+from ..environment import package_versions
+from ..errors import UserError
+from ..files import file_digest, write_json, write_text
+from ..models.directory import describe_model_dir, weight_files
+from ..models.generation import default_max_new_tokens, summarize_texts
+from ..models.loading import load_base_for_generation, load_for_generation, model_config
+from .bootstrap import paired_difference, score_block
+from .report import find_log_history, write_eval_report
+from .scoring import PROTOCOL, score_pair
+
+log = logging.getLogger("llm_summarizer.evaluate")
+
+PREDICTIONS = "predictions.jsonl"
+BASE_PREDICTIONS = "predictions_base.jsonl"
+METRICS = "metrics.json"
+SETTINGS = "eval_settings.json"
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    metrics: dict
+    predictions: Path
+    base_predictions: Optional[Path] = None
+    report: Optional[Path] = None
+
+
+def _source_spec(data) -> SourceSpec:
+    if isinstance(data, SourceSpec):
+        return data
+    try:
+        return SourceSpec.model_validate(_coerce_source(str(data) if isinstance(data, os.PathLike) else data))
+    except ValidationError as e:
+        raise UserError(f"--data {data!r}: {e.errors()[0]['msg']}") from None
+
+
+def _split_file(directory: Path, split: str) -> Optional[Path]:
+    for suffix in SUPPORTED_SUFFIXES:
+        p = directory / f"{split}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def load_eval_rows(cfg: Config, data=None, split: str = "test", limit: Optional[int] = None):
+    """(rows [{id, document, summary}], source description, summary column) for the evaluation."""
+    if data is None:
+        if split not in ("train", "validation", "test"):
+            raise UserError(f"--split {split!r}: without --data the split must be train, validation or test "
+                            f"(read from the model's config.yaml)")
+        spec = getattr(cfg.data, split)
+        if spec is not None:  # read only this split (a hub train split can be large)
+            split_raw = validate_rows(read_source(spec, split, cfg.data), cfg.data.on_bad_rows)
+        else:  # held out of train by the seeded split training used
+            if cfg.data.train is None:
+                raise UserError(f"the model's config.yaml names no data.{split}; pass --data SOURCE")
+            raw = load_raw_splits(cfg)
+            if split not in raw:
+                raise UserError(f"the model's config.yaml has no data.{split} (and no {split}_size carved from "
+                                f"train); pass --data SOURCE")
+            split_raw = raw[split]
+    else:
+        spec = _source_spec(data)
+        if spec.path is not None:
+            p = Path(os.path.expanduser(spec.path))
+            if p.is_dir() and _split_file(p, split) is not None:
+                spec = spec.model_copy(update={"path": str(_split_file(p, split))})
+        elif spec.split is None:
+            spec = spec.model_copy(update={"split": split})
+        split_raw = validate_rows(read_source(spec, split, cfg.data), cfg.data.on_bad_rows)
+    rows = split_raw.rows[:limit] if limit else split_raw.rows
+    if not rows:
+        raise UserError(f"--data {data or 'data.' + split}: no usable rows to evaluate (dropped: {dict(split_raw.dropped)})")
+    summary_col = split_raw.columns[1] if len(split_raw.columns) > 1 else "summary"
+    return _unique_ids(rows), split_raw.source, summary_col
+
+
+def _unique_ids(rows: list[dict]) -> list[dict]:
+    # Resuming matches predictions to rows by id, so ids must be unique.
+    seen: Counter = Counter()
+    out = []
+    for r in rows:
+        seen[r["id"]] += 1
+        rid = r["id"] if seen[r["id"]] == 1 else f"{r['id']}#{seen[r['id']]}"
+        out.append({"id": rid, "document": r["document"], "summary": r["summary"]})
+    dup = sum(1 for v in seen.values() if v > 1)
+    if dup:
+        log.warning("%d id(s) occur more than once in the data; repeats are numbered id#2, id#3, ...", dup)
+    return out
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """Rows already written, by id. A torn last line (the process was killed mid-write) is dropped and
+    the file rewritten without it, so appending continues cleanly."""
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    rows: dict[str, dict] = {}
+    last = max((i for i, l in enumerate(lines) if l.strip()), default=-1)
+    torn = False
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
+                raise ValueError("not a prediction row")
+        except ValueError:
+            if i == last:
+                torn = True
+                log.warning("%s: dropping a cut-off last line (the previous run stopped while writing it)", path)
+                continue
+            raise UserError(f"{path}, line {i + 1}: not a prediction row; delete the file to evaluate from scratch") from None
+        rows.setdefault(str(row["id"]), row)
+    if torn or (text and not text.endswith("\n")):
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+    return rows
+
+
+@dataclass
+class GenStats:
+    reused: int
+    generated: int
+    seconds: float
+
+
+def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens: int, label: str) -> GenStats:
+    """Generate the rows not yet in `path`, appending each batch (flushed) as soon as it is done."""
+    done = read_predictions(path)
+    todo = [r for r in rows if r["id"] not in done]
+    reused = len(rows) - len(todo)
+    if reused:
+        log.info("%s: %d of %d predictions already in %s; generating the other %d", label, reused, len(rows),
+                 path, len(todo))
+    # Longest documents first, so each batch holds similar lengths (less padding).
+    todo.sort(key=lambda r: -len(r["document"]))
+    bs = loaded.cfg.eval.batch_size
+    t_all = time.perf_counter()
+    next_log = time.perf_counter() + 30
+    with open(path, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), bs):
+            chunk = todo[start: start + bs]
+            t0 = time.perf_counter()
+            gens = summarize_texts(loaded, [r["document"] for r in chunk], max_new_tokens, batch_size=bs, model=model)
+            share = (time.perf_counter() - t0) / len(chunk)
+            for r, g in zip(chunk, gens):
+                f.write(json.dumps({"id": r["id"], "reference": r["summary"], "prediction": g.text,
+                                    **score_pair(r["summary"], g.text), "new_tokens": g.new_tokens,
+                                    "hit_max_new_tokens": g.hit_max, "truncated_input": g.truncated_input,
+                                    "gen_seconds": round(share, 6)}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            if time.perf_counter() > next_log:
+                log.info("%s: %d/%d generated", label, start + len(chunk), len(todo))
+                next_log = time.perf_counter() + 30
+    return GenStats(reused, len(todo), time.perf_counter() - t_all)
+
+
+def _weights_fingerprint(path: Path) -> list:
+    """The weight files by content, so evaluating a copy of a model resumes, and a retrained one does not."""
+    return [[name, file_digest(path / name)] for name in weight_files(path)]
+
+
+def _decoding(ev, max_new_tokens: int, source: str, stop_ids, tokenizer) -> dict:
+    d = {"strategy": "sampling" if ev.do_sample else ("beam search" if ev.num_beams > 1 else "greedy"),
+         "num_beams": ev.num_beams, "do_sample": ev.do_sample, "max_new_tokens": max_new_tokens,
+         "max_new_tokens_source": source,
+         "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stop_ids],
+         "batching": f"batches of {ev.batch_size}, left padding"}
+    if ev.do_sample:
+        d.update(temperature=ev.temperature, top_p=ev.top_p, seed=ev.sample_seed)
+    return d
+
+
+def _prompt(cfg: Config, formatter) -> dict:
+    return {"template": "the tokenizer's chat template" if formatter.use_chat else "plain text",
+            "data.template": cfg.data.template, "instruction": cfg.data.instruction,
+            "prompt_template": cfg.data.prompt_template, "max_seq_length": cfg.model.max_seq_length,
+            "document_truncation": f"{cfg.data.truncation}: the document is cut (in tokens) so that the prompt "
+                                   f"plus max_new_tokens fit max_seq_length, the rule used in training"}
+
+
+def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_source: str) -> dict:
+    cfg = loaded.cfg
+    return {"model": str(loaded.info.path.resolve()), "weights": _weights_fingerprint(loaded.info.path),
+            "base_model": loaded.info.base, "backend": loaded.backend, "dtype": loaded.dtype,
+            "quantized": loaded.quantized, "data": source, "split": split,
+            "decoding": _decoding(cfg.eval, max_new_tokens, max_new_source, loaded.formatter.stop_ids, loaded.tokenizer),
+            "prompt": _prompt(cfg, loaded.formatter)}
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Reuse predictions only from the same evaluation; never mix two into one file."""
+    p = out / SETTINGS
+    has_preds = (out / PREDICTIONS).exists() or (out / BASE_PREDICTIONS).exists()
+    if p.is_file():
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if old is not None:
+            # the model is known by its weights' content: a moved or copied model directory is the same model
+            differs = sorted(k for k in set(old) | set(settings) if k != "model" and old.get(k) != settings.get(k))
+            if differs and has_preds:
+                raise UserError(f"--output {out} holds predictions of a different evaluation (differs in: "
+                                f"{', '.join(differs)}); choose another --output, or delete {out} to start over")
+    elif has_preds:
+        raise UserError(f"--output {out} holds predictions but no {SETTINGS}, so they cannot be matched to this "
+                        f"evaluation; choose another --output, or delete {out} to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(p, settings)
+
+
+def default_output(info, split: str) -> Path:
+    return Path("evaluations") / info.name / split
+
+
+def _ordered(rows: list[dict], path: Path) -> list[dict]:
+    have = read_predictions(path)
+    return [have[r["id"]] for r in rows]
+
+
+def evaluate_model(model, data=None, split: str = "test", output=None, limit: Optional[int] = None,
+                   compare_base: bool = False, backend: Optional[str] = None, base: Optional[str] = None,
+                   overrides: Optional[list[str]] = None, report: bool = True) -> EvalResult:
+    """Evaluate a saved model directory; the Python face of `llm-summarizer evaluate`."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1")
+    # 1. The model directory, checked from its files before anything heavy.
+    info = describe_model_dir(model, base)
+    if compare_base and info.kind == "merged" and not info.base:
+        raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
+                        f"(export_info.json base_model); pass --base /path/to/base/model")
+    cfg = model_config(info, overrides)
+    # 2. The examples, validated like training data.
+    rows, source, summary_col = load_eval_rows(cfg, data, split, limit)
+    out = Path(output) if output else default_output(info, split)
+    # 3. The model, and the settings that decide whether earlier predictions can be reused.
+    loaded = load_for_generation(model, backend, base, overrides, info=info)
+    max_new, max_new_source = default_max_new_tokens(loaded)
+    check_settings(out, settings_for(loaded, source, split, max_new, max_new_source))
+    # 4. Generate what is missing, for the model and (with --compare-base) its base.
+    stats = {"model": generate_missing(loaded, loaded.model, rows, out / PREDICTIONS, max_new, "model")}
+    if compare_base:
+        if info.kind == "adapter":
+            with loaded.base_model() as base_model:
+                stats["base"] = generate_missing(loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base")
+        else:
+            base_loaded = load_base_for_generation(loaded)
+            loaded.model = None
+            gc.collect()
+            stats["base"] = generate_missing(base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base")
+            del base_loaded
+    # 5. Scores with bootstrap intervals (paired for the difference), in the data's order.
+    ev = cfg.eval
+    model_rows = _ordered(rows, out / PREDICTIONS)
+    results = {"model": score_block(model_rows, ev.bootstrap_samples, ev.bootstrap_seed)}
+    base_rows = None
+    if compare_base:
+        base_rows = _ordered(rows, out / BASE_PREDICTIONS)
+        results["base"] = score_block(base_rows, ev.bootstrap_samples, ev.bootstrap_seed)
+        results["model_minus_base"] = paired_difference(model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed)
+    settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    metrics = {
+        "model": loaded.describe(),
+        "data": {"source": source, "split": split, "examples": len(rows), "limit": limit},
+        "results": results,
+        "protocol": {**PROTOCOL, "split": split, "source": source, "examples": len(rows),
+                     "reference": f"the dataset's '{summary_col}' column (one reference per example)",
+                     "decoding": settings["decoding"], "prompt": settings["prompt"],
+                     "precision": loaded.dtype + (f", base loaded {loaded.quantized}" if loaded.quantized else ""),
+                     "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed,
+                                   "interval": "95% percentile interval of the mean over resampled examples",
+                                   "paired": "model, base and their difference use the same resampled examples"}},
+        "generation": {k: {"reused": s.reused, "generated": s.generated, "seconds": round(s.seconds, 2)}
+                       for k, s in stats.items()},
+        "versions": package_versions(),
+    }
+    write_json(out / METRICS, metrics)
+    # 6. The report.
+    report_path = None
+    if report:
+        report_path = write_eval_report(out, metrics, model_rows, base_rows, find_log_history(info),
+                                        train_metrics=info.metrics)
+    return EvalResult(out, metrics, out / PREDICTIONS, out / BASE_PREDICTIONS if compare_base else None, report_path)

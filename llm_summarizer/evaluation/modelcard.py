@@ -1,0 +1,230 @@
+"""The model card (README.md) written into every final model directory and every export.
+
+Hub-style YAML front matter (base_model, library_name, tags, datasets, metrics, model-index with the
+ROUGE scores), then what a reader needs to trust and use the model: ROUGE against the base model, the
+training data, the key hyperparameters, the evaluation protocol, the W&B run link when there is one,
+and how to run it. Nothing secret goes in: the card is built from the config, metrics and run info only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..config import ROUGE_KEYS, Config, is_local_path
+
+LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+
+
+def _is_hub_id(name: Optional[str]) -> bool:
+    return bool(name) and not name.startswith("random:") and not is_local_path(name)
+
+
+def _f1(v) -> Optional[float]:
+    if isinstance(v, dict):
+        return v.get("f1")
+    return v if isinstance(v, (int, float)) else None
+
+
+def _rouge_rows(metrics: dict) -> list[str]:
+    base, final = metrics.get("base") or {}, metrics.get("final") or {}
+    rows = ["| metric | base model | fine-tuned | change |", "|---|---|---|---|"]
+    for k in ROUGE_KEYS:
+        b, f = _f1(base.get(k)), _f1(final.get(k))
+        if f is None and b is None:
+            continue
+        fmt = lambda v: f"{100 * v:.2f}" if v is not None else "n/a"
+        delta = f"{100 * (f - b):+.2f}" if (f is not None and b is not None) else "n/a"
+        rows.append(f"| {LABELS[k]} | {fmt(b)} | {fmt(f)} | {delta} |")
+    return rows
+
+
+def _eval_rows(ev: dict) -> list[str]:
+    """A test-set evaluation from `evaluate` (bootstrap intervals, paired difference)."""
+    res = ev.get("results") or {}
+    model, base, diff = res.get("model") or {}, res.get("base"), res.get("model_minus_base") or {}
+
+    def cell(v):
+        return f"{100 * v['f1']:.2f} [{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]" if v else "n/a"
+
+    rows = ["| metric | base model | fine-tuned | change |", "|---|---|---|---|"] if base else \
+        ["| metric | fine-tuned |", "|---|---|"]
+    for k in ROUGE_KEYS:
+        if k not in model:
+            continue
+        if base:
+            d = diff.get(k)
+            change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]" if d else "n/a"
+            rows.append(f"| {LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
+        else:
+            rows.append(f"| {LABELS[k]} | {cell(model[k])} |")
+    return rows
+
+
+def _tracking_lines(metrics: dict) -> list[str]:
+    # only a URL others can open: an offline run's local folder means nothing to a reader of the card
+    url = ((metrics.get("tracking") or {}).get("wandb") or {}).get("url")
+    return ["## Training run", "", f"Weights & Biases: {url}", ""] if url else []
+
+
+def _source(s) -> str:
+    if s is None:
+        return "none"
+    name = s.name or s.path
+    extra = ", ".join(x for x in (f"config {s.config}" if s.config else "", f"split {s.split}" if s.split else "",
+                                  f"first {s.limit} rows" if s.limit else "") if x)
+    return f"`{name}`" + (f" ({extra})" if extra else "")
+
+
+def _data_lines(cfg: Config, metrics: dict) -> list[str]:
+    d = cfg.data
+    out = [f"- train: {_source(d.train)}"]
+    if d.validation is not None:
+        out.append(f"- validation: {_source(d.validation)}")
+    elif d.validation_size:
+        out.append(f"- validation: {d.validation_size} held out of train (split_seed {d.split_seed})")
+    if d.test is not None:
+        out.append(f"- test: {_source(d.test)}")
+    for role, s in (metrics.get("data") or {}).items():
+        if not isinstance(s, dict):
+            continue
+        st = s.get("summary_tokens") or {}
+        dropped = sum((s.get("dropped") or {}).values())
+        out.append(f"- {role} rows: {s.get('rows')} used of {s.get('rows_read')} read"
+                   + (f", {dropped} dropped ({', '.join(f'{k} {v}' for k, v in s['dropped'].items())})" if dropped else "")
+                   + f", {s.get('truncated', 0)} documents truncated"
+                   + (f", summary length {st.get('mean')} tokens on average (p95 {st.get('p95')})" if st else ""))
+    return out
+
+
+def _hyper_rows(cfg: Config, metrics: dict, model_info: dict) -> list[str]:
+    t, lo, m = cfg.train, cfg.lora, cfg.model
+    tr = metrics.get("train") or {}
+    steps = f"{tr.get('global_step')}" + (f" (max_steps {t.max_steps})" if t.max_steps > 0 else f" ({t.num_train_epochs} epochs)")
+    rows = [
+        ("base model", f"`{m.name}`" + (f" (loaded from `{model_info['resolved_path']}`)"
+                                        if model_info.get("resolved_path") not in (None, m.name) else "")),
+        ("backend", f"{m.backend}" + (f", precision {model_info['precision']}" if model_info.get("precision") else "")),
+        ("quantization while training", "4-bit (QLoRA)" if m.load_in_4bit else "8-bit" if m.load_in_8bit else "none"),
+        ("LoRA", f"r={lo.r}, alpha={lo.alpha}, dropout={lo.dropout}, targets {lo.target_modules}"
+                 + (", rsLoRA" if lo.use_rslora else "") + (", DoRA" if lo.use_dora else "")),
+        ("trainable parameters", f"{model_info['trainable_params']:,} of {model_info['total_params']:,}"
+         if model_info.get("trainable_params") else "n/a"),
+        ("steps", steps),
+        ("learning rate", f"{t.learning_rate} ({t.lr_scheduler_type}, warmup "
+                          f"{t.warmup_steps if t.warmup_steps else f'{t.warmup_ratio:.0%}'})"),
+        ("batch", f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps} gradient accumulation"),
+        ("optimizer", f"{t.optim}, weight decay {t.weight_decay}, max grad norm {t.max_grad_norm}"),
+        ("sequence length", f"{m.max_seq_length} tokens; documents truncated (`{cfg.data.truncation}`), summaries never"),
+        ("loss", "on the summary tokens (and EOS) only"),
+        ("seed", f"{t.seed} (data split seed {cfg.data.split_seed})"),
+        ("final training loss", f"{tr['train_loss']:.4f}" if isinstance(tr.get("train_loss"), (int, float)) else "n/a"),
+    ]
+    return ["| setting | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+
+
+def _protocol_lines(proto: dict) -> list[str]:
+    out = []
+    for k, v in proto.items():
+        if isinstance(v, dict):
+            v = "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}" for a, b in v.items())
+        out.append(f"- {k}: {v}")
+    return out
+
+
+def _use_lines(cfg: Config, kind: str, base_model: str) -> list[str]:
+    prompt = cfg.data.prompt_template.format(instruction=cfg.data.instruction, document="<document>")
+    fmt = (f"this user turn, followed by {cfg.data.plain_response_prefix!r}" if cfg.data.template == "plain" else
+           f"this user turn inside the tokenizer's chat template (data.template `{cfg.data.template}`; when the "
+           f"tokenizer has no chat template, the turn is followed by {cfg.data.plain_response_prefix!r})")
+    out = [
+        "## Use",
+        "",
+        "```bash",
+        "python -m llm_summarizer.summarize --model THIS_DIRECTORY article.txt",
+        "python -m llm_summarizer.evaluate --model THIS_DIRECTORY --data test.jsonl --compare-base",
+    ]
+    if kind == "adapter":
+        out.append("python -m llm_summarizer.export THIS_DIRECTORY --format merged-16bit")
+    out += ["```", "", f"Prompts must be built as in training: {fmt}. The commands above do this from the "
+            f"saved config.yaml.", "", "```text", prompt, "```", ""]
+    if kind == "adapter":
+        out += ["With plain transformers + PEFT:", "", "```python",
+                "from peft import PeftModel",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                f"base = AutoModelForCausalLM.from_pretrained({base_model!r})",
+                "model = PeftModel.from_pretrained(base, \"THIS_DIRECTORY\")",
+                "tokenizer = AutoTokenizer.from_pretrained(\"THIS_DIRECTORY\")", "```", ""]
+    elif kind == "merged":
+        out += ["With plain transformers (also loads in vLLM and TGI):", "", "```python",
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "model = AutoModelForCausalLM.from_pretrained(\"THIS_DIRECTORY\", dtype=\"auto\")",
+                "tokenizer = AutoTokenizer.from_pretrained(\"THIS_DIRECTORY\")", "```", ""]
+    return out
+
+
+def write_model_card(path: Path, cfg: Config, metrics: dict, model_info: dict, kind: str = "adapter",
+                     export_info: Optional[dict] = None, eval_metrics: Optional[dict] = None) -> None:
+    """README.md with YAML front matter. kind: adapter (a LoRA adapter), merged, or gguf."""
+    final = metrics.get("final") or {}
+    base_model = (model_info or {}).get("resolved_path") or cfg.model.name
+    hub_datasets = [s.name for s in (cfg.data.train, cfg.data.validation, cfg.data.test) if s is not None and s.name]
+    local_datasets = [Path(s.path).name for s in (cfg.data.train, cfg.data.validation) if s is not None and s.path]
+    tags = ["summarization", "llm_summarizer", "trl", "sft", "lora" if kind == "adapter" else "merged-lora"]
+    tags += [t for t in (cfg.model.backend if cfg.model.backend == "unsloth" else None, "gguf" if kind == "gguf" else None) if t]
+    meta: dict = {}
+    if _is_hub_id(cfg.model.name):
+        meta["base_model"] = cfg.model.name
+    if kind != "gguf":
+        meta["library_name"] = "peft" if kind == "adapter" else "transformers"
+    meta.update({"pipeline_tag": "text-generation", "tags": tags, "datasets": hub_datasets or local_datasets,
+                 "metrics": ["rouge"]})
+    if final:
+        ds = (hub_datasets or local_datasets or ["validation"])[-1]
+        meta["model-index"] = [{
+            "name": cfg.output.run_name,
+            "results": [{
+                "task": {"type": "summarization", "name": "Summarization"},
+                "dataset": {"name": ds, "type": ds, "split": "validation"},
+                "metrics": [{"type": k, "value": round(100 * _f1(final[k]), 2), "name": f"{LABELS[k]} F1 (x100)"}
+                            for k in ROUGE_KEYS if _f1(final.get(k)) is not None],
+            }],
+        }]
+    what = {"adapter": "A LoRA adapter", "merged": "A merged model (LoRA folded into the base weights)",
+            "gguf": "A GGUF file for llama.cpp / Ollama"}.get(kind, "A model")
+    proto = metrics.get("eval_protocol") or {}
+    body = [
+        f"# {cfg.output.run_name}",
+        "",
+        f"{what} that summarizes text, fine-tuned from `{cfg.model.name}` with llm_summarizer "
+        f"({cfg.model.backend} backend, TRL SFTTrainer, loss on the summary tokens only).",
+        "",
+    ]
+    if export_info:
+        v = export_info.get("verification") or {}
+        body += ["## Export", "",
+                 f"- format: {export_info.get('format')}" + (f", {export_info.get('dtype')}" if export_info.get("dtype") else ""),
+                 f"- from: `{export_info.get('source')}` ({export_info.get('method')})"]
+        if v:
+            body.append(f"- checked: {v.get('summary')}")
+        body.append("")
+    body += ["## ROUGE on the validation split (F1 x 100, generated summaries)", "", *_rouge_rows(metrics), ""]
+    if eval_metrics:
+        d = eval_metrics.get("data") or {}
+        body += [f"## ROUGE on `{d.get('source')}` ({d.get('split')}, {d.get('examples')} examples; "
+                 f"F1 x 100 [bootstrap 95% interval])", "", *_eval_rows(eval_metrics), ""]
+    body += ["## Training data", "", *_data_lines(cfg, metrics), "",
+             "## Training procedure", "", *_hyper_rows(cfg, metrics, model_info or {}), ""]
+    if proto:
+        body += ["## Evaluation protocol", "",
+                 "ROUGE is computed on summaries the model *generated* (not teacher-forced tokens):", "",
+                 *_protocol_lines(proto), ""]
+    body += _tracking_lines(metrics)
+    body += _use_lines(cfg, kind, base_model)
+    body += ["## Limitations", "",
+             "ROUGE measures word overlap with one reference summary; it does not check facts. Read a sample of "
+             "the generated summaries (the evaluation's `predictions.jsonl`) before relying on the model.", ""]
+    text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+    Path(path).write_text(text, encoding="utf-8")

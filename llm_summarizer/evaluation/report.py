@@ -1,0 +1,284 @@
+"""report.md with PNG plots, for a training run and for an evaluation.
+
+After training (output.report, on by default) the run's output.dir gets:
+    report.md                      headline numbers, the plots, a few examples, the protocol
+    plots/training_curves.png      training and validation loss, ROUGE on generated summaries, per step
+    plots/rouge_base_vs_finetuned.png
+    plots/summary_lengths.png      words per generated summary vs the references
+
+`python -m llm_summarizer.evaluate` writes the same into its output directory (ROUGE bars then carry
+the bootstrap 95% intervals). Plots need matplotlib (`pip install -e ".[report]"`); without it
+report.md is still written and says how to get the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import ROUGE_KEYS, load_config
+from ..files import write_text
+from ..rundir import list_checkpoints
+
+log = logging.getLogger("llm_summarizer.report")
+
+PLOTS_DIR = "plots"
+REPORT = "report.md"
+CURVES_PNG = "training_curves.png"
+ROUGE_PNG = "rouge_base_vs_finetuned.png"
+LENGTHS_PNG = "summary_lengths.png"
+LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+COLORS = {"base": "#9aa5b1", "model": "#1f77b4", "reference": "#2ca02c", "loss": "#d62728", "eval_loss": "#ff7f0e",
+          "rouge1": "#1f77b4", "rouge2": "#9467bd", "rougeL": "#2ca02c", "rougeLsum": "#17becf"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
+                         "axes.grid": True, "grid.alpha": 0.3, "font.size": 10})
+    return plt
+
+
+def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dict] = None) -> bool:
+    """Loss (train, validation) and validation ROUGE against the training step."""
+    plt = _pyplot()
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [h for h in log_history if "eval_loss" in h or "eval_rougeL" in h]
+    if plt is None or not (train or evals):
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    if train:
+        ax1.plot(*zip(*train), color=COLORS["loss"], lw=1.5, label="training loss")
+    ev_loss = [(h["step"], h["eval_loss"]) for h in evals if "eval_loss" in h]
+    if ev_loss:
+        ax1.plot(*zip(*ev_loss), "o-", color=COLORS["eval_loss"], lw=1.5, ms=4, label="validation loss")
+    ax1.set(title="Loss (summary tokens)", xlabel="training step", ylabel="cross-entropy")
+    below = dict(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3)
+    ax1.legend(**below)
+    steps = [h["step"] for h in evals if "eval_rougeL" in h]
+    for k in ("rouge1", "rouge2", "rougeL"):
+        ys = [100 * h[f"eval_{k}"] for h in evals if f"eval_{k}" in h]
+        xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)
+        if ys:
+            ax2.plot(xs, ys, "o-", color=COLORS[k], lw=1.5, ms=4, label=f"{LABELS[k]} (last {ys[-1]:.1f})")
+    ax2.set(title="ROUGE on generated validation summaries", ylabel="F1 x 100", ylim=(0, 100),
+            xlabel="training step" + (" (step 0: the base model)" if base and steps else ""))
+    if steps:
+        ax2.legend(**below)
+    else:
+        ax2.text(0.5, 0.5, "no ROUGE evaluations logged", ha="center", va="center", transform=ax2.transAxes)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_label: str = "fine-tuned") -> bool:
+    """Grouped bars per ROUGE type; error bars when the blocks carry 95% intervals (ci95)."""
+    plt = _pyplot()
+    if plt is None or not model:
+        return False
+    keys = [k for k in ROUGE_KEYS if k in model]
+    series = ([("base model", base, COLORS["base"])] if base else []) + [(model_label, model, COLORS["model"])]
+    x = np.arange(len(keys))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for i, (label, block, color) in enumerate(series):
+        vals = [100 * _f1(block[k]) for k in keys]
+        err = None
+        if all(isinstance(block[k], dict) and "ci95" in block[k] for k in keys):
+            lo = [v - 100 * block[k]["ci95"][0] for v, k in zip(vals, keys)]
+            hi = [100 * block[k]["ci95"][1] - v for v, k in zip(vals, keys)]
+            err = [lo, hi]
+        pos = x + (i - (len(series) - 1) / 2) * width
+        ax.bar(pos, vals, width * 0.92, color=color, label=label, yerr=err, capsize=3,
+               error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        for p, v, k in zip(pos, vals, keys):
+            top = v + (err[1][keys.index(k)] if err else 0)
+            ax.text(p, top + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [LABELS[k] for k in keys])
+    title = "ROUGE: base model vs fine-tuned" if base else f"ROUGE of the {model_label} model"
+    if any(isinstance(model[k], dict) and "ci95" in model[k] for k in keys):
+        title += "\n(error bars: bootstrap 95% confidence intervals)"
+    ax.set(ylabel="F1 x 100", ylim=(0, 105), title=title)
+    ax.grid(axis="x", visible=False)
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(series))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_lengths(path: Path, references: list[str], predictions: list[str], base: Optional[list[str]] = None) -> bool:
+    """Distribution of words per summary: references, fine-tuned (and base) predictions."""
+    plt = _pyplot()
+    if plt is None or not references:
+        return False
+    series = [("reference summaries", [len(t.split()) for t in references], COLORS["reference"]),
+              ("fine-tuned model", [len(t.split()) for t in predictions], COLORS["model"])]
+    if base:
+        series.append(("base model", [len(t.split()) for t in base], COLORS["base"]))
+    hi = max(max(s[1]) for s in series if s[1]) + 1
+    bins = np.linspace(0, hi, min(40, hi) + 1)
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
+    for label, xs, color in series:
+        mean = sum(xs) / max(1, len(xs))
+        ax.hist(xs, bins=bins, histtype="stepfilled", alpha=0.25, color=color)
+        ax.hist(xs, bins=bins, histtype="step", lw=1.6, color=color, label=f"{label} (mean {mean:.1f})")
+        ax.axvline(mean, color=color, ls="--", lw=1)
+    ax.set(title="Summary length (dashed lines: means)", xlabel="words per summary", ylabel="summaries")
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=len(series))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _f1(v) -> float:
+    return v["f1"] if isinstance(v, dict) else float(v)
+
+
+def _rouge_table(model: dict, base: Optional[dict], diff: Optional[dict] = None) -> list[str]:
+    def cell(v):
+        if v is None:
+            return "n/a"
+        s = f"{100 * _f1(v):.2f}"
+        if isinstance(v, dict) and "ci95" in v:
+            s += f" [{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]"
+        return s
+
+    head = "| metric | base model | fine-tuned | change |" if base else "| metric | model |"
+    rows = [head, "|---|---|---|---|" if base else "|---|---|"]
+    for k in ROUGE_KEYS:
+        if k not in model:
+            continue
+        if base:
+            if diff and k in diff:
+                d = diff[k]
+                change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
+            else:
+                change = f"{100 * (_f1(model[k]) - _f1(base[k])):+.2f}" if k in base else "n/a"
+            rows.append(f"| {LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
+        else:
+            rows.append(f"| {LABELS[k]} | {cell(model[k])} |")
+    return rows
+
+
+def _examples(rows: list[dict], n: int = 3) -> list[str]:
+    if not rows:
+        return []
+    ranked = sorted(rows, key=lambda r: r.get("rougeL", 0.0))
+    picks = [("best", ranked[-1]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[0])][:n]
+    out = ["## Examples (by ROUGE-L)", ""]
+    for label, r in picks:
+        out += [f"**{label}** (id `{r['id']}`, ROUGE-L {100 * r.get('rougeL', 0):.1f})", "",
+                f"- reference: {_one_line(r['reference'])}", f"- generated: {_one_line(r['prediction'])}", ""]
+    return out
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    t = " ".join(text.split())
+    return (t[:limit] + " ...") if len(t) > limit else (t or "*(empty)*")
+
+
+def _protocol_lines(proto: dict) -> list[str]:
+    out = []
+    for k, v in proto.items():
+        if isinstance(v, dict):
+            out.append(f"- {k}: " + "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}"
+                                              for a, b in v.items()))
+        else:
+            out.append(f"- {k}: {v}")
+    return out
+
+
+def _plots_md(made: dict) -> list[str]:
+    out = []
+    for name, (ok, alt) in made.items():
+        if ok:
+            out += [f"![{alt}]({PLOTS_DIR}/{name})", ""]
+    if not any(ok for ok, _ in made.values()):
+        out += ["*(no plots: install matplotlib, e.g. `pip install -e \".[report]\"`, and rerun)*", ""]
+    return out
+
+
+def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows: Optional[list[dict]] = None,
+                      log_history: Optional[list] = None, train_metrics: Optional[dict] = None) -> Path:
+    """report.md + plots/ for an evaluation (metrics as written by evaluate)."""
+    plots = Path(out_dir) / PLOTS_DIR
+    plots.mkdir(parents=True, exist_ok=True)
+    res = metrics["results"]
+    model, base = res["model"], res.get("base")
+    made = {}
+    if log_history:
+        made[CURVES_PNG] = (plot_training_curves(log_history, plots / CURVES_PNG, (train_metrics or {}).get("base")),
+                            "training curves")
+    made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, model, base), "ROUGE base vs fine-tuned")
+    made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in rows],
+                                      [r["prediction"] for r in rows],
+                                      [r["prediction"] for r in base_rows] if base_rows else None), "summary lengths")
+    d, m = metrics["data"], metrics["model"]
+    t = model["throughput"]
+    lines = [
+        f"# Evaluation: {Path(m['path']).name} on {d['split']}",
+        "",
+        f"{d['examples']} examples from `{d['source']}`; model `{m['path']}` ({m['kind']}"
+        + (f", base `{m['base_model']}`" if m.get("base_model") else "") + f"), {m['backend']} backend, {m['dtype']}.",
+        "",
+        "## ROUGE F1 x 100 [bootstrap 95% interval]",
+        "",
+        *_rouge_table(model, base, res.get("model_minus_base")),
+        "",
+        *_plots_md(made),
+        "## Lengths, truncation, speed",
+        "",
+        f"- words per summary: generated mean {model['lengths_words']['prediction'].get('mean')}, reference mean "
+        f"{model['lengths_words']['reference'].get('mean')}" + (f", base mean {base['lengths_words']['prediction'].get('mean')}" if base else ""),
+        f"- generations stopped by max_new_tokens (no end of summary): {100 * model['hit_max_new_tokens_share']:.1f}%",
+        f"- documents truncated to fit the token budget: {100 * model['truncated_input_share']:.1f}%",
+        f"- empty summaries: {model['empty_predictions']}",
+        f"- throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s",
+        "",
+        *_examples(rows),
+        "## Protocol",
+        "",
+        *_protocol_lines(metrics["protocol"]),
+        "",
+    ]
+    path = Path(out_dir) / REPORT
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def num(v, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "n/a"
+
+
+def find_log_history(info) -> Optional[list]:
+    """The training log of the run a model directory came from: the newest checkpoint's trainer
+    state in the run's output.dir, when its step matches the model's metrics.json."""
+    if info.config_yaml is None:
+        return None
+    try:
+        cfg = load_config(info.config_yaml)
+        want = (info.metrics.get("train") or {}).get("global_step")
+        for _, ckpt in reversed(list_checkpoints(cfg.output_dir)):
+            state_file = ckpt / "trainer_state.json"
+            if state_file.is_file():
+                state = json.loads(state_file.read_text(encoding="utf-8"))
+                if want is None or state.get("global_step") == want:
+                    return state.get("log_history") or None
+                return None
+    except Exception as e:  # the report goes on without curves
+        log.info("no training curves for %s: %s", info.path, e)
+    return None

@@ -1,0 +1,38 @@
+"""adapter: the LoRA adapter + tokenizer with its base resolved, checked by plain transformers + PEFT."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..models.directory import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TOKENIZER_FILES
+from .job import Job
+from .verify import check_text, compare, run_worker
+
+
+def _copy_adapter(loaded, dst: Path) -> str:
+    src = loaded.info.path
+    for name in ADAPTER_WEIGHTS + TOKENIZER_FILES + ("special_tokens_map.json", "chat_template.jinja"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    ac = json.loads((src / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = loaded.info.base
+    ac["base_model_name_or_path"] = str(Path(base).resolve()) if os.path.isdir(base) else base
+    (dst / ADAPTER_CONFIG).write_text(json.dumps(ac, indent=2), encoding="utf-8")
+    if not any((dst / f).is_file() for f in TOKENIZER_FILES):
+        loaded.tokenizer.save_pretrained(str(dst))
+    return "copied adapter files, base_model_name_or_path resolved to " + ac["base_model_name_or_path"]
+
+
+def write(job: Job, write_metadata) -> None:
+    """--format adapter"""
+    job.meta["method"] = _copy_adapter(job.loaded, job.tmp)
+    res = run_worker({"action": "greedy-adapter", "model_dir": str(job.tmp), "base": job.info.base,
+                      "config": str(job.tmp / "config.yaml"), "dtype": job.loaded.dtype, "documents": job.docs,
+                      "max_new_tokens": job.max_new_tokens, "score": job.reference}, job.scratch,
+                     "loading the exported adapter")
+    job.check.update(compare(job.reference, res["texts"], job.docs, "the exported adapter (plain transformers + PEFT)",
+                             job.ref_logprobs, res["logprobs"], job.options.logprob_tolerance))
+    job.check["summary"] = check_text(job.check, len(job.docs), "plain transformers + PEFT loads it", job.docs_source)

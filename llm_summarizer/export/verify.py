@@ -1,0 +1,162 @@
+"""How an export proves it behaves like its source: a fixed set of documents is summarized greedily by the
+source model, then the export is loaded in a separate process with plain transformers (no Unsloth patches,
+as users will load it) and must reproduce those summaries and give them the same log-probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..config import load_config
+from ..data.prompt import Formatter
+from ..errors import ExportFailed, UserError
+from ..evaluation.evaluate import load_eval_rows
+from ..evaluation.scoring import score_pair
+from ..models.backends import nf4_config
+from ..models.generation import generate
+
+log = logging.getLogger("llm_summarizer.export")
+
+# Used only when the model's own data files cannot be read: the check still compares the adapter with
+# the export on fixed inputs, they are just not in-domain.
+BUILTIN_DOCUMENTS = (
+    "The city council voted on Tuesday to extend the evening bus service on three routes until midnight. "
+    "The change starts next month and will be paid for by a parking fee increase in the city centre.",
+    "Researchers at the university tested a new battery coating on 200 cells. After 1,000 charge cycles the "
+    "coated cells kept 91 percent of their capacity, against 78 percent for uncoated cells.",
+    "The football club announced that its captain will miss the rest of the season with a knee injury. The "
+    "team, currently third in the league, plays its next match against the leaders on Saturday.",
+    "A storm brought heavy rain and winds of up to 110 kilometres per hour to the coast overnight. Several "
+    "roads were closed and about 4,000 homes lost power, most of which was restored by the morning.",
+)
+
+
+def worker(spec_path: str) -> int:
+    """Run in a fresh process (no Unsloth): greedy summaries from a saved directory, or 4-bit quantization."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    action, out = spec["action"], Path(spec["out"])
+    kw = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
+    if action == "quantize-4bit":
+        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], quantization_config=nf4_config(torch.float32),
+                                                     **kw)
+        model.save_pretrained(spec["dest"], safe_serialization=True)
+        AutoTokenizer.from_pretrained(spec["model_dir"]).save_pretrained(spec["dest"])
+        out.write_text(json.dumps({"ok": True}), encoding="utf-8")
+        return 0
+    cfg = load_config(spec["config"], ["eval.num_beams=1", "eval.do_sample=false"])
+    dtype = spec.get("dtype") or "auto"
+    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if action == "greedy-adapter":
+        model = AutoModelForCausalLM.from_pretrained(spec["base"], dtype=dtype, **kw)
+        model = PeftModel.from_pretrained(model, spec["model_dir"])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype, **kw)
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+    model.eval()
+    fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
+    gens = generate(model, tok, fmt, spec["documents"], cfg.eval, spec["max_new_tokens"], "transformers")
+    texts = [g.text for g in gens]
+    scored = spec.get("score") or texts
+    out.write_text(json.dumps({"texts": texts, "dtype": str(model.dtype).replace("torch.", ""),
+                               "logprobs": completion_logprobs(model, fmt, spec["documents"], scored,
+                                                               spec["max_new_tokens"]),
+                               "transformers": metadata.version("transformers"),
+                               "unsloth_in_process": "unsloth" in sys.modules}), encoding="utf-8")
+    return 0
+
+
+def run_worker(spec: dict, scratch: Path, what: str) -> dict:
+    spec_path, out = scratch / f"worker-{spec['action']}.json", scratch / f"worker-{spec['action']}.out.json"
+    out.unlink(missing_ok=True)
+    spec = {**spec, "out": str(out)}
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    code = "import sys; from llm_summarizer.export.verify import worker; sys.exit(worker(sys.argv[1]))"
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["HF_HUB_OFFLINE"] = env.get("HF_HUB_OFFLINE", "1")  # everything it loads is local
+    r = subprocess.run([sys.executable, "-c", code, str(spec_path)], capture_output=True, text=True, env=env)
+    if r.returncode != 0 or not out.is_file():
+        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-12:])
+        raise ExportFailed(f"{what} failed in a plain transformers process (exit {r.returncode}):\n{tail}")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def verification_documents(cfg, n: int, verify_data=None) -> tuple[list[str], str]:
+    if verify_data is not None:
+        rows, source, _ = load_eval_rows(cfg, verify_data, "validation", n)
+        return [r["document"] for r in rows], f"first {len(rows)} rows of {source}"
+    for split in ("validation", "test", "train"):
+        try:
+            rows, source, _ = load_eval_rows(cfg, None, split, n)
+            return [r["document"] for r in rows], f"first {len(rows)} rows of {source}"
+        except UserError:
+            continue
+    log.warning("the model's data files cannot be read here; checking the export on %d built-in documents",
+                min(n, len(BUILTIN_DOCUMENTS)))
+    return list(BUILTIN_DOCUMENTS[:n]), "built-in documents (the training data was not readable)"
+
+
+def completion_logprobs(model, formatter, documents: list[str], summaries: list[str], max_new_tokens: int) -> list:
+    """Per-token log-probabilities of each summary after its prompt (teacher-forced), one document at a time."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for doc, summary in zip(documents, summaries):
+            prompt, _ = formatter.generation_prompt(doc, max_new_tokens)
+            completion = formatter.completion_ids(summary)
+            logits = model(input_ids=torch.tensor([prompt + completion], device=device)).logits
+            logits = logits[0, len(prompt) - 1: -1].float()
+            target = torch.tensor(completion, device=device)[:, None]
+            out.append(torch.log_softmax(logits, -1).gather(-1, target)[:, 0].tolist())
+    return out
+
+
+def logprob_gaps(ref_lp: list, exp_lp: list) -> list[float]:
+    """Mean absolute difference per token between two models' log-probabilities, per document."""
+    return [sum(abs(a - b) for a, b in zip(x, y)) / max(1, len(x)) for x, y in zip(ref_lp, exp_lp)]
+
+
+def compare(reference: list[str], exported: list[str], docs: list[str], what: str, ref_lp: list, exp_lp: list,
+            tolerance: float) -> dict:
+    """The export must give the same greedy summaries as the adapter, and the same log-probabilities to the
+    adapter's summaries (within `tolerance` nats per token, the 16-bit rounding of merged weights). A greedy
+    summary may differ only where the adapter itself had a near-tie, which the second test shows."""
+    n = len(reference)
+    diffs = logprob_gaps(ref_lp, exp_lp)
+    worst = max(diffs) if diffs else 0.0
+    bad = [i for i, (a, b) in enumerate(zip(reference, exported)) if a != b]
+    if len(exported) != n or len(diffs) != n or worst > tolerance:
+        i = bad[0] if bad else max(range(len(diffs)), key=diffs.__getitem__) if diffs else 0
+        raise ExportFailed(
+            f"{what} does not behave like the adapter: {len(bad)} of {n} greedy summaries of fixed documents differ, "
+            f"and its log-probabilities of the adapter's summaries differ by up to {worst:.3f} nats per token "
+            f"(tolerance {tolerance}). Document {i} ({docs[i][:100]!r}...):\n  adapter: {reference[i]!r}\n"
+            f"  export:  {exported[i] if i < len(exported) else None!r}\nNothing was written.")
+    if bad:
+        log.warning("%d of %d greedy summaries differ at near-ties (the export scores the adapter's summaries within "
+                    "%.4f nats/token of the adapter itself), e.g. adapter %r vs export %r", len(bad), n, worst,
+                    reference[bad[0]], exported[bad[0]])
+    return {"matched": n - len(bad), "max_logprob_diff_per_token": round(worst, 6), "logprob_tolerance": tolerance}
+
+
+def check_text(check: dict, n: int, loader: str, source: str) -> str:
+    text = (f"{loader} and reproduces the adapter's greedy summaries on {check['matched']}/{n} fixed documents "
+            f"({source}); it scores the adapter's summaries within {check['max_logprob_diff_per_token']:.4f} nats/token "
+            f"of the adapter (tolerance {check['logprob_tolerance']})")
+    if check["matched"] < n:
+        text += f"; the other {n - check['matched']} differ only at near-ties"
+    return text
+
+
+def agreement(reference: list[str], exported: list[str]) -> float:
+    return sum(score_pair(a, b)["rougeL"] for a, b in zip(reference, exported)) / max(1, len(reference))

@@ -1,0 +1,147 @@
+"""Writing files so that a crash never leaves a half-written one, and telling files apart by content.
+
+Every file the project writes goes through here: `write_text` / `write_json` write a temporary file
+beside the target (its name unique to the process and call), flush and fsync it, then rename it over
+the target; `atomic_directory` does the same for a whole directory (the final model, an export).
+Readers therefore see the old version or the new one, never a mix, even after a SIGKILL or a full disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger("llm_summarizer.files")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+        _fsync_dir(Path(dirpath))
+
+
+def write_text(path, text: str, encoding: str = "utf-8") -> Path:
+    """Replace `path` with `text` atomically: a unique temporary file beside it, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_json(path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _umask_permissions(root: Path) -> None:
+    """Ordinary permissions (the umask's) for what we publish: mkdtemp makes its directory private (0700)."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def recover_interrupted_replace(target: Path) -> None:
+    """If a replace was interrupted between its two renames, put the previous directory back."""
+    if target.exists():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*")) if target.parent.exists() else []
+    if olds:
+        os.replace(olds[-1], target)
+        log.warning("restored %s from an interrupted save", target)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `target` whole, on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_replace(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        _umask_permissions(tmp)
+        fsync_tree(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_directory(src: Path, dst: Path) -> None:
+    """Move a complete directory `src` to `dst`, replacing what was there (the old one goes last)."""
+    fsync_tree(src)
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def file_digest(p: Path, whole_below: int = 256 << 20, chunk: int = 1 << 20, samples: int = 16) -> str:
+    """sha256 of the whole file when small (adapters), else of its size and evenly spaced 1 MiB chunks:
+    a retrained model is noticed, a copied one (new path, new modification time) is the same model."""
+    size = p.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        if size <= whole_below:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+        else:
+            for i in range(samples):
+                f.seek((size - chunk) * i // (samples - 1))
+                h.update(f.read(chunk))
+    return h.hexdigest()

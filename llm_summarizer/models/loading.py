@@ -1,0 +1,301 @@
+"""The one loader: a base model for training (with LoRA attached) or a saved model for generation, on
+either backend, from a local directory, a hub id or a `random:<shape>` model built on first use.
+
+    model, tokenizer, info = load_for_training(cfg, raw_splits)       # the train command
+    loaded = load_for_generation("fine_tuned/demo")                   # evaluate, summarize, export
+    print(summarize_texts(loaded, ["A long text ..."])[0].text)        # (llm_summarizer.models.generation)
+
+The prompt format, token budget and decoding settings of a saved model come from the `config.yaml` that
+training saved beside its weights, so generation sees exactly the prompts the model was trained on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoTokenizer
+
+from ..config import Config, is_local_path, load_config
+from ..data.prompt import Formatter
+from ..errors import UserError
+from . import random_init
+from .backends import LoadSpec, load_adapter
+from .backends import backend as get_backend
+from .directory import ADAPTER_CONFIG, ModelDir, check_architecture, describe_model_dir
+from .tokenizer import finish_tokenizer, load_saved_tokenizer
+
+log = logging.getLogger("llm_summarizer.models")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+
+
+@dataclass
+class Precision:
+    bf16: bool
+    fp16: bool
+    dtype: object  # torch dtype for loading
+    name: str
+
+
+def pick_precision(cfg: Config) -> Precision:
+    """train.precision: auto is bf16 where the GPU has it, else fp16 on a GPU, fp32 on any CPU (whatever its
+    bfloat16 support: CPU results must not depend on the machine)."""
+    want = cfg.train.precision
+    cuda = torch.cuda.is_available()
+    if want == "auto":
+        if cuda:
+            want = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            want = "fp32"
+    if want in ("bf16", "fp16") and not cuda:
+        raise UserError(f"train.precision={want} needs a CUDA GPU; this machine has none (use train.precision=auto)")
+    if cfg.model.dtype != "auto":
+        dtype = getattr(torch, cfg.model.dtype)
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[want]
+    return Precision(bf16=want == "bf16", fp16=want == "fp16", dtype=dtype, name=want)
+
+
+def inference_dtype(cfg: Config):
+    """float32 on the CPU (exact, and faster there than 16-bit); bf16/fp16 on a GPU; model.dtype wins."""
+    if cfg.model.dtype != "auto":
+        return getattr(torch, cfg.model.dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def resolve_model_path(cfg: Config, raw_splits=None) -> str:
+    """The directory or hub id to load for model.name; builds 'random:<shape>' models on first use."""
+    shape = random_init.parse_random_name(cfg.model.name)
+    if shape is not None:
+        if raw_splits is None:
+            raise UserError("model.name random:<shape> needs the training data to train its tokenizer")
+        texts = [t for r in raw_splits["train"].rows for t in (r["document"], r["summary"])]
+        return str(random_init.build_random_model(shape, texts, cfg.model.random_init_dir, seed=cfg.train.seed,
+                                                  max_positions=max(2048, cfg.model.max_seq_length), log=log.info))
+    name = os.path.expanduser(cfg.model.name)
+    if is_local_path(cfg.model.name):
+        info = describe_model_dir(name, what="model.name")
+        if info.kind == "merged":
+            check_architecture(name, "model.name", cfg.model.trust_remote_code)
+    return name
+
+
+def _offline_hint(cfg: Config, e: Exception) -> UserError:
+    return UserError(
+        f"model.name={cfg.model.name!r}: could not load it ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+        "If this machine has no network access, use a local model directory "
+        "(model.name=/path/to/local/model) or the offline demo: --config demo"
+    )
+
+
+def _is_offline_error(e: Exception) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, OSError) or any(w in msg for w in ("offline", "connect", "resolve"))
+
+
+def load_tokenizer(cfg: Config, raw_splits=None):
+    """model.name's tokenizer, finished as training uses it (for the data preview)."""
+    path = resolve_model_path(cfg, raw_splits)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code,
+                                            revision=cfg.model.revision)
+    except OSError as e:
+        raise _offline_hint(cfg, e) from None
+    return finish_tokenizer(cfg, tok, cfg.model.backend)
+
+
+def load_for_training(cfg: Config, raw_splits=None):
+    """(peft model, tokenizer, info dict): model.name loaded on model.backend with LoRA attached."""
+    if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not torch.cuda.is_available():
+        bits = "4" if cfg.model.load_in_4bit else "8"
+        raise UserError(f"model.load_in_{bits}bit=true needs a CUDA GPU (bitsandbytes); this machine has none. "
+                        f"Set model.load_in_{bits}bit=false to train in 16/32-bit on the CPU.")
+    path = resolve_model_path(cfg, raw_splits)
+    prec = pick_precision(cfg)
+    m = cfg.model
+    be = get_backend(m.backend)
+    # Unsloth picks the dtype itself on a GPU; on a CPU it would pick bf16 on bf16 CPUs, so we say float32.
+    dtype = None if be.name == "unsloth" and m.dtype == "auto" and torch.cuda.is_available() else prec.dtype
+    spec = LoadSpec(path, m.max_seq_length, dtype, m.load_in_4bit, m.load_in_8bit, m.trust_remote_code, m.revision,
+                    m.attn_implementation if be.name == "transformers" else None)
+    try:
+        model, tok = be.load(spec)
+    except (OSError, RuntimeError) as e:
+        if _is_offline_error(e):
+            raise _offline_hint(cfg, e) from None
+        raise
+    model = be.add_lora(model, cfg)
+    tok = finish_tokenizer(cfg, tok, be.name)
+    if model.config.pad_token_id is None or model.config.pad_token_id != tok.pad_token_id:
+        model.config.pad_token_id = tok.pad_token_id
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    info = {"base_model": cfg.model.name, "resolved_path": path, "backend": be.name,
+            "precision": prec.name, "trainable_params": trainable, "total_params": total}
+    log.info("model: %s via %s, %s, %.2fM trainable of %.2fM parameters", path, be.name, prec.name,
+             trainable / 1e6, total / 1e6)
+    return model, tok, info
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation from a saved model directory
+
+
+def model_config(info: ModelDir, overrides: Optional[list[str]] = None) -> Config:
+    """The config the model was trained with (its config.yaml) plus overrides; defaults otherwise."""
+    if info.config_yaml is not None:
+        return load_config(info.config_yaml, overrides)
+    log.info("%s has no config.yaml; using the default prompt format (override with data.* keys)", info.path)
+    return load_config(None, [f"model.name={info.path}", "model.load_in_4bit=false"] + list(overrides or []))
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    formatter: object
+    cfg: Config
+    backend: str
+    info: ModelDir
+    dtype: str
+    quantized: Optional[str] = None  # "4bit" / "8bit" when the base was loaded quantized
+
+    @contextlib.contextmanager
+    def base_model(self):
+        """The adapter switched off: the base model, same weights in memory, same tokenizer and prompts."""
+        if self.info.kind != "adapter":
+            raise UserError("base_model() needs an adapter directory; load the base with load_base_for_generation")
+        with self.model.disable_adapter():
+            yield self.model
+
+    def describe(self) -> dict:
+        return {"path": str(self.info.path), "kind": self.info.kind, "base_model": self.info.base,
+                "backend": self.backend, "dtype": self.dtype, "quantized": self.quantized}
+
+
+def _load_error(what: str, path: str, e: Exception) -> UserError:
+    first = (str(e).strip().splitlines() or [""])[0][:400]
+    hint = ""
+    if isinstance(e, OSError) and not os.path.isdir(path):
+        hint = (" If this machine has no network access, use a local model directory "
+                "(pass --base /path/to/base/model for an adapter).")
+    elif "size mismatch" in str(e) or "not found in the base model" in str(e) or "Target modules" in str(e):
+        hint = " The adapter does not fit this base model: it was trained on another one (pass the right --base)."
+    return UserError(f"{what}: could not load {path} ({type(e).__name__}: {first}).{hint}")
+
+
+@contextlib.contextmanager
+def _adapter_with_base(info: ModelDir):
+    """The adapter directory as a loader should see it: when its base was found somewhere other than
+    where adapter_config.json says (moved, relative, or --base), a temporary copy of the small
+    adapter files names the right base. The user's directory is never modified."""
+    if info.base == info.base_recorded:
+        yield info.path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="llm_summarizer-adapter-"))
+    try:
+        for f in info.path.iterdir():
+            if f.is_file() and f.name != ADAPTER_CONFIG:
+                os.symlink(f.resolve(), tmp / f.name)
+        ac = json.loads((info.path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        ac["base_model_name_or_path"] = info.base
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(ac, indent=2), encoding="utf-8")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_weights(info: ModelDir, cfg: Config, backend_name: str, dtype, q4: bool, q8: bool):
+    """The model of a saved directory (an adapter with its base, or a merged model) on one backend."""
+    be = get_backend(backend_name)
+    spec = LoadSpec(str(info.path), cfg.model.max_seq_length, dtype, q4, q8, cfg.model.trust_remote_code,
+                    attn_implementation=cfg.model.attn_implementation if be.name == "transformers" else None)
+    if info.kind == "adapter" and be.loads_adapters:
+        with _adapter_with_base(info) as name:
+            spec.name = str(name)
+            try:
+                return be.load(spec)[0]
+            except Exception as e:  # a user's file that does not load: say which and why
+                raise _load_error("--model", str(info.path), e) from None
+    if info.kind == "adapter":
+        spec.name = info.base
+    try:
+        model = be.load(spec)[0]
+    except Exception as e:  # a user's file that does not load: say which and why
+        raise _load_error("--base" if info.kind == "adapter" else "--model", spec.name, e) from None
+    if info.kind == "adapter":
+        try:
+            model = load_adapter(model, str(info.path))
+        except Exception as e:  # a user's file that does not load: say which and why
+            raise _load_error("--model", str(info.path), e) from None
+    return model
+
+
+def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional[str] = None,
+                        overrides: Optional[list[str]] = None, info: Optional[ModelDir] = None) -> Loaded:
+    """Model + tokenizer + prompt formatter of a saved model directory, ready for `summarize_texts`.
+
+    backend: "unsloth" or "transformers" (default: the backend the model was trained with).
+    base: the base model of an adapter, when it is not where adapter_config.json says.
+    overrides: config keys on top of the model's config.yaml, e.g. ["eval.num_beams=4"].
+    """
+    info = info or describe_model_dir(model_dir, base)
+    cfg = model_config(info, overrides)
+    backend = backend or cfg.model.backend
+    if backend not in ("unsloth", "transformers"):
+        raise UserError(f"--backend {backend!r}: use 'unsloth' or 'transformers'")
+    for p, what in ((str(info.path), "--model"), (info.base if info.kind == "adapter" else None, "base model")):
+        if p:
+            check_architecture(p, what, cfg.model.trust_remote_code)
+    cuda = torch.cuda.is_available()
+    q4, q8 = cfg.model.load_in_4bit and cuda, cfg.model.load_in_8bit and cuda
+    if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cuda:
+        log.info("the model was trained on a %s-bit base; this machine has no GPU, so the base is loaded unquantized",
+                 "4" if cfg.model.load_in_4bit else "8")
+    dtype = inference_dtype(cfg)
+    model = _load_weights(info, cfg, backend, dtype, q4, q8)
+    tok = load_saved_tokenizer(info, cfg, backend)
+    if getattr(model.config, "pad_token_id", None) != tok.pad_token_id:
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    log.info("loaded %s (%s%s) on the %s backend, %s", info.path, info.kind,
+             f", base {info.base}" if info.kind == "adapter" else "", backend, str(dtype).replace("torch.", ""))
+    return Loaded(model, tok, Formatter(tok, cfg.data, cfg.model.max_seq_length), cfg, backend, info,
+                  str(dtype).replace("torch.", ""), "4bit" if q4 else "8bit" if q8 else None)
+
+
+def load_base_for_generation(loaded: Loaded) -> Loaded:
+    """The base model of a merged directory (recorded by the export, or --base), with the fine-tuned
+    model's tokenizer and prompt format so both see identical prompts."""
+    info = loaded.info
+    if not info.base:
+        raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
+                        f"(export_info.json base_model); pass --base /path/to/base/model")
+    if os.path.isdir(info.base):
+        base_info = describe_model_dir(info.base, what="--base")
+        check_architecture(info.base, "--base", loaded.cfg.model.trust_remote_code)
+    else:
+        base_info = ModelDir(Path(info.base), "merged")
+    model = _load_weights(base_info, loaded.cfg, loaded.backend, inference_dtype(loaded.cfg),
+                          loaded.quantized == "4bit", loaded.quantized == "8bit")
+    model.config.pad_token_id = loaded.tokenizer.pad_token_id
+    model.eval()
+    return Loaded(model, loaded.tokenizer, loaded.formatter, loaded.cfg, loaded.backend, base_info, loaded.dtype,
+                  loaded.quantized)

@@ -1,0 +1,72 @@
+"""What every tracker does, and the names it logs under.
+
+A tracker is one class with these methods (see the three beside this file); `Trackers` (trackers.py)
+calls each of them in turn. A new tracker is one class here plus one line in `trackers.TRACKERS`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..config import Config, config_to_dict
+from ..redaction import redact
+
+SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", "rouge1", "rouge2", "rougeL", "rougeLsum"]
+STEP_KEY = "train/global_step"
+
+
+
+def scalar_name(key: str) -> str:
+    """The trainer's log keys as dashboards group them (the names transformers' integrations use)."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    if key.startswith("test_"):
+        return "test/" + key[len("test_"):]
+    return "train/" + key
+
+
+def scalars(logs: dict) -> dict[str, float]:
+    out = {}
+    for k, v in logs.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[scalar_name(k)] = float(v)
+    return out
+
+
+def run_config(cfg: Config) -> dict:
+    """What the dashboards show as the run's config: the resolved config, secrets removed."""
+    return redact(config_to_dict(cfg))
+
+
+class Tracker:
+    """One tracker's run. Subclasses open it in __init__ (continuing `prior`, the ids a resumed run kept)."""
+
+    name = "tracker"
+
+    def __init__(self, cfg: Config, output_dir: Path, prior: dict, resume_step: Optional[int]):
+        self.cfg, self.output_dir = cfg, Path(output_dir)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        """Scalars (already named: train/loss, eval/rougeL, ...) at a trainer global step."""
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        """A few generated summaries of one evaluation (columns SAMPLE_COLUMNS)."""
+
+    def summary(self, values: dict[str, float]) -> None:
+        """Final numbers of the run (base/... and final/... ROUGE)."""
+
+    def log_model(self, model_dir: Path, metrics: dict) -> None:
+        """The final model directory, where the tracker keeps artifacts (tracking.log_model)."""
+
+    def close(self, failed: bool) -> None:
+        """End the run, marked failed or finished."""
+
+    def ids(self) -> Optional[dict]:
+        """What a resumed run needs to continue this run (kept in <output.dir>/tracking.json)."""
+        return None
+
+    def info(self) -> dict:
+        """Where the run went, for metrics.json and the model card."""
+        return {}

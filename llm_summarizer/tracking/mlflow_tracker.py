@@ -1,0 +1,101 @@
+"""MLflow: a run in the tracking store (sqlite:///<output.dir>/mlflow.db by default, a folder, or a server),
+through an explicit MlflowClient (no process-global active run); a resumed run continues the same run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from ..redaction import redact
+from .base import Tracker, run_config
+
+
+@contextlib.contextmanager
+def _env(name: str, value: Optional[str]):
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, type(None))) else v
+    return out
+
+
+def mlflow_uri(cfg, output_dir: Path) -> str:
+    uri = cfg.tracking.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
+    if "://" not in uri and not uri.startswith("file:"):
+        uri = Path(uri).resolve().as_uri()  # a plain folder: MLflow's file store
+    return uri
+
+
+class MlflowTracker(Tracker):
+    name = "mlflow"
+
+    def __init__(self, cfg, output_dir, prior, resume_step):
+        super().__init__(cfg, output_dir, prior, resume_step)
+        t = cfg.tracking
+        uri = mlflow_uri(cfg, self.output_dir)
+        # MLflow 3 refuses its file store unless asked (it checks when the store opens); naming a folder asks
+        with _env("MLFLOW_ALLOW_FILE_STORE", "true" if uri.startswith("file:") else None):
+            client = MlflowClient(tracking_uri=uri)
+        run_id = prior.get("run_id") if prior.get("tracking_uri") == redact(uri) else None
+        if run_id:
+            client.update_run(run_id, status="RUNNING")
+        else:
+            exp = client.get_experiment_by_name(t.project)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(t.project)
+            tags = {tag: "" for tag in t.tags}
+            if t.group:
+                tags["group"] = t.group
+            if t.notes:
+                tags["mlflow.note.content"] = t.notes
+            run = client.create_run(exp_id, run_name=t.run_name or cfg.output.run_name, tags=tags)
+            run_id = run.info.run_id
+            flat = _flatten(run_config(cfg))
+            params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flat.items()]
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[i:i + 100])
+            client.log_batch(run_id, tags=[RunTag("llm_summarizer.output_dir", str(self.output_dir))])
+        self.client, self.run_id = client, run_id
+        self._info = {"tracking_uri": redact(uri), "run_id": run_id, "experiment": t.project}
+
+    def log(self, values, step):
+        ts = int(time.time() * 1000)
+        finite = [Metric(k, v, ts, step) for k, v in values.items() if math.isfinite(v)]
+        for i in range(0, len(finite), 500):
+            self.client.log_batch(self.run_id, metrics=finite[i:i + 500])
+
+    def close(self, failed):
+        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+
+    def ids(self):
+        return {k: self._info[k] for k in ("run_id", "tracking_uri")}
+
+    def info(self):
+        return dict(self._info)

@@ -1,0 +1,225 @@
+"""ROUGE on generated summaries while training, sample logging, and early stopping.
+
+`RougeEvaluator` generates summaries for a fixed, seeded subset of the validation split and scores
+them with rouge-score (never teacher-forced argmax tokens). The trainer calls it from its
+evaluation loop, so `eval_rouge1`, `eval_rouge2`, `eval_rougeL`, `eval_rougeLsum`, generated-length
+stats and the callback's own wall time land in the same metrics dict as `eval_loss`: in the log
+history, `trainer_state.json`, every tracker, and `metric_for_best_model` decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from ..config import Config
+from ..errors import TrainingStopped
+from ..evaluation.scoring import PROTOCOL, score_corpus
+from ..models.generation import derive_max_new_tokens, generate
+from ..rundir import PREDICTIONS_DIR, SAMPLES_FILE, checkpoint_step
+
+log = logging.getLogger("llm_summarizer.callbacks")
+
+
+
+def pick_subset(n_rows: int, n: int, seed: int) -> list[int]:
+    if n >= n_rows:
+        return list(range(n_rows))
+    return sorted(random.Random(seed).sample(range(n_rows), n))
+
+
+class RougeEvaluator:
+    """Generate + score on a fixed subset of a split. Holds no trainer state of its own."""
+
+    def __init__(self, cfg: Config, tokenizer, formatter, dataset, summary_token_lengths: list[int],
+                 out_dir: Optional[Path] = None, num_samples: Optional[int] = None):
+        self.cfg = cfg
+        self.tok = tokenizer
+        self.formatter = formatter
+        idx = pick_subset(len(dataset), num_samples or cfg.eval.num_samples, cfg.eval.sample_seed)
+        sub = dataset.select(idx)
+        self.ids, self.documents, self.references = list(sub["id"]), list(sub["document"]), list(sub["summary"])
+        self.max_new_tokens = derive_max_new_tokens(summary_token_lengths, cfg.eval)
+        self.out_dir = out_dir
+        self.total_seconds = 0.0
+        self.seconds_outside_training = 0.0  # the base-model pass before train()
+        self.calls = 0
+        # fn(step, tag, metrics, samples) after each pass: trackers log the samples table from here
+        self.listeners: list = []
+
+    def run(self, model, step: Optional[int] = None, tag: Optional[str] = None) -> dict:
+        t0 = time.perf_counter()
+        gens = generate(model, self.tok, self.formatter, self.documents, self.cfg.eval, self.max_new_tokens,
+                        self.cfg.model.backend, seed=self.cfg.eval.sample_seed)
+        preds = [g.text for g in gens]
+        means, per = score_corpus(self.references, preds)
+        seconds = time.perf_counter() - t0
+        self.total_seconds += seconds
+        if tag == "base":
+            self.seconds_outside_training += seconds
+        self.calls += 1
+        metrics = {k: float(v) for k, v in means.items()}
+        metrics["gen_len_mean"] = float(sum(g.new_tokens for g in gens) / max(1, len(gens)))
+        metrics["gen_hit_max_frac"] = float(sum(g.hit_max for g in gens) / max(1, len(gens)))
+        metrics["rouge_seconds"] = float(seconds)
+        metrics["rouge_examples"] = len(gens)
+        name = tag or f"step-{step}"
+        samples = [{"step": step, "tag": name, "id": self.ids[i], "document": self.documents[i][:500],
+                    "reference": self.references[i], "prediction": gens[i].text, **per[i]}
+                   for i in range(min(len(gens), self.cfg.eval.log_samples))]
+        if self.out_dir is not None:
+            self._write(name, gens, per, samples)
+        for fn in self.listeners:
+            fn(step, name, metrics, samples)
+        return metrics
+
+    def _write(self, name, gens, per, samples) -> None:
+        d = self.out_dir / PREDICTIONS_DIR
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for i, (rid, ref, g, s) in enumerate(zip(self.ids, self.references, gens, per)):
+                f.write(json.dumps({"id": rid, "reference": ref, "prediction": g.text, "new_tokens": g.new_tokens,
+                                    "hit_max_new_tokens": g.hit_max, **s}, ensure_ascii=False) + "\n")
+        with open(self.out_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
+            for row in samples:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+class RougeCallback(TrainerCallback):
+    """Asks the trainer to evaluate every `eval.every_steps` and at the end (the ROUGE history is the log history)."""
+
+    def __init__(self, evaluator: RougeEvaluator, every_steps: Optional[int]):
+        self.evaluator = evaluator
+        self.every_steps = every_steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every_steps and state.global_step % self.every_steps == 0:
+            control.should_evaluate = True
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True  # ROUGE at the end, whatever the schedule
+        return control
+
+
+ROUGE_BLOCK_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len_mean", "gen_hit_max_frac", "rouge_examples")
+
+
+def rouge_block(m: dict) -> dict:
+    """The scores metrics.json keeps of one evaluation (no timings)."""
+    return {k: m[k] for k in ROUGE_BLOCK_KEYS if k in m}
+
+
+def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
+    """How the in-training ROUGE was computed, for metrics.json and the model card."""
+    if evaluator is None:
+        return {}
+    ev = cfg.eval
+    return {**PROTOCOL, "split": "validation", "examples": len(evaluator.documents), "subset_seed": ev.sample_seed,
+            "decoding": {"num_beams": ev.num_beams, "do_sample": ev.do_sample,
+                         "max_new_tokens": evaluator.max_new_tokens,
+                         **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {})},
+            "reference": "the dataset's summary column (one reference per example)"}
+
+
+def truncate_samples(output_dir: Path, resume_from: Path) -> None:
+    """Drop sample lines written after the checkpoint we resume from (they will be written again)."""
+    p = output_dir / SAMPLES_FILE
+    if not p.exists():
+        return
+    step = checkpoint_step(resume_from)
+    keep = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip() and
+            (json.loads(l).get("step") or 0) <= step]
+    p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
+def early_stopping_callback(metric: str, patience: int, min_delta: float = 0.0, greater_is_better: bool = True):
+    """An EarlyStopping whose class name is unique per metric: transformers saves and restores callback
+    state by class name, and mixes up several instances of one class (the one class made per call)."""
+    name = "EarlyStopping_" + "".join(c if c.isalnum() else "_" for c in metric)
+    return type(name, (EarlyStopping,), {})(metric, patience, min_delta, greater_is_better)
+
+
+class EarlyStopping(TrainerCallback, ExportableState):
+    """Stop when `metric` has not improved by more than `min_delta` for `patience` evaluations.
+
+    The counters are saved in trainer_state.json (transformers' stateful callbacks), so a resumed run
+    continues counting where it stopped.
+    """
+
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, greater_is_better: Optional[bool] = None):
+        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.patience = patience
+        self.min_delta = min_delta
+        self.greater = greater_is_better if greater_is_better is not None else not self.metric.endswith("loss")
+        self.best: Optional[float] = None
+        self.bad_evals = 0
+        self.stopped_at: Optional[int] = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return control
+        improved = self.best is None or (
+            value > self.best + self.min_delta if self.greater else value < self.best - self.min_delta)
+        if improved:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+            if self.bad_evals >= self.patience:
+                log.info("early stopping at step %d: %s did not improve by more than %g for %d evaluations (best %.4f)",
+                         state.global_step, self.metric, self.min_delta, self.patience, self.best)
+                self.stopped_at = state.global_step
+                control.should_training_stop = True
+        return control
+
+    def state(self) -> dict:
+        return {"args": {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
+                         "greater_is_better": self.greater},
+                "attributes": {"best": self.best, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}}
+
+
+class NonFiniteGuard(TrainerCallback, ExportableState):
+    def __init__(self, policy: str = "stop", max_skips: int = 0):
+        self.policy = policy
+        self.max_skips = max_skips
+        self.skipped = 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return control
+        bad = _first_nonfinite_grad(model)
+        if bad is None:
+            return control
+        step = state.global_step + 1
+        if self.policy == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            for p in model.parameters():
+                p.grad = None  # the optimizer leaves parameters without a gradient untouched
+            log.warning("non-finite gradient in %s at step %d: skipped this optimizer step (%d of %d allowed)",
+                        bad, step, self.skipped, self.max_skips)
+            return control
+        extra = (f" after skipping {self.skipped} step(s) (train.max_nonfinite_skips={self.max_skips})"
+                 if self.policy == "skip" else "")
+        raise TrainingStopped(
+            f"non-finite loss or gradient at step {step} (first in {bad}){extra}. Training stopped; the last "
+            f"complete checkpoint in {args.output_dir} is kept and a rerun resumes from it. Try a lower "
+            f"train.learning_rate, train.max_grad_norm, or train.precision=fp32/bf16 instead of fp16; "
+            f"or train.on_nonfinite=skip with train.max_nonfinite_skips=N to skip such steps.")
+
+    def state(self) -> dict:
+        return {"args": {"policy": self.policy, "max_skips": self.max_skips}, "attributes": {"skipped": self.skipped}}
+
+
+def _first_nonfinite_grad(model) -> Optional[str]:
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return None

@@ -1,0 +1,104 @@
+"""The training report: report.md + plots/ in the run's output.dir after training (output.report)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from ..evaluation.report import (
+    CURVES_PNG,
+    LENGTHS_PNG,
+    PLOTS_DIR,
+    REPORT,
+    ROUGE_PNG,
+    _examples,
+    _plots_md,
+    _protocol_lines,
+    _rouge_table,
+    num,
+    plot_lengths,
+    plot_rouge_bars,
+    plot_training_curves,
+)
+from ..files import write_text
+from ..rundir import PREDICTIONS_DIR
+
+log = logging.getLogger("llm_summarizer.report")
+
+
+
+def _final_predictions(output_dir: Path, step: Optional[int]) -> tuple[list[dict], list[dict]]:
+    """(final, base) rows of the run's in-training evaluations, from eval_predictions/."""
+    d = output_dir / PREDICTIONS_DIR
+    if not d.is_dir():
+        return [], []
+
+    def read(p: Path) -> list[dict]:
+        try:
+            return [json.loads(l) for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except (ValueError, OSError):
+            return []
+
+    final = d / "final.jsonl"
+    if not final.is_file() and step is not None:
+        final = d / f"step-{step}.jsonl"
+    if not final.is_file():
+        steps = sorted(d.glob("step-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else -1)
+        final = steps[-1] if steps else final
+    return (read(final) if final.is_file() else []), (read(d / "base.jsonl") if (d / "base.jsonl").is_file() else [])
+
+
+def write_training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dict]) -> Optional[Path]:
+    """report.md + plots/ in the run's output.dir. Never fails the run: the model is already saved."""
+    try:
+        return _training_report(cfg, Path(output_dir), metrics, log_history)
+    except Exception as e:  # a plot must not cost a finished training run
+        log.warning("could not write the training report in %s: %s: %s", output_dir, type(e).__name__, e)
+        return None
+
+
+def _training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dict]) -> Path:
+    plots = output_dir / PLOTS_DIR
+    plots.mkdir(parents=True, exist_ok=True)
+    base, final, tr = metrics.get("base"), metrics.get("final"), metrics.get("train") or {}
+    final_rows, base_rows = _final_predictions(output_dir, tr.get("global_step"))
+    made = {CURVES_PNG: (plot_training_curves(log_history, plots / CURVES_PNG, base), "training curves")}
+    if final:
+        made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, final, base), "ROUGE base vs fine-tuned")
+    if final_rows:
+        made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in final_rows],
+                                          [r["prediction"] for r in final_rows],
+                                          [r["prediction"] for r in base_rows] if base_rows else None), "summary lengths")
+    data = metrics.get("data") or {}
+    t, lo = cfg.train, cfg.lora
+    lines = [
+        f"# Training report: {cfg.output.run_name}",
+        "",
+        f"`{cfg.model.name}` fine-tuned with LoRA (r={lo.r}, alpha={lo.alpha}) on the {cfg.model.backend} backend: "
+        f"{tr.get('global_step')} steps, final training loss {num(tr.get('train_loss'))}, "
+        f"{num(tr.get('train_runtime_s'), 1)} s of training. Fine-tuned model: `{cfg.model_dir}`.",
+        "",
+    ]
+    if final:
+        lines += ["## ROUGE F1 x 100 on generated validation summaries", "", *_rouge_table(final, base), ""]
+    lines += _plots_md(made)
+    lines += ["## Data", ""]
+    for role, s in data.items():
+        if isinstance(s, dict):
+            lines.append(f"- {role}: {s.get('rows')} rows from `{s.get('source')}`, {s.get('truncated', 0)} documents "
+                         f"truncated, summary tokens mean {(s.get('summary_tokens') or {}).get('mean')}")
+    lines += ["", "## Key settings", "",
+              f"- learning rate {t.learning_rate} ({t.lr_scheduler_type}), batch {t.per_device_train_batch_size} x "
+              f"{t.gradient_accumulation_steps} accumulation, optimizer {t.optim}, seed {t.seed}",
+              f"- max_seq_length {cfg.model.max_seq_length}, document truncation `{cfg.data.truncation}`", ""]
+    if final_rows:
+        lines += _examples(final_rows)
+    proto = metrics.get("eval_protocol") or {}
+    if proto:
+        lines += ["## Evaluation protocol", "", *_protocol_lines(proto), ""]
+    path = output_dir / REPORT
+    write_text(path, "\n".join(lines))
+    log.info("training report: %s (plots in %s/)", path, plots)
+    return path

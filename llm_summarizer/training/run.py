@@ -1,0 +1,259 @@
+"""A training run, start to finish: `run(cfg)` reads top to bottom as the steps it takes.
+
+Checkpoints go to output.dir (default outputs/<run_name>/); running the same config again resumes from
+the newest complete checkpoint there (train.resume=auto|never|PATH). The fine-tuned adapter, tokenizer,
+config.yaml, metrics.json, run_info.json and a model card go to output.model_dir (default
+fine_tuned/<run_name>/), written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from transformers import set_seed
+
+from ..config import Config, config_to_yaml
+from ..data.rows import load_raw_splits
+from ..data.tokenize import prepare
+from ..environment import git_commit, package_versions
+from ..errors import UserError
+from ..evaluation.modelcard import write_model_card
+from ..files import atomic_directory, recover_interrupted_replace, write_json, write_text
+from ..hub import push_after_training
+from ..models.loading import load_for_training
+from ..rundir import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR
+from ..tracking.trackers import Trackers, check_installed, start_trackers
+from .callbacks import (
+    NonFiniteGuard,
+    RougeCallback,
+    RougeEvaluator,
+    early_stopping_callback,
+    eval_protocol,
+    rouge_block,
+    truncate_samples,
+)
+from .checkpoints import clean_staging, resolve_resume
+from .guards import RunLock, training_errors
+from .report import write_training_report
+from .trainer import build_trainer
+
+log = logging.getLogger("llm_summarizer.train")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    model_dir: Path
+    metrics: dict
+    resumed_from: Optional[Path] = None
+    log_history: list = field(default_factory=list)
+    report: Optional[Path] = None
+
+
+@dataclass
+class Session:
+    """Everything a run holds between building the trainer and saving the final model."""
+
+    cfg: Config
+    model: object
+    tokenizer: object
+    model_info: dict
+    prepared: object
+    evaluator: Optional[RougeEvaluator]
+    trainer: object
+    t_start: float
+    trackers: Optional[Trackers] = None  # W&B / TensorBoard / MLflow runs
+    resume_from: Optional[Path] = None
+
+
+def run(cfg: Config, extra_callbacks: Optional[list] = None) -> RunResult:
+    """The whole training story, one step per call. Raises UserError on bad input."""
+    t_start = time.time()
+    # 1. Where everything goes: checked, locked (one run per directory), leftovers of a killed run cleared.
+    output_dir = check_output_paths(cfg)
+    with RunLock(output_dir):
+        resume_from = prepare_output(cfg)
+        # 2. Seed everything once (the data split has its own seed, data.split_seed).
+        set_seed(cfg.train.seed)
+        # 3. Raw data: read, validate, split.
+        raw = load_raw_splits(cfg)
+        # 4. Base model + tokenizer + LoRA.
+        model, tokenizer, model_info = load_for_training(cfg, raw)
+        # 5-7. Token ids under the budget, the ROUGE evaluator and callbacks, the trainer, the trackers.
+        session = build_session(cfg, model, tokenizer, model_info, raw, extra_callbacks, t_start, resume_from)
+        # 8-12. Base ROUGE, train (resuming), final ROUGE, atomic save, report.md + plots.
+        result = train_and_save(session)
+    # 13. The hub (output.push_to_hub), after everything is saved: a failed push loses nothing.
+    push_after_training(cfg, result.model_dir)
+    return result
+
+
+def check_output_paths(cfg: Config) -> Path:
+    """Create output.dir if needed; a file in the way or a read-only place is a user error."""
+    for key, p in (("output.dir", cfg.output_dir), ("output.model_dir", cfg.model_dir)):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{key}: {p} is a file; expected a directory (or a path that does not exist yet)")
+        parent = p if p.exists() else next((a for a in p.absolute().parents if a.exists()), None)
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{key}: cannot write to {parent}; choose a writable location")
+    try:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output.dir: cannot create {cfg.output_dir}: {e.strerror}") from None
+    return cfg.output_dir
+
+
+def prepare_output(cfg: Config) -> Optional[Path]:
+    """Clear what a killed run left half-done; the checkpoint to resume from (None: start afresh)."""
+    clean_staging(cfg.output_dir)
+    recover_interrupted_replace(cfg.model_dir)
+    check_installed(cfg)
+    return resolve_resume(cfg.train.resume, cfg.output_dir)
+
+
+def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, extra_callbacks=None,
+                  t_start: Optional[float] = None, resume_from: Optional[Path] = None) -> Session:
+    # 5. Prompt/completion token ids under the token budget.
+    prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
+    # 6. ROUGE on generated summaries + early stopping.
+    evaluator, callbacks = None, []
+    if cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"]):
+        evaluator = RougeEvaluator(cfg, tokenizer, prepared.formatter, prepared.splits["validation"],
+                                   prepared.stats["train"].completion_tokens, out_dir=cfg.output_dir)
+        callbacks.append(RougeCallback(evaluator, cfg.eval.every_steps))
+    for es in cfg.train.early_stopping:
+        greater = es.greater_is_better if es.greater_is_better is not None else cfg.greater_is_better(es.metric)
+        callbacks.append(early_stopping_callback(es.metric, es.patience, es.min_delta, greater))
+    callbacks.extend(extra_callbacks or [])
+    callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips))  # last: sees final grads
+    # 7. The trainer, and the trackers (a resumed run continues the same tracker runs).
+    trainer = build_trainer(cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"],
+                            rouge_evaluator=evaluator)
+    trackers = start_trackers(cfg, resume_from)
+    if trackers.active:
+        trainer.add_callback(trackers.callback())
+        if evaluator is not None:
+            evaluator.listeners.append(trackers.on_rouge)
+    return Session(cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time(), trackers,
+                   resume_from)
+
+
+def train_and_save(s: Session) -> RunResult:
+    cfg, evaluator, trainer, resume_from = s.cfg, s.evaluator, s.trainer, s.resume_from
+    output_dir, model_dir = cfg.output_dir, cfg.model_dir
+    # the tracker runs end as failed when anything below raises
+    with s.trackers if s.trackers is not None else contextlib.nullcontext():
+        # 8. ROUGE of the untrained model (once per run; a resumed run reuses it).
+        base = base_rouge(cfg, evaluator, s.model, output_dir, resume_from)
+        # 9. Train. The resolved config is written only now that data and model loaded fine.
+        write_text(output_dir / CONFIG_FILE, config_to_yaml(cfg))
+        if resume_from is not None:
+            truncate_samples(output_dir, resume_from)
+        with training_errors(cfg, output_dir):
+            train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end).
+        final = final_rouge(cfg, evaluator, trainer)
+        # 11. Save the final model atomically, with what reproduces it.
+        metrics = run_metrics(s, base, final, train_out)
+        with training_errors(cfg, model_dir):
+            save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
+        if s.trackers is not None:
+            s.trackers.finish(model_dir, metrics)  # final scores, the adapter artifact (tracking.log_model)
+    # 12. report.md + plots in output.dir (curves from the log history, ROUGE base vs fine-tuned, lengths).
+    report = write_training_report(cfg, output_dir, metrics, list(trainer.state.log_history)) \
+        if cfg.output.report else None
+    return RunResult(output_dir, model_dir, metrics, resume_from, list(trainer.state.log_history), report)
+
+
+def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_out) -> dict:
+    """metrics.json of the final model: ROUGE before and after, the training numbers, data, protocol."""
+    trainer, evaluator = s.trainer, s.evaluator
+    metrics = {
+        "base": base,
+        "final": final,
+        "train": {"global_step": trainer.state.global_step, "train_loss": train_out.training_loss,
+                  "train_runtime_s": train_out.metrics.get("train_runtime"),
+                  "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "best_metric": trainer.state.best_metric,
+                  "rouge_callback_s": round(evaluator.total_seconds, 2) if evaluator else None,
+                  "rouge_callback_share": _share(evaluator, train_out),
+                  "resumed_from": str(s.resume_from) if s.resume_from else None},
+        "data": s.prepared.report(),
+        "eval_protocol": eval_protocol(s.cfg, evaluator),
+    }
+    if s.trackers is not None and s.trackers.info():
+        metrics["tracking"] = s.trackers.info()  # W&B run id and URL (online), sync command (offline), ...
+    return metrics
+
+
+def _share(evaluator, train_out) -> Optional[float]:
+    """The ROUGE callback's share of the training wall time (its generations run inside train())."""
+    runtime = train_out.metrics.get("train_runtime")
+    if evaluator is None or not runtime:
+        return None
+    inside = evaluator.total_seconds - evaluator.seconds_outside_training
+    return round(max(0.0, inside) / runtime, 4)
+
+
+def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional[dict]:
+    path = output_dir / BASE_METRICS_FILE
+    if resume_from is not None and path.exists():
+        return json.loads(path.read_text())
+    if evaluator is None or not cfg.eval.base_eval:
+        return None
+    log.info("scoring the untrained model on %d validation examples (ROUGE on generated summaries)",
+             len(evaluator.documents))
+    base = rouge_block(evaluator.run(model, step=0, tag="base"))
+    write_json(path, base)
+    log.info("base model: %s", format_rouge(base))
+    return base
+
+
+def final_rouge(cfg, evaluator, trainer) -> Optional[dict]:
+    if evaluator is None:
+        return None
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_rougeL" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step and not cfg.train.load_best_model_at_end:
+        return rouge_block({k.removeprefix("eval_"): v for k, v in last.items()})
+    return rouge_block(evaluator.run(trainer.model, step=trainer.state.global_step, tag="final"))
+
+
+def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: dict, model_info: dict, t_start: float):
+    with atomic_directory(model_dir) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "run_info.json", {
+            "seed": cfg.train.seed, "split_seed": cfg.data.split_seed, "model": model_info,
+            "versions": package_versions(), "git_commit": git_commit(),
+            "wall_time_s": round(time.time() - t_start, 1),
+        })
+        write_model_card(tmp / "README.md", cfg, metrics, model_info)
+
+
+def format_rouge(block: Optional[dict]) -> str:
+    if not block:
+        return "n/a"
+    return " ".join(f"{k}={block[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in block)
+
+
+def summary_lines(result: RunResult) -> list[str]:
+    """The end-of-run summary the train command prints."""
+    m = result.metrics
+    lines = ["", "== llm_summarizer: training finished",
+             f"   steps:           {m['train']['global_step']} (train loss {m['train']['train_loss']:.4f})",
+             f"   ROUGE base:      {format_rouge(m['base'])}",
+             f"   ROUGE final:     {format_rouge(m['final'])}",
+             f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
+             f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)"]
+    if result.report is not None:
+        lines.append(f"   report:          {result.report}  (plots in {result.report.parent / 'plots'}/)")
+    return lines

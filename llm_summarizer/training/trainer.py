@@ -1,0 +1,201 @@
+"""TRL's SFTTrainer as this project uses it: `sft_config` is the one place our config maps onto `SFTConfig`,
+and `SummarizationTrainer` adds ROUGE on generated summaries to the evaluation loop, crash-consistent
+checkpoints, and a length-grouped order that a resumed run reproduces.
+
+The dataset handed to the trainer is already tokenized (`input_ids` + `completion_mask` from
+llm_summarizer.data), so TRL's collator puts -100 on the prompt and padding and the loss covers the
+summary tokens (and EOS) only. On the unsloth backend `SFTTrainer` here is Unsloth's patched one: the
+command layer imports unsloth before this module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.data import Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+from trl import SFTConfig, SFTTrainer
+
+from ..config import ROUGE_KEYS, Config
+from ..data.tokenize import token_lengths
+from ..errors import UserError
+from ..models.loading import Precision, pick_precision
+from .checkpoints import publish_checkpoint, staging_root
+
+log = logging.getLogger("llm_summarizer.trainer")
+
+
+
+TRAIN_COLUMNS = ["input_ids", "completion_mask"]
+
+
+def resolve_optim(cfg: Config) -> str:
+    optim = cfg.train.optim
+    if ("8bit" in optim or optim.startswith("paged_")) and not torch.cuda.is_available():
+        log.info("train.optim=%s needs a CUDA GPU (bitsandbytes); using adamw_torch on the CPU", optim)
+        return "adamw_torch"
+    return optim
+
+
+def greater_is_better(cfg: Config) -> bool:
+    return cfg.greater_is_better(cfg.train.metric_for_best_model)
+
+
+def check_metric(cfg: Config, has_validation: bool) -> None:
+    metric = cfg.train.metric_for_best_model
+    names = ([metric] if cfg.train.load_best_model_at_end else []) + [e.metric for e in cfg.train.early_stopping]
+    for name in names:
+        bare = name.removeprefix("eval_")
+        if bare in ROUGE_KEYS and not cfg.eval.rouge:
+            raise UserError(f"{name} is a ROUGE metric but eval.rouge=false; enable eval.rouge or use eval_loss")
+    if (cfg.train.load_best_model_at_end or cfg.train.early_stopping) and not has_validation:
+        raise UserError("train.load_best_model_at_end / train.early_stopping need a validation split "
+                        "(data.validation or data.validation_size > 0)")
+
+
+def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]):
+    t = cfg.train
+    eval_strategy = t.eval_strategy if has_validation else "no"
+    metric = t.metric_for_best_model
+    return SFTConfig(
+        output_dir=str(output_dir),
+        run_name=cfg.output.run_name,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=resolve_optim(cfg),
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        load_best_model_at_end=t.load_best_model_at_end and has_validation,
+        # Only when it picks the best checkpoint: transformers looks the metric up at every save otherwise.
+        metric_for_best_model=(metric if metric.startswith("eval_") else f"eval_{metric}")
+        if t.load_best_model_at_end and has_validation else None,
+        greater_is_better=greater_is_better(cfg),
+        bf16=prec.bf16,
+        fp16=prec.fp16,
+        report_to=report_to,
+        # data.prepare already cut every example to max_seq_length; TRL refuses padding_free with a
+        # max_length it cannot enforce, and uses max_length as the row size when packing.
+        max_length=None if t.padding_free and not t.packing else cfg.model.max_seq_length,
+        completion_only_loss=True,
+        packing=t.packing,
+        packing_strategy="bfd",
+        padding_free=t.padding_free,
+        train_sampling_strategy=t.sampling,
+        dataloader_num_workers=t.dataloader_num_workers,
+        restore_callback_states_from_checkpoint=True,
+        disable_tqdm=True,
+    )
+
+
+class EpochSeededLengthGroupedSampler(Sampler):
+    """transformers' length-grouped order, drawn from a generator seeded with (seed, epoch).
+
+    transformers' own LengthGroupedSampler draws each epoch's order from the global torch RNG at the
+    moment the epoch starts; a run resumed in a later epoch has another RNG state there and trains on
+    other batches than the run would have. Seeding per epoch makes the order a function of (seed, epoch)
+    alone, so a resumed run sees exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
+class SummarizationTrainer(SFTTrainer):
+    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop."""
+
+    rouge_evaluator = None
+    # TRL's fused LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the
+    # transformers backend computes the same token-mean cross-entropy from the logits (build_trainer sets it).
+    loss_from_logits = False
+
+    def _save_checkpoint(self, model, trial):
+        # Crash-consistent checkpoints: write into a hidden staging directory, flush it, then rename
+        # it to checkpoint-N, so the resume scan never sees a half-written one; older checkpoints
+        # are rotated only after the new one is complete.
+        run_dir = self._get_output_dir(trial=trial)
+        staging = staging_root(run_dir)
+        final_args_dir, limit = self.args.output_dir, self.args.save_total_limit
+        self.args.output_dir, self.args.save_total_limit = str(staging), None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir, self.args.save_total_limit = final_args_dir, limit
+        publish_checkpoint(self, staging, Path(run_dir))
+
+    def _get_train_sampler(self, train_dataset=None):
+        # group_by_length: transformers' grouping with an order seeded per epoch (EpochSeededLengthGroupedSampler),
+        # the lengths read from Arrow (transformers reads every row to get them).
+        ds = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(ds, datasets.Dataset) \
+                or "input_ids" not in ds.column_names:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededLengthGroupedSampler(token_lengths(ds), self.args.train_batch_size *
+                                               self.args.gradient_accumulation_steps, seed)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.rouge_evaluator is not None and metric_key_prefix == "eval":
+            m = self.rouge_evaluator.run(self.model, step=self.state.global_step)
+            out.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in m.items()})
+        return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.loss_from_logits:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = inputs.pop("labels")
+        inputs["use_cache"] = False
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1, :].float()
+        target = labels[:, 1:].to(logits.device)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum")
+        n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
+        loss = loss / torch.as_tensor(n, device=loss.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+def build_trainer(cfg: Config, model, tokenizer, prepared, output_dir: Path, callbacks: list,
+                  report_to: list[str], rouge_evaluator=None) -> SummarizationTrainer:
+    has_val = "validation" in prepared.splits and len(prepared.splits["validation"]) > 0
+    check_metric(cfg, has_val)
+    args = sft_config(cfg, pick_precision(cfg), output_dir, has_val, report_to)
+    train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
+    eval_ds = prepared.splits["validation"].select_columns(TRAIN_COLUMNS) if has_val else None
+    trainer = SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                   processing_class=tokenizer, callbacks=callbacks)
+    trainer.rouge_evaluator = rouge_evaluator
+    trainer.loss_from_logits = cfg.model.backend == "transformers" and not torch.cuda.is_available()
+    return trainer

@@ -1,0 +1,174 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_summarizer.config import load_config
+
+from ..conftest import ROOT, read_jsonl, run_cli, tiny_overrides
+
+FINAL_FILES = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "config.yaml", "metrics.json", "run_info.json", "README.md"}
+
+
+def final_file_set(d: Path) -> set:
+    return {p.name for p in d.iterdir()}
+
+
+def load_adapter(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "adapter_model.safetensors"))
+
+
+def test_demo_learns_and_leaves_exact_files(demo_run):
+    d = demo_run.model_dir
+    assert final_file_set(d) == FINAL_FILES
+    m = json.loads((d / "metrics.json").read_text())
+    for block in ("base", "final"):
+        assert set(m[block]) >= {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+        assert all(0.0 <= m[block][k] <= 1.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"))
+    assert m["final"]["rougeL"] >= 0.7, m["final"]
+    assert m["final"]["rougeL"] >= m["base"]["rougeL"] + 0.3, (m["base"], m["final"])
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "random:tiny" and cfg["train"]["max_steps"] > 0
+    info = json.loads((d / "run_info.json").read_text())
+    assert info["seed"] == cfg["train"]["seed"] and "unsloth" in info["versions"] and "torch" in info["versions"]
+    adapter = json.loads((d / "adapter_config.json").read_text())
+    assert adapter["r"] == cfg["lora"]["r"]
+    assert sorted(adapter["target_modules"]) == sorted(cfg["lora"]["target_modules"])
+    # the output dir holds the checkpoints of the run, nothing half-written beside the final dir
+    assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_demo_logs_rouge_at_every_evaluation(demo_run):
+    evals = [h for h in demo_run.log_history if "eval_loss" in h]
+    assert len(evals) >= 3
+    for h in evals:
+        for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len_mean",
+                  "eval_gen_hit_max_frac", "eval_rouge_seconds"):
+            assert k in h, (k, h)
+    ckpts = sorted(demo_run.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    assert any("eval_rougeL" in h for h in state["log_history"])
+
+
+@pytest.mark.parametrize("sampling", ["group_by_length", "random"])
+def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampling):
+    from transformers import TrainerCallback
+
+    from llm_summarizer.training.run import run
+
+    class StopAt(TrainerCallback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == self.step:
+                control.should_training_stop = True
+
+    # 40 training rows = 5 steps per epoch: the run stops and resumes in the third epoch, where the
+    # batch order is no longer the one drawn at start-up
+    base = ["eval.rouge=false", "eval.base_eval=false", "train.eval_strategy=no", "train.max_steps=20",
+            "train.save_steps=6", "train.save_total_limit=null", "train.logging_steps=1", "data.train.limit=40",
+            f"train.sampling={sampling}"]
+    full = run(load_config("demo", tiny_overrides(tmp_path / "full", models_dir) + base))
+    cfg = load_config("demo", tiny_overrides(tmp_path / "cut", models_dir) + base)
+    first = run(cfg, extra_callbacks=[StopAt(12)])
+    assert first.metrics["train"]["global_step"] == 12
+    # a newer checkpoint that is incomplete must be skipped
+    bad = cfg.output_dir / "checkpoint-15"
+    shutil.copytree(cfg.output_dir / "checkpoint-12", bad)
+    (bad / "optimizer.pt").unlink()
+    class FirstStep(TrainerCallback):
+        seen = None
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.seen is None:
+                self.seen = state.global_step
+
+    first_step = FirstStep()
+    second = run(cfg, extra_callbacks=[first_step])
+    assert second.resumed_from == cfg.output_dir / "checkpoint-12"
+    assert second.metrics["train"]["global_step"] == 20
+    assert first_step.seen == 13, "the resumed run must continue the step count, not restart"
+    # the history carries the first segment's entries from the checkpoint, each step once
+    steps = [h["step"] for h in second.log_history if "loss" in h]
+    assert steps == sorted(set(steps)) and steps == [h["step"] for h in full.log_history if "loss" in h]
+    a, b = load_adapter(full.model_dir), load_adapter(second.model_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max().item() < 1e-5, k
+    losses_full = {h["step"]: h["loss"] for h in full.log_history if "loss" in h}
+    losses_res = {h["step"]: h["loss"] for h in second.log_history if "loss" in h}
+    for step, loss in losses_res.items():
+        assert loss == pytest.approx(losses_full[step], rel=1e-4, abs=1e-5)
+
+
+def test_explicit_resume_path_must_be_a_complete_checkpoint(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    r = run_cli("train", "--config", "demo", f"train.resume={tmp_path / 'checkpoint-5'}",
+                f"output.dir={tmp_path / 'out'}", timeout=120)
+    assert r.returncode == 2
+    assert "is not a complete checkpoint (trainer_state.json missing or empty)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_transformers_backend_same_file_set(tmp_path, models_dir):
+    r = run_cli("train", "--config", "demo", "model.backend=transformers",
+                *tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 20, "train.eval_steps": 10}),
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    d = tmp_path / "fine_tuned"
+    assert final_file_set(d) == FINAL_FILES
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["train"]["global_step"] == 20 and set(m["final"]) >= {"rouge1", "rougeL"}
+    assert json.loads((d / "run_info.json").read_text())["model"]["backend"] == "transformers"
+    # it learned: the training loss of the last logged steps is below that of the first
+    history = json.loads((tmp_path / "outputs" / "checkpoint-20" / "trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, losses
+    assert "unsloth" not in json.loads((d / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+
+
+def test_trainer_class_api(tmp_path, models_dir):
+    from llm_summarizer.trainer_class import TrainerClass
+
+    tc = TrainerClass.from_config("demo",
+                                  tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 10,
+                                                                          "eval.base_eval": "false"}))
+    trainer = tc.trainer()
+    assert type(trainer).__name__ == "SummarizationTrainer"
+    result = tc.Start_Training(trainer)
+    assert result.metrics["train"]["global_step"] == 10
+    assert final_file_set(tc.fine_tuned_model_dir) == FINAL_FILES
+
+
+def test_trainer_class_with_model_and_datasets(tmp_path, models_dir):
+    """The original script's call shape: model, tokenizer and datasets passed in directly."""
+    from llm_summarizer.data import rows as R
+    from llm_summarizer.models.loading import load_for_training
+    from llm_summarizer.trainer_class import TrainerClass
+
+    cfg = load_config("demo", [f"model.random_init_dir={models_dir}"])
+    model, tok, _ = load_for_training(cfg, R.load_raw_splits(cfg))
+    train_rows = read_jsonl(ROOT / "data/demo/train.jsonl")[:200]
+    val_rows = read_jsonl(ROOT / "data/demo/validation.jsonl")[:20]
+    tc = TrainerClass(model, tok, train_rows, val_rows, max_seq_length=256, out_model_name="api",
+                      fine_tuned_model_dir=str(tmp_path / "ft"),
+                      overrides=[f"output.dir={tmp_path / 'out'}", "train.max_steps=6", "train.eval_steps=3",
+                                 "train.save_steps=3", "eval.num_samples=4", "train.optim=adamw_torch"])
+    trainer = tc.trainer()
+    tc.Start_Training(trainer)
+    assert final_file_set(tmp_path / "ft") == FINAL_FILES
+    assert (tmp_path / "out" / "checkpoint-6").is_dir()
+
+
+def test_default_config_offline_says_what_to_do():
+    r = run_cli("train", "--config", "configs/default.yaml", timeout=600,
+                env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "demo" in r.stderr and "model.name=/path/to/local/model" in r.stderr
+    assert "Traceback" not in r.stderr
