@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 PACKAGES = ("llm_summarizer", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
             "accelerate", "bitsandbytes", "rouge-score", "wandb")
 
@@ -58,9 +60,7 @@ def cpu_name() -> str:
 
 
 def device_facts() -> dict:
-    """The facts a bug report needs about where tensors run (imports torch)."""
-    import torch
-
+    """The facts a bug report needs about where tensors run."""
     flags = cpu_flags()
     facts = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
              "torch_threads": torch.get_num_threads(),

@@ -104,15 +104,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         _umask_permissions(tmp)
-        fsync_tree(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

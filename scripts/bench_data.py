@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from llm_summarizer.config import load_config
-    from llm_summarizer.data import rows as R, tokenize as TK
+    from llm_summarizer.data import rows as R
+    from llm_summarizer.data import tokenize as TK
     from llm_summarizer.data.readers import RawSplit
     from llm_summarizer.data.tokenize import _num_proc
     from llm_summarizer.models.loading import load_tokenizer

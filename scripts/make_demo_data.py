@@ -98,7 +98,7 @@ def storm(r: random.Random) -> tuple[str, str]:
         f"{weather.capitalize()} hit {city} on {r.choice(WEEKDAYS)}, leaving {homes} thousand homes without power.",
         f"Mayor {person} said power should return within {hours} hours.",
     ]
-    noise = [f"Schools in {city} stayed open.", f"Forecasters expect calmer weather by the weekend."]
+    noise = [f"Schools in {city} stayed open.", "Forecasters expect calmer weather by the weekend."]
     summary = f"{weather.capitalize()} left {homes} thousand homes in {city} without power for up to {hours} hours."
     return _compose(r, facts, noise), summary
 

@@ -88,3 +88,23 @@ def test_missing_config_file_exit_2():
     assert r.returncode == 2
     assert "config file not found: configs/nope.yaml" in r.stderr and "default, demo" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_early_stopping_and_best_model_agree_on_which_way_is_better():
+    """train.greater_is_better reaches early stopping on the same metric (it used to be inferred there)."""
+    from types import SimpleNamespace
+
+    from llm_summarizer.training.callbacks import early_stopping_callback
+
+    cfg = load_config(None, ["train.metric_for_best_model=eval_rougeL", "train.greater_is_better=false",
+                             "train.early_stopping=[{metric: eval_rougeL, patience: 1}, {metric: eval_loss}]"])
+    assert cfg.greater_is_better("eval_rougeL") is False and cfg.greater_is_better("rougeL") is False
+    assert cfg.greater_is_better("eval_loss") is False and cfg.greater_is_better("eval_rouge1") is True
+    stop = early_stopping_callback("eval_rougeL", 1, 0.0, cfg.greater_is_better("eval_rougeL"))
+    control = SimpleNamespace(should_training_stop=False)
+    state = SimpleNamespace(global_step=10)
+    stop.on_evaluate(None, state, control, metrics={"eval_rougeL": 0.5})
+    stop.on_evaluate(None, state, control, metrics={"eval_rougeL": 0.4})  # lower is better here: improved
+    assert not control.should_training_stop
+    stop.on_evaluate(None, state, control, metrics={"eval_rougeL": 0.6})
+    assert control.should_training_stop

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 
 from .conftest import ROOT
 from .tracking.test_tracking import tracker_env, wandb_runs
@@ -45,6 +46,7 @@ def test_install_cell_pins_match_the_lock():
     assert install.index('pip("--no-deps", *UNSLOTH_PINS)') > install.index("pip(*PINS)")
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

@@ -15,8 +15,10 @@ traceback, TrainingStopped -> 3, ExportFailed -> 1.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -62,8 +64,6 @@ def load_env_file(path: str) -> list[str]:
 
     Variables already set in the environment win. Returns the names that were set.
     """
-    import re
-
     p = os.path.expanduser(path)
     if not os.path.isfile(p):
         raise UserError(f"--env-file: file not found: {path}")
@@ -105,6 +105,13 @@ def saved_model_backend(model_dir, flag: Optional[str]) -> str:
         except UserError:
             pass  # the library names the problem when it reads the directory
     return "unsloth"
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A command's parser: the first line of `doc` as its description, the rest (examples) under --help."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="\n".join(doc.split("\n")[2:]))
 
 
 def run_command(parser, go: Callable, argv=None) -> int:

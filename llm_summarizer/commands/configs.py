@@ -16,9 +16,7 @@ PROG = "llm-summarizer configs"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap = boot.parser(prog, __doc__)
     ap.add_argument("--show", metavar="NAME", help="print this config's YAML")
     return ap
 

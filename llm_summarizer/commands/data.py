@@ -20,9 +20,7 @@ PROG = "llm-summarizer data"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap = boot.parser(prog, __doc__)
     ap.add_argument("--config", required=True, help="a ready config by name (demo, ...) or a YAML file")
     ap.add_argument("--output", help="write processed splits as JSONL to this directory")
     ap.add_argument("--examples", type=int, default=1, help="rendered examples to show")

@@ -16,9 +16,7 @@ PROG = "llm-summarizer env"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap = boot.parser(prog, __doc__)
     ap.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     return ap
 

@@ -37,9 +37,7 @@ PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap = boot.parser(prog, __doc__)
     ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
     ap.add_argument("--data", help="file, directory or hub dataset; default: data.<split> of the model's config.yaml")
     ap.add_argument("--split", default="test", help="split name (default test): the hub split, or <split>.* in a directory")

@@ -104,9 +104,7 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap = boot.parser(prog, __doc__)
     ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
     ap.add_argument("items", nargs="*", metavar="INPUT or key=value",
                     help="files, directories, '-' for standard input (the default); and config overrides")

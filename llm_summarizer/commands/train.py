@@ -22,9 +22,7 @@ PROG = "llm-summarizer train"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.split("\n")[2:]))
+    ap = boot.parser(prog, __doc__)
     ap.add_argument("--config", help="a ready config by name (demo, default, ...; see `llm-summarizer configs`) "
                                      "or a YAML file")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -1,25 +1,8 @@
-"""Evaluate a saved model on a split: ROUGE with bootstrap confidence intervals, optionally against its base.
+"""evaluate_model(): ROUGE of a saved model on a split, with bootstrap intervals, optionally against its base.
 
-    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl
-    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl --compare-base
-    llm-summarizer evaluate --model fine_tuned/demo                  # data.test of the model's config.yaml
-    llm-summarizer evaluate --model fine_tuned/demo-merged-16bit --data data/demo --split validation
-    llm-summarizer evaluate --model fine_tuned/my-run --data knkarthick/dialogsum --split test --limit 500
-    llm-summarizer evaluate --model fine_tuned/demo --data data/demo/test.jsonl eval.num_beams=4 eval.batch_size=32
-
---model is any saved model directory: a LoRA adapter (its base is loaded from adapter_config.json, or
---base) or a merged model. --data is anything the training data pipeline reads: a JSONL/JSON/CSV/TSV/
-parquet file, a directory (the file named after --split when there is one), or a hub dataset name.
-Writes to --output (default evaluations/<model>/<split>/):
-
-    predictions.jsonl        id, reference, prediction, per-example ROUGE, generated tokens (appended as
-                             batches finish: rerunning an interrupted evaluation generates only the rest)
-    predictions_base.jsonl   the same for the base model, with --compare-base
-    metrics.json             ROUGE-1/2/L/Lsum F1 with bootstrap 95% intervals, lengths, truncation share,
-                             throughput, the base model and the paired difference, and the protocol
-    report.md, plots/*.png   the same as pictures
-
-Decoding and prompt settings come from the model's config.yaml; `key=value` arguments override them.
+Predictions are appended as batches finish, so an interrupted evaluation generates only the rest; the
+files it writes and the options are described with the command (`llm-summarizer evaluate --help`,
+llm_summarizer/commands/evaluate.py).
 """
 
 from __future__ import annotations

@@ -41,11 +41,11 @@ class RougeEvaluator:
     """Generate + score on a fixed subset of a split. Holds no trainer state of its own."""
 
     def __init__(self, cfg: Config, tokenizer, formatter, dataset, summary_token_lengths: list[int],
-                 out_dir: Optional[Path] = None, num_samples: Optional[int] = None):
+                 out_dir: Optional[Path] = None):
         self.cfg = cfg
         self.tok = tokenizer
         self.formatter = formatter
-        idx = pick_subset(len(dataset), num_samples or cfg.eval.num_samples, cfg.eval.sample_seed)
+        idx = pick_subset(len(dataset), cfg.eval.num_samples, cfg.eval.sample_seed)
         sub = dataset.select(idx)
         self.ids, self.documents, self.references = list(sub["id"]), list(sub["document"]), list(sub["summary"])
         self.max_new_tokens = derive_max_new_tokens(summary_token_lengths, cfg.eval)

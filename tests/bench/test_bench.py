@@ -36,6 +36,7 @@ def smoke(tmp_path_factory, models_dir):
     return json.loads(out.read_text()), md, out, r
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_field_with_sane_values(smoke):
     res, _, _, r = smoke
     assert res["command"].startswith("llm-summarizer bench --shape tiny --data demo --steps 4")
@@ -79,6 +80,7 @@ def test_bench_json_has_every_field_with_sane_values(smoke):
     assert "unsloth/transformers" in r.stdout
 
 
+@pytest.mark.slow
 def test_bench_appends_one_row_and_keeps_what_was_there(smoke):
     from llm_summarizer.bench.results import MARKER
     from llm_summarizer.commands.bench import main

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_summarizer.data import rows as R, tokenize as TK
 from llm_summarizer.config import load_config
+from llm_summarizer.data import rows as R
+from llm_summarizer.data import tokenize as TK
 from llm_summarizer.errors import DataError
 from llm_summarizer.models.backends import apply_named_template
 

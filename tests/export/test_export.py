@@ -84,11 +84,11 @@ def _weights(d: Path) -> dict:
     return load_file(str(d / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(demo_run, tmp_path):
     """The machine's bf16 answer is forced to the other value than this CPU's (Unsloth's own override,
     UNSLOTH_CPU_BF16), so both answers are exercised on every machine: same dtype, same weights."""
     import torch
-
     from unsloth_zoo.cpu import cpu_bf16_supported
 
     here = cpu_bf16_supported()

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
+
 from llm_summarizer.config import load_config
 
 from ..conftest import shared_dataset, tiny_overrides
 
 
+@pytest.mark.slow
 def test_dialogsum_rouge_rises(tmp_path, models_dir):
     from llm_summarizer.training.run import run
 

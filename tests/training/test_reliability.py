@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from llm_summarizer.training.checkpoints import checkpoint_problem
 from llm_summarizer.config import load_config
 from llm_summarizer.errors import DataError
+from llm_summarizer.training.checkpoints import checkpoint_problem
 
 from ..conftest import ROOT, run_cli, tiny_overrides
 
@@ -93,6 +93,7 @@ def test_checkpoint_interrupted_mid_write_is_never_visible(tmp_path, models_dir,
     assert all(checkpoint_problem(p) is None for p in cfg.output_dir.glob("checkpoint-*"))
 
 
+@pytest.mark.slow
 def test_kill_resume_soak_short(tmp_path, models_dir):
     r = subprocess.run([sys.executable, "scripts/kill_resume_soak.py", "--kills", "3", "--steps", "30",
                         "--save-steps", "5", "--eval-steps", "15", "--workdir", str(tmp_path),
@@ -277,7 +278,8 @@ def test_bad_output_paths_exit_2(tmp_path, case, capsys):
 
 
 def test_huge_single_row_and_binary_data(tmp_path, models_dir):
-    from llm_summarizer.data import rows as R, tokenize as TK
+    from llm_summarizer.data import rows as R
+    from llm_summarizer.data import tokenize as TK
     from llm_summarizer.models.loading import load_tokenizer
 
     big = tmp_path / "big.jsonl"

@@ -105,12 +105,12 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
 
 def test_generation_oom_halves_batch_and_retries(demo_run, monkeypatch):
     """A CUDA out-of-memory during generation halves the generation batch instead of killing the run."""
-    from llm_summarizer.models import generation
-    from llm_summarizer.config import load_config
-    from llm_summarizer.data.prompt import Formatter
-
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_summarizer.config import load_config
+    from llm_summarizer.data.prompt import Formatter
+    from llm_summarizer.models import generation
 
     cfg = load_config(demo_run.model_dir / "config.yaml", ["eval.batch_size=8"])
     base_path = json.loads((demo_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
