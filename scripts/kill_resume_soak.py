@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def overrides(out: Path, args) -> list[str]:
     return [f"output.dir={out / 'outputs'}", f"output.model_dir={out / 'fine_tuned'}",
-            f"model.random_init_dir={args.models_dir}", f"train.max_steps={args.steps}",
+            f"model.cache_dir={args.models_dir}", f"train.max_steps={args.steps}",
             f"train.save_steps={args.save_steps}", f"train.eval_steps={args.eval_steps}",
             "train.logging_steps=1", "train.save_total_limit=2", "eval.num_samples=8", "eval.base_eval=true",
             f"data.train.limit={args.train_rows}"]

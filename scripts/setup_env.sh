@@ -24,6 +24,10 @@ fi
 echo "setup_env: preparing $VENV (a new one takes several minutes and a few GB; a refresh installs only what changed)" >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# llama-cpp-python comes as a source archive only: it compiles llama.cpp (minutes on 2 cores; pip keeps the
+# built wheel in its cache, so a rebuilt venv reuses it). A portable build (no -march=native), without the
+# parts this project does not use.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}"
 rm -f "$STAMP"
 if [ $relock = 0 ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
   "${pip[@]}" install -q -r "$LOCK"

@@ -48,22 +48,23 @@ def test_every_subcommand_help_answers_without_torch(name, tmp_path):
 
 def test_ready_config_by_name_from_any_directory(tmp_path):
     """After install the shipped configs resolve by name wherever the user stands; a path still wins."""
-    r = cli("train", "--config", "demo", "--print-config", "train.max_steps=3", cwd=tmp_path)
+    r = cli("train", "--config", "tiny", "--print-config", "train.max_steps=3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "max_steps: 3" in r.stdout and "name: random:tiny" in r.stdout
-    mine = tmp_path / "demo"  # a file of the user's named like a shipped config: the path wins
+    mine = tmp_path / "tiny"  # a file of the user's named like a shipped config: the path wins
     mine.write_text("model:\n  name: my/own-model\n")
-    r = cli("train", "--config", "demo", "--print-config", cwd=tmp_path)
+    r = cli("train", "--config", "tiny", "--print-config", cwd=tmp_path)
     assert r.returncode == 0 and "name: my/own-model" in r.stdout
     listing = cli("configs", cwd=tmp_path)
     assert listing.returncode == 0 and listing.stdout.splitlines()[0].startswith("default")
-    assert any(l.startswith("demo ") and "Offline demo" in l for l in listing.stdout.splitlines())
-    shown = cli("configs", "--show", "demo", cwd=tmp_path)
+    assert any(l.startswith("demo ") and "SmolLM2" in l for l in listing.stdout.splitlines())
+    assert any(l.startswith("tiny ") and "random-init" in l for l in listing.stdout.splitlines())
+    shown = cli("configs", "--show", "tiny", cwd=tmp_path)
     assert shown.returncode == 0 and "random:tiny" in shown.stdout
 
 
 def test_config_error_through_the_console_command_is_one_message_without_torch(tmp_path):
-    r = subprocess.run([sys.executable, "-c", NO_TORCH, "data", "--config", "demo", "data.trian=x"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, "data", "--config", "tiny", "data.trian=x"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "data.trian: unknown key; did you mean 'train'?" in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == "NO_TORCH"
@@ -90,7 +91,7 @@ def test_missing_unsloth_is_one_message_with_the_fix(tmp_path):
     (fake / "unsloth").mkdir(parents=True)
     (fake / "unsloth" / "__init__.py").write_text("raise ImportError('No module named unsloth', name='unsloth')\n")
     env = {"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    r = cli("train", "--config", "demo", f"output.dir={tmp_path / 'out'}", cwd=ROOT, env=env)
+    r = cli("train", "--config", "tiny", f"output.dir={tmp_path / 'out'}", cwd=ROOT, env=env)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "needs the unsloth package" in r.stderr and "scripts/setup_env.sh" in r.stderr
     assert "model.backend=transformers" in r.stderr and "Traceback" not in r.stderr

@@ -29,7 +29,7 @@ def test_defaults_and_derived_paths():
 
 
 def test_dotted_overrides_parse_types():
-    cfg = load_config("demo",
+    cfg = load_config("tiny",
                       ["train.learning_rate=1e-4", "lora.target_modules=[q_proj,v_proj]", "train.max_steps=7",
                        "tracking.report_to=[wandb,tensorboard]", "data.train.limit=5", "lora.target_modules=all-linear"])
     assert cfg.train.learning_rate == pytest.approx(1e-4)
@@ -41,7 +41,7 @@ def test_dotted_overrides_parse_types():
 
 def test_all_errors_in_one_message():
     with pytest.raises(ConfigError) as e:
-        load_config("demo",
+        load_config("tiny",
                     ["lora.rr=3", "train.max_steps=abc", "model.dtype=float8", "nosuch.key=1"])
     msg = str(e.value)
     assert "4 problem(s)" in msg
@@ -76,7 +76,7 @@ def test_cli_config_error_exit_2_no_traceback_no_torch(tmp_path):
 
 
 def test_cli_print_config_is_resolved_yaml():
-    r = run_cli("train", "--config", "demo", "--print-config", "train.max_steps=11", timeout=120)
+    r = run_cli("train", "--config", "tiny", "--print-config", "train.max_steps=11", timeout=120)
     assert r.returncode == 0, r.stderr
     data = yaml.safe_load(r.stdout)
     assert data["train"]["max_steps"] == 11

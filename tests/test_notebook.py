@@ -54,7 +54,7 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (i,) = [n for n, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     params = {"OFFLINE_DEMO": True, "TEST_RUN": True, "REPORT_TO": "wandb", "RUN_NAME": "nb-demo",
-              "WORK_DIR": str(tmp_path), "OVERRIDES": f"model.random_init_dir={models_dir}",
+              "WORK_DIR": str(tmp_path), "OVERRIDES": f"model.cache_dir={models_dir}",
               "EXPORT_FORMAT": "merged-16bit"}
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
     injected.metadata["tags"] = ["injected-parameters"]

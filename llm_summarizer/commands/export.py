@@ -33,6 +33,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--llama-cpp", help="llama.cpp checkout holding convert_hf_to_gguf.py (default $LLAMA_CPP_DIR)")
     ap.add_argument("--min-4bit-agreement", type=float, default=0.8,
                     help="merged-4bit: least mean ROUGE-L between its and the adapter's greedy summaries (default 0.8)")
+    ap.add_argument("--min-gguf-agreement", type=float, default=0.8,
+                    help="gguf: least mean ROUGE-L between llama.cpp's and the adapter's greedy summaries (default 0.8)")
     ap.add_argument("--logprob-tolerance", type=float, default=0.1,
                     help="adapter and 16-bit export must score the adapter's summaries within this many nats per "
                          "token (default 0.1; 16-bit rounding gives about 0.002 in float16, 0.03 in bfloat16)")
@@ -46,6 +48,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def run(args, _cfg) -> int:
     options = ExportOptions(verify_examples=args.verify_examples, verify_data=args.verify_data, dtype=args.dtype,
                             logprob_tolerance=args.logprob_tolerance, min_4bit_agreement=args.min_4bit_agreement,
+                            min_gguf_agreement=args.min_gguf_agreement,
                             gguf_type=args.gguf_type, llama_cpp=args.llama_cpp)
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
     from ..export.exporter import export_model

@@ -1,6 +1,7 @@
 """llm-summarizer: fine-tune an LLM to summarize your documents on one GPU.
 
-    llm-summarizer train --config demo                     # the offline demo
+    llm-summarizer train --config demo                     # the demo: SmolLM2 on SciTLDR, ~10 min on a CPU
+    llm-summarizer train --config tiny                     # a tiny random model, nothing downloaded, 3 min
     llm-summarizer train --config my.yaml key=value ...    # your own run
     llm-summarizer data --config my.yaml                   # what training would see
     llm-summarizer evaluate --model fine_tuned/demo --compare-base

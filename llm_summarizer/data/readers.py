@@ -162,7 +162,7 @@ def _read_hub(spec: SourceSpec, role: str) -> list[dict]:
             f"data.{role}: could not load hub dataset '{spec.name}' (split '{split}'): {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}. Without network access, use local files "
             f"(data.{role}=path/to/{role}.jsonl) with a local model (model.name=/path/to/local/model), "
-            f"or the offline demo: configs/demo.yaml"
+            f"or the ready configs that read local data: --config demo, --config tiny"
         ) from None
     if spec.streaming:
         out = []

@@ -25,9 +25,9 @@ from ..data.rows import load_raw_splits, validate_rows
 from ..environment import package_versions
 from ..errors import UserError
 from ..files import file_digest, write_json, write_text
-from ..models.directory import describe_model_dir, weight_files
+from ..models.directory import weight_files
 from ..models.generation import default_max_new_tokens, summarize_texts
-from ..models.loading import load_base_for_generation, load_for_generation, model_config
+from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
 from .bootstrap import paired_difference, score_block
 from .report import find_log_history, write_eval_report
 from .scoring import PROTOCOL, score_pair
@@ -252,7 +252,7 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
     # 1. The model directory, checked from its files before anything heavy.
-    info = describe_model_dir(model, base)
+    info = saved_model(model, base)
     if compare_base and info.kind == "merged" and not info.base:
         raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
                         f"(export_info.json base_model); pass --base /path/to/base/model")

@@ -134,7 +134,24 @@ def _protocol_lines(proto: dict) -> list[str]:
     return out
 
 
-def _use_lines(cfg: Config, kind: str, base_model: str) -> list[str]:
+def _gguf_use_lines(export_info: dict) -> list[str]:
+    f, fmt = export_info.get("file", "MODEL.gguf"), export_info.get("prompt_format") or {}
+    pre, post, stop = fmt.get("prefix", ""), fmt.get("suffix", ""), fmt.get("stop", [])
+    n, ctx = fmt.get("max_new_tokens", 128), fmt.get("n_ctx", 2048)
+    return ["With Ollama (the `Modelfile` beside this file carries the training prompt, the stop token and greedy "
+            "decoding; the document is the whole message):", "", "```bash",
+            "ollama create my-summarizer -f Modelfile", 'ollama run my-summarizer "$(cat article.txt)"', "```", "",
+            "With llama-cpp-python (how this export was checked):", "", "```python",
+            "from llama_cpp import Llama", f"llm = Llama({f!r}, n_ctx={ctx})",
+            f"prompt = {pre!r} + document + {post!r}",
+            f"out = llm.create_completion(prompt, max_tokens={n}, temperature=0.0, stop={stop!r})",
+            'print(out["choices"][0]["text"])', "```", "",
+            "With llama.cpp's own tools (build llama.cpp; `-no-cnv` feeds the prompt as it is):", "", "```bash",
+            f"llama-completion -m {f} -c {ctx} -n {n} --temp 0 -no-cnv -e -p {(pre + '<document>' + post)!r}",
+            "```", ""]
+
+
+def _use_lines(cfg: Config, kind: str, base_model: str, export_info: Optional[dict] = None) -> list[str]:
     prompt = cfg.data.prompt_template.format(instruction=cfg.data.instruction, document="<document>")
     fmt = (f"this user turn, followed by {cfg.data.plain_response_prefix!r}" if cfg.data.template == "plain" else
            f"this user turn inside the tokenizer's chat template (data.template `{cfg.data.template}`; when the "
@@ -143,11 +160,11 @@ def _use_lines(cfg: Config, kind: str, base_model: str) -> list[str]:
         "## Use",
         "",
         "```bash",
-        "python -m llm_summarizer.summarize --model THIS_DIRECTORY article.txt",
-        "python -m llm_summarizer.evaluate --model THIS_DIRECTORY --data test.jsonl --compare-base",
+        "llm-summarizer summarize --model THIS_DIRECTORY article.txt",
+        "llm-summarizer evaluate --model THIS_DIRECTORY --data test.jsonl --compare-base",
     ]
     if kind == "adapter":
-        out.append("python -m llm_summarizer.export THIS_DIRECTORY --format merged-16bit")
+        out.append("llm-summarizer export THIS_DIRECTORY --format merged-16bit")
     out += ["```", "", f"Prompts must be built as in training: {fmt}. The commands above do this from the "
             f"saved config.yaml.", "", "```text", prompt, "```", ""]
     if kind == "adapter":
@@ -162,6 +179,8 @@ def _use_lines(cfg: Config, kind: str, base_model: str) -> list[str]:
                 "from transformers import AutoModelForCausalLM, AutoTokenizer",
                 "model = AutoModelForCausalLM.from_pretrained(\"THIS_DIRECTORY\", dtype=\"auto\")",
                 "tokenizer = AutoTokenizer.from_pretrained(\"THIS_DIRECTORY\")", "```", ""]
+    elif kind == "gguf":
+        out += _gguf_use_lines(export_info or {})
     return out
 
 
@@ -222,7 +241,7 @@ def write_model_card(path: Path, cfg: Config, metrics: dict, model_info: dict, k
                  "ROUGE is computed on summaries the model *generated* (not teacher-forced tokens):", "",
                  *_protocol_lines(proto), ""]
     body += _tracking_lines(metrics)
-    body += _use_lines(cfg, kind, base_model)
+    body += _use_lines(cfg, kind, base_model, export_info)
     body += ["## Limitations", "",
              "ROUGE measures word overlap with one reference summary; it does not check facts. Read a sample of "
              "the generated summaries (the evaluation's `predictions.jsonl`) before relying on the model.", ""]

@@ -23,9 +23,8 @@ from ..environment import package_versions
 from ..errors import UserError
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, write_json
-from ..models.directory import describe_model_dir
 from ..models.generation import default_max_new_tokens, inference_mode, summarize_texts
-from ..models.loading import load_for_generation, model_config
+from ..models.loading import load_for_generation, model_config, saved_model
 from . import adapter, gguf, merged, quantized
 from .job import DTYPES16, FORMAT_NAMES, ExportOptions, Job
 from .verify import completion_logprobs, run_worker, verification_documents
@@ -124,7 +123,7 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
     t0 = time.time()
     options = options or ExportOptions(**option_values)
     # 1. Everything checkable without loading the model, before anything is written.
-    info = describe_model_dir(model_dir, base)
+    info = saved_model(model_dir, base)
     cfg0 = model_config(info, overrides)
     target = Path(output) if output else default_output(info, fmt)
     tools = _preflight(fmt, info, target, overwrite, options)

@@ -25,6 +25,7 @@ class ExportOptions:
     dtype: str = "auto"  # merged weights: auto (the base's 16-bit dtype, float16 for float32), float16, bfloat16
     logprob_tolerance: float = 0.1  # nats per token between the adapter and a 16-bit export
     min_4bit_agreement: float = 0.8  # mean ROUGE-L between the adapter's and the 4-bit model's summaries
+    min_gguf_agreement: float = 0.8  # the same for llama.cpp's summaries of the GGUF file
     gguf_type: str = "q8_0"
     llama_cpp: Optional[str] = None  # a llama.cpp checkout holding convert_hf_to_gguf.py
 
@@ -45,6 +46,7 @@ class Job:
     max_new_tokens: int
     reference: list[str] = field(default_factory=list)  # the source's greedy summaries of docs
     ref_logprobs: list = field(default_factory=list)
+    merged_texts: Optional[list] = None  # the merged 16-bit model's greedy summaries, when an adapter was merged
     meta: dict = field(default_factory=dict)  # -> export_info.json
     check: dict = field(default_factory=dict)  # -> export_info.json "verification"
     tools: object = None  # what the format's preflight found (llama.cpp for gguf)

@@ -128,6 +128,7 @@ def merge_and_check(job: Job, dst: Path, write_metadata) -> None:
     job.check.update(compare(job.reference, res["texts"], job.docs, "the merged model (plain transformers "
                              "AutoModelForCausalLM)", job.ref_logprobs, res["logprobs"], job.options.logprob_tolerance))
     job.meta["dtype"] = res["dtype"]
+    job.merged_texts = res["texts"]
     if res["dtype"] != target:
         raise ExportFailed(f"the merged weights load as {res['dtype']}, expected {target}. Nothing was written.")
     job.check["summary"] = check_text(job.check, len(job.docs), f"plain transformers AutoModelForCausalLM loads "

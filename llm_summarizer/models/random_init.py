@@ -1,9 +1,9 @@
 """Random-init models of named shapes, with a BPE tokenizer trained on the run's own data.
 
 `model.name: random:<shape>` builds one of these into an ordinary model directory (config,
-safetensors, tokenizer) that `from_pretrained` loads like any checkpoint, so the offline demo,
+safetensors, tokenizer) that `from_pretrained` loads like any checkpoint, so the tiny config,
 the tests and the benchmark go through exactly the same loading path as a hub model.
-Built once and cached under `model.random_init_dir/<shape>-<digest>/`.
+Built once and cached under `model.cache_dir/<shape>-<digest>/`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Experiment tracking: Weights & Biases, TensorBoard and MLflow, all fed from one callback.
 
-    python -m llm_summarizer.train --config configs/demo.yaml tracking.report_to=[wandb]
-    python -m llm_summarizer.train --config configs/demo.yaml tracking.report_to=[tensorboard,mlflow]
+    llm-summarizer train --config demo tracking.report_to=[wandb]
+    llm-summarizer train --config demo tracking.report_to=[tensorboard,mlflow]
     tensorboard --logdir outputs/demo/tensorboard
     mlflow ui --backend-store-uri sqlite:///outputs/demo/mlflow.db
     wandb sync outputs/demo/wandb/offline-run-*-RUNID      # upload a run that was logged offline

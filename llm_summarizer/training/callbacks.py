@@ -23,6 +23,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..config import Config
 from ..errors import TrainingStopped
+from ..evaluation.bootstrap import paired_difference
 from ..evaluation.scoring import PROTOCOL, score_corpus
 from ..models.generation import derive_max_new_tokens, generate
 from ..rundir import PREDICTIONS_DIR, SAMPLES_FILE, checkpoint_step
@@ -53,6 +54,7 @@ class RougeEvaluator:
         self.total_seconds = 0.0
         self.seconds_outside_training = 0.0  # the base-model pass before train()
         self.calls = 0
+        self.last_pass: Optional[str] = None  # the name of the newest eval_predictions/<name>.jsonl
         # fn(step, tag, metrics, samples) after each pass: trackers log the samples table from here
         self.listeners: list = []
 
@@ -73,6 +75,7 @@ class RougeEvaluator:
         metrics["rouge_seconds"] = float(seconds)
         metrics["rouge_examples"] = len(gens)
         name = tag or f"step-{step}"
+        self.last_pass = name
         samples = [{"step": step, "tag": name, "id": self.ids[i], "document": self.documents[i][:500],
                     "reference": self.references[i], "prediction": gens[i].text, **per[i]}
                    for i in range(min(len(gens), self.cfg.eval.log_samples))]
@@ -127,6 +130,36 @@ def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
                          "max_new_tokens": evaluator.max_new_tokens,
                          **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {})},
             "reference": "the dataset's summary column (one reference per example)"}
+
+
+def _read_predictions(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return {r["id"]: r for r in (json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip())}
+
+
+def compare_with_base(cfg: Config, evaluator: Optional[RougeEvaluator], output_dir: Path, final_pass: Optional[str],
+                      n_examples: int = 2) -> Optional[dict]:
+    """Fine-tuned minus untrained ROUGE on the same validation examples, with paired bootstrap 95% intervals,
+    and a few examples side by side (document, reference, base, fine-tuned), from eval_predictions/."""
+    if evaluator is None or not final_pass:
+        return None
+    d = output_dir / PREDICTIONS_DIR
+    base, final = _read_predictions(d / "base.jsonl"), _read_predictions(d / f"{final_pass}.jsonl")
+    ids = [i for i in evaluator.ids if i in base and i in final]
+    if len(ids) < 2:
+        return None
+    ev = cfg.eval
+    diff = paired_difference([final[i] for i in ids], [base[i] for i in ids], ev.bootstrap_samples, ev.bootstrap_seed)
+    docs = dict(zip(evaluator.ids, evaluator.documents))
+    # the examples shown: the largest gains first, so a reader sees what training changed
+    shown = sorted(ids, key=lambda i: final[i]["rougeL"] - base[i]["rougeL"], reverse=True)[:n_examples]
+    return {"examples": len(ids), "model_minus_base": diff,
+            "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed, "paired": True},
+            "side_by_side": [{"id": i, "document": docs[i][:400], "reference": final[i]["reference"],
+                              "base": base[i]["prediction"], "fine_tuned": final[i]["prediction"],
+                              "rougeL_base": base[i]["rougeL"], "rougeL_fine_tuned": final[i]["rougeL"]}
+                             for i in shown]}
 
 
 def truncate_samples(output_dir: Path, resume_from: Path) -> None:

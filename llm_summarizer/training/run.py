@@ -34,6 +34,7 @@ from .callbacks import (
     NonFiniteGuard,
     RougeCallback,
     RougeEvaluator,
+    compare_with_base,
     early_stopping_callback,
     eval_protocol,
     rouge_block,
@@ -55,6 +56,7 @@ class RunResult:
     resumed_from: Optional[Path] = None
     log_history: list = field(default_factory=list)
     report: Optional[Path] = None
+    wall_s: Optional[float] = None  # the whole run, from the command's start
 
 
 @dataclass
@@ -92,6 +94,7 @@ def run(cfg: Config, extra_callbacks: Optional[list] = None) -> RunResult:
         result = train_and_save(session)
     # 13. The hub (output.push_to_hub), after everything is saved: a failed push loses nothing.
     push_after_training(cfg, result.model_dir)
+    result.wall_s = round(time.time() - t_start, 1)
     return result
 
 
@@ -158,10 +161,15 @@ def train_and_save(s: Session) -> RunResult:
             truncate_samples(output_dir, resume_from)
         with training_errors(cfg, output_dir):
             train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end).
+        # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end), and
+        #     against the untrained model on the same examples, with paired intervals.
         final = final_rouge(cfg, evaluator, trainer)
+        comparison = compare_with_base(cfg, evaluator, output_dir, evaluator.last_pass if evaluator else None) \
+            if base else None
         # 11. Save the final model atomically, with what reproduces it.
         metrics = run_metrics(s, base, final, train_out)
+        if comparison:
+            metrics["final_vs_base"] = comparison
         with training_errors(cfg, model_dir):
             save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
         if s.trackers is not None:
@@ -256,4 +264,32 @@ def summary_lines(result: RunResult) -> list[str]:
              f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)"]
     if result.report is not None:
         lines.append(f"   report:          {result.report}  (plots in {result.report.parent / 'plots'}/)")
+    if result.wall_s is not None:
+        train_s = m["train"].get("train_runtime_s")
+        lines.append(f"   wall time:       {_minutes(result.wall_s)}"
+                     + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else ""))
+    cmp = m.get("final_vs_base")
+    if cmp:
+        lines += ["", f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
+                      f"(ROUGE F1 x 100, paired bootstrap 95% interval)"]
+        for k, d in cmp["model_minus_base"].items():
+            lo, hi = d["ci95"]
+            verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+            lines.append(f"   {k:<10} {100 * m['base'][k]:6.2f} -> {100 * m['final'][k]:6.2f}   "
+                         f"{100 * d['diff']:+6.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]  {verdict}")
+        for i, ex in enumerate(cmp["side_by_side"], 1):
+            lines += ["", f"== example {i} (validation id {ex['id']})",
+                      f"   document:   {_one_line(ex['document'], 300)}",
+                      f"   reference:  {_one_line(ex['reference'])}",
+                      f"   base:       {_one_line(ex['base'])}",
+                      f"   fine-tuned: {_one_line(ex['fine_tuned'])}"]
     return lines
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

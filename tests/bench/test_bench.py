@@ -30,7 +30,7 @@ def smoke(tmp_path_factory, models_dir):
     out = tmp / "result.json"
     r = run_cli("bench", "--shape", "tiny", "--data", "demo", "--steps", "4", "--warmup-steps", "1", "--rounds", "1",
                 "--threads", "1",
-                "--val-rows", "12", "--out", out, "--markdown", md, f"model.random_init_dir={models_dir}",
+                "--val-rows", "12", "--out", out, "--markdown", md, f"model.cache_dir={models_dir}",
                 "eval.num_samples=2", "eval.max_new_tokens=8", "train.logging_steps=1", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text()), md, out, r
@@ -120,8 +120,8 @@ PADDING_FREE_CHECK = textwrap.dedent("""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     def trainer_for(tmp, *extra):
-        cfg = load_config("demo", ["model.backend=transformers", f"output.dir={tmp}",
-                          f"model.random_init_dir={sys.argv[1]}", "train.resume=never", *extra])
+        cfg = load_config("tiny", ["model.backend=transformers", f"output.dir={tmp}",
+                          f"model.cache_dir={sys.argv[1]}", "train.resume=never", *extra])
         raw = load_raw_splits(cfg)
         model, tok, _ = load_for_training(cfg, raw)
         return build_session(cfg, model, tok, {}, raw).trainer, model, tok

@@ -29,23 +29,23 @@ def summarize_main(*args) -> int:
     return main([str(a) for a in args])
 
 
-def test_file_stdin_and_jsonl_column_give_the_same_summaries(demo_run, tmp_path, capsys, monkeypatch):
+def test_file_stdin_and_jsonl_column_give_the_same_summaries(tiny_run, tmp_path, capsys, monkeypatch):
     rows = read_jsonl(TEST)[:6]
     doc = tmp_path / "article.txt"
     doc.write_text(rows[0]["document"])
     capsys.readouterr()
-    assert summarize_main("--model", demo_run.model_dir, doc) == 0
+    assert summarize_main("--model", tiny_run.model_dir, doc) == 0
     from_file = capsys.readouterr().out.strip()
     assert from_file and "\n" not in from_file
 
     monkeypatch.setattr("sys.stdin", io.StringIO(rows[0]["document"]))
-    assert summarize_main("--model", demo_run.model_dir) == 0
+    assert summarize_main("--model", tiny_run.model_dir) == 0
     assert capsys.readouterr().out.strip() == from_file
 
     table = tmp_path / "news.jsonl"
     table.write_text("".join(json.dumps({"uid": r["id"], "text": r["document"]}) + "\n" for r in rows))
     out = tmp_path / "summaries.jsonl"
-    assert summarize_main("--model", demo_run.model_dir, table, "--column", "text", "--output", out) == 0
+    assert summarize_main("--model", tiny_run.model_dir, table, "--column", "text", "--output", out) == 0
     got = read_jsonl(out)
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     assert got[0]["summary"] == from_file
@@ -55,7 +55,7 @@ def test_file_stdin_and_jsonl_column_give_the_same_summaries(demo_run, tmp_path,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary output left"
 
 
-def test_directory_and_long_input_says_it_was_truncated(demo_run, tmp_path, capsys, logs):
+def test_directory_and_long_input_says_it_was_truncated(tiny_run, tmp_path, capsys, logs):
     doc = read_jsonl(TEST)[1]["document"]
     d = tmp_path / "docs"
     d.mkdir()
@@ -63,7 +63,7 @@ def test_directory_and_long_input_says_it_was_truncated(demo_run, tmp_path, caps
     (d / "b.md").write_text(" ".join([doc] * 15))
     (d / "ignored.bin").write_bytes(b"\x00\x01")
     capsys.readouterr()
-    assert summarize_main("--model", demo_run.model_dir, d) == 0
+    assert summarize_main("--model", tiny_run.model_dir, d) == 0
     out = capsys.readouterr().out
     blocks = [b for b in out.split("== ") if b.strip()]
     assert [b.splitlines()[0] for b in blocks] == [str(d / "a.txt"), str(d / "b.md")]
@@ -73,10 +73,10 @@ def test_directory_and_long_input_says_it_was_truncated(demo_run, tmp_path, caps
     assert "a.txt:" not in text  # only the long one is reported
 
 
-def test_input_errors_are_one_message(demo_run, tmp_path, capsys, monkeypatch):
+def test_input_errors_are_one_message(tiny_run, tmp_path, capsys, monkeypatch):
     def err_of(*args):
         capsys.readouterr()
-        rc = summarize_main("--model", demo_run.model_dir, *args)
+        rc = summarize_main("--model", tiny_run.model_dir, *args)
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err, err
         return err

@@ -17,7 +17,7 @@ from ..conftest import DEMO, run_cli, shared_dataset
 def tokenizer(models_dir):
     from llm_summarizer.models.loading import load_tokenizer
 
-    cfg = load_config("demo", [f"model.random_init_dir={models_dir}"])
+    cfg = load_config("tiny", [f"model.cache_dir={models_dir}"])
     return load_tokenizer(cfg, R.load_raw_splits(cfg))
 
 
@@ -25,7 +25,7 @@ def cfg_for(train, *extra, validation=None):
     o = [f"data.train={train}", "data.validation_size=0"]
     if validation:
         o.append(f"data.validation={validation}")
-    return load_config("demo", o + ["data.validation=null", "data.test=null"] * (validation is None) + list(extra))
+    return load_config("tiny", o + ["data.validation=null", "data.test=null"] * (validation is None) + list(extra))
 
 
 def write_jsonl(p: Path, rows):
@@ -39,7 +39,7 @@ def test_labels_mask_prompt_and_padding_completion_is_summary_plus_eos(tmp_path,
 
     from ..conftest import tiny_overrides
 
-    tc = TrainerClass.from_config("demo", tiny_overrides(tmp_path, models_dir))
+    tc = TrainerClass.from_config("tiny", tiny_overrides(tmp_path, models_dir))
     trainer = tc.trainer()
     tokenizer = tc.tokenizer
     prepared = tc.session.prepared.splits["train"]
@@ -209,7 +209,7 @@ def test_column_autodetect(tmp_path):
 
 
 def test_seeded_split_when_only_train(tmp_path):
-    cfg = load_config("demo",
+    cfg = load_config("tiny",
                       ["data.validation=null", "data.test=null", "data.validation_size=0.1", "data.test_size=20"])
     a = R.load_raw_splits(cfg)
     b = R.load_raw_splits(cfg)
@@ -217,14 +217,14 @@ def test_seeded_split_when_only_train(tmp_path):
     assert [r["id"] for r in a["validation"].rows] == [r["id"] for r in b["validation"].rows]
     ids = [r["id"] for s in a.values() for r in s.rows]
     assert len(ids) == len(set(ids)) == 1200
-    c = R.load_raw_splits(load_config("demo", ["data.validation=null", "data.split_seed=7"]))
+    c = R.load_raw_splits(load_config("tiny", ["data.validation=null", "data.split_seed=7"]))
     assert [r["id"] for r in c["validation"].rows] != [r["id"] for r in a["validation"].rows]
 
 
 def test_chatml_template_through_unsloth(tokenizer, tmp_path):
     import copy
 
-    cfg = load_config("demo", ["data.template=chatml"])
+    cfg = load_config("tiny", ["data.template=chatml"])
     tok = apply_named_template(copy.deepcopy(tokenizer), "chatml")
     prep = TK.prepare(cfg, tok, R.load_raw_splits(cfg))
     ex = prep.splits["train"][0]
@@ -236,7 +236,7 @@ def test_chatml_template_through_unsloth(tokenizer, tmp_path):
 
 
 def test_tokenization_is_cached(tokenizer, tmp_path):
-    cfg = load_config("demo")
+    cfg = load_config("tiny")
     raw = R.load_raw_splits(cfg)
     TK.prepare(cfg, tokenizer, raw, cache_dir=tmp_path)
     cached = sorted(p.name for p in tmp_path.iterdir())
@@ -247,8 +247,8 @@ def test_tokenization_is_cached(tokenizer, tmp_path):
 
 
 def test_preview_command_shows_sizes_and_rendered_example(tmp_path, models_dir):
-    r = run_cli("data", "--config", "demo", "--output", tmp_path / "processed",
-                f"model.random_init_dir={models_dir}", timeout=300)
+    r = run_cli("data", "--config", "tiny", "--output", tmp_path / "processed",
+                f"model.cache_dir={models_dir}", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "== train: 1200 rows" in r.stdout and "== validation: 100 rows" in r.stdout and "== test: 100 rows" in r.stdout
     assert "[[" in r.stdout and "<|end_of_text|>]]" in r.stdout and "Summary:" in r.stdout
@@ -260,6 +260,6 @@ def test_preview_command_shows_sizes_and_rendered_example(tmp_path, models_dir):
 def test_preview_command_bad_data_exit_2(tmp_path):
     p = tmp_path / "empty.jsonl"
     p.write_text("")
-    r = run_cli("data", "--config", "demo", f"data.train={p}", timeout=120)
+    r = run_cli("data", "--config", "tiny", f"data.train={p}", timeout=120)
     assert r.returncode == 2
     assert "empty.jsonl is empty" in r.stderr and "Traceback" not in r.stderr

@@ -24,13 +24,13 @@ def rouge_here(reference: str, prediction: str) -> dict:
     return {k: s[k].fmeasure for k in KEYS}
 
 
-def test_metrics_equal_rouge_recomputed_from_predictions_with_base(demo_run, tmp_path):
+def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp_path):
     import statistics
 
     from llm_summarizer.evaluation.evaluate import evaluate_model
 
     out = tmp_path / "ev"
-    res = evaluate_model(demo_run.model_dir, data=TEST, output=out, limit=12, compare_base=True)
+    res = evaluate_model(tiny_run.model_dir, data=TEST, output=out, limit=12, compare_base=True)
     m = json.loads((out / "metrics.json").read_text())
     refs = {r["id"]: r["summary"] for r in read_jsonl(TEST)[:12]}
     assert res.predictions == out / "predictions.jsonl" and res.base_predictions == out / "predictions_base.jsonl"
@@ -64,7 +64,7 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(demo_run, tmp
     assert diff["rougeL"]["ci95"][0] > 0
     p = m["protocol"]
     assert p["use_stemmer"] is True and p["decoding"]["strategy"] == "greedy"
-    assert p["decoding"]["max_new_tokens"] == demo_run.metrics["eval_protocol"]["decoding"]["max_new_tokens"]
+    assert p["decoding"]["max_new_tokens"] == tiny_run.metrics["eval_protocol"]["decoding"]["max_new_tokens"]
     assert p["bootstrap"]["resamples"] == 1000 and "summary" in p["reference"]
     # report.md and its plots, training curves included (the model came from a run)
     report = (out / "report.md").read_text()
@@ -73,7 +73,7 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(demo_run, tmp
         assert f"](plots/{png})" in report
         assert_png(out / "plots" / png)
     # a rerun finds every prediction written: nothing generated, identical numbers (seeded bootstrap)
-    again = evaluate_model(demo_run.model_dir, data=TEST, output=out, limit=12, compare_base=True, report=False)
+    again = evaluate_model(tiny_run.model_dir, data=TEST, output=out, limit=12, compare_base=True, report=False)
     assert again.metrics["generation"]["model"]["generated"] == 0 and again.metrics["generation"]["base"]["generated"] == 0
     assert again.metrics["results"] == m["results"]
 
@@ -86,7 +86,7 @@ def assert_png(p: Path) -> None:
         assert len(im.getcolors(1 << 20) or []) > 20, f"{p} looks blank"
 
 
-def test_interrupted_evaluation_resumes_without_regenerating(demo_run, tmp_path, monkeypatch, capsys):
+def test_interrupted_evaluation_resumes_without_regenerating(tiny_run, tmp_path, monkeypatch, capsys):
     from llm_summarizer.commands.evaluate import main
     from llm_summarizer.evaluation import evaluate as ev
     from llm_summarizer.evaluation.evaluate import evaluate_model
@@ -105,7 +105,7 @@ def test_interrupted_evaluation_resumes_without_regenerating(demo_run, tmp_path,
     out = tmp_path / "ev"
     args = dict(data=TEST, output=out, limit=12, overrides=["eval.batch_size=4"], report=False)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(demo_run.model_dir, **args)
+        evaluate_model(tiny_run.model_dir, **args)
     first = (out / "predictions.jsonl").read_text()
     done = read_jsonl(out / "predictions.jsonl")
     assert len(done) == 8 and not (out / "metrics.json").exists()
@@ -113,7 +113,7 @@ def test_interrupted_evaluation_resumes_without_regenerating(demo_run, tmp_path,
         f.write('{"id": "test-0001", "refer')  # killed in the middle of writing a line
     calls.clear()
     stop_after["n"] = -1
-    res = evaluate_model(demo_run.model_dir, **args)
+    res = evaluate_model(tiny_run.model_dir, **args)
     regenerated = [t for c in calls for t in c]
     docs_done = {r["document"] for r in read_jsonl(TEST) if r["id"] in {d["id"] for d in done}}
     assert len(regenerated) == 4 and not docs_done & set(regenerated)
@@ -124,13 +124,13 @@ def test_interrupted_evaluation_resumes_without_regenerating(demo_run, tmp_path,
     assert res.metrics["generation"]["model"]["reused"] == 8 and res.metrics["generation"]["model"]["generated"] == 4
     # the same model copied elsewhere (new path, new modification times) is still the same evaluation
     copy = tmp_path / "copied_model"
-    shutil.copytree(demo_run.model_dir, copy, copy_function=shutil.copyfile)
+    shutil.copytree(tiny_run.model_dir, copy, copy_function=shutil.copyfile)
     calls.clear()
     res = evaluate_model(copy, **args)
     assert calls == [] and res.metrics["generation"]["model"]["reused"] == 12
     # other decoding settings never get mixed into the same predictions file
     capsys.readouterr()
-    rc = main(["--model", str(demo_run.model_dir), "--data", str(TEST), "--output", str(out), "--limit", "12",
+    rc = main(["--model", str(tiny_run.model_dir), "--data", str(TEST), "--output", str(out), "--limit", "12",
                "--no-report", "eval.max_new_tokens=5"])
     err = capsys.readouterr().err
     assert rc == 2 and "holds predictions of a different evaluation" in err and "decoding" in err
@@ -141,7 +141,7 @@ def _tree(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_bad_model_directories_are_one_clear_message(demo_run, tmp_path, capsys):
+def test_bad_model_directories_are_one_clear_message(tiny_run, tmp_path, capsys):
     from llm_summarizer.commands.evaluate import main
 
     def run(model, *extra):
@@ -154,10 +154,10 @@ def test_bad_model_directories_are_one_clear_message(demo_run, tmp_path, capsys)
     assert "directory not found" in run(tmp_path / "nope")
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
-    shutil.copy(demo_run.model_dir / "adapter_config.json", no_weights)
+    shutil.copy(tiny_run.model_dir / "adapter_config.json", no_weights)
     assert "no adapter weights" in run(no_weights)
     moved = tmp_path / "moved_base"
-    shutil.copytree(demo_run.model_dir, moved)
+    shutil.copytree(tiny_run.model_dir, moved)
     ac = json.loads((moved / "adapter_config.json").read_text())
     ac["base_model_name_or_path"] = str(tmp_path / "gone" / "base")
     (moved / "adapter_config.json").write_text(json.dumps(ac))
@@ -165,7 +165,7 @@ def test_bad_model_directories_are_one_clear_message(demo_run, tmp_path, capsys)
     err = run(moved)
     assert "base model" in err and "not found" in err and "--base" in err
     # --base points the adapter at its base; the user's directory is not modified
-    real_base = json.loads((demo_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    real_base = json.loads((tiny_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     rc = main(["--model", str(moved), "--base", real_base, "--data", str(TEST), "--output", str(tmp_path / "ok"),
                "--limit", "2", "--no-report"])
     assert rc == 0 and len(read_jsonl(tmp_path / "ok" / "predictions.jsonl")) == 2
@@ -179,14 +179,14 @@ def test_bad_model_directories_are_one_clear_message(demo_run, tmp_path, capsys)
     no_full.mkdir()
     (no_full / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert "no weights" in run(no_full)
-    assert "data file not found" in run(demo_run.model_dir, "--data", str(tmp_path / "missing.jsonl"))
+    assert "data file not found" in run(tiny_run.model_dir, "--data", str(tmp_path / "missing.jsonl"))
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_run_leaves_report_and_plots(demo_run):
-    out = demo_run.output_dir
+def test_tiny_run_leaves_report_and_plots(tiny_run):
+    out = tiny_run.output_dir
     report = (out / "report.md").read_text()
-    final, base = demo_run.metrics["final"], demo_run.metrics["base"]
+    final, base = tiny_run.metrics["final"], tiny_run.metrics["base"]
     assert f"| ROUGE-L | {100 * base['rougeL']:.2f} | {100 * final['rougeL']:.2f} |" in report
     for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png"):
         assert f"](plots/{png})" in report

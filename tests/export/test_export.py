@@ -37,13 +37,13 @@ def hidden(d: Path) -> list:
     return [p.name for p in d.iterdir() if p.name.startswith(".")]
 
 
-def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(demo_run, tmp_path):
+def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(tiny_run, tmp_path):
     from llm_summarizer.export.exporter import export_model
     from llm_summarizer.models.generation import default_max_new_tokens, summarize_texts
     from llm_summarizer.models.loading import load_for_generation
 
     out = tmp_path / "merged"
-    res = export_model(demo_run.model_dir, "merged-16bit", output=out, verify_examples=4)
+    res = export_model(tiny_run.model_dir, "merged-16bit", output=out, verify_examples=4)
     assert res.output_dir == out
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "config.yaml", "README.md", "export_info.json"} <= names
@@ -57,7 +57,7 @@ def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(demo_r
     # Checked again here, on other documents: the adapter (in this process) against the merged weights
     # loaded by plain transformers in a process that never imported Unsloth.
     docs = [r["document"] for r in read_jsonl(TEST)[:6]]
-    loaded = load_for_generation(demo_run.model_dir)
+    loaded = load_for_generation(tiny_run.model_dir)
     n = default_max_new_tokens(loaded)[0]
     adapter = [g.text for g in summarize_texts(loaded, docs, n)]
     (tmp_path / "docs.json").write_text(json.dumps(docs))
@@ -85,7 +85,7 @@ def _weights(d: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(demo_run, tmp_path):
+def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(tiny_run, tmp_path):
     """The machine's bf16 answer is forced to the other value than this CPU's (Unsloth's own override,
     UNSLOTH_CPU_BF16), so both answers are exercised on every machine: same dtype, same weights."""
     import torch
@@ -100,7 +100,7 @@ def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(demo_run,
     outs = {}
     for answer, extra in ((here, {}), (not here, env)):
         out = tmp_path / f"bf16-{answer}"
-        r = run_cli("export", demo_run.model_dir, "--format", "merged-16bit", "--output", out,
+        r = run_cli("export", tiny_run.model_dir, "--format", "merged-16bit", "--output", out,
                     "--verify-examples", "2", env=extra)
         assert r.returncode == 0, r.stderr[-3000:]
         info = json.loads((out / "export_info.json").read_text())
@@ -111,15 +111,15 @@ def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(demo_run,
     assert a.keys() == b.keys() and all(a[k].dtype == torch.float16 and torch.equal(a[k], b[k]) for k in a)
 
 
-def test_explicit_dtype_wins_and_bad_dtype_is_refused(demo_run, tmp_path, capsys):
+def test_explicit_dtype_wins_and_bad_dtype_is_refused(tiny_run, tmp_path, capsys):
     from llm_summarizer.commands.export import main
     from llm_summarizer.export.exporter import export_model
 
     out = tmp_path / "bf16"
-    res = export_model(demo_run.model_dir, "merged-16bit", output=out, verify_examples=2, dtype="bfloat16")
+    res = export_model(tiny_run.model_dir, "merged-16bit", output=out, verify_examples=2, dtype="bfloat16")
     assert res.info["dtype"] == "bfloat16" and res.info["dtype_rule"].startswith("bfloat16: --dtype bfloat16")
     with pytest.raises(SystemExit) as e:
-        main([str(demo_run.model_dir), "--format", "merged-16bit", "--dtype", "float32"])
+        main([str(tiny_run.model_dir), "--format", "merged-16bit", "--dtype", "float32"])
     assert e.value.code == 2 and "--dtype" in capsys.readouterr().err
 
 
@@ -131,7 +131,7 @@ def test_cpu_training_precision_ignores_the_cpus_bfloat16_support(monkeypatch, t
     from llm_summarizer.models.loading import pick_precision
     from llm_summarizer.training.trainer import sft_config
 
-    cfg = load_config("demo", [f"output.dir={tmp_path}"])
+    cfg = load_config("tiny", [f"output.dir={tmp_path}"])
     for answer in (True, False):
         monkeypatch.setattr(cpu_trainer, "cpu_bf16_supported", lambda: answer)
         prec = pick_precision(cfg)
@@ -139,11 +139,11 @@ def test_cpu_training_precision_ignores_the_cpus_bfloat16_support(monkeypatch, t
         assert (prec.name, args.bf16, args.fp16) == ("fp32", False, False), answer
 
 
-def test_merged_16bit_on_the_transformers_backend(demo_run, tmp_path):
+def test_merged_16bit_on_the_transformers_backend(tiny_run, tmp_path):
     from llm_summarizer.export.exporter import export_model
 
     out = tmp_path / "merged"
-    res = export_model(demo_run.model_dir, "merged-16bit", output=out, backend="transformers", verify_examples=4)
+    res = export_model(tiny_run.model_dir, "merged-16bit", output=out, backend="transformers", verify_examples=4)
     info = json.loads((out / "export_info.json").read_text())
     assert info == res.info and info["backend"] == "transformers"
     assert info["method"] == "PEFT merge_and_unload, cast to float16" and info["dtype"] == "float16"
@@ -152,7 +152,7 @@ def test_merged_16bit_on_the_transformers_backend(demo_run, tmp_path):
     assert not hidden(tmp_path)
 
 
-def test_export_that_differs_from_the_adapter_fails_and_leaves_nothing(demo_run, tmp_path, monkeypatch, capsys):
+def test_export_that_differs_from_the_adapter_fails_and_leaves_nothing(tiny_run, tmp_path, monkeypatch, capsys):
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -174,7 +174,7 @@ def test_export_that_differs_from_the_adapter_fails_and_leaves_nothing(demo_run,
     monkeypatch.setattr(merged, "merge_16bit", broken_merge)
     out = tmp_path / "merged"
     capsys.readouterr()
-    rc = export_cmd.main([str(demo_run.model_dir), "--format", "merged-16bit", "--output", str(out), "--verify-examples", "2"])
+    rc = export_cmd.main([str(tiny_run.model_dir), "--format", "merged-16bit", "--output", str(out), "--verify-examples", "2"])
     err = capsys.readouterr().err
     assert rc == 1 and "does not behave like the adapter" in err and "Nothing was written" in err
     diff = float(err.split("differ by up to ")[1].split()[0])
@@ -200,25 +200,31 @@ def test_near_ties_pass_but_other_differences_fail():
         compare(ref, ["a b.", "x y.", "e f."], docs, "export", ref_lp, shifted, 0.1)
 
 
-def test_gguf_without_llama_cpp_says_what_to_install(demo_run, tmp_path, monkeypatch, capsys):
+def test_gguf_without_llama_cpp_says_what_to_install(tiny_run, tmp_path, monkeypatch, capsys):
+    """No llama.cpp checkout anywhere and no package registry to take its converter from: one message."""
     from llm_summarizer.commands import export as export_cmd
 
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
-    before = sorted(p.name for p in demo_run.model_dir.parent.iterdir())
+    for k, v in {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1",
+                 "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)  # a model cache (data/models) without an unpacked converter
+    before = sorted(p.name for p in tiny_run.model_dir.parent.iterdir())
     out = tmp_path / "gguf"
     capsys.readouterr()
-    rc = export_cmd.main([str(demo_run.model_dir), "--format", "gguf", "--output", str(out)])
+    rc = export_cmd.main([str(tiny_run.model_dir), "--format", "gguf", "--output", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "convert_hf_to_gguf.py" in err and "git clone https://github.com/ggml-org/llama.cpp" in err
+    assert "pip download --no-deps --no-binary :all: llama-cpp-python" in err
     assert "--llama-cpp" in err and "Nothing was written" in err
     assert not out.exists() and not hidden(tmp_path)
-    assert sorted(p.name for p in demo_run.model_dir.parent.iterdir()) == before
+    assert sorted(p.name for p in tiny_run.model_dir.parent.iterdir()) == before
 
 
-def test_merged_4bit_needs_a_gpu(demo_run, tmp_path, capsys):
+def test_merged_4bit_needs_a_gpu(tiny_run, tmp_path, capsys):
     import torch
 
     from llm_summarizer.commands import export as export_cmd
@@ -226,42 +232,42 @@ def test_merged_4bit_needs_a_gpu(demo_run, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; test_merged_4bit_on_gpu covers it")
     capsys.readouterr()
-    rc = export_cmd.main([str(demo_run.model_dir), "--format", "merged-4bit", "--output", str(tmp_path / "q")])
+    rc = export_cmd.main([str(tiny_run.model_dir), "--format", "merged-4bit", "--output", str(tmp_path / "q")])
     err = capsys.readouterr().err
     assert rc == 2 and "needs a CUDA GPU" in err and "merged-16bit" in err
     assert not (tmp_path / "q").exists()
 
 
 @pytest.mark.gpu
-def test_merged_4bit_on_gpu(demo_run, tmp_path):
+def test_merged_4bit_on_gpu(tiny_run, tmp_path):
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from llm_summarizer.export.exporter import export_model
 
-    res = export_model(demo_run.model_dir, "merged-4bit", output=tmp_path / "q")
+    res = export_model(tiny_run.model_dir, "merged-4bit", output=tmp_path / "q")
     conf = json.loads((tmp_path / "q" / "config.json").read_text())
     assert conf["quantization_config"]["load_in_4bit"] is True
     assert res.info["verification"]["rougeL_agreement"] >= 0.8
 
 
-def test_model_card_front_matter_and_rouge_table(demo_run):
-    text = (demo_run.model_dir / "README.md").read_text()
+def test_model_card_front_matter_and_rouge_table(tiny_run):
+    text = (tiny_run.model_dir / "README.md").read_text()
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---\n")[1])
     body = text.split("---\n", 2)[2]
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
     assert {"summarization", "lora"} <= set(meta["tags"]) and meta["metrics"] == ["rouge"]
     assert meta["datasets"] == ["train.jsonl", "validation.jsonl"]
-    final, base = demo_run.metrics["final"], demo_run.metrics["base"]
+    final, base = tiny_run.metrics["final"], tiny_run.metrics["base"]
     reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert reported == {k: round(100 * final[k], 2) for k in KEYS}
     for k, label in zip(KEYS, ("ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum")):
         row = f"| {label} | {100 * base[k]:.2f} | {100 * final[k]:.2f} | {100 * (final[k] - base[k]):+.2f} |"
         assert row in body, row
     assert "## Evaluation protocol" in body and "use_stemmer: True" in body
-    lr = yaml.safe_load((demo_run.model_dir / "config.yaml").read_text())["train"]["learning_rate"]
+    lr = yaml.safe_load((tiny_run.model_dir / "config.yaml").read_text())["train"]["learning_rate"]
     assert "## Training procedure" in body and f"| learning rate | {lr} (" in body
 
 
@@ -281,7 +287,7 @@ def test_push_without_token_or_network_fails_clearly_and_leaks_no_secret(tmp_pat
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
-        cfg = load_config("demo", tiny_overrides(
+        cfg = load_config("tiny", tiny_overrides(
             tmp_path, models_dir, **{"train.max_steps": 2, "train.eval_steps": 2, "train.save_steps": 2,
                                      "train.logging_steps": 1, "eval.num_samples": 2, "output.push_to_hub": "true",
                                      "output.hub_model_id": "someone/demo-summarizer"}))

@@ -142,7 +142,7 @@ def tracked(tmp_path_factory, models_dir):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         for k, v in tracker_env(tmp).items():
             mp.setenv(k, v)
-        cfg = load_config("demo", tiny_overrides(tmp, models_dir, **{
+        cfg = load_config("tiny", tiny_overrides(tmp, models_dir, **{
             "train.max_steps": 20, "train.eval_steps": 10, "train.save_steps": 20, "train.logging_steps": 5,
             "tracking.report_to": "[wandb,tensorboard,mlflow]", "tracking.log_model": "true",
             "tracking.tags": "[demo,ci]", "tracking.group": "tiny-runs", "tracking.notes": "a CPU test run",
@@ -292,7 +292,7 @@ def test_killed_and_resumed_run_continues_the_same_wandb_run(tmp_path, models_di
     env = {**os.environ, **tracker_env(tmp_path), "WANDB_MODE": "offline"}
     env.pop("WANDB_SERVICE", None)  # its own W&B service, as a separate command would have, not this process's
     out = tmp_path / "outputs"
-    proc = subprocess.Popen([sys.executable, "-m", "llm_summarizer", "train", "--config", "demo", *over],
+    proc = subprocess.Popen([sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny", *over],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (out / "checkpoint-20" / "trainer_state.json").exists():
@@ -307,7 +307,7 @@ def test_killed_and_resumed_run_continues_the_same_wandb_run(tmp_path, models_di
         for k, v in tracker_env(tmp_path).items():
             mp.setenv(k, v)
         mp.setenv("WANDB_MODE", "offline")
-        result = run(load_config("demo", over))
+        result = run(load_config("tiny", over))
     resumed_at = int(result.resumed_from.name.split("-")[1])
     assert resumed_at in (10, 20) and result.metrics["train"]["global_step"] == 30
 
@@ -379,7 +379,7 @@ def test_redact_removes_secrets():
 def test_model_card_links_the_wandb_run_only_when_online(tmp_path):
     from llm_summarizer.evaluation.modelcard import write_model_card
 
-    cfg = load_config("demo")
+    cfg = load_config("tiny")
     base = {"base": {"rougeL": 0.1}, "final": {"rougeL": 0.5}, "train": {"global_step": 3}, "data": {}}
     url = "https://wandb.ai/team/llm_summarizer/runs/abc12345"
     write_model_card(tmp_path / "online.md", cfg, {**base, "tracking": {"wandb": {"mode": "online", "url": url}}}, {})
@@ -397,7 +397,7 @@ def test_mlflow_file_store_from_config(tmp_path, monkeypatch):
     from llm_summarizer.tracking import base, trackers
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = load_config("demo", [f"output.dir={tmp_path / 'out'}", "tracking.report_to=mlflow",
+    cfg = load_config("tiny", [f"output.dir={tmp_path / 'out'}", "tracking.report_to=mlflow",
                                                    f"tracking.mlflow_tracking_uri={tmp_path / 'mlruns'}"])
     with trackers.start_trackers(cfg) as t:
         t.log(base.scalars({"loss": 2.5, "eval_rougeL": 0.25}), step=7)
@@ -414,7 +414,7 @@ def test_mlflow_file_store_from_config(tmp_path, monkeypatch):
 def test_report_to_none_opens_nothing(tmp_path):
     from llm_summarizer.tracking import trackers
 
-    cfg = load_config("demo", [f"output.dir={tmp_path / 'out'}"])
+    cfg = load_config("tiny", [f"output.dir={tmp_path / 'out'}"])
     t = trackers.start_trackers(cfg)
     assert not t.active and t.info() == {}
     assert not (tmp_path / "out").exists()

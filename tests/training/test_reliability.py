@@ -34,7 +34,7 @@ def cli_main(argv, extra_callbacks=None):
 
 
 def demo_args(tmp, models_dir, *extra, **kw):
-    return ["--config", str("demo"), *tiny_overrides(tmp, models_dir, **kw), *extra]
+    return ["--config", "tiny", *tiny_overrides(tmp, models_dir, **kw), *extra]
 
 
 class NaNGradAt(TrainerCallback):
@@ -76,7 +76,7 @@ def test_checkpoint_interrupted_mid_write_is_never_visible(tmp_path, models_dir,
                 raise Killed()
         return real_save(obj, f, *a, **k)
 
-    cfg = load_config("demo", tiny_overrides(tmp_path, models_dir, **{
+    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir, **{
         "train.max_steps": 20, "train.save_steps": 10}) + QUIET)
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(Killed):
@@ -129,13 +129,13 @@ def test_nonfinite_gradient_skip_policy(tmp_path, models_dir):
 
     from llm_summarizer.training.run import run
 
-    cfg = load_config("demo", tiny_overrides(tmp_path, models_dir, **{
+    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir, **{
         "train.max_steps": 8, "train.save_steps": 100}) + QUIET + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=2"])
     res = run(cfg, extra_callbacks=[NaNGradAt({3, 6})])
     assert res.metrics["train"]["global_step"] == 8
     w = load_file(str(res.model_dir / "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in w.values())
-    cfg3 = load_config("demo", tiny_overrides(tmp_path / "b", models_dir, **{
+    cfg3 = load_config("tiny", tiny_overrides(tmp_path / "b", models_dir, **{
         "train.max_steps": 8}) + QUIET + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=1"])
     from llm_summarizer.errors import TrainingStopped
 
@@ -203,7 +203,7 @@ def test_second_run_on_same_output_dir_refuses(tmp_path):
 
     out = tmp_path / "outputs"
     with RunLock(out):
-        r = run_cli("train", "--config", "demo", f"output.dir={out}", timeout=300)
+        r = run_cli("train", "--config", "tiny", f"output.dir={out}", timeout=300)
     assert r.returncode == 2
     assert f"is in use by another run (process {os.getpid()})" in r.stderr
     assert "Traceback" not in r.stderr
@@ -250,7 +250,7 @@ def test_bad_model_dirs_exit_2_and_touch_nothing(tmp_path, case, expect, capsys)
     out = tmp_path / "outputs"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    rc = cli_main(["--config", str("demo"), f"model.name={d}", f"output.dir={out}",
+    rc = cli_main(["--config", "tiny", f"model.name={d}", f"output.dir={out}",
                    f"output.model_dir={tmp_path / 'ft'}"])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and "Traceback" not in err
@@ -260,7 +260,7 @@ def test_bad_model_dirs_exit_2_and_touch_nothing(tmp_path, case, expect, capsys)
 
 @pytest.mark.parametrize("case", ["output_is_file", "model_dir_is_file", "uncreatable"])
 def test_bad_output_paths_exit_2(tmp_path, case, capsys):
-    args = ["--config", str("demo")]
+    args = ["--config", "tiny"]
     if case == "output_is_file":
         (tmp_path / "f").write_text("x")
         args += [f"output.dir={tmp_path / 'f'}"]
@@ -286,16 +286,16 @@ def test_huge_single_row_and_binary_data(tmp_path, models_dir):
     rows = [{"document": "word " * 300_000, "summary": "a short summary."},
             {"document": "a normal document.", "summary": "normal."}]
     big.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config("demo", [f"data.train={big}", "data.validation=null", "data.test=null",
-                                                   "data.validation_size=0", f"model.random_init_dir={models_dir}"])
+    cfg = load_config("tiny", [f"data.train={big}", "data.validation=null", "data.test=null",
+                                                   "data.validation_size=0", f"model.cache_dir={models_dir}"])
     raw = R.load_raw_splits(cfg)
-    prep = TK.prepare(cfg, load_tokenizer(cfg, R.load_raw_splits(load_config("demo"))), raw)
+    prep = TK.prepare(cfg, load_tokenizer(cfg, R.load_raw_splits(load_config("tiny"))), raw)
     assert prep.stats["train"].truncated == 1
     assert max(len(x) for x in prep.splits["train"]["input_ids"]) <= cfg.model.max_seq_length
     binary = tmp_path / "x.parquet"
     binary.write_bytes(os.urandom(2048))
     with pytest.raises(DataError, match="not a readable parquet file"):
-        R.load_raw_splits(load_config("demo", [f"data.train={binary}"]))
+        R.load_raw_splits(load_config("tiny", [f"data.train={binary}"]))
 
 
 # -- fuzz ---------------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def test_fuzz_data_files_never_crash(tmp_path):
     def check(content, suffix):
         f = tmp_path / f"fuzz{suffix}"
         f.write_bytes(content)
-        cfg = load_config("demo", [f"data.train={f}", "data.validation=null", "data.test=null",
+        cfg = load_config("tiny", [f"data.train={f}", "data.validation=null", "data.test=null",
                                                        "data.validation_size=0"])
         try:
             R.load_raw_splits(cfg)

@@ -20,10 +20,10 @@ def independent_rouge(reference: str, prediction: str) -> dict:
     return {k: v.fmeasure for k, v in sc.score(nl(reference), nl(prediction)).items()}
 
 
-def test_logged_rouge_equals_rouge_score_on_written_predictions(demo_run):
-    evals = [h for h in demo_run.log_history if "eval_rougeL" in h]
+def test_logged_rouge_equals_rouge_score_on_written_predictions(tiny_run):
+    evals = [h for h in tiny_run.log_history if "eval_rougeL" in h]
     for h in evals:
-        rows = read_jsonl(demo_run.output_dir / "eval_predictions" / f"step-{h['step']}.jsonl")
+        rows = read_jsonl(tiny_run.output_dir / "eval_predictions" / f"step-{h['step']}.jsonl")
         assert len(rows) == h["eval_rouge_examples"]
         per = [independent_rouge(r["reference"], r["prediction"]) for r in rows]
         for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
@@ -32,17 +32,17 @@ def test_logged_rouge_equals_rouge_score_on_written_predictions(demo_run):
         assert any(r["prediction"] != r["reference"] for r in rows)
 
 
-def test_rouge_rises_across_evaluations(demo_run):
-    curve = [h["eval_rougeL"] for h in demo_run.log_history if "eval_rougeL" in h]
+def test_rouge_rises_across_evaluations(tiny_run):
+    curve = [h["eval_rougeL"] for h in tiny_run.log_history if "eval_rougeL" in h]
     assert curve[-1] > curve[0] + 0.2, curve
     # the untrained model (step 0) scores below the first evaluation during training, and far below the last
-    assert demo_run.metrics["base"]["rougeL"] < curve[0] and demo_run.metrics["base"]["rougeL"] < curve[-1] - 0.5
+    assert tiny_run.metrics["base"]["rougeL"] < curve[0] and tiny_run.metrics["base"]["rougeL"] < curve[-1] - 0.5
 
 
-def test_samples_file_records_examples_per_evaluation(demo_run):
-    rows = read_jsonl(demo_run.output_dir / "rouge_samples.jsonl")
+def test_samples_file_records_examples_per_evaluation(tiny_run):
+    rows = read_jsonl(tiny_run.output_dir / "rouge_samples.jsonl")
     steps = {r["step"] for r in rows}
-    evals = {h["step"] for h in demo_run.log_history if "eval_rougeL" in h}
+    evals = {h["step"] for h in tiny_run.log_history if "eval_rougeL" in h}
     assert evals <= steps
     r = rows[-1]
     assert set(r) >= {"step", "id", "document", "reference", "prediction", "rougeL"}
@@ -53,8 +53,8 @@ def test_same_losses_with_and_without_rouge_callback(tmp_path, models_dir):
 
     common = ["train.max_steps=12", "train.logging_steps=1", "train.eval_steps=4", "train.save_steps=100",
               "eval.base_eval=false"]
-    a = run(load_config("demo", tiny_overrides(tmp_path / "a", models_dir) + common))
-    b = run(load_config("demo",
+    a = run(load_config("tiny", tiny_overrides(tmp_path / "a", models_dir) + common))
+    b = run(load_config("tiny",
                         tiny_overrides(tmp_path / "b", models_dir) + common + ["eval.rouge=false"]))
     la = [(h["step"], h["loss"]) for h in a.log_history if "loss" in h]
     lb = [(h["step"], h["loss"]) for h in b.log_history if "loss" in h]
@@ -68,7 +68,7 @@ def test_early_stopping_on_rouge(tmp_path, models_dir):
     from llm_summarizer.training.run import run
 
     # A learning rate this small leaves ROUGE where it is, so patience runs out.
-    cfg = load_config("demo", tiny_overrides(tmp_path, models_dir) + [
+    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir) + [
         "train.learning_rate=1e-12", "train.max_steps=60", "train.eval_steps=5", "train.save_steps=5",
         "eval.base_eval=false", "eval.num_samples=8",
         "train.early_stopping=[{metric: eval_rougeL, patience: 2, min_delta: 0.01}]"])
@@ -86,7 +86,7 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
 
     from llm_summarizer.training.run import run
 
-    cfg = load_config("demo", tiny_overrides(tmp_path, models_dir) + [
+    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir) + [
         "train.max_steps=40", "train.eval_steps=10", "train.save_steps=10", "train.save_total_limit=1",
         "train.load_best_model_at_end=true", "train.learning_rate=2e-2", "eval.base_eval=false"])
     res = run(cfg)
@@ -103,7 +103,7 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
     assert res.metrics["final"]["rougeL"] == pytest.approx(curve[best_step], abs=1e-9)
 
 
-def test_generation_oom_halves_batch_and_retries(demo_run, monkeypatch):
+def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):
     """A CUDA out-of-memory during generation halves the generation batch instead of killing the run."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,10 +112,10 @@ def test_generation_oom_halves_batch_and_retries(demo_run, monkeypatch):
     from llm_summarizer.data.prompt import Formatter
     from llm_summarizer.models import generation
 
-    cfg = load_config(demo_run.model_dir / "config.yaml", ["eval.batch_size=8"])
-    base_path = json.loads((demo_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    tok = AutoTokenizer.from_pretrained(str(demo_run.model_dir))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(demo_run.model_dir))
+    cfg = load_config(tiny_run.model_dir / "config.yaml", ["eval.batch_size=8"])
+    base_path = json.loads((tiny_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    tok = AutoTokenizer.from_pretrained(str(tiny_run.model_dir))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), str(tiny_run.model_dir))
     fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
     docs = [r["document"] for r in read_jsonl(ROOT / "data/demo/validation.jsonl")[:8]]
     sizes = []

@@ -23,8 +23,8 @@ def load_adapter(d: Path) -> dict:
     return load_file(str(d / "adapter_model.safetensors"))
 
 
-def test_demo_learns_and_leaves_exact_files(demo_run):
-    d = demo_run.model_dir
+def test_demo_learns_and_leaves_exact_files(tiny_run):
+    d = tiny_run.model_dir
     assert final_file_set(d) == FINAL_FILES
     m = json.loads((d / "metrics.json").read_text())
     for block in ("base", "final"):
@@ -43,14 +43,14 @@ def test_demo_learns_and_leaves_exact_files(demo_run):
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_demo_logs_rouge_at_every_evaluation(demo_run):
-    evals = [h for h in demo_run.log_history if "eval_loss" in h]
+def test_demo_logs_rouge_at_every_evaluation(tiny_run):
+    evals = [h for h in tiny_run.log_history if "eval_loss" in h]
     assert len(evals) >= 3
     for h in evals:
         for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len_mean",
                   "eval_gen_hit_max_frac", "eval_rouge_seconds"):
             assert k in h, (k, h)
-    ckpts = sorted(demo_run.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = sorted(tiny_run.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
     assert any("eval_rougeL" in h for h in state["log_history"])
 
@@ -74,8 +74,8 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     base = ["eval.rouge=false", "eval.base_eval=false", "train.eval_strategy=no", "train.max_steps=20",
             "train.save_steps=6", "train.save_total_limit=null", "train.logging_steps=1", "data.train.limit=40",
             f"train.sampling={sampling}"]
-    full = run(load_config("demo", tiny_overrides(tmp_path / "full", models_dir) + base))
-    cfg = load_config("demo", tiny_overrides(tmp_path / "cut", models_dir) + base)
+    full = run(load_config("tiny", tiny_overrides(tmp_path / "full", models_dir) + base))
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "cut", models_dir) + base)
     first = run(cfg, extra_callbacks=[StopAt(12)])
     assert first.metrics["train"]["global_step"] == 12
     # a newer checkpoint that is incomplete must be skipped
@@ -109,7 +109,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
 
 def test_explicit_resume_path_must_be_a_complete_checkpoint(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
-    r = run_cli("train", "--config", "demo", f"train.resume={tmp_path / 'checkpoint-5'}",
+    r = run_cli("train", "--config", "tiny", f"train.resume={tmp_path / 'checkpoint-5'}",
                 f"output.dir={tmp_path / 'out'}", timeout=120)
     assert r.returncode == 2
     assert "is not a complete checkpoint (trainer_state.json missing or empty)" in r.stderr
@@ -117,7 +117,7 @@ def test_explicit_resume_path_must_be_a_complete_checkpoint(tmp_path):
 
 
 def test_transformers_backend_same_file_set(tmp_path, models_dir):
-    r = run_cli("train", "--config", "demo", "model.backend=transformers",
+    r = run_cli("train", "--config", "tiny", "model.backend=transformers",
                 *tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 20, "train.eval_steps": 10}),
                 timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -136,7 +136,7 @@ def test_transformers_backend_same_file_set(tmp_path, models_dir):
 def test_trainer_class_api(tmp_path, models_dir):
     from llm_summarizer.trainer_class import TrainerClass
 
-    tc = TrainerClass.from_config("demo",
+    tc = TrainerClass.from_config("tiny",
                                   tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 10,
                                                                           "eval.base_eval": "false"}))
     trainer = tc.trainer()
@@ -152,7 +152,7 @@ def test_trainer_class_with_model_and_datasets(tmp_path, models_dir):
     from llm_summarizer.models.loading import load_for_training
     from llm_summarizer.trainer_class import TrainerClass
 
-    cfg = load_config("demo", [f"model.random_init_dir={models_dir}"])
+    cfg = load_config("tiny", [f"model.cache_dir={models_dir}"])
     model, tok, _ = load_for_training(cfg, R.load_raw_splits(cfg))
     train_rows = read_jsonl(ROOT / "data/demo/train.jsonl")[:200]
     val_rows = read_jsonl(ROOT / "data/demo/validation.jsonl")[:20]
@@ -170,5 +170,5 @@ def test_default_config_offline_says_what_to_do():
     r = run_cli("train", "--config", "configs/default.yaml", timeout=600,
                 env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert r.returncode == 2, r.stderr[-3000:]
-    assert "demo" in r.stderr and "model.name=/path/to/local/model" in r.stderr
+    assert "--config tiny" in r.stderr and "model.name=/path/to/local/model" in r.stderr
     assert "Traceback" not in r.stderr
