@@ -3,7 +3,7 @@
     .venv/bin/python scripts/kill_resume_soak.py --kills 30            # the long soak (tens of minutes)
     .venv/bin/python scripts/kill_resume_soak.py --kills 3 --steps 40  # the short version the suite runs
 
-Runs the ready config `demo` (shortened by the flags) once uninterrupted, then again in a separate output
+Runs the ready config `tiny` (the 2-layer model; shortened by the flags) once uninterrupted, then again in a separate output
 directory, killing the process with SIGKILL N times: at random moments, and every third kill just as
 a checkpoint is being written (when its staging directory appears). After the last kill the run
 resumes and finishes. Whenever the interrupted run reaches its end (also before the last kill, after
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
                     help="training rows (96 = 12 steps per epoch, so kills land in many epochs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-5)
-    ap.add_argument("--config", default="demo", help="a ready config by name, or a YAML file (default demo)")
+    ap.add_argument("--config", default="tiny", help="a ready config by name, or a YAML file (default tiny: the 2-layer model, nothing downloaded)")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
     ap.add_argument("--report", default=None, help="write the JSON report here too")

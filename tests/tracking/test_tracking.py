@@ -226,7 +226,7 @@ def test_wandb_samples_table_is_one_table_growing_with_each_evaluation(tracked):
 def test_final_adapter_is_a_wandb_artifact(tracked):
     wrun, cfg = tracked["wandb"], tracked["cfg"]
     (art,) = [a for a in wrun.artifacts if a.type == "model"]
-    assert art.name == "demo-adapter" and "final" in art.aliases
+    assert art.name == "tiny-adapter" and "final" in art.aliases
     entries = {e.path: e for e in art.manifest.contents}
     assert {"adapter_model.safetensors", "adapter_config.json", "metrics.json", "README.md"} <= set(entries)
     blob = (cfg.model_dir / "adapter_model.safetensors").read_bytes()
