@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "dialogsum" / "train.jsonl"))
     ap.add_argument("--max-seq-length", type=int, default=1024)
     ap.add_argument("--num-proc", type=int, default=None)
+    ap.add_argument("--config", default="tiny", help="ready config or YAML: its tokenizer is the one timed "
+                                                     "(tiny: a BPE trained on the data; demo: SmolLM2's)")
     args = ap.parse_args(argv)
 
     from llm_summarizer.config import load_config
@@ -48,11 +50,11 @@ def main(argv=None) -> int:
                      f"model.max_seq_length={args.max_seq_length}", f"model.cache_dir={tmp}/models"]
         if args.num_proc:
             overrides.append(f"data.num_proc={args.num_proc}")
-        cfg = load_config("demo", overrides)
+        cfg = load_config(args.config, overrides)
         t0 = time.perf_counter()
         raw = R.load_raw_splits(cfg)
         t_read = time.perf_counter() - t0
-        # The tokenizer is trained on a slice of the data (random:tiny), outside the timing.
+        # The tokenizer (trained on a slice of the data for random:tiny), outside the timing.
         small = {"train": RawSplit("train", "slice", raw["train"].rows[:2000])}
         tok = load_tokenizer(cfg, small)
         cache = Path(tmp) / "cache"

@@ -74,15 +74,28 @@ class Formatter:
             return []
         # Chat templates write BOS themselves; for plain prompts let the tokenizer add it.
         add = first and not self.use_chat
-        return list(self.tok(text, add_special_tokens=add)["input_ids"])
+        return list(self.tok(text, add_special_tokens=add, verbose=False)["input_ids"])
+
+    def _enc_many(self, texts: list[str]) -> list[list[int]]:
+        """What _enc gives each text (not the first piece of a prompt), in one tokenizer call: a fast tokenizer
+        encodes the whole batch in Rust. Long documents are cut later, by the budget, so no length warning."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
 
     # ids --------------------------------------------------------------------------------------
-    def completion_ids(self, summary: str) -> list[int]:
-        ids = self._enc(self.c_pre + summary.strip() + self.c_post.rstrip())
+    def _summary_text(self, summary: str) -> str:
+        return self.c_pre + summary.strip() + self.c_post.rstrip()
+
+    def _with_one_eos(self, ids: list[int]) -> list[int]:
         # EOS exactly once, at the end (a chat template may already end the turn with it).
+        ids = list(ids)
         while ids and ids[-1] == self.eos_id:
             ids.pop()
         return ids + [self.eos_id]
+
+    def completion_ids(self, summary: str) -> list[int]:
+        return self._with_one_eos(self._enc(self._summary_text(summary)))
 
     @property
     def template_tokens(self) -> int:
@@ -114,12 +127,23 @@ class Formatter:
         return self.pre_ids + fitted + self.post_ids, status
 
     def example(self, document: str, summary: str) -> tuple[Optional[dict], str]:
-        comp = self.completion_ids(summary)
-        prompt, status = self.prompt_ids(document, len(comp))
-        if prompt is None:
-            return None, status
-        return {"input_ids": prompt + comp, "completion_mask": [0] * len(prompt) + [1] * len(comp),
-                "prompt_len": len(prompt)}, status
+        return self.examples([document], [summary])[0]
+
+    def examples(self, documents: list[str], summaries: list[str]) -> list[tuple[Optional[dict], str]]:
+        """(token ids with the completion mask, status) per row: documents and summaries each encoded in one
+        batched call, then the budget applied on the ids (the same ids as encoding row by row)."""
+        docs = self._enc_many(documents)
+        comps = [self._with_one_eos(c) for c in self._enc_many([self._summary_text(s) for s in summaries])]
+        out = []
+        for doc_ids, comp in zip(docs, comps):
+            fitted, status = self.fit_document(doc_ids, self.doc_budget(len(comp)))
+            if fitted is None:
+                out.append((None, status))
+                continue
+            prompt = self.pre_ids + fitted + self.post_ids
+            out.append(({"input_ids": prompt + comp, "completion_mask": [0] * len(prompt) + [1] * len(comp),
+                         "prompt_len": len(prompt)}, status))
+        return out
 
     def generation_prompt(self, document: str, max_new_tokens: int) -> tuple[list[int], bool]:
         """Prompt ids for generation: the document is cut so prompt + max_new_tokens fit."""

@@ -61,17 +61,11 @@ def _num_proc(data: DataSection, n_rows: int) -> Optional[int]:
 
 def _tokenize_batch(batch, formatter: Formatter):
     out = {"input_ids": [], "completion_mask": [], "prompt_len": [], "status": []}
-    for doc, summ in zip(batch["document"], batch["summary"]):
-        ex, status = formatter.example(doc, summ)
+    for ex, status in formatter.examples(batch["document"], batch["summary"]):
         out["status"].append(status)
-        if ex is None:
-            out["input_ids"].append([])
-            out["completion_mask"].append([])
-            out["prompt_len"].append(0)
-        else:
-            out["input_ids"].append(ex["input_ids"])
-            out["completion_mask"].append(ex["completion_mask"])
-            out["prompt_len"].append(ex["prompt_len"])
+        out["input_ids"].append(ex["input_ids"] if ex else [])
+        out["completion_mask"].append(ex["completion_mask"] if ex else [])
+        out["prompt_len"].append(ex["prompt_len"] if ex else 0)
     return out
 
 
@@ -101,7 +95,11 @@ def tokenize_split(raw: RawSplit, formatter: Formatter, data: DataSection, cache
                     load_from_cache_file=False)
         if cached is not None:
             tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-            ds.save_to_disk(str(tmp))
+            try:
+                ds.save_to_disk(str(tmp))
+            except BaseException:  # a full disk mid-write: no half-written cache left to be mistaken for one
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if cached.exists():  # another run wrote the same cache meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

@@ -263,3 +263,44 @@ def test_preview_command_bad_data_exit_2(tmp_path):
     r = run_cli("data", "--config", "tiny", f"data.train={p}", timeout=120)
     assert r.returncode == 2
     assert "empty.jsonl is empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def _row_by_row(formatter, docs, summaries):
+    """The reference: each row encoded alone (the way data preparation worked before it was batched)."""
+    out = []
+    for d, s in zip(docs, summaries):
+        comp = formatter._with_one_eos(formatter._enc(formatter._summary_text(s)))
+        doc_ids = formatter._enc(d)
+        fitted, status = formatter.fit_document(doc_ids, formatter.doc_budget(len(comp)))
+        out.append((None if fitted is None else formatter.pre_ids + fitted + formatter.post_ids + comp, status))
+    return out
+
+
+@pytest.mark.parametrize("name", ["dialogsum", "scitldr"])
+@pytest.mark.parametrize("truncation", ["head", "head_tail"])
+def test_batched_tokenization_gives_the_ids_of_row_by_row(tokenizer, name, truncation):
+    """Documents and summaries are encoded a batch at a time; every row's ids equal encoding it alone."""
+    from llm_summarizer.data.prompt import Formatter
+
+    rows = [json.loads(l) for l in (shared_dataset(name) / "train.jsonl").read_text().splitlines()[:300]]
+    cfg = load_config("tiny", [f"data.truncation={truncation}"])
+    f = Formatter(tokenizer, cfg.data, 160)  # short budget: many documents are cut
+    docs, summaries = [r["document"] for r in rows], [r["summary"] for r in rows]
+    batched = [(None if ex is None else ex["input_ids"], st) for ex, st in f.examples(docs, summaries)]
+    assert batched == _row_by_row(f, docs, summaries)
+    assert sum(st == "truncated" for _, st in batched) > 50
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("name", ["dialogsum", "scitldr"])
+def test_batched_tokenization_with_the_real_tokenizer(smollm2_conversion, name):
+    from transformers import AutoTokenizer
+
+    from llm_summarizer.data.prompt import Formatter
+
+    tok = AutoTokenizer.from_pretrained(smollm2_conversion["dir"])
+    rows = [json.loads(l) for l in (shared_dataset(name) / "train.jsonl").read_text().splitlines()[:300]]
+    f = Formatter(tok, load_config("demo").data, 256)
+    docs, summaries = [r["document"] for r in rows], [r["summary"] for r in rows]
+    assert f.use_chat and [(None if ex is None else ex["input_ids"], st) for ex, st in f.examples(docs, summaries)] \
+        == _row_by_row(f, docs, summaries)
