@@ -207,6 +207,9 @@ class TrainSection(_Section):
         "auto", description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU"
     )
     resume: str = Field("auto", description="'auto' (newest complete checkpoint), 'never', or a checkpoint path")
+    verify_checkpoints: bool = Field(
+        True, description="resume only from checkpoints whose files match the manifest this project wrote into "
+        "them (sizes and sha256); false also accepts checkpoints without one")
     dataloader_num_workers: int = Field(0, ge=0)
     # Speed switches: defaults are what the benchmark measured (BENCHMARKS.md, python -m llm_summarizer.bench).
     padding_free: bool = Field(

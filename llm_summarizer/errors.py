@@ -2,12 +2,15 @@
 
     UserError        bad input (config, data, paths, model files): one message, exit code 2
     TrainingStopped  a guard stopped training (non-finite loss, out of memory, disk full): exit code 3
+    (a full disk)    OSError ENOSPC in any other command: exit code 3 too, with what to do
     ExportFailed     an export was made but does not behave like its source: exit code 1, nothing kept
 
 Library code raises these; only the command layer (`llm_summarizer.commands`) turns them into exit codes.
 """
 
 from __future__ import annotations
+
+import errno
 
 EXIT_EXPORT_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -38,3 +41,12 @@ class TrainingStopped(Exception):
 
 class ExportFailed(Exception):
     """The export was made but does not behave like the adapter (or a tool failed); nothing was kept."""
+
+
+def says_disk_full(e: BaseException) -> bool:
+    """An exception that reports a full disk, whichever library raised it: OSError ENOSPC/EDQUOT, or another type
+    whose message carries the OS's words (pyarrow, safetensors' StorageFull, torch's writers)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "StorageFull" in text or "Disk quota exceeded" in text

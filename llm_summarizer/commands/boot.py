@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import UserError, config_to_yaml, load_config
-from ..errors import EXIT_EXPORT_FAILED, EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, ExportFailed, TrainingStopped
+from ..errors import (
+    EXIT_EXPORT_FAILED,
+    EXIT_TRAINING_STOPPED,
+    EXIT_USER_ERROR,
+    ExportFailed,
+    TrainingStopped,
+    says_disk_full,
+)
 
 log = logging.getLogger("llm_summarizer")
 
@@ -142,3 +149,12 @@ def run_command(parser, go: Callable, argv=None) -> int:
     except ExportFailed as e:
         print(f"error: export failed: {e}", file=sys.stderr)
         return EXIT_EXPORT_FAILED
+    except Exception as e:
+        if not says_disk_full(e):
+            raise
+        # evaluate, summarize, export: what was complete stays as it was (atomic writes), so a rerun continues
+        where = getattr(e, "filename", None) or getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0][:200]
+        print(f"error: no space left on the device ({where}). Files that were complete "
+              f"before are unchanged and nothing half-written was kept: free some space and rerun the same command "
+              f"(an evaluation continues from the predictions already written).", file=sys.stderr)
+        return EXIT_TRAINING_STOPPED

@@ -5,6 +5,7 @@ as users will load it) and must reproduce those summaries and give them the same
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -87,6 +88,8 @@ def run_worker(spec: dict, scratch: Path, what: str) -> dict:
     r = subprocess.run([sys.executable, "-c", code, str(spec_path)], capture_output=True, text=True, env=env)
     if r.returncode != 0 or not out.is_file():
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-12:])
+        if "No space left on device" in tail:  # the disk, not the export: the same message as everywhere
+            raise OSError(errno.ENOSPC, f"no space left on the device while {what}", str(scratch))
         raise ExportFailed(f"{what} failed in a plain transformers process (exit {r.returncode}):\n{tail}")
     return json.loads(out.read_text(encoding="utf-8"))
 

@@ -1,35 +1,89 @@
-"""Checkpoints a run can trust: published whole, found again by the resume scan.
+"""Checkpoints a run can trust: published whole, verified byte for byte, found again by the resume scan.
 
-A checkpoint counts as complete only when its trainer state parses, its weights open, and its optimizer
-and scheduler states are present; the resume scan skips anything else with a warning. A checkpoint is
-written into `<output.dir>/.staging/` and renamed to checkpoint-N only once flushed, so a crash mid-save
-never leaves a visible half-written one.
+A checkpoint is written into `<output.dir>/.staging/` and renamed to checkpoint-N only once flushed, so a
+crash mid-save never leaves a visible half-written one. The last file written before the rename is
+`checkpoint_manifest.json`: every file's size and sha256. The resume scan verifies it, so a bit flipped or
+a block zeroed after publication (a bad disk, a copy cut short, a sync conflict), a file added to the
+folder (a planted pickle) or one removed is named and that checkpoint skipped for the previous one.
+
+Trust: what a checkpoint holds besides JSON is read by transformers with torch's `weights_only=True`
+(tensors, numpy RNG state), which runs no code; a checkpoint without this project's manifest is not
+resumed from unless train.verify_checkpoints=false says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
 from safetensors import safe_open
 from transformers.trainer_utils import rotate_checkpoints
 
+from .. import __version__
 from ..errors import UserError
-from ..files import replace_directory
+from ..files import replace_directory, write_json
 from ..models.directory import ADAPTER_WEIGHTS, FULL_WEIGHTS
 from ..rundir import STAGING_DIR, list_checkpoints
 
 log = logging.getLogger("llm_summarizer.checkpoints")
 
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+MANIFEST = "checkpoint_manifest.json"
 
 
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
-def checkpoint_problem(path: Path) -> Optional[str]:
-    """None when the checkpoint is complete and readable, else what is wrong with it."""
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(ckpt: Path) -> dict:
+    """Every file's size and sha256, written last into the checkpoint (before it is renamed into place)."""
+    t0 = time.perf_counter()
+    files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(ckpt)}
+    manifest = {"format": 1, "written_by": f"llm_summarizer {__version__}", "files": files,
+                "hash_seconds": round(time.perf_counter() - t0, 4),
+                "bytes": sum(f["size"] for f in files.values())}
+    write_json(ckpt / MANIFEST, manifest)
+    return manifest
+
+
+def manifest_problem(ckpt: Path) -> Optional[str]:
+    """None when every file is as the manifest recorded it, else the first difference, naming the file."""
+    m = ckpt / MANIFEST
+    if not m.is_file():
+        return f"no {MANIFEST} (not written by llm_summarizer, or written before checkpoints carried one)"
+    try:
+        files = json.loads(m.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, OSError) as e:
+        return f"{MANIFEST} unreadable ({type(e).__name__})"
+    present = {str(p.relative_to(ckpt)): p for p in _files(ckpt)}
+    for name in sorted(set(present) - set(files)):
+        return f"{name} was added after the checkpoint was written"
+    for name, rec in files.items():
+        p = present.get(name)
+        if p is None:
+            return f"{name} is missing"
+        if p.stat().st_size != rec["size"]:
+            return f"{name} is {p.stat().st_size} bytes, the manifest says {rec['size']} (cut short or replaced)"
+        if _sha256(p) != rec["sha256"]:
+            return f"{name} changed after it was written (its sha256 differs from the manifest's)"
+    return None
+
+
+def checkpoint_problem(path: Path, verify: bool = True) -> Optional[str]:
+    """None when the checkpoint is complete, readable and (verify) byte for byte as written; else what is wrong."""
     for f in STATE_FILES:
         p = path / f
         if not p.is_file() or p.stat().st_size == 0:
@@ -48,37 +102,43 @@ def checkpoint_problem(path: Path) -> Optional[str]:
                 list(f.keys())
         except Exception as e:
             return f"{weights.name} unreadable ({type(e).__name__})"
-    return None
+    return manifest_problem(path) if verify else None
 
 
-def find_resume_checkpoint(output_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str]]]:
+def find_resume_checkpoint(output_dir: Path, verify: bool = True) -> tuple[Optional[Path], list[tuple[Path, str]]]:
     """Newest complete checkpoint, and the (path, problem) of newer ones that were skipped."""
     skipped = []
     for _, p in reversed(list_checkpoints(output_dir)):
-        problem = checkpoint_problem(p)
+        problem = checkpoint_problem(p, verify)
         if problem is None:
             return p, skipped
         skipped.append((p, problem))
     return None, skipped
 
 
-def resolve_resume(resume: str, output_dir: Path) -> Optional[Path]:
+UNVERIFIED_HINT = ("to resume from it anyway, set train.verify_checkpoints=false (its tensors still load with torch's "
+                   "weights_only=True, which runs no code)")
+
+
+def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Optional[Path]:
     if resume == "never":
         return None
     if resume == "auto":
-        ckpt, skipped = find_resume_checkpoint(output_dir)
+        t0 = time.perf_counter()
+        ckpt, skipped = find_resume_checkpoint(output_dir, verify)
         for p, why in skipped:
-            log.warning("skipping incomplete checkpoint %s: %s", p, why)
+            log.warning("skipping checkpoint %s: %s%s", p, why, f"; {UNVERIFIED_HINT}" if MANIFEST in why else "")
         if ckpt is not None:
-            log.info("resuming from %s", ckpt)
+            log.info("resuming from %s (verified against its manifest in %.2f s)" if verify else "resuming from %s",
+                     ckpt, time.perf_counter() - t0)
         return ckpt
     p = Path(resume)
     if not p.is_dir():
         raise UserError(f"train.resume: checkpoint directory not found: {p}")
-    problem = checkpoint_problem(p)
+    problem = checkpoint_problem(p, verify)
     if problem:
-        raise UserError(f"train.resume: {p} is not a complete checkpoint ({problem}); "
-                        f"use train.resume=auto to pick the newest complete one")
+        raise UserError(f"train.resume: {p} is not a complete checkpoint ({problem}); use train.resume=auto to "
+                        f"pick the newest complete one" + (f", or, {UNVERIFIED_HINT}" if MANIFEST in problem else ""))
     return p
 
 
@@ -108,6 +168,7 @@ def publish_checkpoint(trainer, staging: Path, run_dir: Path) -> Path:
     if state_file.exists():
         text = state_file.read_text().replace(str(staging), str(run_dir))
         state_file.write_text(text)
+    write_manifest(src)  # last: a checkpoint is what its manifest says, or it is not resumed from
     replace_directory(src, dst)  # the same step may be saved again after a resume
     # Whatever else the save wrote beside the checkpoint (TRL's README) goes with the staging area.
     shutil.rmtree(staging, ignore_errors=True)

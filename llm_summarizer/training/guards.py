@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -83,15 +84,22 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def training_errors(cfg: Config, where: Path):
-    """Out-of-memory and disk-full become one clear message (exit code 3) instead of a traceback."""
+def training_errors(cfg: Config, where: Path, resume_from: Optional[Path] = None):
+    """Out-of-memory and disk-full become one clear message (exit code 3) instead of a traceback; a checkpoint
+    file that holds more than tensors (torch's weights_only loader refuses it, running nothing) exit code 2."""
     try:
         yield
-    except TrainingStopped:
+    except (TrainingStopped, UserError):
         raise
     except BaseException as e:  # noqa: B036 - re-raised unless it is one of ours
         if is_oom(e):
             raise TrainingStopped(oom_advice(cfg)) from None
-        if is_disk_full(e):
+        if is_disk_full(e, where):
             raise TrainingStopped(disk_full_message(where, e)) from None
+        if resume_from is not None and isinstance(e, pickle.UnpicklingError):
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise UserError(f"train.resume: a file of {resume_from} holds more than tensors, and torch's weights_only "
+                            f"loader refused it without running it ({first}). It was not written by this project as "
+                            f"it is: delete that checkpoint (the previous one is then used) or set "
+                            f"train.resume=never") from None
         raise

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from transformers import set_seed
+from transformers import TrainerState, set_seed
+from transformers.trainer_utils import TrainOutput
 
 from ..config import Config, config_to_yaml
 from ..data.rows import load_raw_splits
@@ -80,7 +81,7 @@ def run(cfg: Config, extra_callbacks: Optional[list] = None) -> RunResult:
     t_start = time.time()
     # 1. Where everything goes: checked, locked (one run per directory), leftovers of a killed run cleared.
     output_dir = check_output_paths(cfg)
-    with RunLock(output_dir):
+    with RunLock(output_dir), training_errors(cfg, output_dir):  # a full disk anywhere: one message, exit 3
         resume_from = prepare_output(cfg)
         # 2. Seed everything once (the data split has its own seed, data.split_seed).
         set_seed(cfg.train.seed)
@@ -118,7 +119,7 @@ def prepare_output(cfg: Config) -> Optional[Path]:
     clean_staging(cfg.output_dir)
     recover_interrupted_replace(cfg.model_dir)
     check_installed(cfg)
-    return resolve_resume(cfg.train.resume, cfg.output_dir)
+    return resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
 
 
 def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, extra_callbacks=None,
@@ -159,8 +160,11 @@ def train_and_save(s: Session) -> RunResult:
         write_text(output_dir / CONFIG_FILE, config_to_yaml(cfg))
         if resume_from is not None:
             truncate_samples(output_dir, resume_from)
-        with training_errors(cfg, output_dir):
-            train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with training_errors(cfg, output_dir, resume_from):
+            if finished_checkpoint(cfg, resume_from):
+                train_out = restore_finished(trainer, resume_from)
+            else:
+                train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end), and
         #     against the untrained model on the same examples, with paired intervals.
         final = final_rouge(cfg, evaluator, trainer)
@@ -178,6 +182,26 @@ def train_and_save(s: Session) -> RunResult:
     report = write_training_report(cfg, output_dir, metrics, list(trainer.state.log_history)) \
         if cfg.output.report else None
     return RunResult(output_dir, model_dir, metrics, resume_from, list(trainer.state.log_history), report)
+
+
+def finished_checkpoint(cfg: Config, resume_from: Optional[Path]) -> bool:
+    """The checkpoint is the last step of the planned run (the process died after it, before the final save).
+    transformers, asked to resume from it, trains one step more than planned; so it is not asked."""
+    if resume_from is None:
+        return False
+    state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+    planned = cfg.train.max_steps if cfg.train.max_steps > 0 else state.get("max_steps") or 0
+    return planned > 0 and state["global_step"] >= planned
+
+
+def restore_finished(trainer, resume_from: Path) -> TrainOutput:
+    """The final weights and state of a finished run from its last checkpoint, without training."""
+    log.info("%s is the last step of this run: loading it instead of training further", resume_from)
+    trainer._load_from_checkpoint(str(resume_from))
+    trainer.state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    train_loss = sum(losses) / len(losses) if losses else float("nan")  # the logged losses' mean
+    return TrainOutput(trainer.state.global_step, train_loss, {"train_runtime": 0.0, "restored_from": str(resume_from)})
 
 
 def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_out) -> dict:
