@@ -211,6 +211,10 @@ class TrainSection(_Section):
         True, description="resume only from checkpoints whose files match the manifest this project wrote into "
         "them (sizes and sha256); false also accepts checkpoints without one")
     dataloader_num_workers: int = Field(0, ge=0)
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="more SFTConfig / TrainingArguments fields by name, for what this schema "
+        "does not name (e.g. {adam_beta2: 0.95, neftune_noise_alpha: 5}); each key must be an SFTConfig field that "
+        "this project does not set itself; tokens never go here (use the environment)")
     # Speed switches: defaults are what the benchmark measured (BENCHMARKS.md, python -m llm_summarizer.bench).
     padding_free: bool = Field(
         False, description="concatenate each batch's examples into one row, no padding; position_ids restart per "
@@ -270,6 +274,13 @@ class EvalSection(_Section):
     log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
     bootstrap_samples: int = Field(1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals")
     bootstrap_seed: int = Field(1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)")
+    rouge_tokenizer: Literal["auto", "default", "unicode", "chars"] = Field(
+        "auto", description="ROUGE tokens: default = rouge-score's (ASCII only, as published English results), unicode = "
+        "words of any script, chars = one token per CJK/Thai character; auto = default when under 0.5% of the references' letters are "
+        "non-ASCII, chars when a third of their letters are CJK/Thai, else unicode")
+    rouge_lsum_split: Literal["regex", "punkt", "newline"] = Field(
+        "regex", description="ROUGE-Lsum sentence split: regex (sentence punctuation, not after abbreviations or "
+        "initials; the same everywhere), punkt (nltk's trained model; needs its data installed), newline")
 
 
 class OutputSection(_Section):

@@ -12,7 +12,11 @@ from .errors import says_disk_full
 
 
 def is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+    """Out of memory on any device: CUDA's error, what accelerate recognises (HIP, XPU, MPS, CPU allocator,
+    cuDNN's not-supported), or any RuntimeError that says "out of memory"."""
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or should_reduce_batch_size(e) or (
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 

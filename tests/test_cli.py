@@ -95,3 +95,25 @@ def test_missing_unsloth_is_one_message_with_the_fix(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "needs the unsloth package" in r.stderr and "scripts/setup_env.sh" in r.stderr
     assert "model.backend=transformers" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_env_file_comments_quotes_and_multiline_values(tmp_path, monkeypatch):
+    from llm_summarizer.commands.boot import load_env_file
+    from llm_summarizer.errors import UserError
+
+    for k in ("LS_KEY", "LS_TOKEN", "LS_MULTI", "LS_HASH", "LS_SET", "LS_OK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LS_SET", "from-the-environment")
+    f = tmp_path / ".env"
+    f.write_text("# tokens\nLS_KEY=abc123 # my key\nexport LS_TOKEN=\"hf x\"\nLS_MULTI=\"line one\nline two\"\n"
+                 "LS_HASH='a#b'\nLS_SET=from-the-file\n")
+    assert load_env_file(str(f)) == ["LS_KEY", "LS_TOKEN", "LS_MULTI", "LS_HASH"]
+    assert os.environ["LS_KEY"] == "abc123"  # the inline comment is not part of the value
+    assert os.environ["LS_TOKEN"] == "hf x" and os.environ["LS_MULTI"] == "line one\nline two"
+    assert os.environ["LS_HASH"] == "a#b" and os.environ["LS_SET"] == "from-the-environment"
+    bad = tmp_path / "bad.env"
+    bad.write_text("LS_OK=1\nthis is not a setting sk-secret\n")
+    with pytest.raises(UserError) as e:
+        load_env_file(str(bad))
+    assert "bad.env, line 2: expected KEY=VALUE" in str(e.value) and "sk-secret" not in str(e.value)
+    assert "LS_OK" not in os.environ  # nothing set from a file that does not parse

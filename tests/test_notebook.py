@@ -67,6 +67,15 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
     out = {n: "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
            for n, c in enumerate(nb.cells) if c.cell_type == "code"}
     text = "\n".join(out.values())
+    # the cells around training: the machine, the masked example, time/memory, curves, side by side, hub, GGUF
+    assert "no GPU: CPU with" in text and "torch " in text
+    assert "loss-carrying tokens in [[...]]" in text and "[[" in text.split("loss-carrying tokens", 1)[1]
+    assert re.search(r"\d+ training tokens/s, peak memory \d+\.\d\d GiB", text)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert images, "the training curves were not shown inline"
+    assert "fine-tuned: " in text and "reference:  " in text
+    assert "not pushed (tick PUSH_TO_HUB" in text and "EXPORT_FORMAT is merged-16bit" in text
     model_dir = tmp_path / "fine_tuned" / "nb-demo"
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["train"]["global_step"] == 20 and metrics["final"]["rougeL"] > metrics["base"]["rougeL"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -62,33 +61,39 @@ def quiet_libraries() -> None:
     """Keep the noise of the ML stack out of the way of our own log lines."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from ..progress import enabled
+
+    if not enabled():  # datasets' own bars (data preparation) follow --progress / LLM_SUMMARIZER_PROGRESS
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def load_env_file(path: str) -> list[str]:
     """KEY=VALUE lines (e.g. WANDB_API_KEY, HF_TOKEN) into the environment; values are never printed.
 
-    Variables already set in the environment win. Returns the names that were set.
+    Parsed by python-dotenv: `export KEY=...`, single or double quotes, quoted values over several lines and
+    inline `# comments` after unquoted values. Variables already set in the environment win. Returns the names
+    that were set. A line it cannot read is one message naming the file and line (never its text: it may hold
+    a secret).
     """
+    from dotenv.parser import parse_stream  # small, pure Python; only when --env-file is given
+
     p = os.path.expanduser(path)
     if not os.path.isfile(p):
         raise UserError(f"--env-file: file not found: {path}")
     names = []
     with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            m = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)", line)
-            if not m:
-                raise UserError(f"--env-file {path}, line {n}: expected KEY=VALUE")
-            key, value = m.group(1), m.group(2).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            if key not in os.environ:
-                os.environ[key] = value
-                names.append(key)
+        bindings = list(parse_stream(f))
+    for b in bindings:  # the whole file is checked before anything is set
+        if b.error:
+            raise UserError(f"--env-file {path}, line {b.original.line}: expected KEY=VALUE (a value with spaces, "
+                            f"'#' or line breaks goes in quotes)")
+    for b in bindings:
+        if b.key is None:
+            continue  # a comment or a blank line
+        if b.key not in os.environ:
+            os.environ[b.key] = b.value if b.value is not None else ""
+            names.append(b.key)
     return names
 
 
@@ -116,9 +121,13 @@ def saved_model_backend(model_dir, flag: Optional[str]) -> str:
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A command's parser: the first line of `doc` as its description, the rest (examples) under --help."""
-    return argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog="\n".join(doc.split("\n")[2:]))
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(doc.split("\n")[2:]))
+    ap.add_argument("--progress", choices=["auto", "on", "off"],
+                    help="progress bars: auto (default: when stderr is a terminal or in a notebook), on, off; "
+                         "the same as LLM_SUMMARIZER_PROGRESS")
+    return ap
 
 
 def run_command(parser, go: Callable, argv=None) -> int:
@@ -127,6 +136,8 @@ def run_command(parser, go: Callable, argv=None) -> int:
     Library errors become one message and an exit code; anything else is a bug and keeps its traceback.
     """
     args = parser.parse_args(argv)
+    if getattr(args, "progress", None):
+        os.environ["LLM_SUMMARIZER_PROGRESS"] = args.progress  # child processes follow it too
     setup_logging()
     try:
         if getattr(args, "env_file", None):

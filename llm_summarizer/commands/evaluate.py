@@ -25,11 +25,16 @@ Decoding and prompt settings come from the model's config.yaml; `key=value` argu
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 from ..config import ROUGE_KEYS
 from . import boot
+
+log = logging.getLogger("llm_summarizer.evaluate")
 
 PROG = "llm-summarizer evaluate"
 PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
@@ -47,6 +52,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
     ap.add_argument("--base", help="base model of an adapter (or of a merged model, for --compare-base)")
     ap.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
+    ap.add_argument("--no-tracking", action="store_true",
+                    help="do not add the scores to the W&B / MLflow run that trained the model (added by default "
+                         "when the model's metrics.json names one; W&B goes offline when no server answers)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.batch_size=32 eval.num_beams=4")
     return ap
 
@@ -80,7 +88,38 @@ def run(args, _cfg) -> int:
     res = evaluate_model(args.model, args.data, args.split, args.output, args.limit, args.compare_base,
                          args.backend, args.base, args.overrides, report=not args.no_report)
     _print_summary(res.metrics, res.output_dir, res.report)
+    if not args.no_tracking:
+        to_training_run(Path(args.model), res)
     return 0
+
+
+def to_training_run(model_dir: Path, res) -> None:
+    """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
+    metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
+    p = model_dir / "metrics.json"
+    training = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    tracking = training.get("tracking") or {}
+    for name, module in (("wandb", "wandb_tracker"), ("mlflow", "mlflow_tracker")):
+        if not (tracking.get(name) or {}).get("run_id"):
+            continue
+        try:
+            log_evaluation = importlib.import_module(f"llm_summarizer.tracking.{module}").log_evaluation
+        except ImportError:
+            log.warning("the model was trained with a %s run, but %s is not installed here: scores not added to it",
+                        name, name)
+            continue
+        try:
+            info = log_evaluation(training, res)
+        except Exception as e:  # noqa: BLE001 - the tracker must not undo a finished evaluation
+            log.warning("could not add the scores to the %s run that trained the model (%s: %s); they are in %s",
+                        name, type(e).__name__, str(e).splitlines()[0] if str(e) else "", res.output_dir)
+            continue
+        if info and info.get("sync_command"):
+            print(f"   W&B: added to run {info['run_id']} offline; upload with: {info['sync_command']}")
+        elif info and name == "wandb":
+            print(f"   W&B: added to {info.get('url') or info['run_id']}")
+        elif info:
+            print(f"   MLflow: added to run {info['run_id']} ({info['tracking_uri']})")
 
 
 def main(argv=None, prog: str = PROG) -> int:

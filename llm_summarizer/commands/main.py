@@ -7,6 +7,8 @@
     llm-summarizer evaluate --model fine_tuned/demo --compare-base
     llm-summarizer summarize --model fine_tuned/demo article.txt
     llm-summarizer export fine_tuned/demo --format merged-16bit
+    llm-summarizer serve --model fine_tuned/demo --compare-base  # try it in a browser
+    llm-summarizer score predictions.jsonl --base other.jsonl  # ROUGE of any predictions file, paired
     llm-summarizer bench                                   # unsloth vs transformers, same run
     llm-summarizer env                                     # versions and device, for bug reports
     llm-summarizer configs                                 # the ready configs
@@ -26,6 +28,8 @@ COMMANDS = {
     "summarize": ("summarize", "summarize files, directories, table columns or stdin with a saved model"),
     "export": ("export", "adapter, merged 16-bit, merged 4-bit or GGUF, each checked against the adapter"),
     "data": ("data", "show what training would see: sizes, drops, truncations, token lengths, examples"),
+    "serve": ("serve", "try a saved model in a browser: a local page and a JSON API (POST /summarize)"),
+    "score": ("score", "ROUGE with 95% intervals of any predictions file (JSONL/CSV/...), optionally paired with another"),
     "bench": ("bench", "benchmark the training path, unsloth against transformers, in one run"),
     "env": ("env", "versions, device and precision facts for a bug report"),
     "configs": ("configs", "list the ready configs (used as --config NAME)"),

@@ -61,6 +61,7 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
     from ..models.generation import default_max_new_tokens, summarize_texts
     from ..models.loading import load_for_generation
+    from ..progress import bar
 
     # 2. The model, with the prompt format and token budget it was trained with.
     loaded = load_for_generation(args.model, args.backend, args.base, overrides)
@@ -75,6 +76,7 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     chunk = loaded.cfg.eval.batch_size * 8
     try:
         # 3. Generate in chunks, writing as they finish.
+        done = bar(len(items), "summarize", "document")
         for start in range(0, len(items), chunk):
             part = items[start: start + chunk]
             gens = summarize_texts(loaded, [it.text for it in part], max_new)
@@ -89,6 +91,8 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
                 else:
                     sink.write(f"== {it.name}\n{g.text}\n\n")
             sink.flush()
+            done.update(len(part))
+        done.close()
     except BaseException:
         if tmp:
             sink.close()

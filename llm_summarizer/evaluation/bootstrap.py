@@ -4,10 +4,12 @@ examples, and model-minus-base differences with a *paired* bootstrap (the same r
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..config import ROUGE_KEYS
-from .scoring import score_corpus
+from .scoring import Protocol, score_corpus
 
 
 def _bootstrap_means(values, idx_batches):
@@ -42,9 +44,9 @@ def _length_stats(xs: list[int]) -> dict:
             "min": s[0], "max": s[-1]}
 
 
-def score_block(rows: list[dict], samples: int, seed: int) -> dict:
+def score_block(rows: list[dict], samples: int, seed: int, protocol: Optional[Protocol] = None) -> dict:
     """ROUGE means with bootstrap 95% intervals, lengths, truncation share and throughput."""
-    means, per = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows])
+    means, per = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
     values = np.array([[p[k] for k in ROUGE_KEYS] for p in per], dtype=float)
     ci = _interval(_bootstrap_means(values, _resamples(len(rows), samples, seed)))
     n = len(rows)
@@ -66,10 +68,11 @@ def score_block(rows: list[dict], samples: int, seed: int) -> dict:
     return block
 
 
-def paired_difference(rows: list[dict], base_rows: list[dict], samples: int, seed: int) -> dict:
+def paired_difference(rows: list[dict], base_rows: list[dict], samples: int, seed: int,
+                      protocol: Optional[Protocol] = None) -> dict:
     """model - base per ROUGE type, with a paired bootstrap: the same resampled examples for both."""
-    _, per_m = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows])
-    _, per_b = score_corpus([r["reference"] for r in base_rows], [r["prediction"] for r in base_rows])
+    _, per_m = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
+    _, per_b = score_corpus([r["reference"] for r in base_rows], [r["prediction"] for r in base_rows], protocol)
     d = np.array([[m[k] - b[k] for k in ROUGE_KEYS] for m, b in zip(per_m, per_b)], dtype=float)
     boot = _bootstrap_means(d, _resamples(len(rows), samples, seed))
     ci = _interval(boot)

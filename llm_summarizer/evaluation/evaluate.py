@@ -19,6 +19,7 @@ from typing import Optional
 
 from pydantic import ValidationError
 
+from .. import progress
 from ..config import Config, SourceSpec, _coerce_source
 from ..data.readers import SUPPORTED_SUFFIXES, read_source
 from ..data.rows import load_raw_splits, validate_rows
@@ -26,11 +27,11 @@ from ..environment import package_versions
 from ..errors import UserError
 from ..files import file_digest, write_json, write_text
 from ..models.directory import weight_files
-from ..models.generation import default_max_new_tokens, summarize_texts
+from ..models.generation import AdaptiveBatch, default_max_new_tokens, summarize_texts
 from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
 from .bootstrap import paired_difference, score_block
 from .report import find_log_history, write_eval_report
-from .scoring import PROTOCOL, score_pair
+from .scoring import Protocol, protocol_for, score_pair, warn_empty_references
 
 log = logging.getLogger("llm_summarizer.evaluate")
 
@@ -149,7 +150,8 @@ class GenStats:
     seconds: float
 
 
-def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens: int, label: str) -> GenStats:
+def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens: int, label: str,
+                     protocol: Optional[Protocol] = None) -> GenStats:
     """Generate the rows not yet in `path`, appending each batch (flushed) as soon as it is done."""
     done = read_predictions(path)
     todo = [r for r in rows if r["id"] not in done]
@@ -159,24 +161,27 @@ def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens
                  path, len(todo))
     # Longest documents first, so each batch holds similar lengths (less padding).
     todo.sort(key=lambda r: -len(r["document"]))
-    bs = loaded.cfg.eval.batch_size
+    batch = AdaptiveBatch(loaded.cfg.eval.batch_size)  # an OOM's smaller size holds for the following chunks
     t_all = time.perf_counter()
     next_log = time.perf_counter() + 30
-    with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), bs):
-            chunk = todo[start: start + bs]
+    start = 0
+    with open(path, "a", encoding="utf-8") as f, progress.bar(len(todo), f"evaluate ({label})", "summary") as b:
+        while start < len(todo):
+            chunk = todo[start: start + batch.size]
+            start += len(chunk)
             t0 = time.perf_counter()
-            gens = summarize_texts(loaded, [r["document"] for r in chunk], max_new_tokens, batch_size=bs, model=model)
+            gens = summarize_texts(loaded, [r["document"] for r in chunk], max_new_tokens, model=model, batch=batch)
             share = (time.perf_counter() - t0) / len(chunk)
             for r, g in zip(chunk, gens):
                 f.write(json.dumps({"id": r["id"], "reference": r["summary"], "prediction": g.text,
-                                    **score_pair(r["summary"], g.text), "new_tokens": g.new_tokens,
+                                    **score_pair(r["summary"], g.text, protocol), "new_tokens": g.new_tokens,
                                     "hit_max_new_tokens": g.hit_max, "truncated_input": g.truncated_input,
                                     "gen_seconds": round(share, 6)}, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
+            b.update(len(chunk))
             if time.perf_counter() > next_log:
-                log.info("%s: %d/%d generated", label, start + len(chunk), len(todo))
+                log.info("%s: %d/%d generated", label, start, len(todo))
                 next_log = time.perf_counter() + 30
     return GenStats(reused, len(todo), time.perf_counter() - t_all)
 
@@ -259,38 +264,43 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
     cfg = model_config(info, overrides)
     # 2. The examples, validated like training data.
     rows, source, summary_col = load_eval_rows(cfg, data, split, limit)
+    rouge = protocol_for([r["summary"] for r in rows], cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
+    warn_empty_references([r["summary"] for r in rows], rouge, split)
     out = Path(output) if output else default_output(info, split)
     # 3. The model, and the settings that decide whether earlier predictions can be reused.
     loaded = load_for_generation(model, backend, base, overrides, info=info)
     max_new, max_new_source = default_max_new_tokens(loaded)
     check_settings(out, settings_for(loaded, source, split, max_new, max_new_source))
     # 4. Generate what is missing, for the model and (with --compare-base) its base.
-    stats = {"model": generate_missing(loaded, loaded.model, rows, out / PREDICTIONS, max_new, "model")}
+    stats = {"model": generate_missing(loaded, loaded.model, rows, out / PREDICTIONS, max_new, "model", rouge)}
     if compare_base:
         if info.kind == "adapter":
             with loaded.base_model() as base_model:
-                stats["base"] = generate_missing(loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base")
+                stats["base"] = generate_missing(loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base",
+                                                 rouge)
         else:
             base_loaded = load_base_for_generation(loaded)
             loaded.model = None
             gc.collect()
-            stats["base"] = generate_missing(base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base")
+            stats["base"] = generate_missing(base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base",
+                                             rouge)
             del base_loaded
     # 5. Scores with bootstrap intervals (paired for the difference), in the data's order.
     ev = cfg.eval
     model_rows = _ordered(rows, out / PREDICTIONS)
-    results = {"model": score_block(model_rows, ev.bootstrap_samples, ev.bootstrap_seed)}
+    results = {"model": score_block(model_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge)}
     base_rows = None
     if compare_base:
         base_rows = _ordered(rows, out / BASE_PREDICTIONS)
-        results["base"] = score_block(base_rows, ev.bootstrap_samples, ev.bootstrap_seed)
-        results["model_minus_base"] = paired_difference(model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed)
+        results["base"] = score_block(base_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge)
+        results["model_minus_base"] = paired_difference(model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed,
+                                                        rouge)
     settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
     metrics = {
         "model": loaded.describe(),
         "data": {"source": source, "split": split, "examples": len(rows), "limit": limit},
         "results": results,
-        "protocol": {**PROTOCOL, "split": split, "source": source, "examples": len(rows),
+        "protocol": {**rouge.describe(), "split": split, "source": source, "examples": len(rows),
                      "reference": f"the dataset's '{summary_col}' column (one reference per example)",
                      "decoding": settings["decoding"], "prompt": settings["prompt"],
                      "precision": loaded.dtype + (f", base loaded {loaded.quantized}" if loaded.quantized else ""),

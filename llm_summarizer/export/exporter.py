@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import hub
+from .. import hub, progress
 from ..config import config_to_yaml
 from ..environment import package_versions
 from ..errors import UserError
@@ -170,7 +170,10 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
 def _reference(job: Job) -> None:
     loaded = job.loaded
     if job.info.kind == "adapter":
-        job.reference = [g.text for g in summarize_texts(loaded, job.docs, job.max_new_tokens)]
+        n = len(job.docs)
+        with progress.bar(n, f"export check: the adapter's summaries of {n} fixed documents", "summary") as b:
+            job.reference = [g.text for g in summarize_texts(loaded, job.docs, job.max_new_tokens,
+                                                             progress=lambda done, _t: b.update_to(done))]
         with inference_mode(loaded.model, loaded.tokenizer, loaded.backend):
             job.ref_logprobs = completion_logprobs(loaded.model, loaded.formatter, job.docs, job.reference,
                                                    job.max_new_tokens)

@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .. import progress
 from ..config import load_config
 from ..data.prompt import Formatter
 from ..errors import ExportFailed, UserError
@@ -65,7 +66,10 @@ def worker(spec_path: str) -> int:
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     model.eval()
     fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
-    gens = generate(model, tok, fmt, spec["documents"], cfg.eval, spec["max_new_tokens"], "transformers")
+    n = len(spec["documents"])
+    with progress.bar(n, f"export check: {action} in a separate process, {n} documents", "summary") as b:
+        gens = generate(model, tok, fmt, spec["documents"], cfg.eval, spec["max_new_tokens"], "transformers",
+                        progress=lambda done, _t: b.update_to(done))
     texts = [g.text for g in gens]
     scored = spec.get("score") or texts
     out.write_text(json.dumps({"texts": texts, "dtype": str(model.dtype).replace("torch.", ""),

@@ -72,16 +72,33 @@ def inference_mode(model, tokenizer, backend: str):
         np.random.set_state(np_rng)
 
 
+class AdaptiveBatch:
+    """A generation batch size that remembers the halving an out-of-memory forced, for the rest of a run:
+    the next evaluation starts from the size that worked instead of running into the same OOM again."""
+
+    def __init__(self, size: int):
+        self.size = max(1, int(size))
+        self.reductions = 0
+
+    def reduce(self) -> int:
+        self.size = max(1, self.size // 2)
+        self.reductions += 1
+        return self.size
+
+
 def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection, max_new_tokens: int,
-             backend: str, batch_size: Optional[int] = None, seed: int = 0, progress=None) -> list[Generated]:
-    """Summaries for `documents`, in order. Batches are length-sorted; CUDA OOM halves the batch and retries."""
+             backend: str, batch_size: Optional[int] = None, seed: int = 0, progress=None,
+             batch: Optional[AdaptiveBatch] = None) -> list[Generated]:
+    """Summaries for `documents`, in order. Batches are length-sorted; an out-of-memory halves the batch and
+    retries, and `batch` (when given) keeps the smaller size for the next call."""
     prompts = []
     for d in documents:
         ids, truncated = formatter.generation_prompt(d, max_new_tokens)
         prompts.append((ids, truncated))
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0]))
     results: list[Optional[Generated]] = [None] * len(prompts)
-    bs = batch_size or ev.batch_size
+    batch = batch or AdaptiveBatch(batch_size or ev.batch_size)
+    bs = batch.size
     device = next(model.parameters()).device
     stop = list(formatter.stop_ids)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, num_beams=ev.num_beams, do_sample=ev.do_sample,
@@ -96,18 +113,19 @@ def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection,
         i = 0
         while i < len(order):
             idx = order[i: i + bs]
-            batch = tokenizer.pad({"input_ids": [prompts[j][0] for j in idx]}, return_tensors="pt", padding=True)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = tokenizer.pad({"input_ids": [prompts[j][0] for j in idx]}, return_tensors="pt", padding=True)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
             try:
-                out = model.generate(**batch, **gen_kwargs)
+                out = model.generate(**inputs, **gen_kwargs)
             except RuntimeError as e:
                 if is_oom(e) and bs > 1:
                     torch.cuda.empty_cache()
-                    bs = max(1, bs // 2)
-                    log.warning("generation ran out of GPU memory; retrying with batch size %d", bs)
+                    bs = batch.reduce() if batch.size == bs else max(1, bs // 2)
+                    log.warning("generation ran out of memory; retrying with batch size %d (kept for the rest of "
+                                "this run; set eval.batch_size to start there)", bs)
                     continue
                 raise
-            new = out[:, batch["input_ids"].shape[1]:].tolist()
+            new = out[:, inputs["input_ids"].shape[1]:].tolist()
             for j, toks in zip(idx, new):
                 n, ended = len(toks), False
                 for k, t in enumerate(toks):
@@ -139,11 +157,13 @@ def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
 
 
 def summarize_texts(loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None,
-                    batch_size: Optional[int] = None, model=None, progress=None):
+                    batch_size: Optional[int] = None, model=None, progress=None,
+                    batch: Optional[AdaptiveBatch] = None):
     """Generated summaries (Generated: text, new_tokens, hit_max, truncated_input), in order."""
     n = max_new_tokens or default_max_new_tokens(loaded)[0]
     return generate(model or loaded.model, loaded.tokenizer, loaded.formatter, list(texts), loaded.cfg.eval, n,
-                    loaded.backend, batch_size=batch_size, seed=loaded.cfg.eval.sample_seed, progress=progress)
+                    loaded.backend, batch_size=batch_size, seed=loaded.cfg.eval.sample_seed, progress=progress,
+                    batch=batch)
 
 
 def summarize(model, texts: list[str], backend: Optional[str] = None, base: Optional[str] = None,

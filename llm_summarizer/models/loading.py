@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from ..config import Config, ModelSection, is_local_path, load_config
 from ..data.prompt import Formatter
 from ..errors import UserError
+from ..redaction import env_secrets, redact
 from . import gguf, random_init, registry
 from .backends import LoadSpec, load_adapter
 from .backends import backend as get_backend
@@ -270,9 +271,27 @@ def saved_model(model, base: Optional[str] = None, what: str = "--model") -> Mod
     .gguf file or a registry name (both converted into model.cache_dir's default place, in the inference
     dtype, on first use)."""
     cache, dtype = ModelSection.model_fields["cache_dir"].default, inference_dtype(load_config(None))
-    model = model_source(str(model), cache, dtype, what)
-    base = model_source(str(base), cache, dtype, "--base") if base else None
+    model = from_hub(model_source(str(model), cache, dtype, what), what)
+    base = from_hub(model_source(str(base), cache, dtype, "--base"), "--base") if base else None
     return describe_model_dir(model, base, what)
+
+
+def from_hub(name: str, what: str) -> str:
+    """A hub id (namespace/name) as the local folder of its files, downloaded once into the hub cache; a
+    local path as it is. An unreachable hub or a missing repository is one message with what to do."""
+    if is_local_path(name):
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(repo_id=name, repo_type="model")
+    except Exception as e:  # offline, no such repository, no access: all the same to the user
+        first = redact((str(e).strip().splitlines() or [""])[0][:300], env_secrets())
+        raise UserError(f"{what} {name}: not a local folder, and the hub id could not be downloaded "
+                        f"({type(e).__name__}: {first}). On a machine with network: `hf download {name} "
+                        f"--local-dir DIR` (a private repository needs HF_TOKEN), then pass {what} DIR") from None
+    log.info("%s %s: the hub repository's files, in %s", what, name, path)
+    return path
 
 
 def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional[str] = None,

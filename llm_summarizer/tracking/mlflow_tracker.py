@@ -99,3 +99,25 @@ class MlflowTracker(Tracker):
 
     def info(self):
         return dict(self._info)
+
+
+def log_evaluation(training: dict, evaluation) -> Optional[dict]:
+    """evaluate's scores into the MLflow run that trained the model (its metrics.json `tracking.mlflow`):
+    `<split>/<rouge>` metrics (and the base's and the gain with --compare-base), a tag with the evaluation's
+    folder. None when the model records no MLflow run or its store address was redacted (it held a secret)."""
+    known = ((training.get("tracking") or {}).get("mlflow")) or {}
+    uri, run_id = known.get("tracking_uri"), known.get("run_id")
+    if not uri or not run_id or redact(uri) != uri or "***" in uri:
+        return None
+    m = evaluation.metrics
+    split, res = m["data"]["split"], m["results"]
+    values = {f"{split}/{k}": v["f1"] for k, v in res["model"].items() if isinstance(v, dict) and "f1" in v}
+    if "model_minus_base" in res:
+        values.update({f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v})
+        values.update({f"{split}/gain_{k}": v["diff"] for k, v in res["model_minus_base"].items()})
+    values[f"{split}/examples"] = float(m["data"]["examples"])
+    ts = int(time.time() * 1000)
+    client = MlflowClient(tracking_uri=uri)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)],
+                     tags=[RunTag(f"llm_summarizer.evaluation.{split}", str(Path(evaluation.output_dir).resolve()))])
+    return {"run_id": run_id, "tracking_uri": uri, "keys": sorted(values)}

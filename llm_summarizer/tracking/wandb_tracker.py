@@ -161,3 +161,70 @@ class WandbTracker(Tracker):
 
     def info(self):
         return dict(self._info)
+
+
+EVAL_TABLE_COLUMNS = ["id", "reference", "prediction", "base_prediction", "rougeL", "base_rougeL"]
+
+
+def _rows(path: Optional[Path]) -> list[dict]:
+    if path is None or not Path(path).is_file():
+        return []
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def log_evaluation(training: dict, evaluation, table_rows: int = 200) -> Optional[dict]:
+    """evaluate's scores and a predictions table into the W&B run that trained the model.
+
+    `training` is the model directory's metrics.json (its `tracking.wandb` names the run); the run is resumed
+    by id (job_type stays the training's; the keys are `test/*`), online when there is a key and the server
+    answers, offline otherwise, under the evaluation's output folder. Returns what was logged (mode, run id,
+    the sync command when offline), or None when the model records no W&B run.
+    """
+    known = ((training.get("tracking") or {}).get("wandb")) or {}
+    if not known.get("run_id"):
+        return None
+    mode, why = decide_wandb_mode("auto")
+    if mode == "disabled":
+        return None
+    m = evaluation.metrics
+    split = m["data"]["split"]
+    out_dir = Path(evaluation.output_dir)
+    (out_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
+    kwargs = dict(project=known.get("project"), entity=known.get("entity"), id=known["run_id"], resume="allow",
+                  dir=str(out_dir), reinit="create_new")
+    try:
+        run = wandb.init(mode=mode, settings=wandb.Settings(silent=mode != "online"), **kwargs)
+    except Exception as e:
+        if mode != "online":
+            raise
+        why = f"could not reach the run online ({type(e).__name__}: {redact(str(e).splitlines()[0] if str(e) else '')})"
+        mode = "offline"
+        run = wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
+    res = m["results"]
+    values = {f"{split}/{k}": v["f1"] for k, v in res["model"].items() if isinstance(v, dict) and "f1" in v}
+    values.update({f"{split}/{k}_ci95_low": v["ci95"][0] for k, v in res["model"].items()
+                   if isinstance(v, dict) and "ci95" in v})
+    if "model_minus_base" in res:
+        values.update({f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v})
+        values.update({f"{split}/gain_{k}": v["diff"] for k, v in res["model_minus_base"].items()})
+    values[f"{split}/examples"] = m["data"]["examples"]
+    run.summary.update(values)
+    base = {r["id"]: r for r in _rows(evaluation.base_predictions)}
+    table = wandb.Table(columns=EVAL_TABLE_COLUMNS)
+    for r in _rows(evaluation.predictions)[:table_rows]:
+        b = base.get(r["id"], {})
+        table.add_data(str(r["id"]), r["reference"], r["prediction"], b.get("prediction"), r.get("rougeL"),
+                       b.get("rougeL"))
+    run.log({f"{split}/predictions": table})
+    run.finish()
+    info = {"mode": mode, "run_id": run.id, "project": known.get("project"), "keys": sorted(values)}
+    if mode == "online":
+        info["url"] = run.url
+        log.info("W&B: %s scores and predictions added to the training run %s", split, run.url)
+    else:
+        info["sync_command"] = sync_command(out_dir / WANDB_DIR, run.id)
+        log.info("W&B: %s scores added to the training run %s offline (%s); upload with:\n    %s",
+                 split, run.id, why, info["sync_command"])
+    return info

@@ -21,11 +21,12 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .. import progress
 from ..config import Config
 from ..errors import TrainingStopped
 from ..evaluation.bootstrap import paired_difference
-from ..evaluation.scoring import PROTOCOL, score_corpus
-from ..models.generation import derive_max_new_tokens, generate
+from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
+from ..models.generation import AdaptiveBatch, derive_max_new_tokens, generate
 from ..rundir import PREDICTIONS_DIR, SAMPLES_FILE, checkpoint_step
 
 log = logging.getLogger("llm_summarizer.callbacks")
@@ -50,6 +51,9 @@ class RougeEvaluator:
         sub = dataset.select(idx)
         self.ids, self.documents, self.references = list(sub["id"]), list(sub["document"]), list(sub["summary"])
         self.max_new_tokens = derive_max_new_tokens(summary_token_lengths, cfg.eval)
+        self.batch = AdaptiveBatch(cfg.eval.batch_size)  # an OOM's smaller batch is kept for later evaluations
+        self.protocol = protocol_for(self.references, cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
+        warn_empty_references(self.references, self.protocol, "validation")
         self.out_dir = out_dir
         self.total_seconds = 0.0
         self.seconds_outside_training = 0.0  # the base-model pass before train()
@@ -60,10 +64,13 @@ class RougeEvaluator:
 
     def run(self, model, step: Optional[int] = None, tag: Optional[str] = None) -> dict:
         t0 = time.perf_counter()
-        gens = generate(model, self.tok, self.formatter, self.documents, self.cfg.eval, self.max_new_tokens,
-                        self.cfg.model.backend, seed=self.cfg.eval.sample_seed)
+        n = len(self.documents)
+        with progress.bar(n, f"ROUGE: {n} validation summaries ({tag or f'step {step}'})", "summary") as b:
+            gens = generate(model, self.tok, self.formatter, self.documents, self.cfg.eval, self.max_new_tokens,
+                            self.cfg.model.backend, seed=self.cfg.eval.sample_seed, batch=self.batch,
+                            progress=lambda done, _total: b.update_to(done))
         preds = [g.text for g in gens]
-        means, per = score_corpus(self.references, preds)
+        means, per = score_corpus(self.references, preds, self.protocol)
         seconds = time.perf_counter() - t0
         self.total_seconds += seconds
         if tag == "base":
@@ -125,7 +132,7 @@ def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
     if evaluator is None:
         return {}
     ev = cfg.eval
-    return {**PROTOCOL, "split": "validation", "examples": len(evaluator.documents), "subset_seed": ev.sample_seed,
+    return {**evaluator.protocol.describe(), "split": "validation", "examples": len(evaluator.documents), "subset_seed": ev.sample_seed,
             "decoding": {"num_beams": ev.num_beams, "do_sample": ev.do_sample,
                          "max_new_tokens": evaluator.max_new_tokens,
                          **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {})},

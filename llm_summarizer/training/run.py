@@ -44,7 +44,7 @@ from .callbacks import (
 from .checkpoints import clean_staging, resolve_resume
 from .guards import RunLock, training_errors
 from .report import write_training_report
-from .trainer import build_trainer
+from .trainer import build_trainer, check_extra_args
 
 log = logging.getLogger("llm_summarizer.train")
 
@@ -119,6 +119,7 @@ def prepare_output(cfg: Config) -> Optional[Path]:
     clean_staging(cfg.output_dir)
     recover_interrupted_replace(cfg.model_dir)
     check_installed(cfg)
+    check_extra_args(cfg)  # before anything heavy is loaded
     return resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
 
 
@@ -216,13 +217,32 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
                   "best_metric": trainer.state.best_metric,
                   "rouge_callback_s": round(evaluator.total_seconds, 2) if evaluator else None,
                   "rouge_callback_share": _share(evaluator, train_out),
-                  "resumed_from": str(s.resume_from) if s.resume_from else None},
+                  "resumed_from": str(s.resume_from) if s.resume_from else None,
+                  **speed_and_memory(trainer, train_out)},
         "data": s.prepared.report(),
         "eval_protocol": eval_protocol(s.cfg, evaluator),
     }
     if s.trackers is not None and s.trackers.info():
         metrics["tracking"] = s.trackers.info()  # W&B run id and URL (online), sync command (offline), ...
     return metrics
+
+
+def speed_and_memory(trainer, train_out) -> dict:
+    """Training tokens/s of this process (TRL's count of attention-mask tokens over the training wall time,
+    evaluations inside it included) and its peak memory (CUDA allocations on a GPU, the process's RSS on a CPU)."""
+    import resource
+
+    import torch
+
+    runtime = train_out.metrics.get("train_runtime")
+    tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's counter, this process's steps only
+    if torch.cuda.is_available():
+        peak, what = torch.cuda.max_memory_allocated() / 1024 ** 3, "CUDA memory allocated"
+    else:
+        peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, "process RSS"
+    return {"train_tokens": int(tokens) if tokens else None,
+            "train_tokens_per_s": round(tokens / runtime, 1) if tokens and runtime else None,
+            "peak_memory_gib": round(peak, 3), "peak_memory_of": what}
 
 
 def _share(evaluator, train_out) -> Optional[float]:
@@ -292,6 +312,10 @@ def summary_lines(result: RunResult) -> list[str]:
         train_s = m["train"].get("train_runtime_s")
         lines.append(f"   wall time:       {_minutes(result.wall_s)}"
                      + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else ""))
+    t = m["train"]
+    if t.get("peak_memory_gib") is not None:
+        speed = f"{t['train_tokens_per_s']:.0f} training tokens/s, " if t.get("train_tokens_per_s") else ""
+        lines.append(f"   speed, memory:   {speed}peak {t['peak_memory_gib']:.2f} GiB ({t['peak_memory_of']})")
     cmp = m.get("final_vs_base")
     if cmp:
         lines += ["", f"== fine-tuned minus base on the same {cmp['examples']} validation examples "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import datasets
 import torch
@@ -19,6 +20,7 @@ from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from trl import SFTConfig, SFTTrainer
 
+from .. import progress
 from ..config import ROUGE_KEYS, Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
@@ -56,11 +58,72 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
                         "(data.validation or data.validation_size > 0)")
 
 
+def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
+    """train.extra_args, each key checked against SFTConfig's fields before anything is loaded."""
+    import dataclasses
+    import difflib
+
+    extra = dict(cfg.train.extra_args)
+    if not extra:
+        return extra
+    types = {f.name: f.type for f in dataclasses.fields(SFTConfig) if f.init}
+    fields = set(types)
+    managed = MANAGED_ARGS if managed is None else managed
+    for key in extra:
+        if "token" in key.lower() and key not in fields - {"hub_token"}:
+            raise UserError(f"train.extra_args.{key}: tokens are read from the environment (HF_TOKEN, "
+                            f"WANDB_API_KEY) or --env-file, never from a config that is saved beside the model")
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise UserError(f"train.extra_args.{key}: not a field of TRL's SFTConfig"
+                            + (f"; did you mean {', '.join(close)}?" if close else ""))
+        if key in managed:
+            raise UserError(f"train.extra_args.{key}: llm_summarizer sets this SFTConfig field itself (from its "
+                            f"config keys, e.g. train.* and eval.*); set it there, not in extra_args")
+        wanted = _plain_types(types[key])
+        value = extra[key]
+        if wanted and not any(_fits(value, t) for t in wanted):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in wanted)
+            raise UserError(f"train.extra_args.{key}: {value!r} is {type(value).__name__}; SFTConfig expects {names}")
+    return extra
+
+
+_PLAIN = (bool, int, float, str, dict, list, type(None))
+
+
+def _plain_types(annotation) -> tuple:
+    """The plain types an SFTConfig field accepts, or () when its annotation is not only plain types."""
+    import typing
+
+    args = typing.get_args(annotation) or (annotation,)
+    args = tuple(typing.get_origin(a) or a for a in args)
+    return args if all(a in _PLAIN for a in args) else ()
+
+
+def _fits(value, t) -> bool:
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
 def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]):
+    kwargs = sft_kwargs(cfg, prec, output_dir, has_validation, report_to)
+    extra = check_extra_args(cfg, MANAGED_ARGS | set(kwargs))
+    try:
+        return SFTConfig(**kwargs, **extra)
+    except (TypeError, ValueError) as e:
+        if not extra:
+            raise
+        raise UserError(f"train.extra_args {extra}: TRL's SFTConfig refused them: {e}") from None
+
+
+def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]) -> dict:
     t = cfg.train
     eval_strategy = t.eval_strategy if has_validation else "no"
     metric = t.metric_for_best_model
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         run_name=cfg.output.run_name,
         num_train_epochs=t.num_train_epochs,
@@ -101,8 +164,21 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         train_sampling_strategy=t.sampling,
         dataloader_num_workers=t.dataloader_num_workers,
         restore_callback_states_from_checkpoint=True,
-        disable_tqdm=True,
+        disable_tqdm=not progress.enabled(),  # transformers' bar (a table in notebooks) where someone watches
     )
+
+
+# The SFTConfig fields sft_kwargs sets (from the config) plus those whose meaning this project relies on.
+MANAGED_ARGS = frozenset({
+    "output_dir", "run_name", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
+    "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "optim", "logging_steps", "logging_first_step",
+    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "seed", "data_seed",
+    "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "bf16", "fp16", "report_to",
+    "max_length", "completion_only_loss", "packing", "packing_strategy", "padding_free", "train_sampling_strategy",
+    "dataloader_num_workers", "restore_callback_states_from_checkpoint", "disable_tqdm", "resume_from_checkpoint",
+    "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field", "assistant_only_loss", "save_safetensors",
+    "gradient_checkpointing", "group_by_length"})
 
 
 class EpochSeededLengthGroupedSampler(Sampler):

@@ -88,3 +88,32 @@ def test_input_errors_are_one_message(tiny_run, tmp_path, capsys, monkeypatch):
     table.write_text(json.dumps({"body": "some text", "id": 1}) + "\n")
     err = err_of(table)
     assert "no document column found" in err and "body" in err and "--column" in err
+
+
+def test_a_hub_id_as_model_comes_from_the_hub_cache_or_says_how_to_get_it(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    doc = tmp_path / "article.txt"
+    doc.write_text(read_jsonl(TEST)[0]["document"])
+    capsys.readouterr()
+    assert summarize_main("--model", tiny_run.model_dir, doc) == 0
+    local = capsys.readouterr().out.strip()
+    # the hub's cache layout, as `hf download you/summarizer` leaves it; the hub itself is out of reach
+    cache = tmp_path / "hub-cache"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--you--summarizer"
+    shutil.copytree(tiny_run.model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    assert summarize_main("--model", "you/summarizer", doc) == 0
+    assert capsys.readouterr().out.strip() == local
+    # a hub id that is nowhere: one message naming it and the download command, exit 2
+    assert summarize_main("--model", "you/not-there", doc) == 2
+    err = capsys.readouterr().err
+    assert "--model you/not-there: not a local folder" in err and "hf download you/not-there" in err

@@ -64,6 +64,7 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
     assert diff["rougeL"]["ci95"][0] > 0
     p = m["protocol"]
     assert p["use_stemmer"] is True and p["decoding"]["strategy"] == "greedy"
+    assert p["tokenizer"] == tiny_run.metrics["eval_protocol"]["tokenizer"] == "default"  # English data
     assert p["decoding"]["max_new_tokens"] == tiny_run.metrics["eval_protocol"]["decoding"]["max_new_tokens"]
     assert p["bootstrap"]["resamples"] == 1000 and "summary" in p["reference"]
     # report.md and its plots, training curves included (the model came from a run)

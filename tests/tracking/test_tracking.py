@@ -70,6 +70,7 @@ class WandbRun:
         self.dir = run_dir
         (self.file,) = run_dir.glob("run-*.wandb")
         self.run, self.history, self.stats, self.artifacts, self.exit_code = None, [], [], [], None
+        self.summary: dict = {}
         for r in wandb_records(self.file):
             kind = r.WhichOneof("record_type")
             if kind == "run":
@@ -82,6 +83,9 @@ class WandbRun:
                 self.artifacts.append(r.artifact)
             elif kind == "exit":
                 self.exit_code = r.exit.exit_code
+            elif kind == "summary":
+                self.summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                                     for i in r.summary.update})
         # a SIGKILLed process can leave a file without even its run record (W&B's service never flushed it)
         self.run_id = run_dir.name.rsplit("-", 1)[1]
         self.config = {} if self.run is None else {
@@ -233,6 +237,43 @@ def test_final_adapter_is_a_wandb_artifact(tracked):
     assert entries["adapter_model.safetensors"].digest == base64.b64encode(hashlib.md5(blob).digest()).decode()
     meta = json.loads(art.metadata)
     assert meta["base_model"] == "random:tiny" and meta["final_rougeL"] == pytest.approx(tracked["metrics"]["final"]["rougeL"])
+
+
+def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_model(tracked, tmp_path, monkeypatch):
+    from llm_summarizer.commands.evaluate import main
+
+    for k, v in tracker_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "ev"
+    assert main(["--model", str(tracked["cfg"].model_dir), "--data", str(ROOT / "data/demo/test.jsonl"),
+                 "--limit", "6", "--compare-base", "--output", str(out), "--no-report"]) == 0
+    res = json.loads((out / "metrics.json").read_text())["results"]
+    (erun,) = wandb_runs(out)
+    assert erun.run_id == tracked["wandb"].run_id  # the training run, resumed by id (synced after it)
+    assert erun.summary["test/rougeL"] == pytest.approx(res["model"]["rougeL"]["f1"])
+    assert erun.summary["test/gain_rougeL"] == pytest.approx(res["model_minus_base"]["rougeL"]["diff"])
+    assert erun.summary["test/examples"] == 6
+    (row,) = [h for h in erun.history if h.get("test/predictions/_type") == "table-file"]
+    table = json.loads((erun.dir / "files" / row["test/predictions/path"]).read_text())
+    preds = {r["id"]: r for r in read_jsonl(out / "predictions.jsonl")}
+    assert len(table["data"]) == 6 and table["columns"][:4] == ["id", "reference", "prediction", "base_prediction"]
+    assert all(r[2] == preds[r[0]]["prediction"] for r in table["data"])
+    for f in out.rglob("*"):  # no secret from the environment in anything the evaluation wrote
+        if f.is_file():
+            blob = f.read_bytes()
+            assert not any(v.encode() in blob for v in FAKE_SECRETS.values()), f
+    # and into the MLflow run of the same training
+    from mlflow import MlflowClient
+
+    ml = tracked["metrics"]["tracking"]["mlflow"]
+    got = MlflowClient(tracking_uri=ml["tracking_uri"]).get_run(ml["run_id"]).data
+    assert got.metrics["test/rougeL"] == pytest.approx(res["model"]["rougeL"]["f1"])
+    assert got.tags["llm_summarizer.evaluation.test"] == str(out.resolve())
+    # --no-tracking leaves both alone
+    out2 = tmp_path / "ev2"
+    assert main(["--model", str(tracked["cfg"].model_dir), "--data", str(ROOT / "data/demo/test.jsonl"),
+                 "--limit", "2", "--output", str(out2), "--no-report", "--no-tracking"]) == 0
+    assert not (out2 / "wandb").exists()
 
 
 def test_tensorboard_has_the_same_scalars(tracked):

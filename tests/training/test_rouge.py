@@ -129,7 +129,25 @@ def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):
 
     monkeypatch.setattr(model, "generate", flaky)
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
-    out = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers")
+    batch = generation.AdaptiveBatch(cfg.eval.batch_size)
+    out = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch)
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
     assert len(out) == 8 and all(isinstance(g.text, str) for g in out)
     assert sum(1 for g in out if g.text) >= 6
+    # the next evaluation of the run starts at the size that worked: no OOM again
+    sizes.clear()
+    again = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch)
+    assert set(sizes) == {2} and len(sizes) == 4 and batch.size == 2 and batch.reductions == 2
+    assert [g.text for g in again] == [g.text for g in out]
+
+
+def test_out_of_memory_of_any_device_is_recognised():
+    import torch
+
+    from llm_summarizer.faults import is_oom
+
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 8589934592 bytes"))
+    assert is_oom(RuntimeError("MPS backend out of memory (MPS allocated: 1.2 GB)"))
+    assert not is_oom(RuntimeError("expected scalar type Float but found Half"))

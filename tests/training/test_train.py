@@ -43,6 +43,22 @@ def test_demo_learns_and_leaves_exact_files(tiny_run):
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
+    from llm_summarizer.training.run import summary_lines
+
+    t = json.loads((tiny_run.model_dir / "metrics.json").read_text())["train"]
+    cfg = yaml.safe_load((tiny_run.model_dir / "config.yaml").read_text())
+    seen = cfg["train"]["max_steps"] * cfg["train"]["per_device_train_batch_size"] * cfg["train"][
+        "gradient_accumulation_steps"]
+    # every example trained has some tokens and at most max_seq_length of them
+    assert 8 * seen <= t["train_tokens"] <= cfg["model"]["max_seq_length"] * seen
+    assert t["train_tokens_per_s"] == pytest.approx(t["train_tokens"] / t["train_runtime_s"], rel=0.01)
+    assert 0.1 < t["peak_memory_gib"] < 64 and t["peak_memory_of"] in ("process RSS", "CUDA memory allocated")
+    text = "\n".join(summary_lines(tiny_run))
+    assert f"{t['train_tokens_per_s']:.0f} training tokens/s, peak {t['peak_memory_gib']:.2f} GiB" in text
+    assert "wall time:" in text
+
+
 def test_demo_logs_rouge_at_every_evaluation(tiny_run):
     evals = [h for h in tiny_run.log_history if "eval_loss" in h]
     assert len(evals) >= 3
@@ -94,6 +110,8 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     assert second.resumed_from == cfg.output_dir / "checkpoint-12"
     assert second.metrics["train"]["global_step"] == 20
     assert first_step.seen == 13, "the resumed run must continue the step count, not restart"
+    # speed is this process's own: 8 of the 20 steps were trained here
+    assert second.metrics["train"]["train_tokens"] < full.metrics["train"]["train_tokens"]
     # the history carries the first segment's entries from the checkpoint, each step once
     steps = [h["step"] for h in second.log_history if "loss" in h]
     assert steps == sorted(set(steps)) and steps == [h["step"] for h in full.log_history if "loss" in h]
@@ -172,3 +190,26 @@ def test_default_config_offline_says_what_to_do():
     assert r.returncode == 2, r.stderr[-3000:]
     assert "--config tiny" in r.stderr and "model.name=/path/to/local/model" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_extra_args_reach_sftconfig_and_bad_keys_are_named(tmp_path, models_dir):
+    from llm_summarizer.errors import UserError
+    from llm_summarizer.models.loading import pick_precision
+    from llm_summarizer.training.trainer import sft_config
+
+    cfg = load_config("tiny", [f"output.dir={tmp_path}", "train.extra_args={adam_beta2: 0.95, neftune_noise_alpha: 5}"])
+    args = sft_config(cfg, pick_precision(cfg), tmp_path, True, ["none"])
+    assert args.adam_beta2 == 0.95 and args.neftune_noise_alpha == 5
+    for extra, words in (("{adam_beta3: 0.9}", "not a field of TRL's SFTConfig; did you mean adam_beta2"),
+                         ("{learning_rate: 0.1}", "sets this SFTConfig field itself"),
+                         ("{hub_token: hf_abc}", "tokens are read from the environment"),
+                         ("{adam_beta2: fast}", "'fast' is str; SFTConfig expects float")):
+        cfg = load_config("tiny", [f"output.dir={tmp_path}", f"train.extra_args={extra}"])
+        with pytest.raises(UserError, match=words):
+            sft_config(cfg, pick_precision(cfg), tmp_path, True, ["none"])
+    # through the command: exit 2, one message, before any model is loaded or anything is written
+    out = tmp_path / "cli"
+    r = run_cli("train", "--config", "tiny", f"model.cache_dir={models_dir}", f"output.dir={out}",
+                f"output.model_dir={tmp_path / 'ft'}", "train.extra_args={adam_beta3: 0.9}")
+    assert r.returncode == 2 and "train.extra_args.adam_beta3" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "ft").exists() and not list(out.glob("checkpoint-*"))
