@@ -123,6 +123,15 @@ def replace_directory(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def sha256_file(p: Path, block: int = 1 << 22) -> str:
+    """sha256 of the whole file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_digest(p: Path, whole_below: int = 256 << 20, chunk: int = 1 << 20, samples: int = 16) -> str:
     """sha256 of the whole file when small (adapters), else of its size and evenly spaced 1 MiB chunks:
     a retrained model is noticed, a copied one (new path, new modification time) is the same model."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from ..errors import UserError
-from ..files import atomic_directory
+from ..files import atomic_directory, sha256_file
 
 log = logging.getLogger("llm_summarizer.models")
 
@@ -61,13 +60,6 @@ def cache_lock(path: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
-
-def _digest(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def inspect(path: Path, what: str = "model.name") -> dict:
@@ -182,7 +174,7 @@ def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -
     """The model directory for a GGUF file: converted on first use, reused after (by content and dtype)."""
     path = Path(os.path.expanduser(str(path))).resolve()
     facts = inspect(path, what)
-    digest = _digest(path)
+    digest = sha256_file(path)
     out = converted_dir(path, cache_dir, dtype, digest)
     if _complete(out):
         return out

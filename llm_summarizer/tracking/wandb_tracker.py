@@ -85,6 +85,17 @@ def sync_command(wandb_dir: Path, run_id: str) -> str:
     return f"wandb sync {shlex.quote(str(wandb_dir))}/offline-run-*-{run_id}"
 
 
+def start_run(mode: str, why: str, kwargs: dict, failed_online: str):
+    """wandb.init in `mode`; an online start that fails falls back to offline, saying why (redacted)."""
+    try:
+        return wandb.init(mode=mode, settings=wandb.Settings(silent=mode != "online"), **kwargs), mode, why
+    except Exception as e:
+        if mode != "online":
+            raise
+        why = f"{failed_online} ({type(e).__name__}: {redact(str(e).splitlines()[0] if str(e) else '')})"
+        return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs), "offline", why
+
+
 def _new_table():
     try:
         # one table on the dashboard that grows at each evaluation (only the new rows are sent)
@@ -108,14 +119,7 @@ class WandbTracker(Tracker):
                       tags=list(t.tags) or None, group=t.group, notes=t.notes, job_type="train",
                       config=run_config(cfg), id=run_id, resume="allow", dir=str(self.output_dir),
                       reinit="create_new")  # leaves wandb.run alone: libraries that poke at it (TRL) stay out
-        try:
-            run = wandb.init(mode=mode, settings=wandb.Settings(silent=mode != "online"), **kwargs)
-        except Exception as e:
-            if mode != "online":
-                raise
-            why = f"could not start an online run ({type(e).__name__}: {redact(str(e).splitlines()[0] if str(e) else '')})"
-            mode = "offline"
-            run = wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
+        run, mode, why = start_run(mode, why, kwargs, "could not start an online run")
         run.define_metric(STEP_KEY)
         run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
         self.run, self.table = run, _new_table()
@@ -194,14 +198,7 @@ def log_evaluation(training: dict, evaluation, table_rows: int = 200) -> Optiona
     (out_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
     kwargs = dict(project=known.get("project"), entity=known.get("entity"), id=known["run_id"], resume="allow",
                   dir=str(out_dir), reinit="create_new")
-    try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(silent=mode != "online"), **kwargs)
-    except Exception as e:
-        if mode != "online":
-            raise
-        why = f"could not reach the run online ({type(e).__name__}: {redact(str(e).splitlines()[0] if str(e) else '')})"
-        mode = "offline"
-        run = wandb.init(mode=mode, settings=wandb.Settings(silent=True), **kwargs)
+    run, mode, why = start_run(mode, why, kwargs, "could not reach the run online")
     res = m["results"]
     values = {f"{split}/{k}": v["f1"] for k, v in res["model"].items() if isinstance(v, dict) and "f1" in v}
     values.update({f"{split}/{k}_ci95_low": v["ci95"][0] for k, v in res["model"].items()

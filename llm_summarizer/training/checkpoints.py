@@ -13,7 +13,6 @@ resumed from unless train.verify_checkpoints=false says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -26,7 +25,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .. import __version__
 from ..errors import UserError
-from ..files import replace_directory, write_json
+from ..files import replace_directory, sha256_file, write_json
 from ..models.directory import ADAPTER_WEIGHTS, FULL_WEIGHTS
 from ..rundir import STAGING_DIR, list_checkpoints
 
@@ -36,13 +35,6 @@ STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 MANIFEST = "checkpoint_manifest.json"
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
@@ -51,7 +43,7 @@ def _files(root: Path) -> list[Path]:
 def write_manifest(ckpt: Path) -> dict:
     """Every file's size and sha256, written last into the checkpoint (before it is renamed into place)."""
     t0 = time.perf_counter()
-    files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(ckpt)}
+    files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(ckpt)}
     manifest = {"format": 1, "written_by": f"llm_summarizer {__version__}", "files": files,
                 "hash_seconds": round(time.perf_counter() - t0, 4),
                 "bytes": sum(f["size"] for f in files.values())}
@@ -77,7 +69,7 @@ def manifest_problem(ckpt: Path) -> Optional[str]:
             return f"{name} is missing"
         if p.stat().st_size != rec["size"]:
             return f"{name} is {p.stat().st_size} bytes, the manifest says {rec['size']} (cut short or replaced)"
-        if _sha256(p) != rec["sha256"]:
+        if sha256_file(p) != rec["sha256"]:
             return f"{name} changed after it was written (its sha256 differs from the manifest's)"
     return None
 
