@@ -272,6 +272,9 @@ class EvalSection(_Section):
     sample_seed: int = 1234
     every_steps: Optional[int] = Field(None, ge=1, description="ROUGE every N steps; None = every train.eval_steps")
     log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
+    loss_rows: Literal["rouge_subset", "all"] = Field(
+        "rouge_subset", description="eval_loss over the same eval.num_samples validation rows as ROUGE (rouge_subset), or "
+        "over the whole validation split (all); without ROUGE it is always the whole split")
     bootstrap_samples: int = Field(1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals")
     bootstrap_seed: int = Field(1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)")
     rouge_tokenizer: Literal["auto", "default", "unicode", "chars"] = Field(
@@ -342,6 +345,73 @@ class TrackingSection(_Section):
         return [v] if isinstance(v, str) else v
 
 
+class ScaleSection(_Section):
+    """Several ranks (torchrun / accelerate launch of the train command): see the README's "Several GPUs"."""
+    timeout_s: int = Field(1800, ge=10, description="how long a rank waits for the others at a collective "
+                           "(a checkpoint, an evaluation) before the run fails")
+    allow_world_size_change: bool = Field(False, description="resume a checkpoint written by another number of "
+                                          "ranks (the rest of the run then differs from an uninterrupted one)")
+
+
+class SearchParam(_Section):
+    """One searched config key: a float or int range (log scale optional, int step optional) or a list of choices."""
+    type: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = Field(None, gt=0)
+    choices: Optional[list] = None
+
+    @model_validator(mode="after")
+    def _sane(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty choices list")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("a categorical parameter takes choices, not low/high/log")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high")
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not choices")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log=true needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log=true and step cannot go together (Optuna refuses it)")
+        if self.type == "int" and any(v is not None and float(v) != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("an int parameter needs whole low, high and step")
+        return self
+
+
+class TuneSection(_Section):
+    """llm-summarizer tune: an Optuna study over config keys, each trial a training run (see the README's "Tune")."""
+    dir: Optional[str] = Field(None, description="the study's folder (trials, study.db, summary); default "
+                               "outputs/<run_name>-tune")
+    storage: Optional[str] = Field(None, description="Optuna storage: any SQLAlchemy URL; None = sqlite:///<dir>/study.db")
+    study_name: Optional[str] = Field(None, description="None = output.run_name")
+    metric: str = Field("eval_rougeL", description="the ROUGE metric maximized (eval_rouge1, eval_rouge2, eval_rougeL, "
+                        "eval_rougeLsum): the final model's, intermediate values at each evaluation for pruning")
+    seed: int = Field(0, description="seed of the TPE sampler")
+    n_startup_trials: int = Field(5, ge=0, description="random trials before TPE models the space")
+    pruner: Literal["median", "none"] = Field("median", description="stop a trial whose intermediate value is below "
+                                              "the median of earlier trials at the same step")
+    prune_startup_trials: int = Field(2, ge=0, description="finished trials before any pruning")
+    prune_warmup_steps: int = Field(0, ge=0, description="training steps before a trial can be pruned")
+    max_retries: int = Field(1, ge=0, description="reruns of a trial whose process died (resumed from its checkpoint)")
+    space: dict[str, SearchParam] = Field(default_factory=dict, description="dotted config key -> distribution, e.g. "
+                                          "train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
+
+    @field_validator("metric")
+    @classmethod
+    def _rouge(cls, v):
+        if v.removeprefix("eval_") not in ROUGE_KEYS:
+            raise ValueError(f"tune.metric must be one of {', '.join('eval_' + k for k in ROUGE_KEYS)} (ROUGE of "
+                             "generated summaries, the quantity the search is for)")
+        return v if v.startswith("eval_") else f"eval_{v}"
+
+
 class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
@@ -350,6 +420,8 @@ class Config(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    scale: ScaleSection = Field(default_factory=ScaleSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
 
     @model_validator(mode="after")
     def _cross_checks(self):

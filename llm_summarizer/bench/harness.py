@@ -68,11 +68,12 @@ def bench_config(args, data: tuple[Path, Optional[Path], str], model_name: str, 
 
 def prepare_model(args, cfg: Config) -> tuple[str, Optional[str]]:
     """The model directory both backends load: built once here for a random-init shape."""
-    if args.model:
+    if args.model and Path(args.model).expanduser().is_dir():
         return str(Path(args.model).expanduser().resolve()), None
-    cfg.model.name = f"random:{args.shape}"
+    # a random-init shape, or a name the loader resolves (the registry's smollm2-135m-instruct, a cached hub id)
+    cfg.model.name = args.model or f"random:{args.shape}"
     raw = load_raw_splits(cfg)
-    return str(Path(resolve_model_path(cfg, raw)).resolve()), args.shape
+    return str(Path(resolve_model_path(cfg, raw)).resolve()), None if args.model else args.shape
 
 
 def run_child(spec: dict, work: Path, name: str, threads: Optional[int] = None) -> dict:

@@ -9,6 +9,7 @@
     llm-summarizer export fine_tuned/demo --format merged-16bit
     llm-summarizer serve --model fine_tuned/demo --compare-base  # try it in a browser
     llm-summarizer score predictions.jsonl --base other.jsonl  # ROUGE of any predictions file, paired
+    llm-summarizer tune --config tiny --trials 8 'tune.space={...}'  # hyperparameters on ROUGE (Optuna)
     llm-summarizer bench                                   # unsloth vs transformers, same run
     llm-summarizer env                                     # versions and device, for bug reports
     llm-summarizer configs                                 # the ready configs
@@ -30,6 +31,7 @@ COMMANDS = {
     "data": ("data", "show what training would see: sizes, drops, truncations, token lengths, examples"),
     "serve": ("serve", "try a saved model in a browser: a local page and a JSON API (POST /summarize)"),
     "score": ("score", "ROUGE with 95% intervals of any predictions file (JSONL/CSV/...), optionally paired with another"),
+    "tune": ("tune", "search hyperparameters on ROUGE: an Optuna study whose trials are training runs (resumable)"),
     "bench": ("bench", "benchmark the training path, unsloth against transformers, in one run"),
     "env": ("env", "versions, device and precision facts for a bug report"),
     "configs": ("configs", "list the ready configs (used as --config NAME)"),

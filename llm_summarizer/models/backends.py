@@ -99,7 +99,9 @@ def _transformers_load(spec: LoadSpec, adapter: Optional[str] = None):
     elif spec.load_in_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     if torch.cuda.is_available():
-        kwargs["device_map"] = {"": 0}
+        from .. import distributed
+
+        kwargs["device_map"] = {"": distributed.local_rank()}  # each rank its own GPU
     tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
     model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
     return model, tok

@@ -88,14 +88,16 @@ class AdaptiveBatch:
 
 def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection, max_new_tokens: int,
              backend: str, batch_size: Optional[int] = None, seed: int = 0, progress=None,
-             batch: Optional[AdaptiveBatch] = None) -> list[Generated]:
-    """Summaries for `documents`, in order. Batches are length-sorted; an out-of-memory halves the batch and
-    retries, and `batch` (when given) keeps the smaller size for the next call."""
+             batch: Optional[AdaptiveBatch] = None, sort_by_length: bool = True) -> list[Generated]:
+    """Summaries for `documents`, in order. Batches are length-sorted (longest first, so an out-of-memory shows
+    at once; less left padding to compute), the results put back in the documents' order; an out-of-memory
+    halves the batch and retries, and `batch` (when given) keeps the smaller size for the next call.
+    `sort_by_length=False` batches in the given order (the benchmark's equal-settings comparison)."""
     prompts = []
     for d in documents:
         ids, truncated = formatter.generation_prompt(d, max_new_tokens)
         prompts.append((ids, truncated))
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0]))
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0])) if sort_by_length else list(range(len(prompts)))
     results: list[Optional[Generated]] = [None] * len(prompts)
     batch = batch or AdaptiveBatch(batch_size or ev.batch_size)
     bs = batch.size

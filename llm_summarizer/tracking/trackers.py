@@ -149,9 +149,11 @@ def tracker_class(name: str):
 def start_trackers(cfg: Config, resume_from: Optional[Path] = None) -> Trackers:
     """Open the trackers in cfg.tracking.report_to. A run resuming from a checkpoint continues the
     tracker runs recorded in <output.dir>/tracking.json; a fresh run opens new ones."""
+    from .. import distributed
+
     wanted = [r for r in cfg.tracking.report_to if r != "none"]
     trackers = Trackers()
-    if not wanted:
+    if not wanted or not distributed.is_main():  # several ranks: one writer, rank 0
         return trackers
     check_installed(cfg)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)

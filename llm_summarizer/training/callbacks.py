@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .. import progress
+from .. import distributed, progress
 from ..config import Config
 from ..errors import TrainingStopped
 from ..evaluation.bootstrap import paired_difference
@@ -65,10 +65,12 @@ class RougeEvaluator:
     def run(self, model, step: Optional[int] = None, tag: Optional[str] = None) -> dict:
         t0 = time.perf_counter()
         n = len(self.documents)
-        with progress.bar(n, f"ROUGE: {n} validation summaries ({tag or f'step {step}'})", "summary") as b:
-            gens = generate(model, self.tok, self.formatter, self.documents, self.cfg.eval, self.max_new_tokens,
-                            self.cfg.model.backend, seed=self.cfg.eval.sample_seed, batch=self.batch,
-                            progress=lambda done, _total: b.update_to(done))
+        mine = distributed.shard(n)  # several ranks: each generates its share, every rank gets all the texts
+        with progress.bar(len(mine), f"ROUGE: {n} validation summaries ({tag or f'step {step}'})", "summary") as b:
+            local = generate(model, self.tok, self.formatter, [self.documents[i] for i in mine], self.cfg.eval,
+                             self.max_new_tokens, self.cfg.model.backend, seed=self.cfg.eval.sample_seed,
+                             batch=self.batch, progress=lambda done, _total: b.update_to(done))
+        gens = distributed.unshard(distributed.gather(local), n) if distributed.distributed() else local
         preds = [g.text for g in gens]
         means, per = score_corpus(self.references, preds, self.protocol)
         seconds = time.perf_counter() - t0
@@ -86,10 +88,11 @@ class RougeEvaluator:
         samples = [{"step": step, "tag": name, "id": self.ids[i], "document": self.documents[i][:500],
                     "reference": self.references[i], "prediction": gens[i].text, **per[i]}
                    for i in range(min(len(gens), self.cfg.eval.log_samples))]
-        if self.out_dir is not None:
-            self._write(name, gens, per, samples)
-        for fn in self.listeners:
-            fn(step, name, metrics, samples)
+        if distributed.is_main():  # written once, whatever the number of ranks
+            if self.out_dir is not None:
+                self._write(name, gens, per, samples)
+            for fn in self.listeners:
+                fn(step, name, metrics, samples)
         return metrics
 
     def _write(self, name, gens, per, samples) -> None:
@@ -136,7 +139,8 @@ def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
             "decoding": {"num_beams": ev.num_beams, "do_sample": ev.do_sample,
                          "max_new_tokens": evaluator.max_new_tokens,
                          **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {})},
-            "reference": "the dataset's summary column (one reference per example)"}
+            "reference": "the dataset's summary column (one reference per example)",
+            "eval_loss_rows": "the same subset" if ev.loss_rows == "rouge_subset" else "the whole validation split"}
 
 
 def _read_predictions(path: Path) -> dict:
@@ -263,3 +267,47 @@ def _first_nonfinite_grad(model) -> Optional[str]:
         if p.grad is not None and not torch.isfinite(p.grad).all():
             return name
     return None
+
+
+TRIAL_ENV = "LLM_SUMMARIZER_TUNE_TRIAL"  # set by `llm-summarizer tune` for the training run of one trial
+
+
+def make_pruner(spec: dict):
+    """The study's pruner, built the same way in the tune driver and in each trial's run (which asks it)."""
+    import optuna
+
+    if spec["kind"] == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec["n_startup_trials"],
+                                           n_warmup_steps=spec["n_warmup_steps"])
+    return optuna.pruners.NopPruner()
+
+
+class TrialReporter(TrainerCallback):
+    """Inside a tune trial: each evaluation's value of the study's metric goes to the Optuna trial, and the
+    pruner's answer stops training (the run then saves its model as usual; metrics.json says it was pruned)."""
+
+    def __init__(self, spec: dict):
+        import optuna
+
+        study = optuna.load_study(study_name=spec["study"], storage=spec["storage"], pruner=make_pruner(spec["pruner"]))
+        self.trial = optuna.trial.Trial(study, spec["trial_id"])
+        self.metric = spec["metric"]
+        self.pruned_at: Optional[int] = None
+
+    @classmethod
+    def from_env(cls) -> Optional["TrialReporter"]:
+        import os
+
+        raw = os.environ.get(TRIAL_ENV)
+        return cls(json.loads(raw)) if raw and distributed.is_main() else None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.metric)
+        if value is None or state.global_step >= state.max_steps:
+            return control  # the final value is the trial's result, told by the driver
+        self.trial.report(float(value), state.global_step)
+        if self.trial.should_prune():
+            log.info("tune: the pruner stopped this trial at step %d (%s=%.4f)", state.global_step, self.metric, value)
+            self.pruned_at = state.global_step
+            control.should_training_stop = True
+        return control

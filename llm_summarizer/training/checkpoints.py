@@ -40,11 +40,13 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(ckpt: Path) -> dict:
-    """Every file's size and sha256, written last into the checkpoint (before it is renamed into place)."""
+def write_manifest(ckpt: Path, world_size: int = 1) -> dict:
+    """Every file's size and sha256, written last into the checkpoint (before it is renamed into place), and
+    the number of ranks that trained it."""
     t0 = time.perf_counter()
     files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(ckpt)}
-    manifest = {"format": 1, "written_by": f"llm_summarizer {__version__}", "files": files,
+    manifest = {"format": 1, "written_by": f"llm_summarizer {__version__}", "world_size": int(world_size),
+                "files": files,
                 "hash_seconds": round(time.perf_counter() - t0, 4),
                 "bytes": sum(f["size"] for f in files.values())}
     write_json(ckpt / MANIFEST, manifest)
@@ -85,6 +87,11 @@ def checkpoint_problem(path: Path, verify: bool = True) -> Optional[str]:
         int(state["global_step"])
     except Exception as e:
         return f"trainer_state.json unreadable ({type(e).__name__})"
+    ws = checkpoint_world_size(path)
+    if ws > 1:  # one RNG file per rank, or the resumed ranks would not continue their own random streams
+        missing = [f"rng_state_{r}.pth" for r in range(ws) if not (path / f"rng_state_{r}.pth").is_file()]
+        if missing:
+            return f"{', '.join(missing)} missing (trained by {ws} ranks)"
     weights = next((path / w for w in ADAPTER_WEIGHTS + FULL_WEIGHTS if (path / w).is_file()), None)
     if weights is None:
         return "no model or adapter weights"
@@ -95,6 +102,24 @@ def checkpoint_problem(path: Path, verify: bool = True) -> Optional[str]:
         except Exception as e:
             return f"{weights.name} unreadable ({type(e).__name__})"
     return manifest_problem(path) if verify else None
+
+
+def checkpoint_world_size(path: Path) -> int:
+    """How many ranks trained the checkpoint (its manifest; 1 when it does not say)."""
+    try:
+        return int(json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get("world_size") or 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+
+
+def check_world_size(path: Path, world_size: int, allow_change: bool) -> None:
+    """A checkpoint continues with the number of ranks that wrote it: the data order, the per-rank random
+    streams and the batch each step averages depend on it."""
+    ws = checkpoint_world_size(path)
+    if ws != world_size and not allow_change:
+        raise UserError(f"{path} was trained by {ws} rank(s) and this run has {world_size}: resuming would change "
+                        f"the batches and random streams of the rest of the run. Launch {ws} rank(s), or set "
+                        f"scale.allow_world_size_change=true to continue anyway (train.resume=never starts afresh)")
 
 
 def find_resume_checkpoint(output_dir: Path, verify: bool = True) -> tuple[Optional[Path], list[tuple[Path, str]]]:
@@ -147,20 +172,25 @@ def clean_staging(run_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def publish_checkpoint(trainer, staging: Path, run_dir: Path) -> Path:
-    """Move the complete checkpoint from staging to run_dir/checkpoint-N, then rotate old ones."""
-    name = f"checkpoint-{trainer.state.global_step}"
-    src, dst = staging / name, run_dir / name
-    # Paths recorded while the checkpoint sat in staging point at its final place.
+def fix_state_paths(trainer, staging: Path, run_dir: Path) -> None:
+    """Paths recorded while the checkpoint sat in staging point at its final place (on every rank: each
+    rank's trainer state decides about the best checkpoint at the end)."""
     for attr in ("best_model_checkpoint",):
         val = getattr(trainer.state, attr, None)
         if val and Path(val).parent == staging:
             setattr(trainer.state, attr, str(run_dir / Path(val).name))
+
+
+def publish_checkpoint(trainer, staging: Path, run_dir: Path) -> Path:
+    """Move the complete checkpoint from staging to run_dir/checkpoint-N, then rotate old ones."""
+    name = f"checkpoint-{trainer.state.global_step}"
+    src, dst = staging / name, run_dir / name
+    fix_state_paths(trainer, staging, run_dir)
     state_file = src / "trainer_state.json"
     if state_file.exists():
         text = state_file.read_text().replace(str(staging), str(run_dir))
         state_file.write_text(text)
-    write_manifest(src)  # last: a checkpoint is what its manifest says, or it is not resumed from
+    write_manifest(src, trainer.args.world_size)  # last: a checkpoint is what its manifest says, or it is not resumed from
     replace_directory(src, dst)  # the same step may be saved again after a resume
     # Whatever else the save wrote beside the checkpoint (TRL's README) goes with the staging area.
     shutil.rmtree(staging, ignore_errors=True)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from transformers import TrainerState, set_seed
+from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
+from .. import distributed
 from ..config import Config, config_to_yaml
 from ..data.rows import load_raw_splits
 from ..data.tokenize import prepare
@@ -35,13 +36,14 @@ from .callbacks import (
     NonFiniteGuard,
     RougeCallback,
     RougeEvaluator,
+    TrialReporter,
     compare_with_base,
     early_stopping_callback,
     eval_protocol,
     rouge_block,
     truncate_samples,
 )
-from .checkpoints import clean_staging, resolve_resume
+from .checkpoints import check_world_size, clean_staging, resolve_resume
 from .guards import RunLock, training_errors
 from .report import write_training_report
 from .trainer import build_trainer, check_extra_args
@@ -74,27 +76,78 @@ class Session:
     t_start: float
     trackers: Optional[Trackers] = None  # W&B / TensorBoard / MLflow runs
     resume_from: Optional[Path] = None
+    startup: Optional["Startup"] = None
+
+
+def process_start_time() -> float:
+    """When this process started (the interpreter's own start-up included), as time.time()."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # no psutil, or a platform without the information: start-up is counted from here
+        return time.time()
+
+
+class Startup(TrainerCallback):
+    """Where the seconds before the first optimizer step go: imports (process start to run()), reading the data,
+    loading the model, tokenizing + building the trainer, the base model's ROUGE pass, the first step."""
+
+    def __init__(self, t_start: float):
+        self.t0 = process_start_time()
+        self.marks = [("imports", t_start)]
+        self._first_step_seen = False
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.time()))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self._first_step_seen:
+            self._first_step_seen = True
+            self.mark("first_step")
+        return control
+
+    def report(self) -> dict:
+        out, prev = {}, self.t0
+        for name, t in self.marks:
+            out[f"{name}_s"] = round(t - prev, 2)
+            prev = t
+        if self._first_step_seen:
+            out["to_first_step_s"] = round(prev - self.t0, 2)
+        return out
 
 
 def run(cfg: Config, extra_callbacks: Optional[list] = None) -> RunResult:
     """The whole training story, one step per call. Raises UserError on bad input."""
     t_start = time.time()
-    # 1. Where everything goes: checked, locked (one run per directory), leftovers of a killed run cleared.
+    startup = Startup(t_start)
+    distributed.init(cfg.scale.timeout_s)  # launched as several ranks (torchrun): the group, before anything waits
+    # 1. Where everything goes: checked, locked (one run per directory; rank 0 holds it for all ranks), leftovers
+    #    of a killed run cleared.
     output_dir = check_output_paths(cfg)
-    with RunLock(output_dir), training_errors(cfg, output_dir):  # a full disk anywhere: one message, exit 3
+    lock = RunLock(output_dir) if distributed.is_main() else contextlib.nullcontext()
+    with lock, training_errors(cfg, output_dir):  # a full disk anywhere: one message, exit 3
         resume_from = prepare_output(cfg)
         # 2. Seed everything once (the data split has its own seed, data.split_seed).
         set_seed(cfg.train.seed)
         # 3. Raw data: read, validate, split.
         raw = load_raw_splits(cfg)
-        # 4. Base model + tokenizer + LoRA.
-        model, tokenizer, model_info = load_for_training(cfg, raw)
+        startup.mark("data_read")
+        # 4. Base model + tokenizer + LoRA (a model built or converted into the cache: rank 0 first).
+        with distributed.main_first():
+            model, tokenizer, model_info = load_for_training(cfg, raw)
+        startup.mark("model_load")
         # 5-7. Token ids under the budget, the ROUGE evaluator and callbacks, the trainer, the trackers.
-        session = build_session(cfg, model, tokenizer, model_info, raw, extra_callbacks, t_start, resume_from)
+        session = build_session(cfg, model, tokenizer, model_info, raw, [*(extra_callbacks or []), startup], t_start,
+                                resume_from)
+        session.startup = startup
+        startup.mark("tokenize_and_trainer")
         # 8-12. Base ROUGE, train (resuming), final ROUGE, atomic save, report.md + plots.
         result = train_and_save(session)
     # 13. The hub (output.push_to_hub), after everything is saved: a failed push loses nothing.
-    push_after_training(cfg, result.model_dir)
+    if distributed.is_main():
+        push_after_training(cfg, result.model_dir)
+    distributed.barrier()
     result.wall_s = round(time.time() - t_start, 1)
     return result
 
@@ -115,18 +168,26 @@ def check_output_paths(cfg: Config) -> Path:
 
 
 def prepare_output(cfg: Config) -> Optional[Path]:
-    """Clear what a killed run left half-done; the checkpoint to resume from (None: start afresh)."""
-    clean_staging(cfg.output_dir)
-    recover_interrupted_replace(cfg.model_dir)
+    """Clear what a killed run left half-done; the checkpoint to resume from (None: start afresh). Several ranks:
+    rank 0 does it and tells the others."""
     check_installed(cfg)
     check_extra_args(cfg)  # before anything heavy is loaded
-    return resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
+    resume = None
+    if distributed.is_main():
+        clean_staging(cfg.output_dir)
+        recover_interrupted_replace(cfg.model_dir)
+        resume = resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
+        if resume is not None:
+            check_world_size(resume, distributed.world_size(), cfg.scale.allow_world_size_change)
+    resume = distributed.broadcast(str(resume) if resume is not None else None)
+    return Path(resume) if resume is not None else None
 
 
 def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, extra_callbacks=None,
                   t_start: Optional[float] = None, resume_from: Optional[Path] = None) -> Session:
-    # 5. Prompt/completion token ids under the token budget.
-    prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
+    # 5. Prompt/completion token ids under the token budget (the cache: rank 0 writes it, the others read it).
+    with distributed.main_first():
+        prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
     # 6. ROUGE on generated summaries + early stopping.
     evaluator, callbacks = None, []
     if cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"]):
@@ -137,6 +198,9 @@ def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, ex
         greater = es.greater_is_better if es.greater_is_better is not None else cfg.greater_is_better(es.metric)
         callbacks.append(early_stopping_callback(es.metric, es.patience, es.min_delta, greater))
     callbacks.extend(extra_callbacks or [])
+    reporter = TrialReporter.from_env()  # a trial of `llm-summarizer tune`
+    if reporter is not None:
+        callbacks.append(reporter)
     callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips))  # last: sees final grads
     # 7. The trainer, and the trackers (a resumed run continues the same tracker runs).
     trainer = build_trainer(cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"],
@@ -157,10 +221,13 @@ def train_and_save(s: Session) -> RunResult:
     with s.trackers if s.trackers is not None else contextlib.nullcontext():
         # 8. ROUGE of the untrained model (once per run; a resumed run reuses it).
         base = base_rouge(cfg, evaluator, s.model, output_dir, resume_from)
+        if s.startup is not None:
+            s.startup.mark("base_rouge")
         # 9. Train. The resolved config is written only now that data and model loaded fine.
-        write_text(output_dir / CONFIG_FILE, config_to_yaml(cfg))
-        if resume_from is not None:
-            truncate_samples(output_dir, resume_from)
+        if distributed.is_main():
+            write_text(output_dir / CONFIG_FILE, config_to_yaml(cfg))
+            if resume_from is not None:
+                truncate_samples(output_dir, resume_from)
         with training_errors(cfg, output_dir, resume_from):
             if finished_checkpoint(cfg, resume_from):
                 train_out = restore_finished(trainer, resume_from)
@@ -169,19 +236,22 @@ def train_and_save(s: Session) -> RunResult:
         # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end), and
         #     against the untrained model on the same examples, with paired intervals.
         final = final_rouge(cfg, evaluator, trainer)
+        distributed.barrier()  # rank 0 wrote the predictions compare_with_base reads
         comparison = compare_with_base(cfg, evaluator, output_dir, evaluator.last_pass if evaluator else None) \
             if base else None
         # 11. Save the final model atomically, with what reproduces it.
         metrics = run_metrics(s, base, final, train_out)
         if comparison:
             metrics["final_vs_base"] = comparison
-        with training_errors(cfg, model_dir):
-            save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
+        if distributed.is_main():  # one final model, whatever the number of ranks
+            with training_errors(cfg, model_dir):
+                save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
         if s.trackers is not None:
             s.trackers.finish(model_dir, metrics)  # final scores, the adapter artifact (tracking.log_model)
     # 12. report.md + plots in output.dir (curves from the log history, ROUGE base vs fine-tuned, lengths).
     report = write_training_report(cfg, output_dir, metrics, list(trainer.state.log_history)) \
-        if cfg.output.report else None
+        if cfg.output.report and distributed.is_main() else None
+    distributed.barrier()  # nobody reads the final model before it is complete
     return RunResult(output_dir, model_dir, metrics, resume_from, list(trainer.state.log_history), report)
 
 
@@ -218,10 +288,15 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
                   "rouge_callback_s": round(evaluator.total_seconds, 2) if evaluator else None,
                   "rouge_callback_share": _share(evaluator, train_out),
                   "resumed_from": str(s.resume_from) if s.resume_from else None,
-                  **speed_and_memory(trainer, train_out)},
+                  "world_size": trainer.args.world_size,
+                  **speed_and_memory(trainer, train_out),
+                  **({"startup": s.startup.report()} if s.startup is not None else {})},
         "data": s.prepared.report(),
         "eval_protocol": eval_protocol(s.cfg, evaluator),
     }
+    reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
+    if reporter is not None:
+        metrics["tune"] = {"trial": reporter.trial.number, "pruned_at_step": reporter.pruned_at}
     if s.trackers is not None and s.trackers.info():
         metrics["tracking"] = s.trackers.info()  # W&B run id and URL (online), sync command (offline), ...
     return metrics
@@ -263,7 +338,8 @@ def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional
     log.info("scoring the untrained model on %d validation examples (ROUGE on generated summaries)",
              len(evaluator.documents))
     base = rouge_block(evaluator.run(model, step=0, tag="base"))
-    write_json(path, base)
+    if distributed.is_main():
+        write_json(path, base)
     log.info("base model: %s", format_rouge(base))
     return base
 
@@ -313,6 +389,10 @@ def summary_lines(result: RunResult) -> list[str]:
         lines.append(f"   wall time:       {_minutes(result.wall_s)}"
                      + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else ""))
     t = m["train"]
+    st = t.get("startup") or {}
+    if st.get("to_first_step_s") is not None:
+        parts = ", ".join(f"{STARTUP_NAMES[k]} {v:.1f}" for k, v in st.items() if k in STARTUP_NAMES)
+        lines.append(f"   start-up:        {st['to_first_step_s']:.1f} s to the first optimizer step ({parts})")
     if t.get("peak_memory_gib") is not None:
         speed = f"{t['train_tokens_per_s']:.0f} training tokens/s, " if t.get("train_tokens_per_s") else ""
         lines.append(f"   speed, memory:   {speed}peak {t['peak_memory_gib']:.2f} GiB ({t['peak_memory_of']})")
@@ -332,6 +412,11 @@ def summary_lines(result: RunResult) -> list[str]:
                       f"   base:       {_one_line(ex['base'])}",
                       f"   fine-tuned: {_one_line(ex['fine_tuned'])}"]
     return lines
+
+
+STARTUP_NAMES = {"imports_s": "imports", "data_read_s": "reading data", "model_load_s": "model load",
+                 "tokenize_and_trainer_s": "tokenizing + trainer", "base_rouge_s": "base ROUGE",
+                 "first_step_s": "first step"}
 
 
 def _minutes(seconds: float) -> str:

@@ -20,12 +20,13 @@ from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from trl import SFTConfig, SFTTrainer
 
-from .. import progress
+from .. import distributed, progress
 from ..config import ROUGE_KEYS, Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
 from ..models.loading import Precision, pick_precision
-from .checkpoints import publish_checkpoint, staging_root
+from .callbacks import pick_subset
+from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
 
 log = logging.getLogger("llm_summarizer.trainer")
 
@@ -165,7 +166,17 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         dataloader_num_workers=t.dataloader_num_workers,
         restore_callback_states_from_checkpoint=True,
         disable_tqdm=not progress.enabled(),  # transformers' bar (a table in notebooks) where someone watches
+        **ddp_kwargs(cfg),
     )
+
+
+def ddp_kwargs(cfg: Config) -> dict:
+    """Several ranks: on CPUs transformers distributes only with use_cpu (else every rank trains on all the data,
+    silently); plain LoRA leaves no parameter unused (so no extra traversal per step); the collective timeout."""
+    if not distributed.distributed():
+        return {}
+    return {"use_cpu": not torch.cuda.is_available(), "ddp_find_unused_parameters": False,
+            "ddp_timeout": cfg.scale.timeout_s}
 
 
 # The SFTConfig fields sft_kwargs sets (from the config) plus those whose meaning this project relies on.
@@ -178,7 +189,7 @@ MANAGED_ARGS = frozenset({
     "max_length", "completion_only_loss", "packing", "packing_strategy", "padding_free", "train_sampling_strategy",
     "dataloader_num_workers", "restore_callback_states_from_checkpoint", "disable_tqdm", "resume_from_checkpoint",
     "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field", "assistant_only_loss", "save_safetensors",
-    "gradient_checkpointing", "group_by_length"})
+    "gradient_checkpointing", "group_by_length", "use_cpu", "ddp_find_unused_parameters", "ddp_timeout"})
 
 
 class EpochSeededLengthGroupedSampler(Sampler):
@@ -224,7 +235,24 @@ class SummarizationTrainer(SFTTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir, self.args.save_total_limit = final_args_dir, limit
-        publish_checkpoint(self, staging, Path(run_dir))
+        # Several ranks: each wrote its part (rank 0 the weights, every rank its rng_state_<rank>.pth); rank 0
+        # publishes only when all are done, and nobody goes on before the checkpoint is in place.
+        distributed.barrier()
+        fix_state_paths(self, staging, Path(run_dir))
+        if distributed.is_main():
+            publish_checkpoint(self, staging, Path(run_dir))
+        distributed.barrier()
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # Several CPU ranks: transformers maps the optimizer state onto args.device, which is "cpu:<rank>" there
+        # and which torch.load cannot restore to; the state belongs in CPU memory anyway.
+        if checkpoint is None or torch.cuda.is_available() or self.args.world_size <= 1 or self.is_fsdp_enabled \
+                or self.is_deepspeed_enabled:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        opt, sched = Path(checkpoint) / "optimizer.pt", Path(checkpoint) / "scheduler.pt"
+        if opt.is_file() and sched.is_file():
+            self.optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(sched, weights_only=True))
 
     def _get_train_sampler(self, train_dataset=None):
         # group_by_length: transformers' grouping with an order seeded per epoch (EpochSeededLengthGroupedSampler),
@@ -263,13 +291,21 @@ class SummarizationTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def eval_loss_rows(cfg: Config, validation):
+    """The validation rows eval_loss is computed on: ROUGE's seeded subset (eval.loss_rows=rouge_subset, the
+    default), so an evaluation does not run the loss over a split the user asked to score only in part."""
+    if not cfg.eval.rouge or cfg.eval.loss_rows == "all" or cfg.eval.num_samples >= len(validation):
+        return validation
+    return validation.select(pick_subset(len(validation), cfg.eval.num_samples, cfg.eval.sample_seed))
+
+
 def build_trainer(cfg: Config, model, tokenizer, prepared, output_dir: Path, callbacks: list,
                   report_to: list[str], rouge_evaluator=None) -> SummarizationTrainer:
     has_val = "validation" in prepared.splits and len(prepared.splits["validation"]) > 0
     check_metric(cfg, has_val)
     args = sft_config(cfg, pick_precision(cfg), output_dir, has_val, report_to)
     train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
-    eval_ds = prepared.splits["validation"].select_columns(TRAIN_COLUMNS) if has_val else None
+    eval_ds = eval_loss_rows(cfg, prepared.splits["validation"]).select_columns(TRAIN_COLUMNS) if has_val else None
     trainer = SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                    processing_class=tokenizer, callbacks=callbacks)
     trainer.rouge_evaluator = rouge_evaluator

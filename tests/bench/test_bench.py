@@ -102,6 +102,8 @@ def test_bench_appends_one_row_and_keeps_what_was_there(smoke):
     (["--steps", "3", "--warmup-steps", "3"], "--steps (3) must be larger than --warmup-steps (3)"),
     (["--backends", "unsloth,jax"], "--backends: unknown jax"),
     (["--data", "no-such-dataset"], "--data no-such-dataset: no "),
+    (["--floors", "data,speed"], "--floors: unknown part(s) speed; use all or any of data, generation, training, startup"),
+    (["--floors", "all", "--data-rows", "0"], "--data-rows and --gen-rows must be at least 1"),
 ])
 def test_bench_rejects_bad_arguments(argv, message, capsys, tmp_path):
     from llm_summarizer.commands.bench import main
@@ -189,3 +191,83 @@ def test_padding_free_and_packed_batches_have_the_loss_of_their_examples_one_by_
     pk = res["packing"]
     assert pk["args"] == [True, 256] and pk["n_examples"] >= 2 and pk["row_len"] <= 256
     assert abs(pk["batch"] - pk["one_by_one"]) / pk["one_by_one"] < 1e-5
+
+
+# -- floors: ours against the plainest way of doing the same work, in one run -------------------------------
+
+@pytest.fixture(scope="module")
+def floors(tmp_path_factory, models_dir):
+    tmp = tmp_path_factory.mktemp("floors")
+    md = tmp / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\nkept as it was\n")
+    out = tmp / "floors.json"
+    r = run_cli("bench", "--floors", "all", "--shape", "tiny", "--data", "demo", "--steps", "3", "--warmup-steps", "1",
+                "--data-rows", "300", "--gen-rows", "8", "--val-rows", "16", "--out", out, "--markdown", md,
+                f"model.cache_dir={models_dir}", "eval.max_new_tokens=8", "eval.batch_size=4", "eval.num_samples=4",
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text()), md, r
+
+
+@pytest.mark.slow
+def test_floors_data_part_counts_rows_and_compares_with_the_row_at_a_time_ids(floors):
+    res = floors[0]
+    d = res["data"]
+    assert d["rows"] == 300 and d["processes"] == 1 and 0 < d["rows_kept"] <= 300
+    assert d["same_ids_as_before"] is True  # batched tokenization gives the ids of the row-at-a-time path
+    assert d["ours_rows_per_s"] == pytest.approx(300 / d["ours_s"], rel=1e-3)
+    assert d["floor_rows_per_s"] == pytest.approx(300 / d["floor_s"], rel=1e-3)
+    assert d["ratio"] == pytest.approx(d["floor_s"] / d["ours_s"], rel=1e-3)
+    assert d["ratio_before"] == pytest.approx(d["floor_s"] / d["before_s"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_floors_generation_part_same_prompts_same_texts(floors):
+    g = floors[0]["generation"]
+    assert g["examples"] == 8 and g["batch_size"] == 4 and g["max_new_tokens"] == 8
+    floor_s = sum(g["floor_s"]) / 2
+    assert g["floor_examples_per_s"] == pytest.approx(8 / floor_s, rel=1e-2)
+    assert g["ratio_sorted"] == pytest.approx(floor_s / g["sorted_s"], rel=1e-2)
+    assert g["ratio_equal"] == pytest.approx(floor_s / g["equal_s"], rel=1e-2)
+    # In dataset order our path runs the floor's batches: the same texts. Sorted: regrouped, back in order.
+    assert g["same_texts_equal"] == 8
+    assert g["same_texts_sorted"] >= 7, g
+    assert g["rouge_pass_s"] > 0
+
+
+@pytest.mark.slow
+def test_floors_training_part_feeds_both_loops_the_same_tokens(floors):
+    t = floors[0]["training"]
+    assert t["steps"] == 3 and t["warmup_steps"] == 1 and t["rounds"] == 1
+    assert len(t["floor"]) == 2 and len(t["ours"]) == 1  # floor, ours, floor
+    assert t["same_tokens"] is True
+    for run in t["floor"] + t["ours"]:
+        assert run["tokens_per_s"] == pytest.approx(run["nonpad_tokens"] / run["s"], rel=1e-2)
+    mean_floor = sum(f["tokens_per_s"] for f in t["floor"]) / 2
+    assert t["ratio"] == pytest.approx(t["ours_tokens_per_s"] / mean_floor, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_floors_startup_part_splits_the_seconds_to_the_first_step(floors):
+    s = floors[0]["startup"]
+    assert s["exit_codes"] == {"import": 0, "help": 0, "print_config": 0, "train": 0}
+    parts = {k: v for k, v in s["split"].items() if k != "to_first_step_s"}
+    assert set(parts) == {"imports_s", "data_read_s", "model_load_s", "tokenize_and_trainer_s", "base_rouge_s",
+                          "first_step_s"}
+    assert all(v >= 0 for v in parts.values())
+    assert s["to_first_step_s"] == pytest.approx(sum(parts.values()), abs=0.1)
+    assert s["to_first_step_s"] < s["train_command_s"]  # the command goes on: final ROUGE, save
+    assert s["help_s"] < s["train_command_s"] and s["print_config_s"] < s["train_command_s"]
+
+
+@pytest.mark.slow
+def test_floors_rows_land_in_one_floors_table(floors):
+    res, md, r = floors
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\nkept as it was\n")
+    assert "## Floors" in text and text.count("| date | device | model · data | part |") == 1
+    rows = [l for l in text.splitlines() if l.startswith(f"| {res['date']} |")]
+    assert [r_.split(" | ")[3].split(" (")[0] for r_ in rows] == [
+        "data preparation", "generation", "training", "start-up to the first step"]
+    assert f"**{res['training']['ratio']:.2f}x**" in rows[2]
+    assert "full result:" in r.stdout

@@ -59,6 +59,39 @@ def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
     assert "wall time:" in text
 
 
+def test_run_reports_where_the_seconds_before_the_first_step_went(tiny_run):
+    from llm_summarizer.training.run import summary_lines
+
+    m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
+    st = m["train"]["startup"]
+    parts = ["imports_s", "data_read_s", "model_load_s", "tokenize_and_trainer_s", "base_rouge_s", "first_step_s"]
+    assert list(st) == parts + ["to_first_step_s"]
+    assert all(st[k] >= 0 for k in parts)
+    assert st["to_first_step_s"] == pytest.approx(sum(st[k] for k in parts), abs=0.05)
+    assert st["base_rouge_s"] > 0 and st["model_load_s"] > 0  # the tiny config scores the base model
+    assert st["to_first_step_s"] < tiny_run.wall_s + st["imports_s"]
+    text = "\n".join(summary_lines(tiny_run))
+    assert f"start-up:        {st['to_first_step_s']:.1f} s to the first optimizer step (imports " in text
+    assert f"base ROUGE {st['base_rouge_s']:.1f}" in text
+
+
+def test_eval_loss_runs_on_the_rouge_subset_unless_asked_for_all(tiny_run):
+    import datasets
+
+    from llm_summarizer.config import load_config
+    from llm_summarizer.training.callbacks import pick_subset
+    from llm_summarizer.training.trainer import eval_loss_rows
+
+    val = datasets.Dataset.from_dict({"id": [f"v{i}" for i in range(50)]})
+    cfg = load_config("tiny", ["eval.num_samples=8"])
+    subset = eval_loss_rows(cfg, val)["id"]
+    assert subset == [f"v{i}" for i in pick_subset(50, 8, cfg.eval.sample_seed)]  # ROUGE's rows, in order
+    assert eval_loss_rows(load_config("tiny", ["eval.num_samples=8", "eval.loss_rows=all"]), val)["id"] == val["id"]
+    assert eval_loss_rows(load_config("tiny", ["eval.num_samples=8", "eval.rouge=false"]), val)["id"] == val["id"]
+    proto = json.loads((tiny_run.model_dir / "metrics.json").read_text())["eval_protocol"]
+    assert proto["eval_loss_rows"] == "the same subset"
+
+
 def test_demo_logs_rouge_at_every_evaluation(tiny_run):
     evals = [h for h in tiny_run.log_history if "eval_loss" in h]
     assert len(evals) >= 3

@@ -1,0 +1,1 @@
+"""Hyperparameter search on ROUGE of generated summaries: `llm-summarizer tune` (study.py)."""
