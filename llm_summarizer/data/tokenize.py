@@ -17,6 +17,7 @@ from typing import Optional
 import datasets
 import pyarrow.compute as pc
 
+from .. import progress
 from ..config import Config, DataSection
 from ..errors import DataError
 from .prompt import Formatter
@@ -69,6 +70,27 @@ def _tokenize_batch(batch, formatter: Formatter):
     return out
 
 
+# what datasets.map infers for the tokenized columns (input_ids as int32), also for an empty split
+FEATURES = datasets.Features({
+    "id": datasets.Value("string"), "document": datasets.Value("string"), "summary": datasets.Value("string"),
+    "input_ids": datasets.List(datasets.Value("int32")), "completion_mask": datasets.List(datasets.Value("int64")),
+    "prompt_len": datasets.Value("int64"), "status": datasets.Value("string")})
+
+
+def _tokenize_all(rows: list[dict], formatter: Formatter, role: str, chunk: int = 1000) -> dict:
+    cols = {"id": [r["id"] for r in rows], "document": [r["document"] for r in rows],
+            "summary": [r["summary"] for r in rows], "input_ids": [], "completion_mask": [], "prompt_len": [],
+            "status": []}
+    with progress.bar(len(rows), f"tokenizing {role}", "row") as bar:
+        for i in range(0, len(rows), chunk):
+            part = _tokenize_batch({"document": cols["document"][i:i + chunk], "summary": cols["summary"][i:i + chunk]},
+                                   formatter)
+            for k in ("input_ids", "completion_mask", "prompt_len", "status"):
+                cols[k].extend(part[k])
+            bar.update_to(min(len(rows), i + chunk))
+    return cols
+
+
 def arrow_column(ds, name: str):
     """A whole column as Arrow, in the dataset's row order: ds[name] goes row by row through datasets'
     formatter (seconds per 100k rows)."""
@@ -88,11 +110,13 @@ def tokenize_split(raw: RawSplit, formatter: Formatter, data: DataSection, cache
         ds = datasets.load_from_disk(str(cached))
         log.info("data.%s: reusing tokenized cache %s", raw.role, cached)
     else:
-        ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
-            {"id": [], "document": [], "summary": []})
-        ds = ds.map(_tokenize_batch, batched=True, batch_size=256, num_proc=_num_proc(data, len(rows)),
-                    fn_kwargs={"formatter": formatter}, desc=f"tokenizing {raw.role}",
-                    load_from_cache_file=False)
+        num_proc = _num_proc(data, len(rows))
+        if num_proc:  # large splits: datasets.map over several processes
+            ds = datasets.Dataset.from_list(rows).map(
+                _tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc, fn_kwargs={"formatter": formatter},
+                desc=f"tokenizing {raw.role}", load_from_cache_file=False, new_fingerprint=key)
+        else:  # one process: the columns built directly, one Arrow conversion (no per-batch map machinery)
+            ds = datasets.Dataset.from_dict(_tokenize_all(rows, formatter, raw.role), features=FEATURES)
         if cached is not None:
             tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
             try:
