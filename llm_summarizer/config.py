@@ -346,7 +346,17 @@ class TrackingSection(_Section):
 
 
 class ScaleSection(_Section):
-    """Several ranks (torchrun / accelerate launch of the train command): see the README's "Several GPUs"."""
+    """Several ranks: torchrun / accelerate launch of the train command, or a Ray cluster (engine: ray)."""
+    engine: Literal["none", "ray"] = Field("none", description="ray: the train command becomes a Ray Train driver "
+                                           "(TorchTrainer) running scale.num_workers training workers")
+    num_workers: int = Field(1, ge=1, description="Ray training workers (one per GPU on GPUs)")
+    use_gpu: Optional[bool] = Field(None, description="Ray workers on GPUs; None = when the driver sees a CUDA GPU")
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Ray resources per worker, "
+                                                   "e.g. {CPU: 4, GPU: 1}")
+    address: Optional[str] = Field(None, description="the Ray cluster: None = start a local one, auto = the running "
+                                   "one, ray://host:10001 = a remote head")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts after a worker dies (-1: no limit); each "
+                              "restart resumes from the newest complete checkpoint")
     timeout_s: int = Field(1800, ge=10, description="how long a rank waits for the others at a collective "
                            "(a checkpoint, an evaluation) before the run fails")
     allow_world_size_change: bool = Field(False, description="resume a checkpoint written by another number of "
@@ -429,6 +439,10 @@ class Config(_Section):
             raise ValueError("train.load_best_model_at_end needs train.eval_strategy 'steps' or 'epoch'")
         if self.train.load_best_model_at_end and self.train.save_strategy not in (self.train.eval_strategy, "best"):
             raise ValueError("train.load_best_model_at_end needs train.save_strategy equal to train.eval_strategy")
+        if self.scale.num_workers > 1 and self.scale.engine == "none":
+            raise ValueError(f"scale.num_workers={self.scale.num_workers} needs scale.engine=ray; on one node you can "
+                             f"also leave it at 1 and launch torchrun --nproc_per_node={self.scale.num_workers} -m "
+                             "llm_summarizer train ...")
         if self.lora.loftq and (self.model.load_in_4bit or self.model.load_in_8bit):
             raise ValueError("lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false")
         return self

@@ -32,7 +32,7 @@ rm -f "$STAMP"
 if [ $relock = 0 ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
   "${pip[@]}" install -q -r "$LOCK"
 else
-  "${pip[@]}" install -q -e ".[test,report,trackers,tune]"
+  "${pip[@]}" install -q -e ".[test,report,trackers,tune,ray]"
 fi
 "${pip[@]}" install -q --no-deps -r requirements/unsloth.txt
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "llm_summarizer"
-LAYERS = ["commands", "tune", "serve", "bench", "export", "training", "tracking", "evaluation", "models", "data"]  # top to bottom
+LAYERS = ["commands", "tune", "scale", "serve", "bench", "export", "training", "tracking", "evaluation", "models", "data"]  # top to bottom
 SHIMS = {"__main__", "train", "evaluate", "summarize", "trainer_class"}  # thin entry points above everything
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
 from . import boot
 
 PROG = "llm-summarizer train"
@@ -33,11 +34,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def run(args, cfg) -> int:
     boot.ml_stack(cfg.model.backend)
+    if cfg.scale.engine == "ray":
+        return run_ray(cfg)
     from ..training.run import run as train_run
     from ..training.run import summary_lines
 
     result = train_run(cfg)
     print("\n".join(summary_lines(result)))
+    return 0
+
+
+def run_ray(cfg) -> int:
+    try:
+        from ..scale.ray_engine import run_on_ray
+    except ImportError as e:
+        if "ray" not in str(e):
+            raise
+        raise UserError("scale.engine=ray needs Ray Train: pip install 'llm_summarizer[ray]' (ray[train])") from None
+    metrics = run_on_ray(cfg)
+    from ..training.run import format_rouge
+
+    t = metrics["train"]
+    print(f"\n== llm_summarizer: training finished on Ray ({t.get('world_size')} workers)\n"
+          f"   steps:            {t['global_step']} (train loss {t['train_loss']:.4f})\n"
+          f"   ROUGE base:       {format_rouge(metrics.get('base'))}\n"
+          f"   ROUGE final:      {format_rouge(metrics.get('final'))}\n"
+          f"   fine-tuned model: {cfg.model_dir.absolute()}/\n   checkpoints+logs: {cfg.output_dir.absolute()}/")
     return 0
 
 

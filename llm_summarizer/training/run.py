@@ -117,15 +117,16 @@ class Startup(TrainerCallback):
         return out
 
 
-def run(cfg: Config, extra_callbacks: Optional[list] = None) -> RunResult:
-    """The whole training story, one step per call. Raises UserError on bad input."""
+def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = True) -> RunResult:
+    """The whole training story, one step per call. Raises UserError on bad input. `take_lock=False`: the
+    launching process (the Ray driver) holds the run lock for all ranks."""
     t_start = time.time()
     startup = Startup(t_start)
     distributed.init(cfg.scale.timeout_s)  # launched as several ranks (torchrun): the group, before anything waits
     # 1. Where everything goes: checked, locked (one run per directory; rank 0 holds it for all ranks), leftovers
     #    of a killed run cleared.
     output_dir = check_output_paths(cfg)
-    lock = RunLock(output_dir) if distributed.is_main() else contextlib.nullcontext()
+    lock = RunLock(output_dir) if distributed.is_main() and take_lock else contextlib.nullcontext()
     with lock, training_errors(cfg, output_dir):  # a full disk anywhere: one message, exit 3
         resume_from = prepare_output(cfg)
         # 2. Seed everything once (the data split has its own seed, data.split_seed).
@@ -172,14 +173,22 @@ def prepare_output(cfg: Config) -> Optional[Path]:
     rank 0 does it and tells the others."""
     check_installed(cfg)
     check_extra_args(cfg)  # before anything heavy is loaded
-    resume = None
+    resume, problem = None, None
     if distributed.is_main():
         clean_staging(cfg.output_dir)
         recover_interrupted_replace(cfg.model_dir)
-        resume = resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
-        if resume is not None:
-            check_world_size(resume, distributed.world_size(), cfg.scale.allow_world_size_change)
-    resume = distributed.broadcast(str(resume) if resume is not None else None)
+        try:
+            resume = resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
+            if resume is not None:
+                check_world_size(resume, distributed.world_size(), cfg.scale.allow_world_size_change)
+        except UserError as e:
+            if not distributed.distributed():
+                raise
+            problem = str(e)
+    # every rank learns rank 0's answer, an error included (else the others would wait for it forever)
+    resume, problem = distributed.broadcast((str(resume) if resume is not None else None, problem))
+    if problem is not None:
+        raise UserError(problem)
     return Path(resume) if resume is not None else None
 
 

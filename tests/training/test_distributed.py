@@ -87,6 +87,17 @@ def test_two_ranks_train_disjoint_halves_of_each_global_batch(runs):
     assert max_diff(adapter(runs["two"] / "fine_tuned"), adapter(runs["one"] / "fine_tuned")) < 1e-4
 
 
+def test_two_ranks_on_the_transformers_backend_give_the_same_adapter(runs, models_dir):
+    out = runs["tmp"] / "two-transformers"
+    r = subprocess.run(torchrun(out, models_dir, **{"model.backend": "transformers"}), cwd=ROOT, env=env(),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-5000:]
+    m = json.loads((out / "fine_tuned" / "metrics.json").read_text())
+    assert m["train"]["world_size"] == 2
+    # plain transformers + PEFT under DDP = Unsloth's CPU backend in one process with the same global batch
+    assert max_diff(adapter(out / "fine_tuned"), adapter(runs["one"] / "fine_tuned")) < 1e-4
+
+
 def test_one_final_model_every_checkpoint_complete_samples_written_once(runs):
     out = runs["two"]
     assert sorted(p.name for p in out.iterdir()) == ["fine_tuned", "outputs"]  # one final model, nothing beside
@@ -142,3 +153,86 @@ def test_a_rank_killed_mid_run_then_the_same_command_ends_with_the_uninterrupted
     assert again.returncode == 0, again.stderr[-5000:]
     assert "resuming from" in again.stderr
     assert max_diff(adapter(out / "fine_tuned"), adapter(runs["two"] / "fine_tuned")) < 1e-6
+
+
+# -- Ray Train: the train command as the driver of 2 CPU workers ------------------------------------------
+
+def ray_run(out: Path, models_dir: Path, **extra) -> list[str]:
+    """Relative data and output paths, run from `out`: the driver must make them absolute for the workers."""
+    out.mkdir(parents=True, exist_ok=True)
+    rel = lambda p: os.path.relpath(p, out)  # noqa: E731
+    o = overrides(Path("."), models_dir, 4, **{
+        "data.train": f"{{path: {rel(DEMO / 'train.jsonl')}, limit: 96}}",
+        "data.validation": f"{{path: {rel(DEMO / 'validation.jsonl')}, limit: 16}}",
+        "scale.engine": "ray", "scale.num_workers": 2, **extra})
+    return [sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny", *o]
+
+
+@pytest.fixture(scope="module")
+def ray_two(runs, models_dir):
+    pytest.importorskip("ray.train", reason="Ray Train is not installed (pip install 'llm_summarizer[ray]')")
+    out = runs["tmp"] / "ray"
+    r = subprocess.run(ray_run(out, models_dir), cwd=out, env=env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-5000:]
+    return out, r
+
+
+def test_ray_two_workers_train_like_two_ranks_with_relative_paths(ray_two, runs):
+    out, r = ray_two
+    m = json.loads((out / "fine_tuned" / "metrics.json").read_text())
+    assert m["train"]["world_size"] == 2 and m["train"]["global_step"] == STEPS
+    assert max_diff(adapter(out / "fine_tuned"), adapter(runs["one"] / "fine_tuned")) < 1e-4
+    for c in (out / "outputs").glob("checkpoint-*"):
+        assert (c / "rng_state_0.pth").is_file() and (c / "rng_state_1.pth").is_file(), c
+    keys = [(x["step"], x["id"]) for x in read_jsonl(out / "outputs" / "rouge_samples.jsonl")]
+    assert len(keys) == len(set(keys))
+    assert "training finished on Ray (2 workers)" in r.stdout
+    assert not list((out / "outputs").glob(".ray-driver-*"))  # the driver's marker is gone
+
+
+def test_ray_a_killed_worker_restarts_the_group_and_ends_with_the_uninterrupted_adapter(ray_two, runs, models_dir):
+    import psutil
+
+    out = runs["tmp"] / "ray-killed"
+    cmd = ray_run(out, models_dir, **{"scale.max_failures": 1})
+    p = subprocess.Popen(cmd, cwd=out, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline, killed = time.time() + 600, None
+    while time.time() < deadline and p.poll() is None and killed is None:
+        if (out / "outputs" / "checkpoint-8" / "checkpoint_manifest.json").exists():
+            for c in psutil.Process(p.pid).children(recursive=True):
+                try:
+                    if "RayTrainWorker" in " ".join(c.cmdline()):
+                        c.send_signal(signal.SIGKILL)
+                        killed = c.pid
+                        break
+                except psutil.Error:
+                    pass
+        time.sleep(0.05)
+    stdout, stderr = p.communicate(timeout=900)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert p.returncode == 0, stderr[-5000:]
+    assert max_diff(adapter(out / "fine_tuned"), adapter(ray_two[0] / "fine_tuned")) < 1e-6
+
+
+def test_ray_a_user_error_in_the_workers_is_not_retried_and_exits_2(ray_two, runs, models_dir):
+    one_ckpts = runs["one"] / "outputs"
+    before = {p.name: p.stat().st_mtime for p in one_ckpts.iterdir()}
+    out = runs["tmp"] / "ray-error"
+    # a one-process checkpoint given to two workers: rank 0 refuses it (other number of ranks)
+    cmd = ray_run(out, models_dir, **{"scale.max_failures": 3, "train.resume": one_ckpts / "checkpoint-8"})
+    r = subprocess.run(cmd, cwd=out, env=env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "was trained by 1 rank(s) and this run has 2" in r.stderr and "Traceback" not in r.stderr.split("error:")[-1]
+    assert {p.name: p.stat().st_mtime for p in one_ckpts.iterdir()} == before
+
+
+def test_ray_settings_that_cannot_work_are_one_message(tmp_path, capsys, models_dir):
+    from llm_summarizer.commands.train import main
+
+    assert main(["--config", "tiny", "scale.num_workers=2", f"output.dir={tmp_path / 'o'}"]) == 2
+    assert "scale.num_workers=2 needs scale.engine=ray" in capsys.readouterr().err
+    pytest.importorskip("ray.train", reason="Ray Train is not installed")
+    assert main(["--config", "tiny", "scale.engine=ray", "scale.address=127.0.0.1:1", f"model.cache_dir={models_dir}",
+                 f"output.dir={tmp_path / 'o'}", f"output.model_dir={tmp_path / 'm'}"]) == 2
+    assert "scale.address='127.0.0.1:1': cannot connect to a Ray cluster" in capsys.readouterr().err
