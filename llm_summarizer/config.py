@@ -615,4 +615,8 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def config_to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    """The resolved config as saved (config.yaml of runs, models, exports) and printed: passwords in URLs
+    (tune.storage, tracking.mlflow_tracking_uri) and secret values redacted."""
+    from .redaction import redact  # a bottom module like this one; imported here to keep config's imports minimal
+
+    return yaml.safe_dump(redact(config_to_dict(cfg)), sort_keys=False)

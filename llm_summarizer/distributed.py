@@ -105,7 +105,10 @@ def main_first():
 
 
 def shard(n: int) -> list[int]:
-    """This rank's indices of n items: every world_size-th, starting at its rank."""
+    """This rank's indices of n items: every world_size-th, starting at its rank (all of them when no process
+    group is set up, so that shard and gather agree)."""
+    if not (distributed() and initialized()):
+        return list(range(n))
     return list(range(rank(), n, world_size()))
 
 

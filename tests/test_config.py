@@ -80,7 +80,7 @@ def test_cli_print_config_is_resolved_yaml():
     assert r.returncode == 0, r.stderr
     data = yaml.safe_load(r.stdout)
     assert data["train"]["max_steps"] == 11
-    assert set(data) == {"model", "lora", "data", "train", "eval", "output", "tracking"}
+    assert set(data) == {"model", "lora", "data", "train", "eval", "output", "tracking", "scale", "tune"}
 
 
 def test_missing_config_file_exit_2():

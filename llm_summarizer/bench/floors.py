@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,23 +38,30 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-PARTS = ("data", "generation", "training", "startup")
+import datasets
+import torch
+from transformers import set_seed
 
+from ..config import Config, config_to_dict, config_to_yaml
+from ..data import tokenize as TK
+from ..data.prompt import Formatter
+from ..data.readers import RawSplit
+from ..data.rows import load_raw_splits
+from ..data.tokenize import prepare
+from ..environment import cpu_name, git_commit, package_versions
+from ..files import write_json
+from ..models.generation import derive_max_new_tokens, generate, inference_mode
+from ..models.loading import load_for_training
+from ..training.callbacks import RougeEvaluator
+from ..training.run import build_session
+from .harness import bench_config, prepare_model, resolve_data
+from .measure import StepClock, device_name
 
 # ---------------------------------------------------------------------------------------------------------
 # the child: data, generation and training in one process (unsloth, when used, imported first by the caller)
 # ---------------------------------------------------------------------------------------------------------
 
 def child(spec: dict) -> dict:
-    import torch
-    from transformers import set_seed
-
-    from ..config import Config
-    from ..data.rows import load_raw_splits
-    from ..environment import package_versions
-    from ..models.loading import load_for_training
-    from .measure import device_name
-
     cfg = Config.model_validate(spec["config"])
     set_seed(cfg.train.seed)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -81,10 +89,6 @@ def _repeat_rows(rows: list[dict], n: int) -> list[dict]:
 
 
 def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
-    from ..data import tokenize as TK
-    from ..data.prompt import Formatter
-    from ..data.readers import RawSplit
-
     rows = _repeat_rows(train_split.rows, n_rows)
     split = RawSplit("train", "bench", rows)
     one_process = cfg.data.model_copy(update={"num_proc": 1, "cache": False})
@@ -117,8 +121,6 @@ def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
             out["prompt_len"].append(len(ex) if ex else 0)
         return out
 
-    import datasets
-
     def before_run():
         t0 = time.perf_counter()
         ds = datasets.Dataset.from_list([{"id": r["id"], "document": r["document"], "summary": r["summary"]}
@@ -149,10 +151,6 @@ def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
 
 
 def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
-    from ..data.prompt import Formatter
-    from ..models.generation import derive_max_new_tokens, generate, inference_mode
-    from ..training.callbacks import RougeEvaluator
-
     split = raw.get("validation") or raw["train"]
     rows = split.rows[:n_rows]
     documents = [r["document"] for r in rows]
@@ -195,8 +193,6 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
     t_floor2, _, _, _ = plain()
     floor_s = (t_floor + t_floor2) / 2
     # the ROUGE pass (generation + scoring + files), on the same rows
-    from ..data.tokenize import prepare
-
     prepared = prepare(cfg, tok, {"train": raw["train"], "validation": type(split)("validation", "bench", rows)})
     evaluator = RougeEvaluator(cfg.model_copy(update={"eval": ev.model_copy(update={"num_samples": len(rows)})}),
                                tok, prepared.formatter, prepared.splits["validation"], [max_new], out_dir=None)
@@ -221,11 +217,6 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
 
 
 def training_floor(cfg, model, tok, info, raw: dict, steps: int, warmup: int, rounds: int) -> dict:
-    import torch
-
-    from ..training.run import build_session
-    from .measure import StepClock
-
     cfg = cfg.model_copy(deep=True)
     cfg.train.max_steps = steps
     cfg.eval.rouge = False
@@ -312,8 +303,6 @@ def _timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
 
 def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
-    from ..config import Config, config_to_yaml
-
     cfg = Config.model_validate(cfg_dict)
     cfg.train.max_steps = 1
     cfg.train.save_strategy = "no"
@@ -344,25 +333,8 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
 # the parent
 # ---------------------------------------------------------------------------------------------------------
 
-def parse_parts(value: str) -> list[str]:
-    from ..errors import UserError
-
-    parts = list(PARTS) if value.strip() == "all" else [p.strip() for p in value.split(",") if p.strip()]
-    bad = [p for p in parts if p not in PARTS]
-    if bad or not parts:
-        raise UserError(f"--floors: unknown part(s) {', '.join(bad) or '(none)'}; use all or any of {', '.join(PARTS)}")
-    return parts
-
-
 def run_floors(args) -> dict:
-    import shutil
-
-    from ..config import config_to_dict
-    from ..environment import git_commit
-    from ..files import write_json
-    from .harness import bench_config, prepare_model, resolve_data
-
-    parts = parse_parts(args.floors)
+    parts = args.floors_parts
     data = resolve_data(args.data)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     label = args.shape if not args.model else Path(args.model).name
@@ -402,8 +374,6 @@ def run_floors(args) -> dict:
               file=sys.stderr, flush=True)
         result["startup"] = startup_floor(config_to_dict(cfg), work, env)
     if "device" not in result:
-        from ..environment import cpu_name
-
         result["device"] = f"CPU {cpu_name()}, {os.cpu_count()} cores"
     result["threads"] = args.threads
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,18 @@ DOC = bench_package.__doc__
 
 
 
+FLOOR_PARTS = ("data", "generation", "training", "startup")
+
+
+def parse_parts(value: str) -> list[str]:
+    parts = list(FLOOR_PARTS) if value.strip() == "all" else [p.strip() for p in value.split(",") if p.strip()]
+    bad = [p for p in parts if p not in FLOOR_PARTS]
+    if bad or not parts:
+        raise UserError(f"--floors: unknown part(s) {', '.join(bad) or '(none)'}; use all or any of "
+                        f"{', '.join(FLOOR_PARTS)}")
+    return parts
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, DOC)
     src = ap.add_mutually_exclusive_group()
@@ -88,11 +100,11 @@ def run(args) -> int:
     if unknown:
         raise UserError(f"--backends: unknown {', '.join(sorted(unknown))}; use {', '.join(BACKENDS)}")
     if floors:
-        from ..bench.floors import parse_parts, run_floors
-
-        parse_parts(args.floors)  # a typo is an error before anything is built
+        args.floors_parts = parse_parts(args.floors)  # a typo is an error before anything is imported or built
         if args.data_rows < 1 or args.gen_rows < 1:
             raise UserError("--data-rows and --gen-rows must be at least 1")
+        from ..bench.floors import run_floors
+
         run_floors(args)
         return 0
     from ..bench.harness import bench  # the parent only builds the model; each run is a child process

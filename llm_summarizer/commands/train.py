@@ -46,12 +46,13 @@ def run(args, cfg) -> int:
 
 def run_ray(cfg) -> int:
     try:
-        from ..scale.ray_engine import run_on_ray
-    except ImportError as e:
-        if "ray" not in str(e):
-            raise
+        import ray.train  # noqa: F401  (an optional extra)
+    except ImportError:
         raise UserError("scale.engine=ray needs Ray Train: pip install 'llm_summarizer[ray]' (ray[train])") from None
-    metrics = run_on_ray(cfg)
+    from ..scale.ray_engine import run_on_ray
+    from .ray_worker import worker
+
+    metrics = run_on_ray(cfg, worker)
     from ..training.run import format_rouge
 
     t = metrics["train"]

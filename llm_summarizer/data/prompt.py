@@ -82,7 +82,9 @@ class Formatter:
         if not texts:
             return []
         backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
-        if backend is not None and backend.truncation is None and backend.padding is None:  # the Rust tokenizer itself: the same ids without building attention masks etc.
+        if backend is not None and backend.truncation is None and backend.padding is None and \
+                bool(getattr(backend, "encode_special_tokens", False)) == bool(getattr(self.tok, "split_special_tokens",
+                                                                                       False)):  # the Rust tokenizer itself: the same ids without building attention masks etc.
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
         return [list(ids) for ids in self.tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
 

@@ -99,9 +99,8 @@ def _transformers_load(spec: LoadSpec, adapter: Optional[str] = None):
     elif spec.load_in_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     if torch.cuda.is_available():
-        from .. import distributed
-
-        kwargs["device_map"] = {"": distributed.local_rank()}  # each rank its own GPU
+        # each rank its own GPU: torchrun ranks set it from LOCAL_RANK (distributed.init), Ray Train per worker
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
     model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
     return model, tok

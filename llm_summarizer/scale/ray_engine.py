@@ -10,7 +10,9 @@ worker goes to a small actor the driver created (FatalBox) and the worker return
 run that would fail the same way, and the driver exits with our code and message. A worker that dies (a lost node, SIGKILL, a crash) makes
 Ray restart the worker group, up to scale.max_failures times; each restart resumes from the project's
 newest complete checkpoint, like a rerun of the command. Nothing secret goes into Ray's job metadata: no
-runtime_env environment; a local cluster's workers inherit the driver's environment.
+runtime_env environment (a local cluster's workers inherit the driver's environment); the resolved config
+does travel as the workers' train_loop_config, so a password inside a URL in the config (tune.storage,
+tracking.mlflow_tracking_uri) is visible to Ray's state API: give those through environment variables.
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ import os
 import uuid
 from pathlib import Path
 
+import torch
+
 from ..config import Config, config_to_dict
-from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, TrainingStopped, UserError
+from ..data.rows import load_raw_splits
+from ..errors import EXIT_USER_ERROR, TrainingStopped, UserError
+from ..models.loading import resolve_model_path
+from ..training.guards import RunLock
+from ..training.run import check_output_paths
 
 log = logging.getLogger("llm_summarizer.scale")
 
@@ -74,47 +82,13 @@ def check_reachable(address) -> None:
                         f"for a local one") from None
 
 
-def worker(config: dict) -> None:
-    """One Ray Train worker: a rank of the same training run."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    os.environ.update(RANK=str(ctx.get_world_rank()), WORLD_SIZE=str(ctx.get_world_size()),
-                      LOCAL_RANK=str(ctx.get_local_rank()), LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()))
-    code, message = 0, ""
-    try:
-        if not Path(config["marker"]).is_file():
-            raise UserError(f"output.dir {Path(config['marker']).parent} is not visible from the Ray worker on "
-                            f"{os.uname().nodename}: put output.dir on storage every node mounts at the same path")
-        cfg = Config.model_validate(config["cfg"])
-        from ..commands import boot
-
-        boot.ml_stack(cfg.model.backend)
-        from ..training.run import run
-
-        run(cfg, take_lock=False)
-    except UserError as e:
-        code, message = EXIT_USER_ERROR, str(e)
-    except TrainingStopped as e:
-        code, message = EXIT_TRAINING_STOPPED, str(e)
-    if code:
-        import ray
-
-        box = ray.get_actor(config["fatal_box"])
-        ray.get(box.put.remote(ctx.get_world_rank(), code, message[:4000]))
-
-
-def run_on_ray(cfg: Config) -> dict:
-    """Train on Ray; the final model's metrics.json. Our failures come back as UserError / TrainingStopped."""
-    import ray
-    import torch
+def run_on_ray(cfg: Config, worker) -> dict:
+    """Train on Ray; the final model's metrics.json. Our failures come back as UserError / TrainingStopped.
+    `worker(config)` is each worker's function (commands/ray_worker.py: it imports the ML stack in the worker,
+    Unsloth first, which a module of this layer may not do at its top)."""
+    import ray  # optional extra
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from ..data.rows import load_raw_splits
-    from ..models.loading import resolve_model_path
-    from ..training.guards import RunLock
-    from ..training.run import check_output_paths
 
     cfg = absolute(cfg)
     output_dir = check_output_paths(cfg)
@@ -147,6 +121,10 @@ def run_on_ray(cfg: Config) -> dict:
             try:
                 trainer.fit()
             except ray.train.TrainingFailedError as e:
+                fatal = sorted(ray.get(box.get.remote()))
+                if fatal:  # one rank's own error, the others then failed waiting for it: that error is the news
+                    _, code, message = fatal[0]
+                    raise (UserError if code == EXIT_USER_ERROR else TrainingStopped)(message) from None
                 raise TrainingStopped(f"the Ray workers failed {sc.max_failures + 1 if sc.max_failures >= 0 else ''} "
                                       f"time(s): {str(e).splitlines()[0][:500]}; the newest complete checkpoint in "
                                       f"{output_dir} is kept: the same command resumes from it") from None

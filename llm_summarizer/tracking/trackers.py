@@ -18,6 +18,7 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
+from .. import distributed
 from ..config import Config
 from ..errors import UserError
 from ..files import write_json
@@ -149,8 +150,6 @@ def tracker_class(name: str):
 def start_trackers(cfg: Config, resume_from: Optional[Path] = None) -> Trackers:
     """Open the trackers in cfg.tracking.report_to. A run resuming from a checkpoint continues the
     tracker runs recorded in <output.dir>/tracking.json; a fresh run opens new ones."""
-    from .. import distributed
-
     wanted = [r for r in cfg.tracking.report_to if r != "none"]
     trackers = Trackers()
     if not wanted or not distributed.is_main():  # several ranks: one writer, rank 0

@@ -70,7 +70,8 @@ class RougeEvaluator:
             local = generate(model, self.tok, self.formatter, [self.documents[i] for i in mine], self.cfg.eval,
                              self.max_new_tokens, self.cfg.model.backend, seed=self.cfg.eval.sample_seed,
                              batch=self.batch, progress=lambda done, _total: b.update_to(done))
-        gens = distributed.unshard(distributed.gather(local), n) if distributed.distributed() else local
+        sharded = distributed.distributed() and distributed.initialized()  # the same answer on every rank
+        gens = distributed.unshard(distributed.gather(local), n) if sharded else local
         preds = [g.text for g in gens]
         means, per = score_corpus(self.references, preds, self.protocol)
         seconds = time.perf_counter() - t0
@@ -287,26 +288,34 @@ class TrialReporter(TrainerCallback):
     pruner's answer stops training (the run then saves its model as usual; metrics.json says it was pruned)."""
 
     def __init__(self, spec: dict):
-        import optuna
-
-        study = optuna.load_study(study_name=spec["study"], storage=spec["storage"], pruner=make_pruner(spec["pruner"]))
-        self.trial = optuna.trial.Trial(study, spec["trial_id"])
         self.metric = spec["metric"]
         self.pruned_at: Optional[int] = None
+        self.trial = None
+        self.number = spec.get("trial_number")
+        if distributed.is_main():  # one rank talks to the study; the others follow its answer
+            import optuna
+
+            study = optuna.load_study(study_name=spec["study"], storage=spec["storage"],
+                                      pruner=make_pruner(spec["pruner"]))
+            self.trial = optuna.trial.Trial(study, spec["trial_id"])
+            self.number = self.trial.number
 
     @classmethod
     def from_env(cls) -> Optional["TrialReporter"]:
         import os
 
         raw = os.environ.get(TRIAL_ENV)
-        return cls(json.loads(raw)) if raw and distributed.is_main() else None
+        return cls(json.loads(raw)) if raw else None
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = (metrics or {}).get(self.metric)
         if value is None or state.global_step >= state.max_steps:
             return control  # the final value is the trial's result, told by the driver
-        self.trial.report(float(value), state.global_step)
-        if self.trial.should_prune():
+        stop = False
+        if self.trial is not None:
+            self.trial.report(float(value), state.global_step)
+            stop = self.trial.should_prune()
+        if distributed.broadcast(stop):  # every rank stops at the same step (else they would wait for each other)
             log.info("tune: the pruner stopped this trial at step %d (%s=%.4f)", state.global_step, self.metric, value)
             self.pruned_at = state.global_step
             control.should_training_stop = True

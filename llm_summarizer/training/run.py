@@ -146,9 +146,8 @@ def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = T
         # 8-12. Base ROUGE, train (resuming), final ROUGE, atomic save, report.md + plots.
         result = train_and_save(session)
     # 13. The hub (output.push_to_hub), after everything is saved: a failed push loses nothing.
-    if distributed.is_main():
+    if distributed.is_main():  # after the last barrier: the other ranks do not wait for the upload
         push_after_training(cfg, result.model_dir)
-    distributed.barrier()
     result.wall_s = round(time.time() - t_start, 1)
     return result
 
@@ -305,7 +304,7 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
     }
     reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
     if reporter is not None:
-        metrics["tune"] = {"trial": reporter.trial.number, "pruned_at_step": reporter.pruned_at}
+        metrics["tune"] = {"trial": reporter.number, "pruned_at_step": reporter.pruned_at}
     if s.trackers is not None and s.trackers.info():
         metrics["tracking"] = s.trackers.info()  # W&B run id and URL (online), sync command (offline), ...
     return metrics

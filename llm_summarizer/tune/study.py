@@ -33,7 +33,7 @@ import optuna
 from ..config import Config, load_config
 from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
-from ..training.callbacks import TRIAL_ENV
+from ..training.callbacks import TRIAL_ENV, make_pruner
 from ..training.guards import RunLock
 
 log = logging.getLogger("llm_summarizer.tune")
@@ -97,15 +97,17 @@ def pruner_spec(cfg: Config) -> dict:
 
 
 def make_study(cfg: Config, storage: str, name: str) -> optuna.Study:
-    from ..training.callbacks import make_pruner
-
-    sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed, n_startup_trials=cfg.tune.n_startup_trials)
     try:
-        return optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                   pruner=make_pruner(pruner_spec(cfg)), direction="maximize", load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, pruner=make_pruner(pruner_spec(cfg)),
+                                    direction="maximize", load_if_exists=True)
     except Exception as e:  # an unreachable database, a bad URL: named by type only (the URL may hold a password)
         raise UserError(f"tune.storage: cannot open the study database ({type(e).__name__}); check the URL, that "
                         f"the database server answers, and that its driver is installed") from None
+    # Seeded by tune.seed and the trials already in the study: a resumed driver does not draw the same
+    # start-up parameters again.
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed + len(study.get_trials(deepcopy=False)),
+                                               n_startup_trials=cfg.tune.n_startup_trials)
+    return study
 
 
 def requeue_orphans(study: optuna.Study) -> int:
@@ -172,11 +174,15 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
             trial_overrides = [*overrides, *(f"{k}={format_value(v)}" for k, v in params.items()),
                                f"output.dir={run_dir / 'outputs'}", f"output.model_dir={run_dir / 'fine_tuned'}",
                                f"output.run_name={name}-trial-{trial.number:03d}", f"tracking.group={name}",
-                               f"tracking.run_name={name}-trial-{trial.number:03d}", "output.push_to_hub=false"]
+                               f"tracking.run_name={name}-trial-{trial.number:03d}", "output.push_to_hub=false",
+                               # the storage URL may hold a password: the trial gets it in its environment only,
+                               # never in its saved config.yaml or model card
+                               "tune.storage=null"]
             cmd = [sys.executable, "-m", "llm_summarizer", "train", *(["--config", config_arg] if config_arg else []),
                    *trial_overrides]
             env = dict(os.environ)
             env[TRIAL_ENV] = json.dumps({"storage": storage, "study": name, "trial_id": trial._trial_id,
+                                         "trial_number": trial.number,
                                          "metric": metric, "pruner": pruner_spec(cfg)})
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
             print(f"[tune] trial {trial.number} ({len(finished(study)) + 1}/{n_trials}): {shown}", flush=True)

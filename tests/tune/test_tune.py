@@ -51,6 +51,7 @@ def test_three_trials_values_are_their_runs_rouge(study):
         assert cfg["train"]["learning_rate"] == pytest.approx(t["train.learning_rate"])  # the trial's own values
         assert cfg["lora"]["r"] == t["lora.r"]
         assert cfg["tracking"]["group"] == summary["study"]
+        assert cfg["tune"]["storage"] is None  # a storage URL (maybe with a password) stays out of saved configs
         if t["state"] == "complete":
             assert t["eval_rougeL"] == pytest.approx(m["final"]["rougeL"])
             assert m["train"]["global_step"] == 90
