@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, UserError
+from .redaction import redact
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the ready configs, shipped in the package
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -617,6 +618,4 @@ def config_to_dict(cfg: Config) -> dict:
 def config_to_yaml(cfg: Config) -> str:
     """The resolved config as saved (config.yaml of runs, models, exports) and printed: passwords in URLs
     (tune.storage, tracking.mlflow_tracking_uri) and secret values redacted."""
-    from .redaction import redact  # a bottom module like this one; imported here to keep config's imports minimal
-
     return yaml.safe_dump(redact(config_to_dict(cfg)), sort_keys=False)
