@@ -54,7 +54,7 @@ from ..models.generation import derive_max_new_tokens, generate, inference_mode
 from ..models.loading import load_for_training
 from ..training.callbacks import RougeEvaluator
 from ..training.run import build_session
-from .harness import bench_config, prepare_model, resolve_data
+from .harness import bench_config, child_env, prepare_run
 from .measure import StepClock, device_name
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,20 +335,11 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
 
 def run_floors(args) -> dict:
     parts = args.floors_parts
-    data = resolve_data(args.data)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    label = args.shape if not args.model else Path(args.model).name
-    out = Path(args.out) if args.out else Path("outputs") / "bench" / f"{stamp}-floors-{label}-{data[2]}.json"
-    work = Path(args.work_dir) if args.work_dir else out.with_suffix("").with_name(out.stem + ".runs")
-    work.mkdir(parents=True, exist_ok=True)
-    probe = bench_config(args, data, "random:tiny", work / "prepare")
-    model_dir, shape = prepare_model(args, probe)
+    data, out, work, model_dir, shape = prepare_run(args, "floors-")
     cfg = bench_config(args, data, model_dir, work / "child")
     backend = (args.backends.split(",")[0].strip() or "unsloth")
     cfg.model.backend = backend
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
-    if args.threads:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env = child_env(args.threads)
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "llm-summarizer bench " + shlex.join(args.argv), "git_commit": git_commit(),
               "model": {"shape": shape, "dir": model_dir}, "dataset": {"name": data[2], "train": str(data[0])},

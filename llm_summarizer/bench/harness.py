@@ -80,9 +80,7 @@ def run_child(spec: dict, work: Path, name: str, threads: Optional[int] = None) 
     spec_path, result_path, log_path = work / f"{name}.spec.json", work / f"{name}.result.json", work / f"{name}.log"
     spec["result"] = str(result_path)
     spec_path.write_text(json.dumps(spec, indent=1))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = child_env(threads)
     print(f"[bench] {name}: {spec['config']['model']['backend']} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -131,15 +129,29 @@ def aggregate(runs: list[dict], backends: list[str]) -> dict:
     return {"backends": per, "ratios_unsloth_over_transformers": ratios, "same_tokens_each_round": same}
 
 
-def bench(args) -> dict:
+def prepare_run(args, kind: str = ""):
+    """What every benchmark invocation starts with: the data, the result path and work folder, the model
+    directory (built once for a random-init shape). Returns (data, out, work, model_dir, shape)."""
     data = resolve_data(args.data)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     label = args.shape if not args.model else Path(args.model).name
-    out = Path(args.out) if args.out else Path("outputs") / "bench" / f"{stamp}-{label}-{data[2]}.json"
+    out = Path(args.out) if args.out else Path("outputs") / "bench" / f"{stamp}-{kind}{label}-{data[2]}.json"
     work = Path(args.work_dir) if args.work_dir else out.with_suffix("").with_name(out.stem + ".runs")
     work.mkdir(parents=True, exist_ok=True)
     probe = bench_config(args, data, "random:tiny", work / "prepare")
     model_dir, shape = prepare_model(args, probe)
+    return data, out, work, model_dir, shape
+
+
+def child_env(threads: Optional[int]) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def bench(args) -> dict:
+    data, out, work, model_dir, shape = prepare_run(args)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     runs, configs, failures = [], {}, []
     for rnd in range(args.rounds):
