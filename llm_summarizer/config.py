@@ -7,10 +7,12 @@ Defaults live in this schema only; the rest of the code reads `cfg.section.key`.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
+import string
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,13 +33,28 @@ def is_local_path(name: str) -> bool:
             or name.lower().endswith(_LOCAL_SUFFIXES) or not _HUB_ID.fullmatch(name))
 
 
+INT64 = 2 ** 63  # integers outside [-INT64, INT64) overflow torch, numpy and the trainer's state
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # infinite and NaN floats are refused everywhere (a learning rate of .inf reached step 2 before they were)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_range(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v < INT64:
+            raise ValueError(f"{v} is out of range (a 64-bit integer)")
+        return v
+
+
+Seed = Annotated[int, Field(ge=0, le=2 ** 32 - 1, description="a seed: 0 to 2**32-1 (what numpy and torch accept)")]
 
 
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+PROMPT_FIELDS = ("document", "instruction")  # what data.prompt_template may name
 
 
 class ModelSection(_Section):
@@ -131,7 +148,7 @@ class DataSection(_Section):
         0.05, description="rows (int) or fraction (float) carved out of train when no validation source"
     )
     test_size: Union[int, float] = Field(0, description="as validation_size, for the test split")
-    split_seed: int = 42
+    split_seed: Seed = 42
     document_column: Optional[str] = None
     summary_column: Optional[str] = None
     id_column: Optional[str] = None
@@ -156,7 +173,16 @@ class DataSection(_Section):
     @field_validator("prompt_template")
     @classmethod
     def _has_document(cls, v):
-        if "{document}" not in v:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:  # a lone '{' or '}'
+            raise ValueError(f"prompt_template is not a valid template ({e}); write a literal brace as '{{{{' or "
+                             f"'}}}}'") from None
+        unknown = sorted({f for f in fields if f not in PROMPT_FIELDS})
+        if unknown:
+            raise ValueError(f"prompt_template has unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; it "
+                             f"may use {{document}} and {{instruction}} (a literal brace is written '{{{{' or '}}}}')")
+        if "document" not in fields:
             raise ValueError("prompt_template must contain '{document}'")
         return v
 
@@ -200,7 +226,7 @@ class TrainSection(_Section):
     save_strategy: Literal["no", "steps", "epoch", "best"] = "steps"
     save_steps: int = Field(100, ge=1)
     save_total_limit: Optional[int] = Field(3, ge=1)
-    seed: int = 3407
+    seed: Seed = 3407
     load_best_model_at_end: bool = False
     metric_for_best_model: str = "eval_rougeL"
     greater_is_better: Optional[bool] = Field(None, description="None = inferred from the metric name")
@@ -252,6 +278,22 @@ class TrainSection(_Section):
             raise ValueError(f"unknown optimizer {v!r}; one of: {', '.join(sorted(from_transformers))}")
         return v
 
+    @field_validator("extra_args")
+    @classmethod
+    def _finite(cls, v):
+        def walk(x, where):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"extra_args.{where} is {x}; give a finite number")
+            if isinstance(x, dict):
+                for k, y in x.items():
+                    walk(y, f"{where}.{k}")
+            elif isinstance(x, list):
+                for i, y in enumerate(x):
+                    walk(y, f"{where}[{i}]")
+        for k, x in v.items():
+            walk(x, k)
+        return v
+
     @field_validator("resume")
     @classmethod
     def _resume(cls, v):
@@ -270,14 +312,14 @@ class EvalSection(_Section):
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    sample_seed: int = 1234
+    sample_seed: Seed = 1234
     every_steps: Optional[int] = Field(None, ge=1, description="ROUGE every N steps; None = every train.eval_steps")
     log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
     loss_rows: Literal["rouge_subset", "all"] = Field(
         "rouge_subset", description="eval_loss over the same eval.num_samples validation rows as ROUGE (rouge_subset), or "
         "over the whole validation split (all); without ROUGE it is always the whole split")
     bootstrap_samples: int = Field(1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals")
-    bootstrap_seed: int = Field(1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)")
+    bootstrap_seed: Seed = Field(1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)")
     rouge_tokenizer: Literal["auto", "default", "unicode", "chars"] = Field(
         "auto", description="ROUGE tokens: default = rouge-score's (ASCII only, as published English results), unicode = "
         "words of any script, chars = one token per CJK/Thai character; auto = default when under 0.5% of the references' letters are "
@@ -404,7 +446,7 @@ class TuneSection(_Section):
     study_name: Optional[str] = Field(None, description="None = output.run_name")
     metric: str = Field("eval_rougeL", description="the ROUGE metric maximized (eval_rouge1, eval_rouge2, eval_rougeL, "
                         "eval_rougeLsum): the final model's, intermediate values at each evaluation for pruning")
-    seed: int = Field(0, description="seed of the TPE sampler")
+    seed: Seed = Field(0, description="seed of the TPE sampler")
     n_startup_trials: int = Field(5, ge=0, description="random trials before TPE models the space")
     pruner: Literal["median", "none"] = Field("median", description="stop a trial whose intermediate value is below "
                                               "the median of earlier trials at the same step")
@@ -507,6 +549,53 @@ def _suggest(loc: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(known)}" if known else "")
 
 
+MAX_YAML_NODES = 100_000  # values in a config once aliases are expanded: far above any real config, far below a bomb
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (a second `train:` would silently drop the
+    first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base constructor names it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {first.line + 1}); keep one",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(obj, limit: int) -> int:
+    """How many values `obj` holds with every alias expanded, counting no further than `limit` (an alias bomb is
+    tiny as loaded, since aliases share objects, and explodes when the config is validated or written out)."""
+    n, stack = 0, [obj]
+    while stack and n <= limit:
+        x = stack.pop()
+        n += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return n
+
+
+def safe_yaml(text: str):
+    """YAML text as data: safe types only, no duplicate keys, at most MAX_YAML_NODES values with aliases expanded."""
+    data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; a config "
+                             f"is far smaller: remove the nested aliases")
+    return data
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError([f"override {item!r}: expected key=value, e.g. train.learning_rate=1e-4"], "command line")
@@ -515,8 +604,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise ConfigError([f"override {item!r}: {key!r} is not a dotted key like train.max_steps"], "command line")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = safe_yaml(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as e:  # a duplicate key inside {...}
+        raise ConfigError([f"override {key}: {e.problem}"], "command line") from None
+    except yaml.YAMLError as e:
+        if "aliases" in str(e):
+            raise ConfigError([f"override {key}: {e}"], "command line") from None
         value = raw
     return key.split("."), value
 
@@ -588,12 +681,14 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except UnicodeDecodeError as e:
         raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"config file {p}:{where}: YAML syntax error: {problem}") from None
+        kind = "YAML syntax error: " if isinstance(e, yaml.MarkedYAMLError) and \
+            not isinstance(e, yaml.constructor.ConstructorError) else ""
+        raise UserError(f"config file {p}{where}: {kind}{problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

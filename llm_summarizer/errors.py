@@ -4,6 +4,7 @@
     TrainingStopped  a guard stopped training (non-finite loss, out of memory, disk full): exit code 3
     (a full disk)    OSError ENOSPC in any other command: exit code 3 too, with what to do
     ExportFailed     an export was made but does not behave like its source: exit code 1, nothing kept
+    (Ctrl-C)         exit code 130 with one line saying how to continue; a closed output pipe: 141, silently
 
 Library code raises these; only the command layer (`llm_summarizer.commands`) turns them into exit codes.
 """
@@ -13,8 +14,11 @@ from __future__ import annotations
 import errno
 
 EXIT_EXPORT_FAILED = 1
+EXIT_BUG = 1  # an exception that is none of ours: printed with its traceback (secrets redacted), for a bug report
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`| head`), as shells report SIGPIPE
 
 
 class UserError(Exception):

@@ -9,6 +9,7 @@ Readers therefore see the old version or the new one, never a mix, even after a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -94,20 +95,64 @@ def recover_interrupted_replace(target: Path) -> None:
         log.warning("restored %s from an interrupted save", target)
 
 
+OWNER_FILE = ".llm_summarizer.json"  # in every folder this project writes for users: what it is and what it holds
+
+
+def owner_record(root: Path, kind: str) -> dict:
+    """What `root` holds, as this project wrote it: kind (model, export, run, ...) and its top-level entries."""
+    return {"written_by": "llm_summarizer", "kind": kind,
+            "entries": sorted(p.name for p in Path(root).iterdir() if p.name != OWNER_FILE)}
+
+
 @contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `target` whole, on error it is removed."""
+def target_lock(target: Path) -> Iterator[None]:
+    """One writer per target: an exclusive lock on `.NAME.lock` beside it (released by the OS when the process
+    dies). Holding it, whatever `.NAME.tmp-*` / `.NAME.work-*` folders are beside the target were left by a
+    writer that was killed, and are removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_replace(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        yield tmp
-        _umask_permissions(tmp)
-        replace_directory(tmp, target)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another writer of the same target: wait for it (exports take minutes)
+        recover_interrupted_replace(target)
+        for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.work-*"),
+                      *target.parent.glob(f".{target.name}.old-*")]:
+            log.info("removing %s, left by an interrupted write of %s", stale.name, target)
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, owner: str | None = None) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `target` whole, on error it is removed. Under the
+    target's lock, so a killed writer's leftovers are cleared by the next one. `owner` (model, export): record
+    the folder as this project's (OWNER_FILE), so that a later replace knows it holds nothing else."""
+    target = Path(target)
+    with target_lock(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            yield tmp
+            if owner is not None:
+                write_json(tmp / OWNER_FILE, owner_record(tmp, owner))
+            _umask_permissions(tmp)
+            replace_directory(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_beside(target: Path) -> Iterator[Path]:
+    """Working space beside `target` (the same disk), always removed; inside `atomic_directory(target)`, so that a
+    killed writer's scratch is cleared by the next one."""
+    d = Path(tempfile.mkdtemp(prefix=f".{Path(target).name}.work-", dir=Path(target).parent))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def replace_directory(src: Path, dst: Path) -> None:

@@ -16,6 +16,7 @@ REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"(^|[_.-])(token|api_?key|secret|password|passwd|credentials?|private_key)$", re.I)
 _SECRET_ENV = re.compile(r"(TOKEN|API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)|(^|_)KEY(_|$)", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_URL_USERINFO_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?P<userinfo>[^/@\s]+)@")
 _MIN_SECRET_LEN = 4  # shorter values ("1", "true") would blank out ordinary text
 
 
@@ -40,3 +41,27 @@ def redact(obj, secrets: Optional[list[str]] = None):
             obj = obj.replace(s, REDACTED)
         return _URL_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", obj)
     return obj
+
+
+def secret_values(obj) -> list[str]:
+    """The secrets a user typed into a config or a command line: values under secret-named keys (`hub_token: x`,
+    `train.extra_args.hub_token=x`) and the user:password part of URLs, so that they can be redacted wherever they
+    would otherwise be echoed (an error message quoting a value, a tracker recording the command line)."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if _SECRET_KEY.search(str(k)) and isinstance(v, (str, int, float)) and str(v):
+                found.append(str(v))
+            else:
+                found += secret_values(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            found += secret_values(v)
+    elif isinstance(obj, str):
+        if "=" in obj and not obj.startswith("-"):  # a command-line override: key=value
+            key, value = obj.split("=", 1)
+            if _SECRET_KEY.search(key.strip()) and value:
+                found.append(value)
+        for m in _URL_USERINFO_VALUE.finditer(obj):  # user:password, and the password alone
+            found += [m.group("userinfo"), m.group("userinfo").partition(":")[2]]
+    return [v for v in found if len(v) >= _MIN_SECRET_LEN]

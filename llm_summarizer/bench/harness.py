@@ -20,6 +20,7 @@ from ..environment import git_commit
 from ..errors import UserError
 from ..files import write_json
 from ..models.loading import resolve_model_path
+from ..paths import Place, check_places, claim
 from .results import append_row, render_summary
 
 BACKENDS = ("unsloth", "transformers")
@@ -137,7 +138,9 @@ def prepare_run(args, kind: str = ""):
     label = args.shape if not args.model else Path(args.model).name
     out = Path(args.out) if args.out else Path("outputs") / "bench" / f"{stamp}-{kind}{label}-{data[2]}.json"
     work = Path(args.work_dir) if args.work_dir else out.with_suffix("").with_name(out.stem + ".runs")
-    work.mkdir(parents=True, exist_ok=True)
+    check_places([Place("--out", out, "file"), Place("--work-dir", work, "bench", replaced=True)],
+                 [("--data", data[0]), ("--model", args.model)])
+    claim(work, "bench")
     probe = bench_config(args, data, "random:tiny", work / "prepare")
     model_dir, shape = prepare_model(args, probe)
     return data, out, work, model_dir, shape

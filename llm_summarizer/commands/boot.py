@@ -10,27 +10,33 @@ import rules, stated and enforced here only.
    command on the transformers backend never imports unsloth (export checks rely on such a process).
 
 `run_command` turns the library's exceptions into exit codes: UserError -> 2 with one message and no
-traceback, TrainingStopped -> 3, ExportFailed -> 1.
+traceback, TrainingStopped -> 3, ExportFailed -> 1, Ctrl-C -> 130 with one line; secrets never printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import UserError, config_to_yaml, load_config
+from ..config import UserError, config_to_dict, config_to_yaml, load_config
 from ..errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_BUG,
     EXIT_EXPORT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_TRAINING_STOPPED,
     EXIT_USER_ERROR,
     ExportFailed,
     TrainingStopped,
     says_disk_full,
 )
+from ..redaction import env_secrets, redact, secret_values
 
 log = logging.getLogger("llm_summarizer")
 
@@ -130,42 +136,115 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def run_command(parser, go: Callable, argv=None) -> int:
+def run_command(parser, go: Callable, argv=None, interrupted: Optional[Callable] = None) -> int:
     """Parse args, load the config (when the parser has --config or overrides), call go(args, cfg).
 
-    Library errors become one message and an exit code; anything else is a bug and keeps its traceback.
+    Library errors become one message and an exit code; Ctrl-C one line and exit 130 (`interrupted(cfg)` says how
+    to continue); anything else is a bug and keeps its traceback (exit 1). Whatever is printed, and the command
+    line itself (which trackers such as W&B record from sys.argv), has the secrets the user gave redacted first.
     """
     args = parser.parse_args(argv)
     if getattr(args, "progress", None):
         os.environ["LLM_SUMMARIZER_PROGRESS"] = args.progress  # child processes follow it too
     setup_logging()
+    secrets = Secrets(argv if argv is not None else sys.argv[1:])
+    cfg = None
     try:
-        if getattr(args, "env_file", None):
-            names = load_env_file(args.env_file)
-            log.info("loaded %d variable(s) from %s: %s", len(names), args.env_file, ", ".join(names) or "none new")
-        cfg = None
-        if getattr(args, "config", None) is not None or hasattr(args, "overrides"):
-            cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
-        if getattr(args, "print_config", False):
-            print(config_to_yaml(cfg), end="")
-            return 0
-        quiet_libraries()
-        return int(go(args, cfg) or 0)
+        with secrets.kept_out():
+            if getattr(args, "env_file", None):
+                names = load_env_file(args.env_file)
+                log.info("loaded %d variable(s) from %s: %s", len(names), args.env_file, ", ".join(names) or "none new")
+            if getattr(args, "config", None) is not None or hasattr(args, "overrides"):
+                cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
+                secrets.add_config(cfg)
+            if getattr(args, "print_config", False):
+                print(config_to_yaml(cfg), end="")
+                return 0
+            quiet_libraries()
+            return int(go(args, cfg) or 0)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(secrets.clean(f"error: {e}"), file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingStopped as e:
-        print(f"error: training stopped: {e}", file=sys.stderr)
+        print(secrets.clean(f"error: training stopped: {e}"), file=sys.stderr)
         return EXIT_TRAINING_STOPPED
     except ExportFailed as e:
-        print(f"error: export failed: {e}", file=sys.stderr)
+        print(secrets.clean(f"error: export failed: {e}"), file=sys.stderr)
         return EXIT_EXPORT_FAILED
+    except BrokenPipeError:
+        return broken_pipe()
+    except KeyboardInterrupt:
+        how = interrupted(cfg) if interrupted is not None and cfg is not None else "rerun the same command to continue"
+        print(f"\ninterrupted (Ctrl-C): what was complete is kept; {how}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:
-        if not says_disk_full(e):
-            raise
-        # evaluate, summarize, export: what was complete stays as it was (atomic writes), so a rerun continues
-        where = getattr(e, "filename", None) or getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0][:200]
-        print(f"error: no space left on the device ({where}). Files that were complete "
-              f"before are unchanged and nothing half-written was kept: free some space and rerun the same command "
-              f"(an evaluation continues from the predictions already written).", file=sys.stderr)
-        return EXIT_TRAINING_STOPPED
+        if says_disk_full(e):
+            # evaluate, summarize, export: what was complete stays as it was (atomic writes), so a rerun continues
+            where = getattr(e, "filename", None) or getattr(e, "strerror", None) or \
+                (str(e).splitlines() or [""])[0][:200]
+            print(secrets.clean(f"error: no space left on the device ({where}). Files that were complete before are "
+                                f"unchanged and nothing half-written was kept: free some space and rerun the same "
+                                f"command (an evaluation continues from the predictions already written)."),
+                  file=sys.stderr)
+            return EXIT_TRAINING_STOPPED
+        # a bug: the whole traceback, for the report, with the user's secrets taken out of it
+        print(secrets.clean("".join(traceback.format_exception(type(e), e, e.__traceback__))), file=sys.stderr, end="")
+        return EXIT_BUG
+
+
+def broken_pipe() -> int:
+    """The reader of our output went away (`llm-summarizer configs | head -1`): it has what it wanted; say nothing,
+    now or when the interpreter flushes stdout at exit."""
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in-process): nothing to silence
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+class Secrets:
+    """What the user typed that must not leave the process: values under secret-named keys, URL passwords and
+    secret environment variables (redaction.py decides what is one). Kept out of printed errors, of every log
+    line, and of sys.argv, which W&B records as the run's command line."""
+
+    def __init__(self, argv: list[str]):
+        self.values: list[str] = []
+        self.argv = list(argv)
+
+    def add_config(self, cfg) -> None:
+        self.values += secret_values(config_to_dict(cfg))
+
+    def clean(self, text: str) -> str:
+        return redact(text, [*self.values, *env_secrets()])
+
+    @contextlib.contextmanager
+    def kept_out(self):
+        sys.argv[1:] = redact(sys.argv[1:], [*secret_values(self.argv), *env_secrets()])
+        f = _RedactingFilter(self)
+        root = logging.getLogger("llm_summarizer")
+        root.addFilter(f)
+        for h in root.handlers:
+            h.addFilter(f)
+        try:
+            yield
+        finally:
+            root.removeFilter(f)
+            for h in root.handlers:
+                h.removeFilter(f)
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, secrets: Secrets):
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed log call: leave it to logging's own error report
+            return True
+        clean = self.secrets.clean(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True

@@ -47,6 +47,17 @@ def usage() -> str:
 
 
 def main(argv=None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away is noticed here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        from .boot import broken_pipe  # light: config, errors
+
+        return broken_pipe()
+
+
+def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

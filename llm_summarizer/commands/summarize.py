@@ -54,8 +54,11 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
 
     # 1. What to summarize (read and checked before the model is loaded).
     items = collect_items(inputs, args.column, tuple(args.glob or DEFAULT_GLOBS))
-    if args.output and Path(args.output).is_dir():
-        raise UserError(f"--output {args.output} is a directory; give a file name (summaries.jsonl, summaries.txt)")
+    if args.output:
+        from ..paths import Place, check_places  # no ML imports: checked before the model loads
+
+        check_places([Place("--output", Path(args.output), "file")],
+                     [("--model", args.model), *((f"input {i}", i) for i in inputs)])
     if args.max_new_tokens:
         overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))

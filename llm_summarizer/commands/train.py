@@ -65,4 +65,9 @@ def run_ray(cfg) -> int:
 
 
 def main(argv=None, prog: str = PROG) -> int:
-    return boot.run_command(build_parser(prog), run, argv)
+    return boot.run_command(build_parser(prog), run, argv, interrupted=resume_hint)
+
+
+def resume_hint(cfg) -> str:
+    return (f"rerun the same command to resume from the newest complete checkpoint in {cfg.output_dir}/ "
+            f"(train.resume=auto)")

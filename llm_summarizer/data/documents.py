@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from .readers import ID_COLUMNS, read_file
+from .readers import ID_COLUMNS, MAX_DOCUMENT_BYTES, read_bounded, read_file
 
 log = logging.getLogger("llm_summarizer.data")
 
@@ -37,9 +37,7 @@ class Item:
 
 
 def _read_plain(p: Path) -> str:
-    raw = p.read_bytes()
-    if b"\x00" in raw[:8192]:
-        raise UserError(f"{p}: looks binary (NUL bytes), not a text document")
+    raw = read_bounded(p, MAX_DOCUMENT_BYTES, "document", UserError)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -80,7 +78,10 @@ def collect_items(inputs: list[str], column: Optional[str] = None, globs=DEFAULT
     items: list[Item] = []
     for name in inputs:
         if name == "-":
-            text = stdin.read()
+            text = stdin.read(MAX_DOCUMENT_BYTES + 1)
+            if len(text) > MAX_DOCUMENT_BYTES:
+                raise UserError(f"standard input holds more than {MAX_DOCUMENT_BYTES >> 20} MiB, the most read as one "
+                                f"document; write it to files and pass them")
             if not text.strip():
                 raise UserError("no text on standard input; pass a file or a directory, or pipe text in")
             items.append(Item("stdin", None, text))

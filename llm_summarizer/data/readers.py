@@ -58,18 +58,43 @@ def _files_of(path: Path) -> list[Path]:
     return [path]
 
 
+MAX_DATA_FILE_BYTES = 8 << 30  # a data file is read whole into memory: a larger one is split or put on the hub
+MAX_DOCUMENT_BYTES = 64 << 20  # one document to summarize (about 15 million words)
+
+
+def read_bounded(path: Path, limit: int, what: str, error=DataError) -> bytes:
+    """The bytes of a file, refused before they are read when it is binary (NUL bytes in its first 8 KiB) or larger
+    than `limit` (also what a device such as /dev/urandom would stream without end)."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+        if b"\x00" in head:
+            raise error(f"{what} {path} looks binary (NUL bytes), not text")
+        rest = f.read(max(0, limit - len(head)) + 1)
+    if len(head) + len(rest) > limit:
+        raise error(f"{what} {path} is larger than {limit >> 20} MiB, the most read at once; split it into "
+                    f"smaller files")
+    return head + rest
+
+
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+    raw = read_bounded(path, MAX_DATA_FILE_BYTES, "data file")
     if not raw.strip():
         raise DataError(f"data file {path} is empty")
-    if b"\x00" in raw[:8192] and path.suffix.lower() != ".parquet":
-        raise DataError(f"data file {path} looks binary (NUL bytes), not {path.suffix} text")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"data file {path}, line {line}: not valid UTF-8 (byte offset {e.start}); "
                         f"re-save the file as UTF-8") from None
+
+
+def _json(text: str, path: Path, line: int):
+    """json.loads, with nesting too deep for Python's parser (a RecursionError) reported as bad data."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"data file {path}, line {line}: JSON nested too deeply to read (thousands of levels); an "
+                        f"example is a flat object of text fields") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -81,7 +106,7 @@ def _read_jsonl(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _json(line, path, i + 1)
         except json.JSONDecodeError as e:
             hint = " (the last line looks cut off: was the file fully written?)" if i == last else ""
             raise DataError(f"data file {path}, line {i + 1}: invalid JSON: {e.msg}{hint}") from None
@@ -94,7 +119,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def _read_json(path: Path) -> list[dict]:
     text = _read_text(path)
     try:
-        obj = json.loads(text)
+        obj = _json(text, path, 1)
     except json.JSONDecodeError as e:
         # A .json file that is really JSON lines is common; accept it.
         if e.msg == "Extra data":

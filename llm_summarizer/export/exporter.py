@@ -6,12 +6,10 @@ refuses before anything is loaded), added to FORMATS below.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +20,10 @@ from ..config import config_to_yaml
 from ..environment import package_versions
 from ..errors import UserError
 from ..evaluation.modelcard import write_model_card
-from ..files import atomic_directory, write_json
+from ..files import atomic_directory, scratch_beside, write_json
 from ..models.generation import default_max_new_tokens, inference_mode, summarize_texts
 from ..models.loading import load_for_generation, model_config, saved_model
+from ..paths import Place, check_places
 from . import adapter, gguf, merged, quantized
 from .job import DTYPES16, FORMAT_NAMES, ExportOptions, Job
 from .verify import completion_logprobs, run_worker, verification_documents
@@ -81,17 +80,6 @@ def _write_card(dst: Path, loaded, kind: str, info: dict) -> None:
     write_model_card(dst / "README.md", loaded.cfg, loaded.info.metrics, run_info, kind=kind, export_info=info)
 
 
-@contextlib.contextmanager
-def _scratch(target: Path):
-    """Working space beside the target (same disk), always removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix=f".{target.name}.work-", dir=target.parent))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def _preflight(fmt: str, info, target: Path, overwrite: bool, options: ExportOptions):
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -101,13 +89,13 @@ def _preflight(fmt: str, info, target: Path, overwrite: bool, options: ExportOpt
     if info.kind not in FORMATS[fmt].sources:
         raise UserError(f"{info.path} is already a merged model; --format {fmt} needs a LoRA adapter directory "
                         f"(merged-4bit and gguf accept a merged model)")
-    if target.resolve() == info.path.resolve():
-        raise UserError(f"--output {target} is the model directory itself; choose another --output")
+    base = info.base if info.kind == "adapter" else info.base_recorded
+    check_places([Place("--output", target, "export", replaced=True)],
+                 [("the model directory", info.path), ("its base model", base if base and os.path.isdir(base) else None),
+                  ("--verify-data", options.verify_data)])
     if target.exists() and not overwrite:
         raise UserError(f"--output {target} already exists; pass --overwrite to replace it (only once the new "
                         f"export is complete and checked), or choose another --output")
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--output {target} is a file; expected a directory")
     return FORMATS[fmt].preflight(options) if FORMATS[fmt].preflight else None
 
 
@@ -144,7 +132,7 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
     meta = {"format": fmt, "source": str(info.path.resolve()), "source_kind": info.kind,
             "base_model": str(Path(base_model).resolve()) if base_model and os.path.isdir(base_model) else base_model,
             "backend": loaded.backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions()}
-    with _scratch(target) as scratch, atomic_directory(target) as tmp:
+    with atomic_directory(target, owner="export") as tmp, scratch_beside(target) as scratch:
         job = Job(fmt, options, loaded, tmp, scratch, docs, docs_source, max_new, meta=meta, tools=tools,
                   check={"documents": len(docs), "documents_source": docs_source, "max_new_tokens": max_new,
                          "decoding": "greedy"})

@@ -7,16 +7,19 @@ import contextlib
 import json
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from ..errors import UserError
 from ..redaction import redact
-from .base import Tracker, run_config
+from .base import Tracker, evaluation_values, run_config
 
 
 @contextlib.contextmanager
@@ -45,6 +48,42 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+SERVER_WAIT_S = 5.0  # how long a tracking server may take to accept a connection before the run refuses to start
+
+
+def check_server(uri: str) -> None:
+    """An http(s) tracking server must answer in seconds: MLflow's own retries would otherwise spend minutes
+    before failing (and its error quoted the URL, password included)."""
+    u = urlparse(uri)
+    if u.scheme not in ("http", "https"):
+        return
+    # MLflow's per-request retries and timeout, unless the user set them: a server that stops answering later
+    # fails a logging call in about a minute, not in several
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    try:
+        socket.create_connection((u.hostname or "", u.port or (443 if u.scheme == "https" else 80)),
+                                 timeout=SERVER_WAIT_S).close()
+    except OSError as e:
+        raise UserError(f"tracking.mlflow_tracking_uri {redact(uri)}: the MLflow server does not answer "
+                        f"({e.strerror or type(e).__name__}). Start it or fix the address, use a local store "
+                        f"(tracking.mlflow_tracking_uri=sqlite:///mlflow.db), or leave mlflow out of "
+                        f"tracking.report_to") from None
+
+
+@contextlib.contextmanager
+def _server_errors(uri: str):
+    try:
+        yield
+    except Exception as e:
+        if not uri.startswith(("http:", "https:")) or isinstance(e, UserError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"tracking.mlflow_tracking_uri {redact(uri)}: the MLflow server refused or failed the run's "
+                        f"start ({type(e).__name__}: {redact(first)}). Check the address and the server's log, or "
+                        f"leave mlflow out of tracking.report_to") from None
+
+
 def mlflow_uri(cfg, output_dir: Path) -> str:
     uri = cfg.tracking.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -59,11 +98,19 @@ class MlflowTracker(Tracker):
 
     def __init__(self, cfg, output_dir, prior, resume_step):
         super().__init__(cfg, output_dir, prior, resume_step)
-        t = cfg.tracking
         uri = mlflow_uri(cfg, self.output_dir)
+        check_server(uri)
         # MLflow 3 refuses its file store unless asked (it checks when the store opens); naming a folder asks
-        with _env("MLFLOW_ALLOW_FILE_STORE", "true" if uri.startswith("file:") else None):
+        with _env("MLFLOW_ALLOW_FILE_STORE", "true" if uri.startswith("file:") else None), _server_errors(uri):
             client = MlflowClient(tracking_uri=uri)
+            self._start(client, uri, cfg, prior)
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        check_server(mlflow_uri(cfg, cfg.output_dir))
+
+    def _start(self, client, uri, cfg, prior):
+        t = cfg.tracking
         run_id = prior.get("run_id") if prior.get("tracking_uri") == redact(uri) else None
         if run_id:
             client.update_run(run_id, status="RUNNING")
@@ -103,19 +150,16 @@ class MlflowTracker(Tracker):
 
 def log_evaluation(training: dict, evaluation) -> Optional[dict]:
     """evaluate's scores into the MLflow run that trained the model (its metrics.json `tracking.mlflow`):
-    `<split>/<rouge>` metrics (and the base's and the gain with --compare-base), a tag with the evaluation's
-    folder. None when the model records no MLflow run or its store address was redacted (it held a secret)."""
+    `<split>/<rouge>` and `<split>/<statistic>` metrics (and the base's and the gain with --compare-base), a tag
+    with the evaluation's folder. None when the model records no MLflow run or its store address was redacted
+    (it held a secret)."""
     known = ((training.get("tracking") or {}).get("mlflow")) or {}
     uri, run_id = known.get("tracking_uri"), known.get("run_id")
     if not uri or not run_id or redact(uri) != uri or "***" in uri:
         return None
     m = evaluation.metrics
-    split, res = m["data"]["split"], m["results"]
-    values = {f"{split}/{k}": v["f1"] for k, v in res["model"].items() if isinstance(v, dict) and "f1" in v}
-    if "model_minus_base" in res:
-        values.update({f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v})
-        values.update({f"{split}/gain_{k}": v["diff"] for k, v in res["model_minus_base"].items()})
-    values[f"{split}/examples"] = float(m["data"]["examples"])
+    split = m["data"]["split"]
+    values = evaluation_values(m)
     ts = int(time.time() * 1000)
     client = MlflowClient(tracking_uri=uri)
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)],

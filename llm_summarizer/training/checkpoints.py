@@ -159,6 +159,25 @@ def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Option
     return p
 
 
+def check_adapter_shape(resume: Path, lora, auto: bool) -> None:
+    """A checkpoint's LoRA must have this run's shape (rank, alpha, DoRA), or its weights cannot be loaded: say so
+    before loading anything, naming the setting, instead of a size mismatch deep in torch."""
+    p = Path(resume) / "adapter_config.json"
+    try:
+        saved = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not an adapter checkpoint (or unreadable: the manifest check names that)
+    wanted = {"r": ("lora.r", lora.r), "lora_alpha": ("lora.alpha", lora.alpha),
+              "use_dora": ("lora.use_dora", lora.use_dora)}
+    diffs = [f"{key}={saved[k]} there, {value} here" for k, (key, value) in wanted.items()
+             if k in saved and saved[k] != value]
+    if diffs:
+        how = ("set train.resume=never or another output.dir to start afresh" if auto else
+               "give a checkpoint of this run, or set the LoRA settings it was written with")
+        raise UserError(f"train.resume: {resume} holds a LoRA adapter of another shape ({'; '.join(diffs)}), which "
+                        f"cannot continue as this run: {how}")
+
+
 def staging_root(run_dir) -> Path:
     p = Path(run_dir) / STAGING_DIR
     p.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,10 @@ import optuna
 from ..config import Config, load_config
 from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
+from ..paths import Place, check_places, claim
 from ..training.callbacks import TRIAL_ENV, make_pruner
 from ..training.guards import RunLock
+from ..training.run import run_sources
 
 log = logging.getLogger("llm_summarizer.tune")
 
@@ -155,8 +157,9 @@ def finished(study: optuna.Study) -> list:
 
 def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_trials: int) -> dict:
     folder = tune_dir(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_places([Place("tune.dir", folder, "tune")], run_sources(cfg))
     check_space(cfg, config_arg, overrides)
+    claim(folder, "tune")
     name = cfg.tune.study_name or cfg.output.run_name
     metric = cfg.tune.metric
     optuna.logging.set_verbosity(optuna.logging.WARNING)
