@@ -1,5 +1,6 @@
 """Scores with confidence intervals: ROUGE means with percentile-bootstrap 95% intervals over resampled
 examples, and model-minus-base differences with a *paired* bootstrap (the same resampled examples for both).
+The statistics of diagnostics.py get the same treatment, each over the examples that have a value.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..config import ROUGE_KEYS
+from . import diagnostics
 from .scoring import Protocol, score_corpus
 
 
@@ -78,3 +80,36 @@ def paired_difference(rows: list[dict], base_rows: list[dict], samples: int, see
     ci = _interval(boot)
     return {k: {"diff": float(d[:, i].mean()), "ci95": ci[i],
                 "share_of_resamples_not_better": float((boot[:, i] <= 0).mean())} for i, k in enumerate(ROUGE_KEYS)}
+
+
+def diagnostics_block(per: list[dict], samples: int, seed: int) -> dict:
+    """Each statistic's mean over the examples that have a value, with its bootstrap 95% interval and how many
+    examples it is over (mean and interval None when none has one); `notes` counts why values are missing."""
+    out = {}
+    for k in diagnostics.DIAGNOSTIC_KEYS:
+        v = np.array(diagnostics.values(per, k), dtype=float)
+        if not len(v):
+            out[k] = {"mean": None, "ci95": None, "examples": 0}
+            continue
+        ci = _interval(_bootstrap_means(v[:, None], _resamples(len(v), samples, seed)))[0]
+        out[k] = {"mean": float(v.mean()), "ci95": ci, "examples": int(len(v))}
+    return {"stats": out, "notes": diagnostics.note_counts(per)}
+
+
+def paired_diagnostics(per: list[dict], base_per: list[dict], samples: int, seed: int) -> dict:
+    """model - base of each statistic over the examples where both have a value, paired bootstrap 95% interval."""
+    out = {}
+    for k in diagnostics.DIAGNOSTIC_KEYS:
+        d = np.array([m[k] - b[k] for m, b in zip(per, base_per) if m.get(k) is not None and b.get(k) is not None],
+                     dtype=float)
+        if not len(d):
+            out[k] = {"diff": None, "ci95": None, "examples": 0}
+            continue
+        ci = _interval(_bootstrap_means(d[:, None], _resamples(len(d), samples, seed)))[0]
+        out[k] = {"diff": float(d.mean()), "ci95": ci, "examples": int(len(d))}
+    return out
+
+
+def block_means(block: Optional[dict]) -> dict:
+    """{key: mean} of a diagnostics_block (what the words and warnings read)."""
+    return {k: v.get("mean") for k, v in ((block or {}).get("stats") or {}).items()}

@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Iterable, Optional
 
 from rouge_score import rouge_scorer
+from rouge_score import tokenizers as rouge_tokenizers
 
 from ..errors import UserError
 
@@ -131,8 +132,9 @@ def _stemmer():
 class UnicodeTokenizer:
     """rouge-score's tokenizer interface (`tokenize(text) -> list[str]`) for words of any script."""
 
-    def __init__(self, split_no_space_scripts: bool):
+    def __init__(self, split_no_space_scripts: bool, stem: bool = True):
         self.split = split_no_space_scripts
+        self.stem = stem
 
     def tokenize(self, text: str) -> list[str]:
         text = unicodedata.normalize("NFKC", text).lower()
@@ -154,9 +156,8 @@ class UnicodeTokenizer:
                 out.append(self._stem(w))
         return out
 
-    @staticmethod
-    def _stem(w: str) -> str:
-        return _stemmer().stem(w) if len(w) > 3 and _ASCII_WORD.fullmatch(w) else w
+    def _stem(self, w: str) -> str:
+        return _stemmer().stem(w) if self.stem and len(w) > 3 and _ASCII_WORD.fullmatch(w) else w
 
 
 @lru_cache(maxsize=4)
@@ -169,6 +170,19 @@ def _scorer(tokenizer: str):
 def tokens(text: str, tokenizer: str) -> list[str]:
     """The tokens ROUGE compares for `text` under a resolved tokenizer name."""
     return _scorer(tokenizer)._tokenizer.tokenize(text)
+
+
+@lru_cache(maxsize=4)
+def _word_tokenizer(tokenizer: str):
+    if tokenizer == "default":
+        return rouge_tokenizers.DefaultTokenizer(use_stemmer=False)
+    return UnicodeTokenizer(tokenizer == "chars", stem=False)
+
+
+def word_tokens(text: str, tokenizer: str) -> list[str]:
+    """The tokens of `tokenizer` before stemming: the same split and lowercasing as ROUGE's, each word as written
+    (what a copied span is made of: "runs" and "run" are different words of a document)."""
+    return _word_tokenizer(tokenizer).tokenize(text)
 
 
 def _regex_split(para: str) -> list[str]:

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Config, config_to_dict
+from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
 from ..redaction import redact
 
-SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", "rouge1", "rouge2", "rougeL", "rougeLsum"]
+# the samples table: ROUGE and the statistics of each summary against its document, per example
+SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", "rouge1", "rouge2", "rougeL", "rougeLsum",
+                  *DIAGNOSTIC_KEYS]
 STEP_KEY = "train/global_step"
 
 
@@ -35,6 +38,25 @@ def scalars(logs: dict) -> dict[str, float]:
     return out
 
 
+def evaluation_values(metrics: dict) -> dict[str, float]:
+    """evaluate's numbers as the training run's trackers keep them: `<split>/<rouge>` F1, `<split>/<statistic>`
+    means, and with --compare-base `<split>/base_<name>` and `<split>/gain_<name>` (model - base)."""
+    split, res = metrics["data"]["split"], metrics["results"]
+    values = {f"{split}/{k}": v["f1"] for k, v in res["model"].items() if isinstance(v, dict) and "f1" in v}
+    stats = lambda block: ((block or {}).get("diagnostics") or {}).get("stats") or {}  # noqa: E731
+    values.update({f"{split}/{k}": v["mean"] for k, v in stats(res["model"]).items() if v.get("mean") is not None})
+    if "model_minus_base" in res:
+        values.update({f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v})
+        values.update({f"{split}/gain_{k}": v["diff"] for k, v in res["model_minus_base"].items()})
+        values.update({f"{split}/base_{k}": v["mean"] for k, v in stats(res["base"]).items() if v.get("mean") is not None})
+        values.update({f"{split}/gain_{k}": v["diff"] for k, v in (res.get("diagnostics_model_minus_base") or {}).items()
+                       if v.get("diff") is not None})
+    values.update({f"{split}/references_{k}": v["mean"] for k, v in stats(res.get("references")).items()
+                   if v.get("mean") is not None})
+    values[f"{split}/examples"] = float(metrics["data"]["examples"])
+    return values
+
+
 def run_config(cfg: Config) -> dict:
     """What the dashboards show as the run's config: the resolved config, secrets removed."""
     return redact(config_to_dict(cfg))
@@ -48,6 +70,10 @@ class Tracker:
     def __init__(self, cfg: Config, output_dir: Path, prior: dict, resume_step: Optional[int]):
         self.cfg, self.output_dir = cfg, Path(output_dir)
 
+    @classmethod
+    def preflight(cls, cfg: Config) -> None:
+        """Checks that take seconds and must not wait until the model has loaded (a server that does not answer)."""
+
     def log(self, values: dict[str, float], step: int) -> None:
         """Scalars (already named: train/loss, eval/rougeL, ...) at a trainer global step."""
 
@@ -55,7 +81,7 @@ class Tracker:
         """A few generated summaries of one evaluation (columns SAMPLE_COLUMNS)."""
 
     def summary(self, values: dict[str, float]) -> None:
-        """Final numbers of the run (base/... and final/... ROUGE)."""
+        """Final numbers of the run (base/..., final/... and references/...: ROUGE and the statistics)."""
 
     def log_model(self, model_dir: Path, metrics: dict) -> None:
         """The final model directory, where the tracker keeps artifacts (tracking.log_model)."""

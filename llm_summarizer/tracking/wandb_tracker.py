@@ -16,8 +16,9 @@ from urllib.parse import urlparse
 
 import wandb
 
+from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
 from ..redaction import redact
-from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, run_config
+from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config
 
 log = logging.getLogger("llm_summarizer.tracking")
 
@@ -167,7 +168,7 @@ class WandbTracker(Tracker):
         return dict(self._info)
 
 
-EVAL_TABLE_COLUMNS = ["id", "reference", "prediction", "base_prediction", "rougeL", "base_rougeL"]
+EVAL_TABLE_COLUMNS = ["id", "reference", "prediction", "base_prediction", "rougeL", "base_rougeL", *DIAGNOSTIC_KEYS]
 
 
 def _rows(path: Optional[Path]) -> list[dict]:
@@ -200,20 +201,17 @@ def log_evaluation(training: dict, evaluation, table_rows: int = 200) -> Optiona
                   dir=str(out_dir), reinit="create_new")
     run, mode, why = start_run(mode, why, kwargs, "could not reach the run online")
     res = m["results"]
-    values = {f"{split}/{k}": v["f1"] for k, v in res["model"].items() if isinstance(v, dict) and "f1" in v}
+    values = evaluation_values(m)
     values.update({f"{split}/{k}_ci95_low": v["ci95"][0] for k, v in res["model"].items()
                    if isinstance(v, dict) and "ci95" in v})
-    if "model_minus_base" in res:
-        values.update({f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v})
-        values.update({f"{split}/gain_{k}": v["diff"] for k, v in res["model_minus_base"].items()})
-    values[f"{split}/examples"] = m["data"]["examples"]
     run.summary.update(values)
     base = {r["id"]: r for r in _rows(evaluation.base_predictions)}
     table = wandb.Table(columns=EVAL_TABLE_COLUMNS)
     for r in _rows(evaluation.predictions)[:table_rows]:
         b = base.get(r["id"], {})
+        diag = r.get("diagnostics") or {}  # the model's statistics of this summary (none in older files)
         table.add_data(str(r["id"]), r["reference"], r["prediction"], b.get("prediction"), r.get("rougeL"),
-                       b.get("rougeL"))
+                       b.get("rougeL"), *[diag.get(k) for k in DIAGNOSTIC_KEYS])
     run.log({f"{split}/predictions": table})
     run.finish()
     info = {"mode": mode, "run_id": run.id, "project": known.get("project"), "keys": sorted(values)}

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import re
+
+import pytest
 
 from tests.conftest import run_cli
 
@@ -64,3 +67,36 @@ def test_bad_predictions_files_are_one_message_exit_2(tmp_path):
     empty = _jsonl(tmp_path / "e.jsonl", [{"reference": " ", "prediction": "a"}])
     r = run_cli("score", empty)
     assert r.returncode == 2 and "e.jsonl row 1: the reference ('reference') is empty" in r.stderr
+
+
+def test_score_measures_each_summary_against_its_document(tmp_path, capsys):
+    from llm_summarizer.commands.score import main
+    from llm_summarizer.evaluation import diagnostics as D
+
+    docs = ["all day long the cat sat on the mat near the door", "in May a storm closed the harbour for two days",
+            "after a long winter prices rose three percent in may", "on sunday the team won the final after extra time"]
+    copies = _jsonl(tmp_path / "copies.jsonl", [{"id": i, "document": d, "reference": r, "prediction": d}
+                                                for i, (d, r) in enumerate(zip(docs, REFS))])
+    # the base file has no documents: measured against the file's own, matched by id
+    base = _jsonl(tmp_path / "base.jsonl", [{"id": i, "reference": r, "prediction": r} for i, r in enumerate(REFS)])
+    out = tmp_path / "s.json"
+    assert main([str(copies), "--base", str(base), "--output", str(out), "--bootstrap-samples", "200"]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads(out.read_text())["results"]
+    stats = m["model"]["diagnostics"]["stats"]
+    # a prediction that is its whole document: every word copied in one fragment as long as the document
+    assert stats["coverage"]["mean"] == 1.0 and stats["lead_copy"]["mean"] == 1.0
+    assert stats["density"]["mean"] == pytest.approx(sum(len(d.split()) for d in docs) / 4)
+    assert m["references"]["diagnostics"]["stats"]["coverage"]["mean"] == pytest.approx(
+        D.means(D.corpus(REFS, docs))["coverage"])
+    assert m["base"]["diagnostics"]["stats"]["coverage"]["mean"] == m["references"]["diagnostics"]["stats"][
+        "coverage"]["mean"]  # the base's predictions are the references
+    assert m["diagnostics_file_minus_base"]["density"]["diff"] > 0
+    assert "each summary against its document" in printed and "file - base" in printed
+    assert re.search(r"lead copy +0\.0% +100\.0% +0\.0% +\+100\.00 pts", printed), printed
+    # without documents: ROUGE as before, and one line saying what is left out
+    assert main([str(base)]) == 0
+    printed = capsys.readouterr().out
+    assert "no document column" in printed and "coverage" not in printed
+    assert main([str(base), "--document-column", "text"]) == 2
+    assert "base.jsonl row 1: no column 'text'" in capsys.readouterr().err
