@@ -14,7 +14,8 @@ from typing import Optional
 REDACTED = "<redacted>"
 
 _SECRET_KEY = re.compile(r"(^|[_.-])(token|api_?key|secret|password|passwd|credentials?|private_key)$", re.I)
-_SECRET_ENV = re.compile(r"(TOKEN|API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)|(^|_)KEY(_|$)", re.I)
+# TOKEN but not TOKENIZER: TOKENIZERS_PARALLELISM=false is set everywhere, and every "false" would be blanked out
+_SECRET_ENV = re.compile(r"(TOKEN(?!IZER)|API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS?)|(^|_)KEY(_|$)", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 _URL_USERINFO_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?P<userinfo>[^/@\s]+)@")
 _MIN_SECRET_LEN = 4  # shorter values ("1", "true") would blank out ordinary text

@@ -2,7 +2,7 @@
 
     llm-summarizer export fine_tuned/demo --format merged-16bit        # -> fine_tuned/demo-merged-16bit/
     llm-summarizer export fine_tuned/demo --format adapter --output release/demo-lora
-    llm-summarizer export fine_tuned/demo --format merged-4bit         # needs a CUDA GPU + bitsandbytes
+    llm-summarizer export fine_tuned/demo --format merged-4bit         # bitsandbytes (a GPU, or 0.50 on a CPU)
     llm-summarizer export fine_tuned/demo --format gguf --gguf-type q8_0 --llama-cpp ~/llama.cpp
     HF_TOKEN=hf_... llm-summarizer export fine_tuned/demo --format merged-16bit --push-to-hub --hub-model-id you/demo
 
@@ -11,7 +11,8 @@ Formats:
   merged-16bit  LoRA folded into the base weights, saved in the base's 16-bit dtype (float16 for a float32
                 base, on every machine; --dtype overrides): Unsloth's save_pretrained_merged on a GPU, PEFT
                 merge_and_unload otherwise; loads with plain transformers, vLLM, TGI
-  merged-4bit   the merged model quantized to bitsandbytes NF4 (CUDA GPU only)
+  merged-4bit   the merged model quantized to bitsandbytes NF4, computing in the merged weights' dtype (on a
+                CUDA GPU, or on a CPU with bitsandbytes 0.50)
   gguf          the merged model converted by llama.cpp's convert_hf_to_gguf.py (f16, bf16, q8_0 directly;
                 k-quants such as q4_k_m through llama-quantize), for llama.cpp and Ollama
 

@@ -23,7 +23,8 @@ log = logging.getLogger("llm_summarizer.export")
 
 
 
-def _stored_dtype(path: Optional[str]) -> Optional[str]:
+def stored_dtype(path: Optional[str]) -> Optional[str]:
+    """The dtype a model directory's config.json records (None when it records none)."""
     if not path or not (Path(path) / "config.json").is_file():
         return None
     conf = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
@@ -41,7 +42,7 @@ def merged_dtype(loaded, requested: str = "auto") -> tuple[str, str]:
     """(dtype name, why) of a merged-16bit export: a function of the base checkpoint, never of the hardware."""
     if requested != "auto":
         return requested, f"--dtype {requested}"
-    stored = _stored_dtype(loaded.info.base)
+    stored = stored_dtype(loaded.info.base)
     if stored in DTYPES16:
         return stored, f"the base checkpoint is {stored}"
     return "float16", (f"the base checkpoint is {stored}" if stored else "the base checkpoint records no dtype") + \

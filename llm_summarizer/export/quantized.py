@@ -1,4 +1,5 @@
-"""merged-4bit: the merged model quantized to bitsandbytes NF4 (CUDA GPU only), checked by agreement."""
+"""merged-4bit: the merged model quantized to bitsandbytes NF4 (on a CUDA GPU, or on a CPU where bitsandbytes
+quantizes there), checked by agreement."""
 
 from __future__ import annotations
 
@@ -8,32 +9,35 @@ from typing import Optional
 import torch
 
 from ..errors import ExportFailed, UserError
+from ..models.backends import cpu_4bit_ready
 from .job import Job
-from .merged import merged_source
+from .merged import merged_source, stored_dtype
 from .verify import agreement, logprob_gaps, run_worker
 
 
 def _bitsandbytes_ready() -> Optional[str]:
     """None when 4-bit quantization can run here, else why not."""
-    if not torch.cuda.is_available():
-        return "this machine has no CUDA GPU"
     if importlib.util.find_spec("bitsandbytes") is None:
         return "bitsandbytes is not installed (pip install bitsandbytes)"
+    if not torch.cuda.is_available():
+        why = cpu_4bit_ready()
+        return f"this machine has no CUDA GPU and {why}" if why else None
     return None
 
 
 def preflight(options) -> None:
     why = _bitsandbytes_ready()
     if why:
-        raise UserError(f"--format merged-4bit quantizes with bitsandbytes, which needs a CUDA GPU: {why}. Use "
-                        f"--format merged-16bit here (or load that with load_in_4bit on a GPU). Nothing was written.")
+        raise UserError(f"--format merged-4bit quantizes with bitsandbytes, which cannot run here: {why}. Use "
+                        f"--format merged-16bit (and load that with model.load_in_4bit where bitsandbytes runs). "
+                        f"Nothing was written.")
 
 
 def write(job: Job, write_metadata) -> None:
     """--format merged-4bit"""
     merged = merged_source(job, write_metadata)
-    run_worker({"action": "quantize-4bit", "model_dir": str(merged), "dest": str(job.tmp)}, job.scratch,
-               "4-bit quantization")
+    run_worker({"action": "quantize-4bit", "model_dir": str(merged), "dest": str(job.tmp),
+                "dtype": stored_dtype(str(merged))}, job.scratch, "4-bit quantization")
     res = run_worker({"action": "greedy", "model_dir": str(job.tmp), "config": str(job.tmp / "config.yaml"),
                       "documents": job.docs, "max_new_tokens": job.max_new_tokens, "score": job.reference},
                      job.scratch, "loading the 4-bit model")

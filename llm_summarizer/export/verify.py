@@ -24,7 +24,7 @@ from ..data.prompt import Formatter
 from ..errors import ExportFailed, UserError
 from ..evaluation.evaluate import load_eval_rows
 from ..evaluation.scoring import score_pair
-from ..models.backends import nf4_config
+from ..models.backends import nf4_config, plain_cpu_4bit
 from ..models.generation import generate
 
 log = logging.getLogger("llm_summarizer.export")
@@ -49,8 +49,9 @@ def worker(spec_path: str) -> int:
     action, out = spec["action"], Path(spec["out"])
     kw = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
     if action == "quantize-4bit":
-        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], quantization_config=nf4_config(torch.float32),
-                                                     **kw)
+        # computing in the merged weights' own dtype: the same export from the same merge on any machine
+        model = AutoModelForCausalLM.from_pretrained(
+            spec["model_dir"], quantization_config=nf4_config(getattr(torch, spec.get("dtype") or "float32")), **kw)
         model.save_pretrained(spec["dest"], safe_serialization=True)
         AutoTokenizer.from_pretrained(spec["model_dir"]).save_pretrained(spec["dest"])
         out.write_text(json.dumps({"ok": True}), encoding="utf-8")
@@ -63,6 +64,8 @@ def worker(spec_path: str) -> int:
         model = PeftModel.from_pretrained(model, spec["model_dir"])
     else:
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype, **kw)
+    if not torch.cuda.is_available():
+        plain_cpu_4bit(model)  # a 4-bit export checked on a CPU: the same numbers on every CPU (see there)
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     model.eval()
     fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)

@@ -27,13 +27,76 @@ from .unsloth_first import import_unsloth
 
 
 def nf4_config(dtype) -> BitsAndBytesConfig:
-    """The one 4-bit (QLoRA) setting: NF4 with double quantization, computing in the load dtype
-    (bfloat16 where the GPU has it, else float16, when the load dtype is float32)."""
+    """The one 4-bit (QLoRA) setting: NF4 with double quantization, computing in the load dtype. On a GPU a
+    float32 load computes in bfloat16 where the GPU has it, else float16; on a CPU in float32, like every
+    CPU path here (exact, and the same on every CPU)."""
     compute = dtype
-    if compute == torch.float32:
-        compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    if compute == torch.float32 and torch.cuda.is_available():
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute)
+
+
+def cpu_4bit_ready() -> Optional[str]:
+    """None when bitsandbytes quantizes to NF4 on this CPU (0.50 does; older releases have no CPU kernels),
+    else why not, from a quantization of one small block tried here."""
+    try:
+        import bitsandbytes.functional as bnbf
+
+        packed, state = bnbf.quantize_4bit(torch.ones(64, 2), blocksize=64, quant_type="nf4")
+        back = bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+        if not torch.allclose(back, torch.ones(64, 2)):
+            return "its CPU NF4 round trip does not give the weights back"
+    except Exception as e:  # an old bitsandbytes without CPU kernels fails in many ways; all mean the same here
+        from importlib import metadata
+
+        try:
+            version = metadata.version("bitsandbytes")
+        except metadata.PackageNotFoundError:
+            return "bitsandbytes is not installed"
+        return (f"bitsandbytes {version} cannot quantize to NF4 on the CPU ({type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0][:200]}); bitsandbytes 0.50 can")
+    return None
+
+
+def cpu_8bit_optim_ready() -> Optional[str]:
+    """None when bitsandbytes' 8-bit optimizers step on this CPU (0.50's do), else why not, from one step of
+    AdamW8bit on one small parameter tried here."""
+    try:
+        import bitsandbytes as bnb
+
+        p = torch.nn.Parameter(torch.ones(4096))  # bitsandbytes keeps 8-bit state from 4096 elements on
+        opt = bnb.optim.AdamW8bit([p], lr=0.1)
+        p.grad = torch.ones_like(p)
+        opt.step()
+        if opt.state[p]["state1"].dtype != torch.uint8 or not bool((p < 1).all()):
+            return "its 8-bit AdamW step did not run as 8-bit"
+    except Exception as e:  # as for cpu_4bit_ready: any failure means the same here
+        return f"bitsandbytes cannot run 8-bit optimizers on the CPU ({type(e).__name__}: {str(e)[:200]})"
+    return None
+
+
+def plain_cpu_4bit(model) -> int:
+    """Keep bitsandbytes' 4-bit layers on their plain CPU path; returns how many layers there are.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weights in place for a faster kernel the
+    first time the layer runs without gradients (generation, the ROUGE pass between training steps). After
+    that, backward passes through the layer silently give no gradient to its input (its op has no autograd
+    kernel), the layer computes in bfloat16 (results then depend on the CPU), and the repacking fails on layers
+    whose sizes are not multiples of its blocks (out_features of 32, in_features of 64: the tiny model's
+    intermediate size of 344 is neither). The plain path dequantizes and computes in the compute dtype."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def _on_cpu_plain_4bit(model) -> None:
+    # 4-bit layers exist only where bitsandbytes was imported (a 4-bit load, or a directory stored in 4-bit)
+    if not torch.cuda.is_available() and "bitsandbytes" in sys.modules:
+        plain_cpu_4bit(model)
 
 
 @dataclass
@@ -58,10 +121,12 @@ def _unsloth_load(spec: LoadSpec):
     from unsloth import FastLanguageModel
 
     with contextlib.redirect_stdout(sys.stderr):
-        return FastLanguageModel.from_pretrained(
+        model, tok = FastLanguageModel.from_pretrained(
             model_name=spec.name, max_seq_length=spec.max_seq_length, dtype=spec.dtype,
             load_in_4bit=spec.load_in_4bit, load_in_8bit=spec.load_in_8bit,
             trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+    _on_cpu_plain_4bit(model)
+    return model, tok
 
 
 def _loftq(cfg: Config):
@@ -103,6 +168,7 @@ def _transformers_load(spec: LoadSpec, adapter: Optional[str] = None):
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code, revision=spec.revision)
     model = AutoModelForCausalLM.from_pretrained(spec.name, **kwargs)
+    _on_cpu_plain_4bit(model)
     return model, tok
 
 

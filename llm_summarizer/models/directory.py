@@ -24,6 +24,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from ..config import is_local_path
 from ..errors import UserError
+from .backends import cpu_4bit_ready
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -146,8 +147,10 @@ def check_architecture(model_path: str, what: str, trust_remote_code: bool = Fal
                         f"summarization here needs a decoder model (...ForCausalLM)")
     q = conf.get("quantization_config") or {}
     if q.get("quant_method") == "bitsandbytes" and not torch.cuda.is_available():
-        raise UserError(f"{what}: {p} is stored quantized with bitsandbytes, which needs a CUDA GPU; this machine "
-                        f"has none. Use a 16-bit model directory on the CPU")
+        why = "8-bit weights need a CUDA GPU" if q.get("load_in_8bit") else cpu_4bit_ready()
+        if why:
+            raise UserError(f"{what}: {p} is stored quantized with bitsandbytes and this machine has no CUDA GPU "
+                            f"({why}). Use a 16-bit model directory on the CPU")
 
 
 def _version(pkg: str) -> str:

@@ -29,7 +29,7 @@ from ..data.prompt import Formatter
 from ..errors import UserError
 from ..redaction import env_secrets, redact
 from . import gguf, random_init, registry
-from .backends import LoadSpec, load_adapter
+from .backends import LoadSpec, cpu_4bit_ready, load_adapter
 from .backends import backend as get_backend
 from .directory import ADAPTER_CONFIG, ModelDir, check_architecture, describe_model_dir
 from .tokenizer import finish_tokenizer, load_saved_tokenizer
@@ -137,12 +137,39 @@ def load_tokenizer(cfg: Config, raw_splits=None):
     return finish_tokenizer(cfg, tok, cfg.model.backend)
 
 
+def check_quantized_training(cfg: Config) -> None:
+    """4-bit (NF4) training runs on a CPU too, on either backend, where bitsandbytes quantizes there; 8-bit
+    loading needs a CUDA GPU (Unsloth's CPU backend would load 16-bit weights instead, and say so only in
+    its banner)."""
+    if torch.cuda.is_available():
+        return
+    if cfg.model.load_in_8bit:
+        raise UserError("model.load_in_8bit=true needs a CUDA GPU; this machine has none. On the CPU use "
+                        "model.load_in_4bit=true (NF4, QLoRA) or model.load_in_8bit=false (32-bit weights).")
+    if cfg.model.load_in_4bit:
+        why = cpu_4bit_ready()
+        if why:
+            raise UserError(f"model.load_in_4bit=true: this machine has no CUDA GPU and {why}. Set "
+                            f"model.load_in_4bit=false to train in 32-bit on the CPU, or install bitsandbytes "
+                            f"0.50 (`bash scripts/setup_env.sh` pins it).")
+
+
+def add_lora(be, model, cfg: Config):
+    """The backend's LoRA, with lora.target_modules that match no layer of the model named as a config error."""
+    try:
+        return be.add_lora(model, cfg)
+    except ValueError as e:
+        if "not found in the base model" not in str(e) and "Target modules" not in str(e):
+            raise
+        names = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+                       - {"lm_head"})
+        raise UserError(f"lora.target_modules={cfg.lora.target_modules}: no such layer in {cfg.model.name}; its "
+                        f"linear layers are: {', '.join(names)} (or use lora.target_modules=all-linear)") from None
+
+
 def load_for_training(cfg: Config, raw_splits=None):
     """(peft model, tokenizer, info dict): model.name loaded on model.backend with LoRA attached."""
-    if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not torch.cuda.is_available():
-        bits = "4" if cfg.model.load_in_4bit else "8"
-        raise UserError(f"model.load_in_{bits}bit=true needs a CUDA GPU (bitsandbytes); this machine has none. "
-                        f"Set model.load_in_{bits}bit=false to train in 16/32-bit on the CPU.")
+    check_quantized_training(cfg)
     path = resolve_model_path(cfg, raw_splits)
     prec = pick_precision(cfg)
     m = cfg.model
@@ -157,7 +184,7 @@ def load_for_training(cfg: Config, raw_splits=None):
         if _is_offline_error(e):
             raise _offline_hint(cfg, e) from None
         raise
-    model = be.add_lora(model, cfg)
+    model = add_lora(be, model, cfg)
     tok = finish_tokenizer(cfg, tok, be.name)
     if model.config.pad_token_id is None or model.config.pad_token_id != tok.pad_token_id:
         model.config.pad_token_id = tok.pad_token_id
@@ -311,12 +338,15 @@ def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional
         if p:
             check_architecture(p, what, cfg.model.trust_remote_code)
     cuda = torch.cuda.is_available()
-    q4, q8 = cfg.model.load_in_4bit and cuda, cfg.model.load_in_8bit and cuda
-    if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cuda:
-        log.info("the model was trained on a %s-bit base; this machine has no GPU, so the base is loaded unquantized",
-                 "4" if cfg.model.load_in_4bit else "8")
+    cpu_4bit = None if cuda or not cfg.model.load_in_4bit else cpu_4bit_ready()
+    q4, q8 = cfg.model.load_in_4bit and not cpu_4bit, cfg.model.load_in_8bit and cuda
+    if cpu_4bit:
+        log.info("the model was trained on a 4-bit base; on this CPU %s, so the base is loaded unquantized", cpu_4bit)
+    elif cfg.model.load_in_8bit and not cuda:
+        log.info("the model was trained on an 8-bit base; this machine has no GPU, so the base is loaded unquantized")
     dtype = inference_dtype(cfg)
     model = _load_weights(info, cfg, backend, dtype, q4, q8)
+    stored = _stored_quantization(info)
     tok = load_saved_tokenizer(info, cfg, backend)
     if getattr(model.config, "pad_token_id", None) != tok.pad_token_id:
         model.config.pad_token_id = tok.pad_token_id
@@ -324,7 +354,18 @@ def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional
     log.info("loaded %s (%s%s) on the %s backend, %s", info.path, info.kind,
              f", base {info.base}" if info.kind == "adapter" else "", backend, str(dtype).replace("torch.", ""))
     return Loaded(model, tok, Formatter(tok, cfg.data, cfg.model.max_seq_length), cfg, backend, info,
-                  str(dtype).replace("torch.", ""), "4bit" if q4 else "8bit" if q8 else None)
+                  str(dtype).replace("torch.", ""), "4bit" if q4 else "8bit" if q8 else stored)
+
+
+def _stored_quantization(info: ModelDir) -> Optional[str]:
+    """"4bit" / "8bit" for a merged directory stored quantized with bitsandbytes (a merged-4bit export)."""
+    conf = info.path / "config.json"
+    if info.kind != "merged" or not conf.is_file():
+        return None
+    q = json.loads(conf.read_text(encoding="utf-8")).get("quantization_config") or {}
+    if q.get("quant_method") != "bitsandbytes":
+        return None
+    return "4bit" if q.get("load_in_4bit") else "8bit" if q.get("load_in_8bit") else None
 
 
 def load_base_for_generation(loaded: Loaded) -> Loaded:

@@ -24,6 +24,7 @@ from .. import distributed, progress
 from ..config import ROUGE_KEYS, Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
+from ..models.backends import cpu_8bit_optim_ready
 from ..models.loading import Precision, pick_precision
 from .callbacks import pick_subset
 from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
@@ -36,9 +37,20 @@ TRAIN_COLUMNS = ["input_ids", "completion_mask"]
 
 
 def resolve_optim(cfg: Config) -> str:
+    """train.optim as asked, but for bitsandbytes' optimizers on a CPU. There the transformers backend runs them
+    (bitsandbytes 0.50 steps 8-bit optimizers on the CPU; paged ones without paging, which it says), and falls
+    back to adamw_torch where bitsandbytes cannot; Unsloth's CPU trainer replaces them with its fused AdamW
+    whatever we pass. Either replacement is a warning that says why."""
     optim = cfg.train.optim
-    if ("8bit" in optim or optim.startswith("paged_")) and not torch.cuda.is_available():
-        log.info("train.optim=%s needs a CUDA GPU (bitsandbytes); using adamw_torch on the CPU", optim)
+    if not ("8bit" in optim or optim.startswith("paged_")) or torch.cuda.is_available():
+        return optim
+    if cfg.model.backend == "unsloth":
+        log.warning("train.optim=%s: Unsloth's CPU backend runs bitsandbytes' optimizers on a GPU only and trains "
+                    "with AdamW instead (model.backend=transformers runs %s on the CPU)", optim, optim)
+        return "adamw_torch"
+    why = cpu_8bit_optim_ready()
+    if why:
+        log.warning("train.optim=%s: %s; using adamw_torch on this CPU", optim, why)
         return "adamw_torch"
     return optim
 

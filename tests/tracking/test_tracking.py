@@ -406,7 +406,7 @@ def test_redact_removes_secrets():
     from llm_summarizer.redaction import REDACTED, env_secrets, redact
 
     env = {"HF_TOKEN": "hf_abcdefghijklmnop", "WANDB_API_KEY": "0123456789abcdef", "PATH": "/usr/bin:/bin",
-           "MLFLOW_TRACKING_PASSWORD": "pw-123456789", "SHORT_TOKEN": "abc"}
+           "MLFLOW_TRACKING_PASSWORD": "pw-123456789", "SHORT_TOKEN": "abc", "TOKENIZERS_PARALLELISM": "false"}
     secrets = env_secrets(env)
     assert set(secrets) == {"hf_abcdefghijklmnop", "0123456789abcdef", "pw-123456789"}
     got = redact({"model": {"name": "org/model", "hub_token": "anything", "max_new_tokens": 128},
