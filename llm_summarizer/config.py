@@ -680,6 +680,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"config file {p} cannot be read ({e.strerror or type(e).__name__})") from None
     try:
         data = safe_yaml(text)
     except yaml.YAMLError as e:

@@ -88,8 +88,12 @@ def load_env_file(path: str) -> list[str]:
     if not os.path.isfile(p):
         raise UserError(f"--env-file: file not found: {path}")
     names = []
-    with open(p, encoding="utf-8") as f:
-        bindings = list(parse_stream(f))
+    try:
+        with open(p, encoding="utf-8") as f:
+            bindings = list(parse_stream(f))
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise UserError(f"--env-file {path}: cannot be read as UTF-8 text ({why})") from None
     for b in bindings:  # the whole file is checked before anything is set
         if b.error:
             raise UserError(f"--env-file {path}, line {b.original.line}: expected KEY=VALUE (a value with spaces, "
@@ -209,8 +213,8 @@ class Secrets:
     line, and of sys.argv, which W&B records as the run's command line."""
 
     def __init__(self, argv: list[str]):
-        self.values: list[str] = []
-        self.argv = list(argv)
+        self.argv = [str(a) for a in argv]
+        self.values: list[str] = secret_values(self.argv)
 
     def add_config(self, cfg) -> None:
         self.values += secret_values(config_to_dict(cfg))
@@ -220,7 +224,7 @@ class Secrets:
 
     @contextlib.contextmanager
     def kept_out(self):
-        sys.argv[1:] = redact(sys.argv[1:], [*secret_values(self.argv), *env_secrets()])
+        sys.argv[1:] = redact(sys.argv[1:], [*self.values, *env_secrets()])
         f = _RedactingFilter(self)
         root = logging.getLogger("llm_summarizer")
         root.addFilter(f)

@@ -65,11 +65,15 @@ MAX_DOCUMENT_BYTES = 64 << 20  # one document to summarize (about 15 million wor
 def read_bounded(path: Path, limit: int, what: str, error=DataError) -> bytes:
     """The bytes of a file, refused before they are read when it is binary (NUL bytes in its first 8 KiB) or larger
     than `limit` (also what a device such as /dev/urandom would stream without end)."""
-    with open(path, "rb") as f:
-        head = f.read(8192)
-        if b"\x00" in head:
-            raise error(f"{what} {path} looks binary (NUL bytes), not text")
-        rest = f.read(max(0, limit - len(head)) + 1)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+            if b"\x00" in head:
+                raise error(f"{what} {path} looks binary (NUL bytes), not text")
+            rest = f.read(max(0, limit - len(head)) + 1)
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or type(e).__name__}); check its permissions") \
+            from None
     if len(head) + len(rest) > limit:
         raise error(f"{what} {path} is larger than {limit >> 20} MiB, the most read at once; split it into "
                     f"smaller files")
