@@ -698,8 +698,31 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def data_beside_config(data: dict, config_file: Path) -> dict:
+    """Relative data paths in a config file name files under the current directory, or, where there is no such
+    file, under the config file's own folder: so a config and its data travel together, and the ready configs
+    find the data shipped beside them in the package from any directory."""
+    section = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        return data
+    for split in ("train", "validation", "test"):
+        spec = section.get(split)
+        key = "path" if isinstance(spec, dict) else None
+        path = spec.get("path") if isinstance(spec, dict) else spec
+        if not isinstance(path, str) or os.path.isabs(os.path.expanduser(path)) or os.path.exists(path):
+            continue
+        beside = config_file.parent / path
+        if not is_local_path(path) or not beside.exists():
+            continue
+        if key:
+            spec[key] = os.path.abspath(beside)
+        else:
+            section[split] = os.path.abspath(beside)
+    return data
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    data = read_yaml(path) if path else {}
+    data = data_beside_config(read_yaml(path), resolve_config_path(path)) if path else {}
     data = apply_overrides(data, overrides or [])
     source = str(resolve_config_path(path)) if path else "config"
     try:
