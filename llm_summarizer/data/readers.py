@@ -75,8 +75,8 @@ def read_bounded(path: Path, limit: int, what: str, error=DataError) -> bytes:
         raise error(f"{what} {path} cannot be read ({e.strerror or type(e).__name__}); check its permissions") \
             from None
     if len(head) + len(rest) > limit:
-        raise error(f"{what} {path} is larger than {limit >> 20} MiB, the most read at once; split it into "
-                    f"smaller files")
+        size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+        raise error(f"{what} {path} is larger than {size}, the most read at once; split it into smaller files")
     return head + rest
 
 
@@ -145,7 +145,8 @@ def _read_json(path: Path) -> list[dict]:
 def _read_delimited(path: Path, delimiter: str) -> list[dict]:
     text = _read_text(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: an unterminated quote is an error naming its line, not a field that swallows the rest of the file
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows = []
     try:
         for row in reader:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -69,11 +70,11 @@ def check_reachable(address) -> None:
     """A cluster address that does not answer is one message in seconds (Ray itself would wait for minutes)."""
     if address in (None, "auto", "local"):
         return
-    import socket
-
     hostport = str(address).removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     try:
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} out of range")
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
             return
     except (OSError, ValueError) as e:
