@@ -6,6 +6,7 @@
 #   bash scripts/bench_gpu_prepare.sh        # wheels -> .whl/, DialogSum + SciTLDR -> .bench_data/ (git-ignored)
 #   # then, on the GPU machine, from the repository root, carrying .whl and .bench_data:
 #   bash scripts/bench_gpu.sh                # see that script for what it runs and where results go
+#   bash scripts/gpu_check.sh                # every GPU path of the project, in stages (.bench_data not needed)
 #
 # The wheels must stay under the GPU machine's transfer limit (64 MiB with the working tree), so two
 # are slimmed: unsloth without studio/ (a web UI, 25 MB; the library is unsloth/ and unsloth_cli/),
@@ -27,6 +28,8 @@ WHEELS=(
   nltk==3.10.4 dill==0.4.1 multiprocess==0.70.19
   cut_cross_entropy tyro==1.0.17 docstring-parser typeguard==4.6.1 shtab msgspec==0.22.0 json5==0.17.3
   structlog==26.1.0 nest-asyncio hf_transfer==0.1.9
+  # rouge-score imports absl and six; serve (scripts/gpu_check.sh) needs starlette and uvicorn
+  absl-py==2.5.1 six==1.17.0 starlette==1.10.0 uvicorn==0.54.0
 )
 
 rm -rf "$WHEEL_DIR" && mkdir -p "$WHEEL_DIR"
@@ -71,5 +74,19 @@ done
 [ -f "$DATA_DIR/dialogsum/train.jsonl" ] || echo "warning: $SHARED/dialogsum not found; the GPU run falls back to data/demo" >&2
 
 # .whl/ and .bench_data/ are in .gitignore: never committed, taken to the GPU machine only when asked for.
+# What travels: the working tree (tracked files, and untracked ones git does not ignore) and the two carried
+# folders, under the 64 MiB limit.
 du -sh "$WHEEL_DIR" "$DATA_DIR"
-echo "ready: run scripts/bench_gpu.sh on the GPU machine with carry [\"$WHEEL_DIR\", \"$DATA_DIR\"]"
+"$PY" - "$WHEEL_DIR" "$DATA_DIR" <<'EOF'
+import os, subprocess, sys
+tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         capture_output=True, check=True).stdout.decode().split("\0")
+tree = sum(os.path.getsize(f) for f in tracked if f and os.path.isfile(f))
+carried = sum(os.path.getsize(os.path.join(d, f)) for top in sys.argv[1:] for d, _, fs in os.walk(top) for f in fs)
+total = (tree + carried) / 2 ** 20
+print(f"travels: the working tree (tracked and not ignored) {tree / 2**20:.1f} MiB + {' + '.join(sys.argv[1:])} "
+      f"{carried / 2**20:.1f} MiB "
+      f"= {total:.1f} MiB (limit 64 MiB)")
+sys.exit(0 if total < 64 else 1)
+EOF
+echo "ready: run scripts/bench_gpu.sh or scripts/gpu_check.sh on the GPU machine with carry [\"$WHEEL_DIR\", \"$DATA_DIR\"]"
