@@ -112,7 +112,8 @@ def main(argv=None) -> int:
                "batch": f"{args.batch}x{args.seq}", "steps": args.steps, "warmup": args.warmup,
                "tokens_per_s": args.batch * args.seq * measured / seconds if measured > 0 else None,
                "s_per_step": seconds / measured if measured > 0 else None,
-               "peak_memory_gib": round(peak, 3), "peak_memory_of": "CUDA max_memory_allocated" if cuda else "process RSS",
+               "peak_memory_gib": round(peak, 3),
+               "peak_memory_of": "CUDA max_memory_allocated" if cuda else "process RSS",
                "loss_first": losses[0], "loss_last": losses[-1], "trainable_params": info["trainable_params"],
                "gradient_checkpointing": cfg.model.gradient_checkpointing, "lora_r": cfg.lora.r,
                "device": device_name(), "versions": package_versions()}

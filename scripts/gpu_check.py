@@ -403,7 +403,8 @@ def summary(args) -> None:
              f"Device: {gpu or 'no CUDA GPU (dry run)'}. {result['passed']} passed, {result['failed']} failed, "
              f"{result['skipped']} skipped, {args.wall} s of a {args.budget} s budget.", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
-             "| stage | result | seconds (budget) | peak GiB | not checked here | command |", "|---|---|---|---|---|---|"]
+             "| stage | result | seconds (budget) | peak GiB | not checked here | command |",
+             "|---|---|---|---|---|---|"]
     for s in stages:
         notes = "; ".join(s["facts"].get("skipped", []) + ([s["reason"]] if s.get("reason") else []))
         peak = "" if s["peak_gib"] is None else f"{s['peak_gib']:.2f}"

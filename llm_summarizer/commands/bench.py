@@ -44,7 +44,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--train-rows", type=int, help="use only the first N training rows (default: all)")
     ap.add_argument("--val-rows", type=int, help="use only the first N validation rows (eval loss + ROUGE pool)")
     ap.add_argument("--config", help="base YAML config; default: the schema defaults (what a user gets untuned)")
-    ap.add_argument("--qlora", action="store_true", help="load the base in 4-bit (QLoRA; needs a CUDA GPU)")
+    ap.add_argument("--qlora", action="store_true", help="load the base in 4-bit NF4 (QLoRA; also on a CPU)")
     ap.add_argument("--backends", default="unsloth,transformers", help="comma-separated, measured in alternation")
     ap.add_argument("--steps", type=int, help="optimizer steps per run (warm-up included; default 40, floors 10)")
     ap.add_argument("--warmup-steps", type=int, help="first steps left out of the speed numbers (default 5, floors 2)")

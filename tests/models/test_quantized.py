@@ -160,7 +160,8 @@ after = first_layer_grads()
 print(json.dumps({"layers": seen, "quantized": loaded.quantized, "generation_layers": count(loaded.model),
                   "texts": texts, "history": result.log_history, "unsloth": "unsloth" in sys.modules,
                   "grads": len(before), "grads_nonzero": sum(bool(g.abs().sum() > 0) for g in before.values()),
-                  "grad_change": max((after[n] - g).abs().max().item() / g.abs().max().item() for n, g in before.items())}))
+                  "grad_change": max((after[n] - g).abs().max().item() / g.abs().max().item()
+                                     for n, g in before.items())}))
 """
 
 
