@@ -220,7 +220,7 @@ class Loaded:
     backend: str
     info: ModelDir
     dtype: str
-    quantized: Optional[str] = None  # "4bit" / "8bit" when the base was loaded quantized
+    quantized: Optional[str] = None  # "4bit" / "8bit" when the base was loaded quantized, or is stored so
 
     @contextlib.contextmanager
     def base_model(self):
@@ -380,8 +380,11 @@ def load_base_for_generation(loaded: Loaded) -> Loaded:
         check_architecture(info.base, "--base", loaded.cfg.model.trust_remote_code)
     else:
         base_info = ModelDir(Path(info.base), "merged")
+    # quantized as the fine-tuned model was on loading; a directory stored in 4-bit (a merged-4bit export) has a
+    # 16-bit base
+    m = loaded.cfg.model
     model = _load_weights(base_info, loaded.cfg, loaded.backend, inference_dtype(loaded.cfg),
-                          loaded.quantized == "4bit", loaded.quantized == "8bit")
+                          loaded.quantized == "4bit" and m.load_in_4bit, loaded.quantized == "8bit" and m.load_in_8bit)
     model.config.pad_token_id = loaded.tokenizer.pad_token_id
     model.eval()
     return Loaded(model, loaded.tokenizer, loaded.formatter, loaded.cfg, loaded.backend, base_info, loaded.dtype,
