@@ -90,14 +90,19 @@ def test_qlora_on_the_unsloth_backend_trains_an_nf4_base(qlora_unsloth):
     assert (result.model_dir / "adapter_model.safetensors").is_file()
     assert "load_in_4bit: true" in (result.model_dir / "config.yaml").read_text()
     run_info = json.loads((result.model_dir / "run_info.json").read_text())
-    assert run_info["model"]["backend"] == "unsloth" and run_info["model"]["precision"] == "fp32"
+    assert run_info["model"]["backend"] == "unsloth"
     loss = losses(result.log_history)
     assert len(loss) >= 3 and loss[-1] < loss[0] - 0.5, loss
     assert [h["step"] for h in result.log_history if "eval_rouge1" in h][0] == 4  # generated on the 4-bit base
+    dtypes = optimizer_state_dtypes(tmp / "outputs" / "checkpoint-8")
+    if torch.cuda.is_available():  # bitsandbytes' 8-bit AdamW, as asked
+        assert torch.uint8 in dtypes
+        return
+    assert run_info["model"]["precision"] == "fp32"
     # Unsloth's CPU trainer replaces bitsandbytes' optimizers with AdamW: said once, and so it is in the checkpoint
     assert [w for w in warnings if w.startswith("train.optim=adamw_8bit: Unsloth's CPU backend runs bitsandbytes' "
                                                 "optimizers on a GPU only")], warnings
-    assert torch.uint8 not in optimizer_state_dtypes(tmp / "outputs" / "checkpoint-8")
+    assert torch.uint8 not in dtypes
 
 
 def test_evaluate_and_summarize_load_the_base_in_4bit(qlora_unsloth, tmp_path, capsys):
@@ -107,7 +112,7 @@ def test_evaluate_and_summarize_load_the_base_in_4bit(qlora_unsloth, tmp_path, c
     result = qlora_unsloth[0]
     evaluate_model(result.model_dir, data=str(TEST), limit=4, output=tmp_path / "eval", report=False)
     settings = json.loads((tmp_path / "eval" / "eval_settings.json").read_text())
-    assert settings["quantized"] == "4bit" and settings["dtype"] == "float32"
+    assert settings["quantized"] == "4bit"
     assert "rougeL" in (tmp_path / "eval" / "metrics.json").read_text()
     doc = tmp_path / "doc.txt"
     doc.write_text(read_jsonl(TEST)[0]["document"])
