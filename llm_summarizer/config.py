@@ -327,6 +327,30 @@ class EvalSection(_Section):
     rouge_lsum_split: Literal["regex", "punkt", "newline"] = Field(
         "regex", description="ROUGE-Lsum sentence split: regex (sentence punctuation, not after abbreviations or "
         "initials; the same everywhere), punkt (nltk's trained model; needs its data installed), newline")
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="generation batches: continuous (a row that ends leaves the batch at once and the "
+        "next prompt takes its place; greedy decoding only, the same texts) or static (each batch runs until its "
+        "longest summary ends; what sampling and beam search always use)")
+    long_documents: Literal["chunk", "truncate"] = Field(
+        "chunk", description="evaluate, summarize, serve and the Python API, for a document over the token budget: "
+        "chunk (summarize windows cut at line and sentence ends, then summarize the joined summaries, in rounds, "
+        "until one fits) or truncate (cut it by data.truncation, as training does). The ROUGE pass during training "
+        "always truncates, like training")
+    chunk_tokens: Optional[int] = Field(
+        None, ge=16, description="chunk: document tokens per window; None = what fits model.max_seq_length beside "
+        "the prompt and max_new_tokens (a larger value gives the model longer inputs than it was trained on)")
+    chunk_overlap: int = Field(
+        32, ge=0, description="chunk: tokens at the end of a window that the next window repeats (whole lines or "
+        "sentences, at most this many)")
+    max_chunks: int = Field(
+        256, ge=1, description="chunk: the most windows one document may need; a longer document is refused with "
+        "a message (each window is one generation)")
+    merge_instruction: Optional[str] = Field(
+        None, description="chunk: the instruction of the merge rounds' prompt (the joined summaries are its document); "
+        "None = data.instruction, the prompt the model was trained with")
+    max_merge_rounds: int = Field(
+        4, ge=1, description="chunk: rounds of summarizing the joined summaries; a round that cannot shorten them, or "
+        "the last round, summarizes them cut to one window (data.truncation) and the output says so")
 
 
 class OutputSection(_Section):

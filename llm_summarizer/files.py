@@ -111,18 +111,44 @@ def target_lock(target: Path) -> Iterator[None]:
     writer that was killed, and are removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # another writer of the same target: wait for it (exports take minutes)
+    with exclusive_lock(target.parent / f".{target.name}.lock"):  # another writer: wait for it (exports take minutes)
         recover_interrupted_replace(target)
         for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.work-*"),
                       *target.parent.glob(f".{target.name}.old-*")]:
             log.info("removing %s, left by an interrupted write of %s", stale.name, target)
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         yield
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (released by the OS if the process dies), removed when released so
+    that users' folders keep only what they asked for. A waiter that wakes up holding a file already removed
+    (its holder finished) opens the path again, so two writers never hold two different files. A lock file
+    left by a killed holder is taken over by the next one."""
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # removed (or replaced) while we waited: lock the file that is there now
+    try:
+        yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        try:
+            path.unlink(missing_ok=True)  # under the lock: the next waiter sees it gone and opens a new one
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 @contextlib.contextmanager

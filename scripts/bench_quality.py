@@ -9,7 +9,9 @@ For each dataset: fine-tune `--config` (default: the demo config, SmolLM2-135M-I
 (the adapter against the same weights with the adapter off, same prompts): ROUGE-1/2/L/Lsum F1 with
 bootstrap 95% intervals, the paired difference, summary lengths against the references, wall times.
 The "Quality" table of BENCHMARKS.md (between its markers) is rewritten with one row per dataset and
-model, with published anchors and the protocol differences; the JSON results go to --out.
+model, with published anchors and the protocol differences, and a second table with the statistics of each
+summary against its document (llm_summarizer/evaluation/diagnostics.py) for the references, the zero-shot and
+the fine-tuned model on the same rows; the JSON results go to --out.
 """
 
 from __future__ import annotations
@@ -85,6 +87,32 @@ def rows(result: dict) -> list[str]:
     ]
 
 
+DIAG_COLUMNS = ("coverage", "density", "compression", "novel_2gram", "repeated_3gram", "unsupported_numbers",
+                "unsupported_names", "lead_copy", "length_ratio", "cut_by_max_new_tokens")
+
+
+def diagnostics_header() -> list[str]:
+    from llm_summarizer.evaluation.diagnostics import BY_KEY
+
+    cols = ["data", "summaries", *(BY_KEY[k].short for k in DIAG_COLUMNS)]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def diagnostics_rows(result: dict) -> list[str]:
+    """The references, zero-shot and fine-tuned summaries of one dataset against their documents (means)."""
+    from llm_summarizer.evaluation.diagnostics import fmt
+
+    r = result["evaluation"]["results"]
+    what = f"{result['dataset']} test (first {r['model']['examples']})"
+    out = []
+    for label, block in (("references", r.get("references")), (f"{result['base_model']} zero-shot", r.get("base")),
+                         ("fine-tuned, LoRA r=16", r.get("model"))):
+        stats = ((block or {}).get("diagnostics") or {}).get("stats")
+        if stats:
+            out.append(f"| {what} | {label} | " + " | ".join(fmt(k, stats[k]["mean"]) for k in DIAG_COLUMNS) + " |")
+    return out
+
+
 def write_table(path: Path, results: list[dict], header: str) -> None:
     table = [START, "", header, "",
              "| data | model | training | train wall | ROUGE-1 [95% CI] | ROUGE-2 | ROUGE-L | ROUGE-Lsum | "
@@ -95,6 +123,10 @@ def write_table(path: Path, results: list[dict], header: str) -> None:
     table += ["", "Published anchors (not comparable one to one: multi-reference ROUGE, full test sets, models 3x "
                   "to 10x larger, trained on all the training data on GPUs):", ""]
     table += [f"- {res['dataset']}: {ANCHORS[res['dataset']]}" for res in results if res["dataset"] in ANCHORS]
+    table += ["", "Each summary against its document (mean per summary; definitions in README \"Beyond ROUGE\"): "
+                  "the references' own values beside the models'.", "", *diagnostics_header()]
+    for res in results:
+        table += diagnostics_rows(res)
     table += ["", END]
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if START in text and END in text:
@@ -139,7 +171,7 @@ def main(argv=None) -> int:
     if args.markdown:
         write_table(Path(args.markdown), results, header)
     for res in results:
-        print("\n".join(rows(res)))
+        print("\n".join(rows(res) + diagnostics_rows(res)))
     print(f"results: {out}")
     return 0
 

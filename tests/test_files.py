@@ -25,9 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def beside(target: Path) -> list[str]:
-    """What the writers left beside `target` (its lock file is meant to stay)."""
-    return sorted(p.name for p in target.parent.iterdir()
-                  if p.name.startswith(f".{target.name}.") and p.name != f".{target.name}.lock")
+    """What the writers left beside `target` (their lock file included: it goes with its last holder)."""
+    return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}."))
 
 
 @pytest.fixture
@@ -260,6 +259,31 @@ def test_target_lock_lets_one_writer_at_a_time(tmp_path):
         events.append("second in")
     t.join()
     assert events == ["first out", "second in"]
+
+
+def test_the_lock_file_goes_with_its_last_holder_and_writers_still_take_turns(tmp_path):
+    # the lock file is removed on release; a writer that waited on a removed file must not run beside the next one
+    target = tmp_path / "fine_tuned"
+    (tmp_path / ".fine_tuned.lock").write_text("")  # left by a killed holder: taken over, then removed
+    holders, most, lock = [0], [0], threading.Lock()
+
+    def writer():
+        for _ in range(20):
+            with target_lock(target):
+                with lock:
+                    holders[0] += 1
+                    most[0] = max(most[0], holders[0])
+                time.sleep(0.001)
+                with lock:
+                    holders[0] -= 1
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert most[0] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # -- scratch_beside ------------------------------------------------------------------------------------------------

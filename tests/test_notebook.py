@@ -93,6 +93,9 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
     document = json.loads((ROOT / "data/demo/test.jsonl").read_text().splitlines()[0])["document"]
     expected = summarize(str(model_dir), [document])[0].strip()
     assert expected and expected in text.split("== summary ==", 1)[1], text[-2000:]
+    # a long text (twelve test documents): chunked, its tree shown round by round, then one summary
+    assert "chunked: " in text and "-- round 0 (windows of the document)" in text and "-- round 1 (merges" in text
+    assert text.split("== long document summary ==", 1)[1].strip()
     # the export exists and was checked
     export_dir = tmp_path / "fine_tuned" / "nb-demo-merged-16bit"
     assert re.search(rf"^{re.escape(str(export_dir))}$", text, re.M), text[-3000:]

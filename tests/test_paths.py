@@ -290,3 +290,14 @@ def test_claim_records_a_folder_once(tmp_path):
     (run / OWNER_FILE).write_text(json.dumps({"kind": "run", "entries": ["x"]}))
     claim(run, "evaluation")  # a record that is there stays as it is
     assert owner_of(run) == ("run", {"x"})
+
+
+def test_a_runs_folder_may_hold_a_users_files_unless_the_run_would_write_over_one(tmp_path):
+    home = folder(tmp_path / "outputs", "notes.txt", "keep.txt")
+    check_places([Place("output.dir", home, "run")])  # written beside, never deleted
+    (home / "config.yaml").write_text("mine")
+    before = snapshot(home)
+    msg = refused([Place("output.dir", home, "run")])
+    assert msg.startswith(f"output.dir {home} holds files this project did not write, named as")
+    assert "(config.yaml); the run would write over them" in msg
+    assert snapshot(home) == before

@@ -14,7 +14,9 @@ next to ours, so the ratio (ours / floor; above 1 = faster than the floor) carri
   and serve call) against plain `model.generate` over the same prompt ids in dataset order, with the same
   batch size, greedy decoding, max_new_tokens and stop tokens; once with our length-sorted batches (what
   runs) and once batching in dataset order like the floor (equal settings). Whether the texts are the same
-  is counted. The whole ROUGE pass (generation + scoring) is timed too.
+  is counted. The whole ROUGE pass (generation + scoring) is timed too, with the share of it spent on the
+  statistics of each summary against its document (evaluation/diagnostics.py), and their time against
+  rouge-score's own scoring of the same summaries.
 - training: our trainer's non-padding tokens/s (the token meter and step clock of the training benchmark)
   against a plain PyTorch loop (forward with labels, backward, AdamW step) on the same model and the same
   batches (taken from our trainer's dataloader); the floor runs before and after ours and the ratio uses
@@ -49,6 +51,8 @@ from ..data.readers import RawSplit
 from ..data.rows import load_raw_splits
 from ..data.tokenize import prepare
 from ..environment import cpu_name, git_commit, package_versions
+from ..evaluation import diagnostics
+from ..evaluation.scoring import score_corpus
 from ..files import write_json
 from ..models.generation import derive_max_new_tokens, generate, inference_mode
 from ..models.loading import load_for_training
@@ -198,8 +202,16 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
                                tok, prepared.formatter, prepared.splits["validation"], [max_new], out_dir=None)
     evaluator.max_new_tokens = max_new
     t0 = time.perf_counter()
-    evaluator.run(model, step=0, tag="bench")
+    rouge_pass = evaluator.run(model, step=0, tag="bench")
     t_rouge = time.perf_counter() - t0
+    # the statistics against rouge-score alone, on the same summaries (the pass's time is mostly generation)
+    t0 = time.perf_counter()
+    references = [r["summary"] for r in rows]
+    score_corpus(references, sorted_texts, evaluator.protocol)
+    t_scoring = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    diagnostics.corpus(sorted_texts, documents, references, None, evaluator.protocol.tokenizer)
+    t_diag = time.perf_counter() - t0
     n = len(prompts)
     lengths = sorted(len(p) for p in prompts)
     return {"examples": n, "batch_size": bs, "max_new_tokens": max_new,
@@ -211,6 +223,9 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
             "sorted_s": round(t_sorted, 6), "sorted_examples_per_s": n / t_sorted,
             "sorted_tokens_per_s": sorted_tokens / t_sorted,
             "rouge_pass_s": round(t_rouge, 6), "rouge_pass_examples_per_s": n / t_rouge,
+            "diagnostics_in_pass_s": round(rouge_pass["diagnostics_seconds"], 6),
+            "diagnostics_share_of_pass": rouge_pass["diagnostics_seconds"] / t_rouge,
+            "rouge_scoring_s": round(t_scoring, 6), "diagnostics_s": round(t_diag, 6),
             "ratio_equal": floor_s / t_eq, "ratio_sorted": floor_s / t_sorted,
             "same_texts_equal": sum(a == b for a, b in zip(eq_texts, floor_texts)),
             "same_texts_sorted": sum(a == b for a, b in zip(sorted_texts, floor_texts))}
@@ -308,7 +323,7 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
     cfg.train.save_strategy = "no"
     cfg.output.report = False
     cfg.output.dir = str(work / "startup-run")
-    cfg.output.model_dir = str(work / "startup-run" / "final")
+    cfg.output.model_dir = str(work / "startup-final")  # beside output.dir, as the train command requires
     path = work / "startup.yaml"
     path.write_text(config_to_yaml(cfg), encoding="utf-8")
     py = sys.executable
@@ -405,7 +420,12 @@ def floors_rows(r: dict) -> list[str]:
                     f"{g['floor_tokens_per_s']:.0f} tok/s | **sorted {g['ratio_sorted']:.2f}x**<br>equal "
                     f"{g['ratio_equal']:.2f}x | same texts as the floor: sorted {g['same_texts_sorted']}/"
                     f"{g['examples']}, equal {g['same_texts_equal']}/{g['examples']}; the ROUGE pass "
-                    f"{g['rouge_pass_examples_per_s']:.2f} ex/s; floor runs {g['floor_s']} s | {cmd} |")
+                    f"{g['rouge_pass_examples_per_s']:.2f} ex/s"
+                    + (f" (statistics against the documents {1000 * g['diagnostics_in_pass_s']:.0f} ms = "
+                       f"{100 * g['diagnostics_share_of_pass']:.2f}% of it; alone {1000 * g['diagnostics_s']:.0f} ms "
+                       f"vs rouge-score's scoring {1000 * g['rouge_scoring_s']:.0f} ms)"
+                       if "diagnostics_s" in g else "")
+                    + f"; floor runs {g['floor_s']} s | {cmd} |")
     if "training" in r:
         t = r["training"]
         rows.append(f"{head}| training ({t['steps'] - t['warmup_steps']} steps after {t['warmup_steps']}, batch "

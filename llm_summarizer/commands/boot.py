@@ -147,7 +147,7 @@ def run_command(parser, go: Callable, argv=None, interrupted: Optional[Callable]
     to continue); anything else is a bug and keeps its traceback (exit 1). Whatever is printed, and the command
     line itself (which trackers such as W&B record from sys.argv), has the secrets the user gave redacted first.
     """
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before, between or after the options
     if getattr(args, "progress", None):
         os.environ["LLM_SUMMARIZER_PROGRESS"] = args.progress  # child processes follow it too
     setup_logging()

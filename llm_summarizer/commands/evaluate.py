@@ -12,12 +12,16 @@
 parquet file, a directory (the file named after --split when there is one), or a hub dataset name.
 Writes to --output (default evaluations/<model>/<split>/):
 
-    predictions.jsonl        id, reference, prediction, per-example ROUGE, generated tokens (appended as
-                             batches finish: rerunning an interrupted evaluation generates only the rest)
+    predictions.jsonl        id, document, reference, prediction, per-example ROUGE and statistics, generated
+                             tokens (appended as batches finish: rerunning an interrupted evaluation generates
+                             only the rest; `llm-summarizer score` reads it as it is)
     predictions_base.jsonl   the same for the base model, with --compare-base
     metrics.json             ROUGE-1/2/L/Lsum F1 with bootstrap 95% intervals, lengths, truncation share,
-                             throughput, the base model and the paired difference, and the protocol
-    report.md, plots/*.png   the same as pictures
+                             throughput, the base model and the paired difference, and the protocol; the
+                             statistics of each summary against its document (copying, numbers and names not
+                             in the document, repetition, length, endings) with intervals, and the references'
+                             own values against their documents
+    report.md, plots/*.png   the same as pictures (coverage vs density of each summary included)
 
 Decoding and prompt settings come from the model's config.yaml; `key=value` arguments override them.
 """
@@ -78,6 +82,15 @@ def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
     print(f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
           f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
           f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s")
+    from ..evaluation import diagnostics
+    from ..evaluation.bootstrap import block_means
+
+    print("   each summary against its document (mean per summary; model - base: paired bootstrap 95% interval):")
+    for line in diagnostics.lines({"references": block_means((r.get("references") or {}).get("diagnostics")),
+                                   "base": block_means((r.get("base") or {}).get("diagnostics")),
+                                   "model": block_means(r["model"].get("diagnostics"))},
+                                  r.get("diagnostics_model_minus_base"), "model - base"):
+        print(line)
     print(f"   wrote: {out / PREDICTIONS}, {out / METRICS}" + (f", {report} (+ plots/)" if report else ""))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .. import export as export_package  # its __init__ is documentation only
-from ..export.job import DTYPES16, FORMAT_NAMES, GGUF_DIRECT, GGUF_QUANTIZED, ExportOptions
+from ..export.job import DTYPES16, FORMAT_NAMES, GGUF_DIRECT, GGUF_LIMITS, GGUF_QUANTIZED, ExportOptions
 from . import boot
 
 PROG = "llm-summarizer export"
@@ -33,8 +33,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--llama-cpp", help="llama.cpp checkout holding convert_hf_to_gguf.py (default $LLAMA_CPP_DIR)")
     ap.add_argument("--min-4bit-agreement", type=float, default=0.8,
                     help="merged-4bit: least mean ROUGE-L between its and the adapter's greedy summaries (default 0.8)")
-    ap.add_argument("--min-gguf-agreement", type=float, default=0.8,
-                    help="gguf: least mean ROUGE-L between llama.cpp's and the adapter's greedy summaries (default 0.8)")
+    ap.add_argument("--max-gguf-kl", type=float,
+                    help="gguf: largest mean KL divergence (nats per token) of llama.cpp's next-token distributions "
+                         "from the merged model's, teacher-forced on the fixed documents' summaries (default: "
+                         f"measured per type, q8_0 {GGUF_LIMITS['q8_0'][0]:g}, f16 {GGUF_LIMITS['f16'][0]:g})")
+    ap.add_argument("--min-gguf-top1", type=float,
+                    help="gguf: least share of those positions where both put the same token first (default: "
+                         f"measured per type, q8_0 {GGUF_LIMITS['q8_0'][1]:g}, f16 {GGUF_LIMITS['f16'][1]:g})")
+    ap.add_argument("--min-gguf-agreement", type=float,
+                    help="gguf: also require this mean ROUGE-L between llama.cpp's and the merged model's greedy "
+                         "summaries (default: recorded, not required)")
     ap.add_argument("--logprob-tolerance", type=float, default=0.1,
                     help="adapter and 16-bit export must score the adapter's summaries within this many nats per "
                          "token (default 0.1; 16-bit rounding gives about 0.002 in float16, 0.03 in bfloat16)")
@@ -48,7 +56,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def run(args, _cfg) -> int:
     options = ExportOptions(verify_examples=args.verify_examples, verify_data=args.verify_data, dtype=args.dtype,
                             logprob_tolerance=args.logprob_tolerance, min_4bit_agreement=args.min_4bit_agreement,
-                            min_gguf_agreement=args.min_gguf_agreement,
+                            min_gguf_agreement=args.min_gguf_agreement, max_gguf_kl=args.max_gguf_kl,
+                            min_gguf_top1=args.min_gguf_top1,
                             gguf_type=args.gguf_type, llama_cpp=args.llama_cpp)
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
     from ..export.exporter import export_model

@@ -8,10 +8,17 @@
 
 Tables (.jsonl .json .csv .tsv .parquet) give one summary per row, from --column (found automatically
 when it is one of the usual names: document, text, article, dialogue, ...). Other files are read as
-plain UTF-8 text. A document longer than the model's token budget is cut by the same rule as in
-training (data.truncation, model.max_seq_length minus the prompt and max_new_tokens), and a warning
-says so. Output: the summary text (one input), `== name` blocks (several), or JSON lines with
---format jsonl or an --output ending in .jsonl.
+plain UTF-8 text. A document longer than the model's token budget (model.max_seq_length minus the prompt
+and max_new_tokens) is, by eval.long_documents:
+  chunk (the default): cut into windows at line and sentence ends (eval.chunk_overlap tokens repeated), each
+    window summarized, then the joined summaries summarized, in at most eval.max_merge_rounds rounds, until one
+    summary is left; the JSON output carries the tree (`chunks`: each window's span and summary, which
+    summaries each merge read) and `method`; progress counts windows and merges.
+  truncate: cut by the same rule as in training (data.truncation), with a warning.
+    llm-summarizer summarize --model fine_tuned/demo meeting.txt --format jsonl
+    llm-summarizer summarize --model fine_tuned/demo meeting.txt eval.long_documents=truncate
+Output: the summary text (one input), `== name` blocks (several), or JSON lines with --format jsonl or an
+--output ending in .jsonl.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ def _warn_truncated(loaded, items: list, gens, max_new_tokens: int, shown: list)
     f, cfg = loaded.formatter, loaded.cfg
     budget = f.doc_budget(max_new_tokens)
     for it, g in zip(items, gens):
-        if not g.truncated_input:
+        if not g.truncated_input or g.method == "chunked":  # a chunked one's cut merge round is logged where it happens
             continue
         if len(shown) < 5:
             n = len(loaded.tokenizer(it.text, add_special_tokens=False)["input_ids"])
@@ -47,6 +54,25 @@ def _warn_truncated(loaded, items: list, gens, max_new_tokens: int, shown: list)
                         "tokens and max_new_tokens=%d, the rule used in training)", it.name, n, max(1, budget),
                         cfg.data.truncation, cfg.model.max_seq_length, f.template_tokens, max_new_tokens)
         shown.append(it.name)
+
+
+class _Progress:
+    """Progress by generation: a whole document, a window, or a merge round's input; a new bar whenever merge
+    rounds add to the count."""
+
+    def __init__(self, bar):
+        self.bar, self.shown, self.total = bar, None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if total != self.total:
+            self.close()
+            self.shown, self.total = self.bar(total, "summarize: documents, windows and merges", "summary"), total
+        self.shown.update_to(done)
+
+    def close(self) -> None:
+        if self.shown is not None:
+            self.shown.close()
+        self.shown, self.total = None, None
 
 
 def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
@@ -62,13 +88,14 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     if args.max_new_tokens:
         overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
-    from ..models.generation import default_max_new_tokens, summarize_texts
+    from ..models.generation import check_documents, default_max_new_tokens, summarize_texts
     from ..models.loading import load_for_generation
     from ..progress import bar
 
     # 2. The model, with the prompt format and token budget it was trained with.
     loaded = load_for_generation(args.model, args.backend, args.base, overrides)
     max_new, _ = default_max_new_tokens(loaded)
+    check_documents(loaded, [it.text for it in items], max_new, [it.name for it in items])  # before any output
     fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
     out_path = Path(args.output) if args.output else None
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}") if out_path else None
@@ -76,26 +103,30 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     sink = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     shown: list = []
-    chunk = loaded.cfg.eval.batch_size * 8
+    group = loaded.cfg.eval.batch_size * 8
     try:
-        # 3. Generate in chunks, writing as they finish.
-        done = bar(len(items), "summarize", "document")
-        for start in range(0, len(items), chunk):
-            part = items[start: start + chunk]
-            gens = summarize_texts(loaded, [it.text for it in part], max_new)
+        # 3. Generate in groups of documents, writing as they finish.
+        shown_progress = _Progress(bar)
+        for start in range(0, len(items), group):
+            part = items[start: start + group]
+            gens = summarize_texts(loaded, [it.text for it in part], max_new, names=[it.name for it in part],
+                                   progress=shown_progress)
             _warn_truncated(loaded, part, gens, max_new, shown)
             for it, g in zip(part, gens):
+                if g.tree is not None:
+                    log.info("%s: %s", it.name, g.tree["how"])
                 if fmt == "jsonl":
                     row = {"source": it.source, **({"id": it.id} if it.id is not None else {}), "summary": g.text,
-                           "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max}
+                           "method": g.method, "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max}
+                    if g.tree is not None:
+                        row["chunks"] = g.tree
                     sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 elif len(items) == 1:
                     sink.write(g.text + "\n")
                 else:
                     sink.write(f"== {it.name}\n{g.text}\n\n")
             sink.flush()
-            done.update(len(part))
-        done.close()
+        shown_progress.close()
     except BaseException:
         if tmp:
             sink.close()

@@ -1,5 +1,6 @@
 """What training would see, for people: split sizes, drops and truncations by reason, token-length
-histograms, and rendered examples with the loss-carrying tokens in [[...]] (`llm-summarizer data`).
+histograms, and rendered examples with the loss-carrying tokens in [[...]] (`llm-summarizer data`; the command
+adds what kind of summaries the references are, from evaluation/diagnostics.py).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 from .tokenize import PreparedData
 
@@ -66,7 +68,10 @@ def preview_text(prepared: PreparedData, tokenizer, n_examples: int = 1) -> str:
     return "\n".join(lines)
 
 
-def write_processed(prepared: PreparedData, out_dir: Path) -> list[Path]:
+def write_processed(prepared: PreparedData, out_dir: Path, reference_stats: Optional[dict] = None,
+                    lengths: Optional[dict] = None) -> list[Path]:
+    """The processed splits as JSONL and data_stats.json (with `reference_stats`, the references' statistics
+    against their documents by split, and `lengths`, data.lengths' report by split, when given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for role, ds in prepared.splits.items():
@@ -76,6 +81,11 @@ def write_processed(prepared: PreparedData, out_dir: Path) -> list[Path]:
                 f.write(json.dumps({k: ex[k] for k in ("id", "document", "summary", "input_ids", "completion_mask")},
                                    ensure_ascii=False) + "\n")
         written.append(p)
-    (out_dir / "data_stats.json").write_text(json.dumps(prepared.report(), indent=2))
+    stats = prepared.report()
+    if reference_stats:
+        stats["reference_statistics"] = reference_stats
+    if lengths:
+        stats["lengths"] = lengths
+    (out_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
     written.append(out_dir / "data_stats.json")
     return written

@@ -27,9 +27,11 @@ from ..environment import package_versions
 from ..errors import UserError
 from ..files import file_digest, write_json, write_text
 from ..models.directory import weight_files
-from ..models.generation import AdaptiveBatch, default_max_new_tokens, summarize_texts
+from ..models.generation import AdaptiveBatch, check_documents, default_max_new_tokens, summarize_texts
 from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
-from .bootstrap import paired_difference, score_block
+from ..paths import Place, check_places, claim
+from . import diagnostics
+from .bootstrap import diagnostics_block, paired_diagnostics, paired_difference, score_block
 from .report import find_log_history, write_eval_report
 from .scoring import Protocol, protocol_for, score_pair, warn_empty_references
 
@@ -152,7 +154,7 @@ class GenStats:
 
 def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens: int, label: str,
                      protocol: Optional[Protocol] = None) -> GenStats:
-    """Generate the rows not yet in `path`, appending each batch (flushed) as soon as it is done."""
+    """Generate the rows not yet in `path`, appending each row (flushed) as soon as its summary is final."""
     done = read_predictions(path)
     todo = [r for r in rows if r["id"] not in done]
     reused = len(rows) - len(todo)
@@ -162,26 +164,42 @@ def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens
     # Longest documents first, so each batch holds similar lengths (less padding).
     todo.sort(key=lambda r: -len(r["document"]))
     batch = AdaptiveBatch(loaded.cfg.eval.batch_size)  # an OOM's smaller size holds for the following chunks
+    # rows per generation call: continuous batching refills the batch within one; a chunked document is written when
+    # its last merge round ends, so an interruption loses at most one group's long documents
+    group = batch.size * 8
+    names = [f"{label} row id {r['id']}" for r in todo]
+    check_documents(loaded, [r["document"] for r in todo], max_new_tokens, names)  # refusals before any generation
+    tokenizer = (protocol or Protocol()).tokenizer
     t_all = time.perf_counter()
     next_log = time.perf_counter() + 30
-    start = 0
     with open(path, "a", encoding="utf-8") as f, progress.bar(len(todo), f"evaluate ({label})", "summary") as b:
-        while start < len(todo):
-            chunk = todo[start: start + batch.size]
-            start += len(chunk)
-            t0 = time.perf_counter()
-            gens = summarize_texts(loaded, [r["document"] for r in chunk], max_new_tokens, model=model, batch=batch)
-            share = (time.perf_counter() - t0) / len(chunk)
-            for r, g in zip(chunk, gens):
-                f.write(json.dumps({"id": r["id"], "reference": r["summary"], "prediction": g.text,
-                                    **score_pair(r["summary"], g.text, protocol), "new_tokens": g.new_tokens,
-                                    "hit_max_new_tokens": g.hit_max, "truncated_input": g.truncated_input,
-                                    "gen_seconds": round(share, 6)}, ensure_ascii=False) + "\n")
+        last = [time.perf_counter()]
+
+        def write(r: dict, g) -> None:
+            now = time.perf_counter()
+            # the document travels with its summary, so `llm-summarizer score` on this file gives the statistics
+            # against it too
+            diag = diagnostics.example(g.text, r["document"], r["summary"], g.hit_max, tokenizer)
+            row = {"id": r["id"], "document": r["document"], "reference": r["summary"], "prediction": g.text,
+                   **score_pair(r["summary"], g.text, protocol), "diagnostics": diag, "new_tokens": g.new_tokens,
+                   "hit_max_new_tokens": g.hit_max, "truncated_input": g.truncated_input, "method": g.method,
+                   # the time since the previous row was written: the rows' shares add up to the whole
+                   "gen_seconds": round(now - last[0], 6)}
+            if g.tree is not None:
+                row["chunks"] = g.tree
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-            b.update(len(chunk))
+            b.update(1)
+            last[0] = now
+
+        for start in range(0, len(todo), group):
+            part = todo[start: start + group]
+            summarize_texts(loaded, [r["document"] for r in part], max_new_tokens, model=model, batch=batch,
+                            names=names[start: start + group],
+                            on_done=lambda i, g, part=part: write(part[i], g))
             if time.perf_counter() > next_log:
-                log.info("%s: %d/%d generated", label, start, len(todo))
+                log.info("%s: %d/%d generated", label, min(start + group, len(todo)), len(todo))
                 next_log = time.perf_counter() + 30
     return GenStats(reused, len(todo), time.perf_counter() - t_all)
 
@@ -207,7 +225,20 @@ def _prompt(cfg: Config, formatter) -> dict:
             "data.template": cfg.data.template, "instruction": cfg.data.instruction,
             "prompt_template": cfg.data.prompt_template, "max_seq_length": cfg.model.max_seq_length,
             "document_truncation": f"{cfg.data.truncation}: the document is cut (in tokens) so that the prompt "
-                                   f"plus max_new_tokens fit max_seq_length, the rule used in training"}
+                                   f"plus max_new_tokens fit max_seq_length, the rule used in training",
+            "long_documents": long_documents(cfg)}
+
+
+def long_documents(cfg: Config) -> str:
+    """What happens to a document over the token budget, in words (eval.long_documents)."""
+    ev = cfg.eval
+    if ev.long_documents != "chunk":
+        return "truncate: cut by data.truncation (document_truncation)"
+    window = f"{ev.chunk_tokens} tokens" if ev.chunk_tokens else "the token budget"
+    merge = f", merge prompt {ev.merge_instruction!r}" if ev.merge_instruction else ""
+    return (f"chunk: windows of {window} cut at line and sentence ends, {ev.chunk_overlap} tokens of overlap, each "
+            f"summarized, then the joined summaries in at most {ev.max_merge_rounds} merge rounds{merge} "
+            f"(at most {ev.max_chunks} windows per document)")
 
 
 def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_source: str) -> dict:
@@ -237,7 +268,7 @@ def check_settings(out: Path, settings: dict) -> None:
     elif has_preds:
         raise UserError(f"--output {out} holds predictions but no {SETTINGS}, so they cannot be matched to this "
                         f"evaluation; choose another --output, or delete {out} to start over")
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "evaluation")
     write_json(p, settings)
 
 
@@ -248,6 +279,22 @@ def default_output(info, split: str) -> Path:
 def _ordered(rows: list[dict], path: Path) -> list[dict]:
     have = read_predictions(path)
     return [have[r["id"]] for r in rows]
+
+
+def example_diagnostics(rows: list[dict], model_rows: list[dict], base_rows: Optional[list[dict]], tokenizer: str
+                        ) -> dict[str, list[dict]]:
+    """Per-example statistics of the model's (and the base's) summaries and of the references, against the
+    documents of `rows` (the data's order)."""
+    docs, refs = [r["document"] for r in rows], [r["summary"] for r in rows]
+
+    def of(pred_rows):
+        return diagnostics.corpus([p["prediction"] for p in pred_rows], docs, refs,
+                                  [p.get("hit_max_new_tokens") for p in pred_rows], tokenizer)
+
+    out = {"model": of(model_rows), "references": diagnostics.corpus(refs, docs, tokenizer=tokenizer)}
+    if base_rows is not None:
+        out["base"] = of(base_rows)
+    return out
 
 
 def evaluate_model(model, data=None, split: str = "test", output=None, limit: Optional[int] = None,
@@ -262,11 +309,12 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
         raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
                         f"(export_info.json base_model); pass --base /path/to/base/model")
     cfg = model_config(info, overrides)
+    out = Path(output) if output else default_output(info, split)
+    check_places([Place("--output", out, "evaluation")], [("--model", info.path), ("--data", data)])
     # 2. The examples, validated like training data.
     rows, source, summary_col = load_eval_rows(cfg, data, split, limit)
     rouge = protocol_for([r["summary"] for r in rows], cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
     warn_empty_references([r["summary"] for r in rows], rouge, split)
-    out = Path(output) if output else default_output(info, split)
     # 3. The model, and the settings that decide whether earlier predictions can be reused.
     loaded = load_for_generation(model, backend, base, overrides, info=info)
     max_new, max_new_source = default_max_new_tokens(loaded)
@@ -295,15 +343,30 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
         results["base"] = score_block(base_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge)
         results["model_minus_base"] = paired_difference(model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed,
                                                         rouge)
+    # the statistics of each summary against its document (and of the references themselves), from the rows' own
+    # documents: predictions written before the files carried them count the same
+    diag = example_diagnostics(rows, model_rows, base_rows, rouge.tokenizer)
+    for name in ("model", "base"):
+        if name in diag:
+            results[name]["diagnostics"] = diagnostics_block(diag[name], ev.bootstrap_samples, ev.bootstrap_seed)
+    if "base" in diag:
+        results["diagnostics_model_minus_base"] = paired_diagnostics(diag["model"], diag["base"], ev.bootstrap_samples,
+                                                                     ev.bootstrap_seed)
+    results["references"] = {"diagnostics": diagnostics_block(diag["references"], ev.bootstrap_samples,
+                                                              ev.bootstrap_seed)}
     settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
     metrics = {
         "model": loaded.describe(),
-        "data": {"source": source, "split": split, "examples": len(rows), "limit": limit},
+        "data": {"source": source, "split": split, "examples": len(rows), "limit": limit,
+                 # how each summary was made: the document fit (whole), was cut (truncated) or chunked
+                 "summaries_by_method": dict(Counter(p.get("method") or ("truncated" if p.get("truncated_input")
+                                                                          else "whole") for p in model_rows))},
         "results": results,
         "protocol": {**rouge.describe(), "split": split, "source": source, "examples": len(rows),
                      "reference": f"the dataset's '{summary_col}' column (one reference per example)",
                      "decoding": settings["decoding"], "prompt": settings["prompt"],
                      "precision": loaded.dtype + (f", base loaded {loaded.quantized}" if loaded.quantized else ""),
+                     "diagnostics": diagnostics.protocol(rouge.tokenizer),
                      "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed,
                                    "interval": "95% percentile interval of the mean over resampled examples",
                                    "paired": "model, base and their difference use the same resampled examples"}},
@@ -316,5 +379,5 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
     report_path = None
     if report:
         report_path = write_eval_report(out, metrics, model_rows, base_rows, find_log_history(info),
-                                        train_metrics=info.metrics)
+                                        train_metrics=info.metrics, diagnostics=diag)
     return EvalResult(out, metrics, out / PREDICTIONS, out / BASE_PREDICTIONS if compare_base else None, report_path)

@@ -1,8 +1,9 @@
 """The model card (README.md) written into every final model directory and every export.
 
 Hub-style YAML front matter (base_model, library_name, tags, datasets, metrics, model-index with the
-ROUGE scores), then what a reader needs to trust and use the model: ROUGE against the base model, the
-training data, the key hyperparameters, the evaluation protocol, the W&B run link when there is one,
+ROUGE scores), then what a reader needs to trust and use the model: ROUGE against the base model, how the
+summaries relate to their documents (copying, numbers and names not in the document, length, endings:
+diagnostics.py) beside the references' own values, the training data, the key hyperparameters, the evaluation protocol, the W&B run link when there is one,
 and how to run it. Nothing secret goes in: the card is built from the config, metrics and run info only.
 """
 
@@ -14,6 +15,7 @@ from typing import Optional
 import yaml
 
 from ..config import ROUGE_KEYS, Config, is_local_path
+from . import diagnostics as D
 
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 
@@ -61,6 +63,34 @@ def _eval_rows(ev: dict) -> list[str]:
         else:
             rows.append(f"| {LABELS[k]} | {cell(model[k])} |")
     return rows
+
+
+def _diagnostics_lines(metrics: dict, ev: Optional[dict]) -> list[str]:
+    """The statistics of each summary against its document: the validation passes of training, and a test-set
+    evaluation with intervals when there is one."""
+    out = []
+    table = D.markdown_table({"references": metrics.get("references"), "base model": metrics.get("base"),
+                              "fine-tuned": metrics.get("final")},
+                             (metrics.get("final_vs_base") or {}).get("diagnostics_model_minus_base"))
+    if table:
+        out += ["Validation split, mean per summary (the same examples as ROUGE above):", "", *table, ""]
+    res = (ev or {}).get("results") or {}
+    stats = lambda block: ((block or {}).get("diagnostics") or {}).get("stats")  # noqa: E731
+    table = D.markdown_table({"references": stats(res.get("references")), "base model": stats(res.get("base")),
+                              "fine-tuned": stats(res.get("model"))}, res.get("diagnostics_model_minus_base"))
+    if table:
+        d = ev.get("data") or {}
+        out += [f"`{d.get('source')}` ({d.get('split')}, {d.get('examples')} examples; mean [bootstrap 95% "
+                f"interval]):", "", *table, ""]
+    if not out:
+        return []
+    warn = D.warnings(metrics.get("final"), metrics.get("base"), metrics.get("references"))
+    return ["## Beyond ROUGE: each summary against its document", "",
+            "Extractive fragment coverage and density (Grusky et al. 2018: how much and in how long pieces a summary "
+            "copies its document), n-grams, numbers and name-like words not in the document, repetition, length "
+            "against the reference, and summaries cut by max_new_tokens. String statistics: a number or a name "
+            "absent from the document is worth checking, not proof of an error.", "", *out,
+            *[f"**Note:** {w}." for w in warn], *([""] if warn else [])]
 
 
 def _tracking_lines(metrics: dict) -> list[str]:
@@ -234,6 +264,7 @@ def write_model_card(path: Path, cfg: Config, metrics: dict, model_info: dict, k
         d = eval_metrics.get("data") or {}
         body += [f"## ROUGE on `{d.get('source')}` ({d.get('split')}, {d.get('examples')} examples; "
                  f"F1 x 100 [bootstrap 95% interval])", "", *_eval_rows(eval_metrics), ""]
+    body += _diagnostics_lines(metrics, eval_metrics)
     body += ["## Training data", "", *_data_lines(cfg, metrics), "",
              "## Training procedure", "", *_hyper_rows(cfg, metrics, model_info or {}), ""]
     if proto:
@@ -243,7 +274,9 @@ def write_model_card(path: Path, cfg: Config, metrics: dict, model_info: dict, k
     body += _tracking_lines(metrics)
     body += _use_lines(cfg, kind, base_model, export_info)
     body += ["## Limitations", "",
-             "ROUGE measures word overlap with one reference summary; it does not check facts. Read a sample of "
-             "the generated summaries (the evaluation's `predictions.jsonl`) before relying on the model.", ""]
+             "ROUGE measures word overlap with one reference summary; it does not check facts, and neither do the "
+             "string statistics above (they flag copying and numbers or names missing from the document). Read a "
+             "sample of the generated summaries (the evaluation's `predictions.jsonl`) before relying on the model.",
+             ""]
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
     Path(path).write_text(text, encoding="utf-8")

@@ -5,6 +5,8 @@ After training (output.report, on by default) the run's output.dir gets:
     plots/training_curves.png      training and validation loss, ROUGE on generated summaries, per step
     plots/rouge_base_vs_finetuned.png
     plots/summary_lengths.png      words per generated summary vs the references
+    plots/coverage_density.png     extractive fragment coverage vs density of each summary against its document
+                                   (base, fine-tuned, references; as in Grusky et al. 2018's figures)
 
 `python -m llm_summarizer.evaluate` writes the same into its output directory (ROUGE bars then carry
 the bootstrap 95% intervals). Plots need matplotlib (`pip install -e ".[report]"`); without it
@@ -23,6 +25,7 @@ import numpy as np
 from ..config import ROUGE_KEYS, load_config
 from ..files import write_text
 from ..rundir import list_checkpoints
+from . import diagnostics as D
 
 log = logging.getLogger("llm_summarizer.report")
 
@@ -31,6 +34,7 @@ REPORT = "report.md"
 CURVES_PNG = "training_curves.png"
 ROUGE_PNG = "rouge_base_vs_finetuned.png"
 LENGTHS_PNG = "summary_lengths.png"
+COVERAGE_PNG = "coverage_density.png"
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 COLORS = {"base": "#9aa5b1", "model": "#1f77b4", "reference": "#2ca02c", "loss": "#d62728", "eval_loss": "#ff7f0e",
           "rouge1": "#1f77b4", "rouge2": "#9467bd", "rougeL": "#2ca02c", "rougeLsum": "#17becf"}
@@ -144,6 +148,60 @@ def plot_lengths(path: Path, references: list[str], predictions: list[str], base
     return True
 
 
+def plot_coverage_density(path: Path, series: dict[str, list[dict]]) -> bool:
+    """Each summary as a point (extractive fragment coverage, density) against its document, one colour per series
+    (references, base model, fine-tuned); the series' mean as a large marker. Grusky et al. (2018) draw datasets
+    this way: extractive summaries sit top right, abstractive ones bottom left."""
+    plt = _pyplot()
+    pts = {name: [(p["coverage"], p["density"]) for p in per if p.get("coverage") is not None
+                  and p.get("density") is not None] for name, per in series.items() if per}
+    pts = {k: v for k, v in pts.items() if v}
+    if plt is None or not pts:
+        return False
+    colors = {"references": COLORS["reference"], "base model": COLORS["base"], "fine-tuned": COLORS["model"]}
+    fig, ax = plt.subplots(figsize=(8, 5.6))
+    top = 1.0
+    for name, xy in pts.items():
+        xs, ys = zip(*xy)
+        top = max(top, max(ys))
+        comp = D.values(series[name], "compression")
+        color = colors.get(name, COLORS["model"])
+        label = f"{name} (n={len(xy)}): mean coverage {100 * np.mean(xs):.0f}%, density {np.mean(ys):.1f}" + (
+            f", median compression {np.median(comp):.1f}" if comp else "")
+        ax.scatter(xs, ys, s=16, alpha=0.45, color=color, edgecolors="none", label=label)
+        ax.scatter([np.mean(xs)], [np.mean(ys)], s=140, marker="X", color=color, edgecolors="black", linewidths=0.8)
+    # density runs from 0 to the summary's length: a log-like axis that keeps 0, with plain-number ticks
+    ax.set_yscale("symlog", linthresh=1.0)
+    ticks = [t for t in (0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= top * 1.5]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlim(-0.02, 1.02)
+    ax.set(xlabel="extractive fragment coverage (share of summary words inside text copied from the document)",
+           ylabel="extractive fragment density (mean copied-fragment length)",
+           title="How summaries relate to their documents (Grusky et al. 2018)")
+    ax.text(0.01, 0.98, "top right: copies long pieces\nbottom left: writes anew\nX: the mean of each series",
+            transform=ax.transAxes, va="top", fontsize=8, color="#555555")
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def diagnostics_section(columns: dict[str, Optional[dict]], diff: Optional[dict] = None,
+                        notes: Optional[dict] = None, warnings: Optional[list[str]] = None) -> list[str]:
+    table = D.markdown_table(columns, diff)
+    if not table:
+        return []
+    out = ["## Beyond ROUGE: each summary against its document", "",
+           "Copying (extractive fragment coverage and density, Grusky et al. 2018), words and numbers not in the "
+           "document, repetition, length and endings; definitions in the protocol below.", "", *table, ""]
+    if notes:
+        out += ["Values missing for some summaries: " + ", ".join(f"{k}: {v}" for k, v in notes.items()), ""]
+    for w in warnings or ():
+        out += [f"**Note:** {w}.", ""]
+    return out
+
+
 def _f1(v) -> float:
     return v["f1"] if isinstance(v, dict) else float(v)
 
@@ -213,8 +271,10 @@ def _plots_md(made: dict) -> list[str]:
 
 
 def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows: Optional[list[dict]] = None,
-                      log_history: Optional[list] = None, train_metrics: Optional[dict] = None) -> Path:
-    """report.md + plots/ for an evaluation (metrics as written by evaluate)."""
+                      log_history: Optional[list] = None, train_metrics: Optional[dict] = None,
+                      diagnostics: Optional[dict] = None) -> Path:
+    """report.md + plots/ for an evaluation (metrics as written by evaluate; `diagnostics`: per-example statistics
+    by series, model / base / references)."""
     plots = Path(out_dir) / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
     res = metrics["results"]
@@ -227,6 +287,13 @@ def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows:
     made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in rows],
                                       [r["prediction"] for r in rows],
                                       [r["prediction"] for r in base_rows] if base_rows else None), "summary lengths")
+    diagnostics = diagnostics or {}
+    if diagnostics:
+        made[COVERAGE_PNG] = (plot_coverage_density(plots / COVERAGE_PNG, {
+            "references": diagnostics.get("references") or [], "base model": diagnostics.get("base") or [],
+            "fine-tuned": diagnostics.get("model") or []}), "coverage vs density")
+    diag_cols = {"references": (res.get("references") or {}).get("diagnostics"),
+                 "base model": (base or {}).get("diagnostics"), "model": model.get("diagnostics")}
     d, m = metrics["data"], metrics["model"]
     t = model["throughput"]
     lines = [
@@ -249,6 +316,8 @@ def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows:
         f"- empty summaries: {model['empty_predictions']}",
         f"- throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s",
         "",
+        *diagnostics_section({k: (v or {}).get("stats") for k, v in diag_cols.items()},
+                             res.get("diagnostics_model_minus_base"), (model.get("diagnostics") or {}).get("notes")),
         *_examples(rows),
         "## Protocol",
         "",

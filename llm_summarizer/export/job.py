@@ -17,6 +17,23 @@ GGUF_DIRECT = ("f16", "bf16", "q8_0", "f32")  # convert_hf_to_gguf.py --outtype
 GGUF_QUANTIZED = ("q4_k_m", "q5_k_m", "q6_k", "q4_0", "q4_1", "q5_0", "q5_1", "q3_k_m", "q2_k")  # llama-quantize
 DTYPES16 = ("float16", "bfloat16")  # merged-16bit --dtype
 
+# What each GGUF type may change in the merged model's next-token distributions (teacher-forced on the source's
+# summaries of the fixed documents): (largest mean KL(merged || GGUF) in nats per token, least share of positions
+# whose top token agrees). Measured with scripts/gguf_limits.py on SmolLM2-135M fine-tuned 30 steps on DialogSum,
+# 8 documents, 185 positions (BENCHMARKS.md, "GGUF export checks"): each limit is about 3x the measured KL and 2.5x
+# the measured share of flipped top tokens, and more bits never get looser limits: q5_k_m (measured 0.072, 84.3%,
+# worse than q4_k_m on this model) keeps q4_k_m's, a 2x margin. q5_1, q5_0, q4_1, q3_k_m and q2_k were not
+# measured: their limits are their neighbours', loosened below. A sound conversion of a larger model rounds less; a broken one (wrong
+# tokenizer, rope, weights) is off by whole nats with most top tokens changed.
+GGUF_LIMITS = {
+    "f32": (0.001, 0.99), "f16": (0.001, 0.99), "bf16": (0.002, 0.97), "q8_0": (0.01, 0.90),
+    "q6_k": (0.02, 0.85), "q5_k_m": (0.15, 0.8), "q5_1": (0.15, 0.8), "q5_0": (0.15, 0.8),
+    "q4_k_m": (0.15, 0.8), "q4_1": (0.5, 0.65), "q4_0": (0.5, 0.65), "q3_k_m": (1.0, 0.5), "q2_k": (2.0, 0.4),
+}
+# From the fewest bits to the most: a refused type names the first more precise one that passes.
+GGUF_PRECISION = ("q2_k", "q3_k_m", "q4_0", "q4_1", "q4_k_m", "q5_0", "q5_1", "q5_k_m", "q6_k", "q8_0", "bf16",
+                  "f16", "f32")
+
 
 @dataclass
 class ExportOptions:
@@ -25,13 +42,32 @@ class ExportOptions:
     dtype: str = "auto"  # merged weights: auto (the base's 16-bit dtype, float16 for float32), float16, bfloat16
     logprob_tolerance: float = 0.1  # nats per token between the adapter and a 16-bit export
     min_4bit_agreement: float = 0.8  # mean ROUGE-L between the adapter's and the 4-bit model's summaries
-    min_gguf_agreement: float = 0.8  # the same for llama.cpp's summaries of the GGUF file
     gguf_type: str = "q8_0"
+    max_gguf_kl: Optional[float] = None  # None: the type's row of GGUF_LIMITS
+    min_gguf_top1: Optional[float] = None  # None: the type's row of GGUF_LIMITS
+    # llama.cpp's greedy summaries against the merged model's (mean ROUGE-L) are recorded as an illustration; a
+    # value here makes them a gate as well (one flipped token rewrites the rest of a greedy summary)
+    min_gguf_agreement: Optional[float] = None
     llama_cpp: Optional[str] = None  # a llama.cpp checkout holding convert_hf_to_gguf.py
 
     def check(self) -> None:
         if self.verify_examples < 1:
             raise UserError(f"--verify-examples {self.verify_examples}: must be at least 1")
+        if self.max_gguf_kl is not None and not self.max_gguf_kl >= 0:
+            raise UserError(f"--max-gguf-kl {self.max_gguf_kl}: a mean KL divergence in nats per token, >= 0")
+        for flag, v in (("--min-gguf-top1", self.min_gguf_top1), ("--min-gguf-agreement", self.min_gguf_agreement)):
+            if v is not None and not 0 <= v <= 1:
+                raise UserError(f"{flag} {v}: a share between 0 and 1")
+
+    def gguf_limits(self, gguf_type: str) -> tuple[float, float, str]:
+        """(max mean KL, min top-1 agreement, where they come from) for a GGUF type: the flags where given
+        (they hold for every type, so a refusal's suggestion meets them too), else the type's measured row."""
+        kl, top1 = GGUF_LIMITS[gguf_type]
+        given = [f for f, v in (("--max-gguf-kl", self.max_gguf_kl), ("--min-gguf-top1", self.min_gguf_top1))
+                 if v is not None]
+        source = f"{gguf_type}'s measured limits" + (f", {' and '.join(given)} given" if given else "")
+        return (kl if self.max_gguf_kl is None else self.max_gguf_kl,
+                top1 if self.min_gguf_top1 is None else self.min_gguf_top1, source)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .. import progress
@@ -48,6 +49,13 @@ def worker(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     action, out = spec["action"], Path(spec["out"])
     kw = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
+    if action == "next-token":
+        # The reference distributions of a quantized export: the merged weights computed in float32, so that
+        # what is measured is the export's rounding and not the reference's
+        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, **kw)
+        save_file(teacher_forced_logprobs(model, spec["sequences"], spec["starts"]), spec["dest"])
+        out.write_text(json.dumps({"ok": True}), encoding="utf-8")
+        return 0
     if action == "quantize-4bit":
         # computing in the merged weights' own dtype: the same export from the same merge on any machine
         model = AutoModelForCausalLM.from_pretrained(
@@ -129,6 +137,39 @@ def completion_logprobs(model, formatter, documents: list[str], summaries: list[
             target = torch.tensor(completion, device=device)[:, None]
             out.append(torch.log_softmax(logits, -1).gather(-1, target)[:, 0].tolist())
     return out
+
+
+def teacher_forced_logprobs(model, sequences: list[list[int]], starts: list[int]) -> dict:
+    """{"seq<i>": [len - start, vocab] float32 log-probabilities of the next token} at each position of
+    sequence i from `start` on (the summary's tokens, prompt given)."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for i, (ids, start) in enumerate(zip(sequences, starts)):
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, start - 1: -1].float()
+            out[f"seq{i}"] = torch.log_softmax(logits, -1).cpu().contiguous()
+    return out
+
+
+def next_token_agreement(reference: list, other: list) -> dict:
+    """How far one model's next-token distributions are from a reference's at the same positions, the way
+    llama.cpp's perplexity tool judges a quantization: mean and largest KL(P_ref || P_other) in nats per
+    token, and the share of positions where both put the same token first. Each item of `reference` and
+    `other` is a [positions, vocab] array of logits or log-probabilities (normalised here, in float64)."""
+    kls, same, n = [], 0, 0
+    for ref, oth in zip(reference, other):
+        p = torch.log_softmax(torch.as_tensor(ref, dtype=torch.float64), -1)
+        q = torch.log_softmax(torch.as_tensor(oth, dtype=torch.float64), -1)
+        if p.shape != q.shape:
+            raise ValueError(f"distributions of different shapes: {tuple(p.shape)} and {tuple(q.shape)}")
+        # 0 * log 0 is 0: tokens the reference rules out cost nothing, whatever the other gives them
+        kl = torch.where(p > -torch.inf, p.exp() * (p - q), torch.zeros_like(p)).sum(-1)
+        kls.extend(torch.nan_to_num(kl, nan=torch.inf, posinf=torch.inf).tolist())
+        same += int((p.argmax(-1) == q.argmax(-1)).sum())
+        n += p.shape[0]
+    return {"mean_kl": sum(kls) / max(1, n), "max_kl": max(kls, default=0.0), "top1_agreement": same / max(1, n),
+            "positions": n}
 
 
 def logprob_gaps(ref_lp: list, exp_lp: list) -> list[float]:

@@ -12,14 +12,18 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..config import EvalSection
+from ..data.prompt import Formatter
 from ..faults import is_oom
 from .backends import for_inference, for_training
+from .chunked import plan, summarize_long
 from .loading import Loaded, load_for_generation
 
 log = logging.getLogger("llm_summarizer.generation")
@@ -32,6 +36,8 @@ class Generated:
     new_tokens: int
     hit_max: bool  # stopped by max_new_tokens, not by EOS
     truncated_input: bool
+    method: str = "whole"  # whole (the document fit), truncated (cut to fit), chunked (eval.long_documents: chunk)
+    tree: Optional[dict] = None  # chunked: how, the windows and the merge rounds (models/chunked.py)
 
 
 def derive_max_new_tokens(summary_token_lengths: list[int], ev: EvalSection) -> int:
@@ -88,11 +94,17 @@ class AdaptiveBatch:
 
 def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection, max_new_tokens: int,
              backend: str, batch_size: Optional[int] = None, seed: int = 0, progress=None,
-             batch: Optional[AdaptiveBatch] = None, sort_by_length: bool = True) -> list[Generated]:
-    """Summaries for `documents`, in order. Batches are length-sorted (longest first, so an out-of-memory shows
-    at once; less left padding to compute), the results put back in the documents' order; an out-of-memory
-    halves the batch and retries, and `batch` (when given) keeps the smaller size for the next call.
-    `sort_by_length=False` batches in the given order (the benchmark's equal-settings comparison)."""
+             batch: Optional[AdaptiveBatch] = None, sort_by_length: bool = True, batching: Optional[str] = None,
+             on_done: Optional[Callable[[int, Generated], None]] = None) -> list[Generated]:
+    """Summaries for `documents`, in order. Rows are taken longest prompt first (an out-of-memory shows at once;
+    less left padding to compute) and the results put back in the documents' order; an out-of-memory halves the
+    batch and retries, and `batch` (when given) keeps the smaller size for the next call.
+
+    `batching` (default eval.batching): "continuous" lets a row that ends leave the batch at once and the next
+    prompt take its place (greedy decoding only: the same texts as static batches); "static" runs each batch
+    through `model.generate` until its longest summary ends. Sampling and beam search always run static.
+    `sort_by_length=False` runs static batches in the given order (the benchmark's equal-settings comparison).
+    `on_done(i, generated)` is called as each row finishes (in the order they finish)."""
     prompts = []
     for d in documents:
         ids, truncated = formatter.generation_prompt(d, max_new_tokens)
@@ -100,46 +112,234 @@ def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection,
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0])) if sort_by_length else list(range(len(prompts)))
     results: list[Optional[Generated]] = [None] * len(prompts)
     batch = batch or AdaptiveBatch(batch_size or ev.batch_size)
+    stop = list(formatter.stop_ids)
+    mode = batching or ev.batching
+    with inference_mode(model, tokenizer, backend):
+        if mode == "continuous" and sort_by_length and plain_greedy(model, ev) and plain_cache(model):
+            _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, results, progress, on_done)
+        else:
+            _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, seed, results, progress,
+                    on_done)
+    return results  # type: ignore[return-value]
+
+
+def _finish(tokenizer, toks: list[int], stop, truncated: bool) -> Generated:
+    n, ended = len(toks), False
+    for k, t in enumerate(toks):
+        if t in stop:
+            n, ended = k, True
+            break
+    text = tokenizer.decode(toks[:n], skip_special_tokens=True).strip()
+    return Generated(text=text, new_tokens=n, hit_max=not ended, truncated_input=truncated,
+                     method="truncated" if truncated else "whole")
+
+
+def _oom_retry(e: RuntimeError, batch: AdaptiveBatch, bs: int) -> int:
+    """The smaller batch size after an out-of-memory (0: give up and raise)."""
+    if not is_oom(e) or bs <= 1:
+        return 0
+    torch.cuda.empty_cache()
+    bs = batch.reduce() if batch.size == bs else max(1, bs // 2)
+    log.warning("generation ran out of memory; retrying with batch size %d (kept for the rest of this run; set "
+                "eval.batch_size to start there)", bs)
+    return bs
+
+
+def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, seed, results, progress, on_done):
+    """Batches of `batch.size` rows through model.generate, each until its longest summary ends."""
     bs = batch.size
     device = next(model.parameters()).device
-    stop = list(formatter.stop_ids)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, num_beams=ev.num_beams, do_sample=ev.do_sample,
                       eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True)
     if ev.do_sample:
         gen_kwargs.update(temperature=ev.temperature, top_p=ev.top_p)
+        torch.manual_seed(seed)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    with inference_mode(model, tokenizer, backend):
-        if ev.do_sample:
-            torch.manual_seed(seed)
-        i = 0
-        while i < len(order):
-            idx = order[i: i + bs]
-            inputs = tokenizer.pad({"input_ids": [prompts[j][0] for j in idx]}, return_tensors="pt", padding=True)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            try:
-                out = model.generate(**inputs, **gen_kwargs)
-            except RuntimeError as e:
-                if is_oom(e) and bs > 1:
-                    torch.cuda.empty_cache()
-                    bs = batch.reduce() if batch.size == bs else max(1, bs // 2)
-                    log.warning("generation ran out of memory; retrying with batch size %d (kept for the rest of "
-                                "this run; set eval.batch_size to start there)", bs)
-                    continue
+    i = 0
+    while i < len(order):
+        idx = order[i: i + bs]
+        inputs = tokenizer.pad({"input_ids": [prompts[j][0] for j in idx]}, return_tensors="pt", padding=True)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        try:
+            out = model.generate(**inputs, **gen_kwargs)
+        except RuntimeError as e:
+            bs = _oom_retry(e, batch, bs)
+            if not bs:
                 raise
-            new = out[:, inputs["input_ids"].shape[1]:].tolist()
-            for j, toks in zip(idx, new):
-                n, ended = len(toks), False
-                for k, t in enumerate(toks):
-                    if t in stop:
-                        n, ended = k, True
-                        break
-                text = tokenizer.decode(toks[:n], skip_special_tokens=True).strip()
-                results[j] = Generated(text=text, new_tokens=n, hit_max=not ended, truncated_input=prompts[j][1])
-            i += len(idx)
-            if progress:
-                progress(i, len(order))
-    return results  # type: ignore[return-value]
+            continue
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        for j, toks in zip(idx, new):
+            results[j] = _finish(tokenizer, toks, stop, prompts[j][1])
+            if on_done:
+                on_done(j, results[j])
+        i += len(idx)
+        if progress:
+            progress(i, len(order))
+
+
+# generation_config fields that change what greedy search picks; when one is set, model.generate's own loop runs
+_GREEDY_CHANGERS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                    "min_length": (None, 0), "min_new_tokens": (None, 0), "suppress_tokens": (None,),
+                    "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+                    "sequence_bias": (None,), "exponential_decay_length_penalty": (None,),
+                    "encoder_repetition_penalty": (None, 1.0), "guidance_scale": (None, 1.0),
+                    "watermarking_config": (None,), "renormalize_logits": (None, False)}
+
+
+def plain_greedy(model, ev: EvalSection) -> bool:
+    """Whether the next token is the argmax of the logits, as continuous batching computes it: greedy decoding and
+    nothing in the model's generation_config that would change the pick."""
+    if ev.do_sample or ev.num_beams > 1:
+        return False
+    gc = getattr(model, "generation_config", None)
+    return gc is None or all(getattr(gc, k, None) in ok for k, ok in _GREEDY_CHANGERS.items())
+
+
+def plain_cache(model) -> bool:
+    """Whether the model keeps every position of every layer in its cache (no sliding windows, no recurrent state):
+    what continuous batching pads, joins and cuts row by row."""
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - a config transformers cannot map: the static path knows the model
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+# A row joins once this share of the batch is free (or the queue is empty enough): joining costs a prefill and one
+# copy of the batch's cache, so a few rows join together rather than one at a time.
+_JOIN_SHARE = 4
+
+
+@dataclass
+class _Row:
+    index: int
+    tokens: list
+
+
+def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The per-layer (keys, values) of a cache, [batch, heads, positions, head_dim]: a transformers Cache or the
+    tuple of pairs Unsloth's fast decoding returns."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return [(k, v) for k, v in cache]
+
+
+def _rebuilt(model, kv: list) -> DynamicCache:
+    # Unsloth's fast decoding copies the cache into buffers of its own at its first step and then only appends to
+    # them: after rows left or joined, those buffers must be dropped so that the next step copies the new cache (what
+    # Unsloth's generate does when handed a cache).
+    for m in model.modules():
+        if hasattr(m, "paged_attention"):
+            del m.paged_attention_K, m.paged_attention_V, m.paged_attention
+    return DynamicCache(ddp_cache_data=kv)
+
+
+def _left_pad(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = n
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+def _prefill(model, tokenizer, ids: list[list[int]], device):
+    inputs = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+    input_ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    return _kv(out.past_key_values), mask.long(), out.logits[:, -1, :].float().argmax(-1).tolist()
+
+
+def _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, results, progress, on_done):
+    """Greedy decoding where a finished row leaves the batch at once and waiting prompts join when a share of the
+    batch is free: each row is left-padded to the batch's cache length, with position ids counted from its first real
+    token, as model.generate does for a left-padded batch, so each row computes what it would in a static batch."""
+    device = next(model.parameters()).device
+    stop_set = set(stop)
+    queue = list(order)
+    live: list[_Row] = []
+    kv: list = []
+    mask = None  # [rows, positions]: 1 where the cache holds a real token of that row
+    cache = None
+    bs, done = batch.size, 0
+
+    def record(rows: list[_Row], toks: list[int]) -> list[int]:
+        """Append each row's new token; finished rows are written out; the positions of those that go on."""
+        nonlocal done
+        keep = []
+        for r_i, (row, t) in enumerate(zip(rows, toks)):
+            row.tokens.append(t)
+            if t in stop_set or len(row.tokens) >= max_new_tokens:
+                results[row.index] = _finish(tokenizer, row.tokens, stop, prompts[row.index][1])
+                done += 1
+                if on_done:
+                    on_done(row.index, results[row.index])
+                if progress:
+                    progress(done, len(order))
+            else:
+                keep.append(r_i)
+        return keep
+
+    while queue or live:
+        try:
+            free = bs - len(live)
+            if queue and free > 0 and (not live or free >= max(1, bs // _JOIN_SHARE) or len(queue) <= free):
+                take = queue[:free]
+                new_kv, new_mask, toks = _prefill(model, tokenizer, [prompts[j][0] for j in take], device)
+                queue = queue[free:]
+                rows = [_Row(j, []) for j in take]
+                keep = record(rows, toks)
+                if keep:
+                    sel = torch.tensor(keep, device=device)
+                    new_kv = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in new_kv]
+                    new_mask = new_mask.index_select(0, sel)
+                    if live:
+                        t_old, t_new = mask.shape[1], new_mask.shape[1]
+                        t = max(t_old, t_new)
+                        kv = [(torch.cat([_left_pad(k0, t - t_old, 2), _left_pad(k1, t - t_new, 2)]),
+                               torch.cat([_left_pad(v0, t - t_old, 2), _left_pad(v1, t - t_new, 2)]))
+                              for (k0, v0), (k1, v1) in zip(kv, new_kv)]
+                        mask = torch.cat([_left_pad(mask, t - t_old, 1), _left_pad(new_mask, t - t_new, 1)])
+                    else:
+                        kv, mask = new_kv, new_mask
+                    live += [rows[i] for i in keep]
+                    cache = _rebuilt(model, kv)
+                continue
+            if not live:
+                continue
+            step_ids = torch.tensor([[row.tokens[-1]] for row in live], device=device)
+            positions = mask.sum(1, keepdim=True)
+            step_mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+            out = model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True)
+        except RuntimeError as e:
+            bs = _oom_retry(e, batch, bs)
+            if not bs:
+                raise
+            # the rows in flight start again (greedy: the same texts), in their turn at the front of the queue
+            queue = [row.index for row in live] + queue
+            live, kv, mask, cache = [], [], None, None
+            continue
+        mask, cache = step_mask, out.past_key_values
+        keep = record(live, out.logits[:, -1, :].float().argmax(-1).tolist())
+        if len(keep) < len(live):
+            live = [live[i] for i in keep]
+            if live:
+                sel = torch.tensor(keep, device=device)
+                mask = mask.index_select(0, sel)
+                first = int(mask.any(0).int().argmax())  # columns no remaining row uses are dropped
+                mask = mask[:, first:]
+                kv = [(k.index_select(0, sel)[:, :, first:], v.index_select(0, sel)[:, :, first:])
+                      for k, v in _kv(cache)]
+                cache = _rebuilt(model, kv)
+            else:
+                kv, mask, cache = [], None, None
+        else:
+            kv = None  # the model's cache is current; its tensors are read again only when rows leave or join
+        if kv is None:
+            kv = _kv(cache)
 
 
 def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
@@ -160,16 +360,56 @@ def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
 
 def summarize_texts(loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None,
                     batch_size: Optional[int] = None, model=None, progress=None,
-                    batch: Optional[AdaptiveBatch] = None):
-    """Generated summaries (Generated: text, new_tokens, hit_max, truncated_input), in order."""
+                    batch: Optional[AdaptiveBatch] = None, long_documents: Optional[str] = None,
+                    names: Optional[list[str]] = None, on_done=None) -> list[Generated]:
+    """Generated summaries (text, new_tokens, hit_max, truncated_input, method, tree), in order.
+
+    A document over the token budget is chunked (windows, then merge rounds; `tree` says how) or cut by
+    data.truncation, by `long_documents` (default eval.long_documents). `progress(done, total)` counts
+    generations (with chunking, windows and merges: the total grows as rounds are planned); `on_done(i, g)` is
+    called as each document's summary is final; `names` name the documents in messages."""
     n = max_new_tokens or default_max_new_tokens(loaded)[0]
-    return generate(model or loaded.model, loaded.tokenizer, loaded.formatter, list(texts), loaded.cfg.eval, n,
-                    loaded.backend, batch_size=batch_size, seed=loaded.cfg.eval.sample_seed, progress=progress,
-                    batch=batch)
+    model = model or loaded.model
+    ev = loaded.cfg.eval
+
+    def run(docs: list[str], formatter, report, done=None) -> list[Generated]:
+        return generate(model, loaded.tokenizer, formatter, list(docs), ev, n, loaded.backend, batch_size=batch_size,
+                        seed=ev.sample_seed, progress=report, batch=batch, on_done=done)
+
+    if (long_documents or ev.long_documents) != "chunk":
+        return run(texts, loaded.formatter, progress, on_done)
+    formatter, merge_formatter = chunk_formatters(loaded, n)
+    return summarize_long(list(texts), formatter, merge_formatter, ev, n, run, names=names, progress=progress,
+                          on_done=on_done)
+
+
+def check_documents(loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None,
+                    names: Optional[list[str]] = None) -> None:
+    """With eval.long_documents=chunk, the refusals summarize_texts would give (an empty document, more windows
+    than eval.max_chunks, no room for a document), for all `texts` at once and before anything is generated."""
+    if loaded.cfg.eval.long_documents == "chunk":
+        n = max_new_tokens or default_max_new_tokens(loaded)[0]
+        plan(list(texts), chunk_formatters(loaded, n)[0], loaded.cfg.eval, n, names)
+
+
+def chunk_formatters(loaded: Loaded, max_new_tokens: int):
+    """The prompt formatters of the windows and of the merge rounds: the model's own, or with eval.chunk_tokens a
+    window of that many document tokens, and eval.merge_instruction in the merge rounds' prompt when set."""
+    cfg, f = loaded.cfg, loaded.formatter
+    length = cfg.model.max_seq_length
+    if cfg.eval.chunk_tokens:
+        length = f.template_tokens + cfg.eval.chunk_tokens + max_new_tokens
+    formatter = f if length == f.max_seq_length else Formatter(loaded.tokenizer, cfg.data, length)
+    if not cfg.eval.merge_instruction:
+        return formatter, formatter
+    data = cfg.data.model_copy(update={"instruction": cfg.eval.merge_instruction})
+    merge = Formatter(loaded.tokenizer, data, length)
+    return formatter, merge
 
 
 def summarize(model, texts: list[str], backend: Optional[str] = None, base: Optional[str] = None,
               overrides: Optional[list[str]] = None, max_new_tokens: Optional[int] = None) -> list[str]:
-    """Summaries of `texts` by a saved model directory (or an already loaded Loaded)."""
+    """Summaries of `texts` by a saved model directory (or an already loaded Loaded); documents over the token
+    budget are chunked or cut by eval.long_documents (pass e.g. overrides=["eval.long_documents=truncate"])."""
     loaded = model if isinstance(model, Loaded) else load_for_generation(model, backend, base, overrides)
     return [g.text for g in summarize_texts(loaded, texts, max_new_tokens)]

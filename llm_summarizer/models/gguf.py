@@ -18,7 +18,6 @@ EOS where the vocabulary has one. What the conversion changed is logged and writ
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from ..errors import UserError
-from ..files import atomic_directory, sha256_file
+from ..files import atomic_directory, exclusive_lock, sha256_file
 
 log = logging.getLogger("llm_summarizer.models")
 
@@ -52,13 +51,8 @@ def is_gguf_name(name: str) -> bool:
 def cache_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on a file in the cache (released by the OS if the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(path):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 
@@ -182,7 +176,7 @@ def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -
         raise UserError(f"{what}: {path} is a {facts['architecture']!r} GGUF, which transformers "
                         f"{metadata.version('transformers')} cannot convert (it reads llama, mistral, qwen2, "
                         f"gemma, phi3 and a few more); use that model's original checkpoint instead")
-    with cache_lock(out.parent / f".{out.name}.lock"):
+    with cache_lock(out.parent / f".{out.name}.convert.lock"):  # not atomic_directory's own .{name}.lock
         if _complete(out):  # another run converted it while we waited
             return out
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a conversion killed halfway, under our lock now

@@ -3,8 +3,10 @@
 Routes:
 - `GET /`: the page (paste or upload a document; the fine-tuned summary and, with --compare-base, the base
   model's beside it, each with its generation time).
-- `POST /summarize` `{"document": "..."}` -> `{"summary", "seconds", "truncated_input", "hit_max_new_tokens",
-  "new_tokens", "prompt_tokens", "base": {...} (with --compare-base)}`.
+- `POST /summarize` `{"document": "..."}` -> `{"summary", "seconds", "method", "truncated_input",
+  "hit_max_new_tokens", "new_tokens", "prompt_tokens", "chunks" (a chunked document's tree), "base": {...} (with
+  --compare-base)}`. A document over the token budget is chunked or cut by eval.long_documents (`method` says
+  which: whole, chunked, truncated); with chunking, the token counts add up every window and merge round.
 - `POST /v1/chat/completions`: the OpenAI shape, plain or `"stream": true` (server-sent events); the last user
   message is the document, the answer is its summary (the training prompt is applied here, so clients send
   only the document). `GET /v1/models` lists the served model.
@@ -42,6 +44,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..errors import UserError
 from ..models.generation import default_max_new_tokens, summarize_texts
 from ..redaction import redact
 
@@ -88,20 +91,32 @@ class Summarizer:
 
     def _one(self, model, document: str) -> dict:
         t0 = time.perf_counter()
-        prompt_ids, _ = self.loaded.formatter.generation_prompt(document, self.max_new_tokens)
-        (g,) = summarize_texts(self.loaded, [document], self.max_new_tokens, model=model)
-        return {"summary": g.text, "seconds": round(time.perf_counter() - t0, 3),
-                "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max, "new_tokens": g.new_tokens,
-                "prompt_tokens": len(prompt_ids)}
+        (g,) = summarize_texts(self.loaded, [document], self.max_new_tokens, model=model, names=["the document"])
+        if g.tree is None:
+            prompt_tokens = len(self.loaded.formatter.generation_prompt(document, self.max_new_tokens)[0])
+            generated = g.new_tokens
+        else:  # chunked (eval.long_documents): every window's and merge round's prompt, and all they generated
+            prompt_tokens = sum(p["input_tokens"] + self.loaded.formatter.template_tokens
+                                for r in g.tree["rounds"] for p in r)
+            generated = g.tree["generated_tokens"]
+        out = {"summary": g.text, "seconds": round(time.perf_counter() - t0, 3), "method": g.method,
+               "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max, "new_tokens": generated,
+               "prompt_tokens": prompt_tokens}
+        if g.tree is not None:
+            out["chunks"] = g.tree
+        return out
 
     def summarize(self, document: str, with_base: Optional[bool] = None) -> dict:
         document = self.check(document)
         with self.lock:
             t0 = time.perf_counter()
-            out = self._one(self.loaded.model, document)
-            if self.compare_base if with_base is None else with_base:
-                with self.loaded.base_model() as base:
-                    out["base"] = self._one(base, document)
+            try:
+                out = self._one(self.loaded.model, document)
+                if self.compare_base if with_base is None else with_base:
+                    with self.loaded.base_model() as base:
+                        out["base"] = self._one(base, document)
+            except UserError as e:  # e.g. more windows than eval.max_chunks: the request's fault, not the server's
+                raise Refusal(400, str(e)) from None
             self.last_seconds = time.perf_counter() - t0
         return out
 

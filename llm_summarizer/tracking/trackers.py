@@ -46,6 +46,9 @@ def check_installed(cfg: Config) -> None:
         raise UserError(f"tracking.report_to={cfg.tracking.report_to} needs {', '.join(missing)}, not installed: "
                         f"pip install {' '.join(missing)}  (or pip install -e '.[trackers]'), "
                         "or remove the tracker from tracking.report_to")
+    for name in cfg.tracking.report_to:
+        if name in TRACKERS:
+            tracker_class(name).preflight(cfg)  # in seconds, before the model loads
 
 
 
@@ -118,8 +121,8 @@ class Trackers:
         if self.closed:
             return
         step = (metrics.get("train") or {}).get("global_step") or 0
-        blocks = {f"{name}/{k}": float(v) for name in ("base", "final") for k, v in (metrics.get(name) or {}).items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        blocks = {f"{name}/{k}": float(v) for name in ("base", "final", "references")
+                  for k, v in (metrics.get(name) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.log({k: v for k, v in blocks.items() if k.startswith("final/")}, step)
         for t in self.trackers:
             t.summary(blocks)

@@ -3,8 +3,9 @@
 `RougeEvaluator` generates summaries for a fixed, seeded subset of the validation split and scores
 them with rouge-score (never teacher-forced argmax tokens). The trainer calls it from its
 evaluation loop, so `eval_rouge1`, `eval_rouge2`, `eval_rougeL`, `eval_rougeLsum`, generated-length
-stats and the callback's own wall time land in the same metrics dict as `eval_loss`: in the log
-history, `trainer_state.json`, every tracker, and `metric_for_best_model` decisions.
+stats, the statistics of each summary against its document (`eval_coverage`, `eval_density`, ...:
+evaluation/diagnostics.py) and the callback's own wall time land in the same metrics dict as `eval_loss`:
+in the log history, `trainer_state.json`, every tracker, and `metric_for_best_model` decisions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from transformers.trainer_callback import ExportableState
 from .. import distributed, progress
 from ..config import Config
 from ..errors import TrainingStopped
-from ..evaluation.bootstrap import paired_difference
+from ..evaluation import diagnostics
+from ..evaluation.bootstrap import paired_diagnostics, paired_difference
 from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
 from ..models.generation import AdaptiveBatch, derive_max_new_tokens, generate
 from ..rundir import PREDICTIONS_DIR, SAMPLES_FILE, checkpoint_step
@@ -54,6 +56,11 @@ class RougeEvaluator:
         self.batch = AdaptiveBatch(cfg.eval.batch_size)  # an OOM's smaller batch is kept for later evaluations
         self.protocol = protocol_for(self.references, cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
         warn_empty_references(self.references, self.protocol, "validation")
+        # what the data teaches: the references against their own documents, once (pure string work)
+        self.reference_diagnostics = diagnostics.corpus(self.references, self.documents,
+                                                        tokenizer=self.protocol.tokenizer)
+        self.reference_means = diagnostics.means(self.reference_diagnostics)
+        self._references_written = False
         self.out_dir = out_dir
         self.total_seconds = 0.0
         self.seconds_outside_training = 0.0  # the base-model pass before train()
@@ -74,6 +81,10 @@ class RougeEvaluator:
         gens = distributed.unshard(distributed.gather(local), n) if sharded else local
         preds = [g.text for g in gens]
         means, per = score_corpus(self.references, preds, self.protocol)
+        t_diag = time.perf_counter()
+        diag = diagnostics.corpus(preds, self.documents, self.references, [g.hit_max for g in gens],
+                                  self.protocol.tokenizer)
+        diag_seconds = time.perf_counter() - t_diag
         seconds = time.perf_counter() - t0
         self.total_seconds += seconds
         if tag == "base":
@@ -82,27 +93,36 @@ class RougeEvaluator:
         metrics = {k: float(v) for k, v in means.items()}
         metrics["gen_len_mean"] = float(sum(g.new_tokens for g in gens) / max(1, len(gens)))
         metrics["gen_hit_max_frac"] = float(sum(g.hit_max for g in gens) / max(1, len(gens)))
+        metrics.update({k: v for k, v in diagnostics.means(diag).items() if v is not None})
         metrics["rouge_seconds"] = float(seconds)
+        metrics["diagnostics_seconds"] = float(diag_seconds)
         metrics["rouge_examples"] = len(gens)
         name = tag or f"step-{step}"
         self.last_pass = name
         samples = [{"step": step, "tag": name, "id": self.ids[i], "document": self.documents[i][:500],
-                    "reference": self.references[i], "prediction": gens[i].text, **per[i]}
+                    "reference": self.references[i], "prediction": gens[i].text, **per[i],
+                    **diagnostics.flat(diag[i])}
                    for i in range(min(len(gens), self.cfg.eval.log_samples))]
         if distributed.is_main():  # written once, whatever the number of ranks
             if self.out_dir is not None:
-                self._write(name, gens, per, samples)
+                self._write(name, gens, per, samples, diag)
             for fn in self.listeners:
                 fn(step, name, metrics, samples)
         return metrics
 
-    def _write(self, name, gens, per, samples) -> None:
+    def _write(self, name, gens, per, samples, diag) -> None:
         d = self.out_dir / PREDICTIONS_DIR
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for i, (rid, ref, g, s) in enumerate(zip(self.ids, self.references, gens, per)):
+            for rid, ref, g, s, x in zip(self.ids, self.references, gens, per, diag):
                 f.write(json.dumps({"id": rid, "reference": ref, "prediction": g.text, "new_tokens": g.new_tokens,
-                                    "hit_max_new_tokens": g.hit_max, **s}, ensure_ascii=False) + "\n")
+                                    "hit_max_new_tokens": g.hit_max, **s, "diagnostics": x},
+                                   ensure_ascii=False) + "\n")
+        if not self._references_written:  # the same subset at every pass: once per run (the report's reference points)
+            self._references_written = True
+            with open(d / REFERENCES_FILE, "w", encoding="utf-8") as f:
+                for rid, ref, x in zip(self.ids, self.references, self.reference_diagnostics):
+                    f.write(json.dumps({"id": rid, "reference": ref, "diagnostics": x}, ensure_ascii=False) + "\n")
         with open(self.out_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
             for row in samples:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -123,7 +143,9 @@ class RougeCallback(TrainerCallback):
         return control
 
 
-ROUGE_BLOCK_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len_mean", "gen_hit_max_frac", "rouge_examples")
+ROUGE_BLOCK_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len_mean", "gen_hit_max_frac", "rouge_examples",
+                    *diagnostics.DIAGNOSTIC_KEYS)
+REFERENCES_FILE = "references.jsonl"  # in eval_predictions/: the references' own statistics against their documents
 
 
 def rouge_block(m: dict) -> dict:
@@ -141,7 +163,8 @@ def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
                          "max_new_tokens": evaluator.max_new_tokens,
                          **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {})},
             "reference": "the dataset's summary column (one reference per example)",
-            "eval_loss_rows": "the same subset" if ev.loss_rows == "rouge_subset" else "the whole validation split"}
+            "eval_loss_rows": "the same subset" if ev.loss_rows == "rouge_subset" else "the whole validation split",
+            "diagnostics": diagnostics.protocol(evaluator.protocol.tokenizer)}
 
 
 def _read_predictions(path: Path) -> dict:
@@ -163,10 +186,15 @@ def compare_with_base(cfg: Config, evaluator: Optional[RougeEvaluator], output_d
         return None
     ev = cfg.eval
     diff = paired_difference([final[i] for i in ids], [base[i] for i in ids], ev.bootstrap_samples, ev.bootstrap_seed)
+    with_diag = [i for i in ids if "diagnostics" in final[i] and "diagnostics" in base[i]]
+    diag_diff = paired_diagnostics([final[i]["diagnostics"] for i in with_diag],
+                                   [base[i]["diagnostics"] for i in with_diag], ev.bootstrap_samples,
+                                   ev.bootstrap_seed) if with_diag else None
     docs = dict(zip(evaluator.ids, evaluator.documents))
     # the examples shown: the largest gains first, so a reader sees what training changed
     shown = sorted(ids, key=lambda i: final[i]["rougeL"] - base[i]["rougeL"], reverse=True)[:n_examples]
     return {"examples": len(ids), "model_minus_base": diff,
+            **({"diagnostics_model_minus_base": diag_diff} if diag_diff else {}),
             "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed, "paired": True},
             "side_by_side": [{"id": i, "document": docs[i][:400], "reference": final[i]["reference"],
                               "base": base[i]["prediction"], "fine_tuned": final[i]["prediction"],

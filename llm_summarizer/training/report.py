@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from ..evaluation import diagnostics as D
 from ..evaluation.report import (
+    COVERAGE_PNG,
     CURVES_PNG,
     LENGTHS_PNG,
     PLOTS_DIR,
@@ -17,13 +19,16 @@ from ..evaluation.report import (
     _plots_md,
     _protocol_lines,
     _rouge_table,
+    diagnostics_section,
     num,
+    plot_coverage_density,
     plot_lengths,
     plot_rouge_bars,
     plot_training_curves,
 )
 from ..files import write_text
 from ..rundir import PREDICTIONS_DIR
+from .callbacks import REFERENCES_FILE
 
 log = logging.getLogger("llm_summarizer.report")
 
@@ -50,6 +55,18 @@ def _final_predictions(output_dir: Path, step: Optional[int]) -> tuple[list[dict
     return (read(final) if final.is_file() else []), (read(d / "base.jsonl") if (d / "base.jsonl").is_file() else [])
 
 
+def _diagnostics_of(rows: list[dict]) -> list[dict]:
+    return [r["diagnostics"] for r in rows if isinstance(r.get("diagnostics"), dict)]
+
+
+def _reference_rows(output_dir: Path) -> list[dict]:
+    p = output_dir / PREDICTIONS_DIR / REFERENCES_FILE
+    try:
+        return [json.loads(l) for l in p.read_text(encoding="utf-8").splitlines() if l.strip()] if p.is_file() else []
+    except (ValueError, OSError):
+        return []
+
+
 def write_training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dict]) -> Optional[Path]:
     """report.md + plots/ in the run's output.dir. Never fails the run: the model is already saved."""
     try:
@@ -71,6 +88,10 @@ def _training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dic
         made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in final_rows],
                                           [r["prediction"] for r in final_rows],
                                           [r["prediction"] for r in base_rows] if base_rows else None), "summary lengths")
+    series = {"references": _diagnostics_of(_reference_rows(output_dir)), "base model": _diagnostics_of(base_rows),
+              "fine-tuned": _diagnostics_of(final_rows)}
+    if any(series.values()):
+        made[COVERAGE_PNG] = (plot_coverage_density(plots / COVERAGE_PNG, series), "coverage vs density")
     data = metrics.get("data") or {}
     t, lo = cfg.train, cfg.lora
     lines = [
@@ -84,6 +105,9 @@ def _training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dic
     if final:
         lines += ["## ROUGE F1 x 100 on generated validation summaries", "", *_rouge_table(final, base), ""]
     lines += _plots_md(made)
+    lines += diagnostics_section({"references": metrics.get("references"), "base model": base, "fine-tuned": final},
+                                 (metrics.get("final_vs_base") or {}).get("diagnostics_model_minus_base"),
+                                 warnings=D.warnings(final, base, metrics.get("references")))
     lines += ["## Data", ""]
     for role, s in data.items():
         if isinstance(s, dict):

@@ -21,15 +21,18 @@ from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from .. import distributed
-from ..config import Config, config_to_yaml
+from ..config import Config, config_to_yaml, is_local_path
+from ..data.lengths import length_line, prepared_report
 from ..data.rows import load_raw_splits
 from ..data.tokenize import prepare
 from ..environment import git_commit, package_versions
 from ..errors import UserError
+from ..evaluation import diagnostics
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, recover_interrupted_replace, write_json, write_text
 from ..hub import push_after_training
 from ..models.loading import load_for_training
+from ..paths import Place, check_places, claim
 from ..rundir import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR
 from ..tracking.trackers import Trackers, check_installed, start_trackers
 from .callbacks import (
@@ -43,7 +46,7 @@ from .callbacks import (
     rouge_block,
     truncate_samples,
 )
-from .checkpoints import check_world_size, clean_staging, resolve_resume
+from .checkpoints import check_adapter_shape, check_world_size, clean_staging, resolve_resume
 from .guards import RunLock, training_errors
 from .report import write_training_report
 from .trainer import build_trainer, check_extra_args
@@ -79,14 +82,25 @@ class Session:
     startup: Optional["Startup"] = None
 
 
+COMMAND_START_ENV = "LLM_SUMMARIZER_COMMAND_START"  # time.time() just before a script exec'd the command
+
+
 def process_start_time() -> float:
-    """When this process started (the interpreter's own start-up included), as time.time()."""
+    """When this command started (the interpreter's own start-up included), as time.time(): the process's start,
+    or, when later, $LLM_SUMMARIZER_COMMAND_START, which scripts/demo.sh sets just before it execs the command in its
+    own process (else the install before it would count as imports). A process started after that time (a child)
+    counts from its own start."""
     try:
         import psutil
 
-        return psutil.Process().create_time()
+        t0 = psutil.Process().create_time()
     except Exception:  # no psutil, or a platform without the information: start-up is counted from here
-        return time.time()
+        t0 = time.time()
+    try:
+        given = float(os.environ.get(COMMAND_START_ENV, ""))
+    except ValueError:
+        return t0
+    return given if t0 < given <= time.time() else t0
 
 
 class Startup(TrainerCallback):
@@ -153,18 +167,33 @@ def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = T
 
 
 def check_output_paths(cfg: Config) -> Path:
-    """Create output.dir if needed; a file in the way or a read-only place is a user error."""
-    for key, p in (("output.dir", cfg.output_dir), ("output.model_dir", cfg.model_dir)):
-        if p.exists() and not p.is_dir():
-            raise UserError(f"{key}: {p} is a file; expected a directory (or a path that does not exist yet)")
-        parent = p if p.exists() else next((a for a in p.absolute().parents if a.exists()), None)
-        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"{key}: cannot write to {parent}; choose a writable location")
+    """The run's places under the one output rule (paths.py): output.dir (written into), output.model_dir (replaced
+    whole by the final save) and model.cache_dir apart from each other and from the model and data read; each new,
+    empty or this project's. Then output.dir is created and recorded as a run's. Rank 0 checks for all ranks."""
+    if distributed.is_main():
+        check_places(run_places(cfg), run_sources(cfg))
     try:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"output.dir: cannot create {cfg.output_dir}: {e.strerror}") from None
+    if distributed.is_main():
+        claim(cfg.output_dir, "run")
     return cfg.output_dir
+
+
+def run_places(cfg: Config) -> list[Place]:
+    return [Place("output.dir", cfg.output_dir, "run"), Place("output.model_dir", cfg.model_dir, "model", replaced=True),
+            Place("model.cache_dir", Path(cfg.model.cache_dir), "cache")]
+
+
+def run_sources(cfg: Config) -> list[tuple[str, str]]:
+    """The local files and folders a run reads: the base model and the data sources."""
+    out = [("model.name", cfg.model.name)] if is_local_path(cfg.model.name) else []
+    for split in ("train", "validation", "test"):
+        spec = getattr(cfg.data, split)
+        if spec is not None and spec.path is not None:
+            out.append((f"data.{split}", spec.path))
+    return out
 
 
 def prepare_output(cfg: Config) -> Optional[Path]:
@@ -180,6 +209,7 @@ def prepare_output(cfg: Config) -> Optional[Path]:
             resume = resolve_resume(cfg.train.resume, cfg.output_dir, cfg.train.verify_checkpoints)
             if resume is not None:
                 check_world_size(resume, distributed.world_size(), cfg.scale.allow_world_size_change)
+                check_adapter_shape(resume, cfg.lora, auto=cfg.train.resume == "auto")
         except UserError as e:
             if not distributed.distributed():
                 raise
@@ -196,6 +226,9 @@ def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, ex
     # 5. Prompt/completion token ids under the token budget (the cache: rank 0 writes it, the others read it).
     with distributed.main_first():
         prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
+    if distributed.is_main():  # the token lengths against the budget, in one line (`llm-summarizer data` shows more)
+        train = prepared_report(prepared.formatter, prepared.splits["train"], prepared.stats["train"])
+        log.info(length_line("train", train))
     # 6. ROUGE on generated summaries + early stopping.
     evaluator, callbacks = None, []
     if cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"]):
@@ -302,6 +335,8 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
         "data": s.prepared.report(),
         "eval_protocol": eval_protocol(s.cfg, evaluator),
     }
+    if evaluator is not None:  # what the data teaches: the references' own statistics on the same examples
+        metrics["references"] = evaluator.reference_means
     reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
     if reporter is not None:
         metrics["tune"] = {"trial": reporter.number, "pruned_at_step": reporter.pruned_at}
@@ -362,7 +397,7 @@ def final_rouge(cfg, evaluator, trainer) -> Optional[dict]:
 
 
 def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: dict, model_info: dict, t_start: float):
-    with atomic_directory(model_dir) as tmp:
+    with atomic_directory(model_dir, owner="model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
@@ -413,6 +448,8 @@ def summary_lines(result: RunResult) -> list[str]:
             verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
             lines.append(f"   {k:<10} {100 * m['base'][k]:6.2f} -> {100 * m['final'][k]:6.2f}   "
                          f"{100 * d['diff']:+6.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]  {verdict}")
+    lines += diagnostics_lines(m)
+    if cmp:
         for i, ex in enumerate(cmp["side_by_side"], 1):
             lines += ["", f"== example {i} (validation id {ex['id']})",
                       f"   document:   {_one_line(ex['document'], 300)}",
@@ -420,6 +457,21 @@ def summary_lines(result: RunResult) -> list[str]:
                       f"   base:       {_one_line(ex['base'])}",
                       f"   fine-tuned: {_one_line(ex['fine_tuned'])}"]
     return lines
+
+
+def diagnostics_lines(m: dict) -> list[str]:
+    """Beside ROUGE: the summaries against their documents (base, fine-tuned, the references), with the paired
+    change and, in words, what a reader should check."""
+    blocks = {"references": m.get("references"), "base": m.get("base"), "fine-tuned": m.get("final")}
+    if not any(k in (b or {}) for b in blocks.values() for k in diagnostics.DIAGNOSTIC_KEYS):
+        return []
+    cmp = m.get("final_vs_base") or {}
+    n = (m.get("final") or {}).get("rouge_examples") or cmp.get("examples")
+    out = ["", "== beyond ROUGE: each summary against its document (" + (f"{n} validation examples, " if n else "")
+           + "mean per summary; fine-tuned - base with paired bootstrap 95% interval)"]
+    out += diagnostics.lines(blocks, cmp.get("diagnostics_model_minus_base"), "fine-tuned - base")
+    out += [f"   warning: {w}" for w in diagnostics.warnings(m.get("final"), m.get("base"), m.get("references"))]
+    return out
 
 
 STARTUP_NAMES = {"imports_s": "imports", "data_read_s": "reading data", "model_load_s": "model load",

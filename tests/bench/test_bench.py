@@ -233,6 +233,9 @@ def test_floors_generation_part_same_prompts_same_texts(floors):
     assert g["same_texts_equal"] == 8
     assert g["same_texts_sorted"] >= 7, g
     assert g["rouge_pass_s"] > 0
+    # the statistics against the documents are timed inside the pass and on their own beside rouge-score
+    assert 0 < g["diagnostics_in_pass_s"] < g["rouge_pass_s"] and g["diagnostics_s"] > 0 and g["rouge_scoring_s"] > 0
+    assert g["diagnostics_share_of_pass"] == pytest.approx(g["diagnostics_in_pass_s"] / g["rouge_pass_s"], rel=1e-3)
 
 
 @pytest.mark.slow
@@ -270,4 +273,5 @@ def test_floors_rows_land_in_one_floors_table(floors):
     assert [r_.split(" | ")[3].split(" (")[0] for r_ in rows] == [
         "data preparation", "generation", "training", "start-up to the first step"]
     assert f"**{res['training']['ratio']:.2f}x**" in rows[2]
+    assert f"= {100 * res['generation']['diagnostics_share_of_pass']:.2f}% of it" in rows[1]
     assert "full result:" in r.stdout

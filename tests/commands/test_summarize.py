@@ -63,7 +63,7 @@ def test_directory_and_long_input_says_it_was_truncated(tiny_run, tmp_path, caps
     (d / "b.md").write_text(" ".join([doc] * 15))
     (d / "ignored.bin").write_bytes(b"\x00\x01")
     capsys.readouterr()
-    assert summarize_main("--model", tiny_run.model_dir, d) == 0
+    assert summarize_main("--model", tiny_run.model_dir, d, "eval.long_documents=truncate") == 0
     out = capsys.readouterr().out
     blocks = [b for b in out.split("== ") if b.strip()]
     assert [b.splitlines()[0] for b in blocks] == [str(d / "a.txt"), str(d / "b.md")]
@@ -71,6 +71,47 @@ def test_directory_and_long_input_says_it_was_truncated(tiny_run, tmp_path, caps
     text = logs.getvalue()
     assert "b.md" in text and "tokens, cut to" in text and "data.truncation=head" in text
     assert "a.txt:" not in text  # only the long one is reported
+
+
+def test_a_long_document_is_chunked_with_its_tree_in_the_json_output(tiny_run, tmp_path, capsys, logs):
+    rows = read_jsonl(TEST)[:14]
+    meeting = tmp_path / "meeting.txt"
+    meeting.write_text("\n".join(r["document"] for r in rows))  # far over the tiny model's 256-token window
+    short = tmp_path / "short.txt"
+    short.write_text(rows[0]["document"])
+    out = tmp_path / "s.jsonl"
+    assert summarize_main("--model", tiny_run.model_dir, meeting, short, "--output", out) == 0
+    long_row, short_row = read_jsonl(out)
+    assert long_row["method"] == "chunked" and long_row["summary"] and not long_row["truncated_input"]
+    tree = long_row["chunks"]
+    text = meeting.read_text()
+    first = tree["rounds"][0]
+    assert len(first) == tree["windows"] >= 3 and first[0]["span"][0] == 0 and first[-1]["span"][1] == len(text)
+    assert long_row["summary"] == tree["rounds"][-1][0]["summary"] and tree["how"] in logs.getvalue()
+    assert short_row["method"] == "whole" and "chunks" not in short_row
+    # the same document summarized alone, and cut instead of chunked
+    assert summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl") == 0
+    assert json.loads(capsys.readouterr().out)["summary"] == long_row["summary"]  # deterministic
+    assert summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl",
+                          "eval.long_documents=truncate") == 0
+    cut = json.loads(capsys.readouterr().out)
+    assert cut["method"] == "truncated" and cut["truncated_input"] and "chunks" not in cut
+
+
+def test_long_document_refusals_come_before_any_output(tiny_run, tmp_path, capsys):
+    ok = tmp_path / "a.txt"
+    ok.write_text(read_jsonl(TEST)[0]["document"])
+    big = tmp_path / "b.txt"
+    big.write_text(("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20000)[: 1 << 20])  # 1 MiB
+    out = tmp_path / "out.jsonl"
+    capsys.readouterr()
+    assert summarize_main("--model", tiny_run.model_dir, ok, big, "--output", out) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert f"{big}: " in captured.err and "windows of at most" in captured.err and "eval.max_chunks=256" in captured.err
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))  # nothing written, no temporary file
+    assert summarize_main("--model", tiny_run.model_dir, ok, "model.max_seq_length=40") == 2
+    assert "leaves no room for a document: the prompt takes" in capsys.readouterr().err
 
 
 def test_input_errors_are_one_message(tiny_run, tmp_path, capsys, monkeypatch):

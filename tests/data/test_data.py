@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,12 @@ def test_preview_command_shows_sizes_and_rendered_example(tmp_path, models_dir):
     assert (tmp_path / "processed" / "train.jsonl").exists()
     stats = json.loads((tmp_path / "processed" / "data_stats.json").read_text())
     assert stats["train"]["rows"] == 1200
+    # what kind of summaries the references are: each against its document, per split
+    assert "== the references against their documents" in r.stdout
+    ref = stats["reference_statistics"]
+    assert ref["train"]["examples"] == 1200 and ref["train"]["tokenizer"] == "default"
+    cov = ref["validation"]["means"]["coverage"]
+    assert 0 < cov <= 1 and re.search(rf"coverage +\d+\.\d% +{100 * cov:.1f}% +\d+\.\d%", r.stdout), r.stdout
 
 
 def test_preview_command_bad_data_exit_2(tmp_path):

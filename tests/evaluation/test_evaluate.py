@@ -59,6 +59,31 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
         d = sum(per["model"][i][k] - per["base"][i][k] for i in refs) / len(refs)
         assert diff[k]["diff"] == pytest.approx(d, abs=1e-9)
         assert diff[k]["ci95"][0] <= d <= diff[k]["ci95"][1]
+    # each summary against its document: in the predictions files (documents included, so `score` reads them as
+    # they are) and as means with intervals, paired with the base, beside the references' own values
+    from llm_summarizer.evaluation import diagnostics as D
+
+    docs = {r["id"]: r["document"] for r in read_jsonl(TEST)[:12]}
+    stats = {}
+    for name, rows in blocks.items():
+        for r in rows:
+            assert r["document"] == docs[r["id"]]
+            assert r["diagnostics"] == D.example(r["prediction"], r["document"], r["reference"],
+                                                 r["hit_max_new_tokens"], "default")
+        stats[name] = {r["id"]: r["diagnostics"] for r in rows}
+        for k in ("coverage", "density", "novel_2gram", "unsupported_numbers", "length_ratio"):
+            s = m["results"][name]["diagnostics"]["stats"][k]
+            vals = [stats[name][i][k] for i in refs if stats[name][i][k] is not None]
+            assert s["examples"] == len(vals) and s["mean"] == pytest.approx(sum(vals) / len(vals), abs=1e-12)
+            assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+    dd = m["results"]["diagnostics_model_minus_base"]["density"]
+    both = [i for i in refs if stats["model"][i]["density"] is not None and stats["base"][i]["density"] is not None]
+    assert dd["diff"] == pytest.approx(sum(stats["model"][i]["density"] - stats["base"][i]["density"] for i in both)
+                                       / len(both), abs=1e-12)
+    assert dd["ci95"][0] <= dd["diff"] <= dd["ci95"][1]
+    ref_cov = m["results"]["references"]["diagnostics"]["stats"]["coverage"]["mean"]
+    assert ref_cov == pytest.approx(D.means(D.corpus(list(refs.values()), [docs[i] for i in refs]))["coverage"])
+    assert m["protocol"]["diagnostics"]["fragments"].startswith("Grusky et al. 2018")
     # the fine-tuned adapter beats its own base clearly, and the paired interval says so
     assert m["results"]["model"]["rougeL"]["f1"] > m["results"]["base"]["rougeL"]["f1"] + 0.3
     assert diff["rougeL"]["ci95"][0] > 0
@@ -70,9 +95,10 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
     # report.md and its plots, training curves included (the model came from a run)
     report = (out / "report.md").read_text()
     assert f"{100 * m['results']['model']['rougeL']['f1']:.2f}" in report
-    for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png"):
+    for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png", "coverage_density.png"):
         assert f"](plots/{png})" in report
         assert_png(out / "plots" / png)
+    assert "## Beyond ROUGE: each summary against its document" in report and "| change [95% CI] |" in report
     # a rerun finds every prediction written: nothing generated, identical numbers (seeded bootstrap)
     again = evaluate_model(tiny_run.model_dir, data=TEST, output=out, limit=12, compare_base=True, report=False)
     assert again.metrics["generation"]["model"]["generated"] == 0 and again.metrics["generation"]["base"]["generated"] == 0
@@ -94,13 +120,19 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_run, tmp_path,
 
     real = ev.summarize_texts
     calls: list[list[str]] = []
-    stop_after = {"n": 2}
+    stop_after = {"n": 8}
 
-    def counting(loaded, texts, *a, **k):
-        if len(calls) == stop_after["n"]:
-            raise KeyboardInterrupt  # the process is killed after two finished batches
+    def counting(loaded, texts, *a, on_done=None, **k):
         calls.append(list(texts))
-        return real(loaded, texts, *a, **k)
+        finished = []
+
+        def done(i, g):
+            if len(finished) == stop_after["n"]:
+                raise KeyboardInterrupt  # the process is killed after eight summaries were written
+            on_done(i, g)
+            finished.append(i)
+
+        return real(loaded, texts, *a, on_done=done, **k)
 
     monkeypatch.setattr(ev, "summarize_texts", counting)
     out = tmp_path / "ev"
@@ -115,7 +147,7 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_run, tmp_path,
     calls.clear()
     stop_after["n"] = -1
     res = evaluate_model(tiny_run.model_dir, **args)
-    regenerated = [t for c in calls for t in c]
+    regenerated = [t for c in calls for t in c]  # the documents handed to generation: only the 4 not written
     docs_done = {r["document"] for r in read_jsonl(TEST) if r["id"] in {d["id"] for d in done}}
     assert len(regenerated) == 4 and not docs_done & set(regenerated)
     final = (out / "predictions.jsonl").read_text()
@@ -189,6 +221,10 @@ def test_tiny_run_leaves_report_and_plots(tiny_run):
     report = (out / "report.md").read_text()
     final, base = tiny_run.metrics["final"], tiny_run.metrics["base"]
     assert f"| ROUGE-L | {100 * base['rougeL']:.2f} | {100 * final['rougeL']:.2f} |" in report
-    for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png"):
+    refs = tiny_run.metrics["references"]
+    assert f"| {100 * refs['coverage']:.1f}% | {100 * base['coverage']:.1f}% | {100 * final['coverage']:.1f}% |" \
+        in report
+    assert len(read_jsonl(out / "eval_predictions" / "references.jsonl")) == tiny_run.metrics["final"]["rouge_examples"]
+    for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png", "coverage_density.png"):
         assert f"](plots/{png})" in report
         assert_png(out / "plots" / png)

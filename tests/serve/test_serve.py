@@ -106,6 +106,28 @@ def test_api_answers_concurrent_requests_each_with_its_own_summary(server):
         assert json.loads(r.read())["ok"] is True
 
 
+def test_a_long_document_is_chunked_and_its_tree_comes_back(server):
+    long_doc = "\n".join(r["document"] for r in read_jsonl(ROOT / "data" / "demo" / "test.jsonl")[:14])
+    assert len(long_doc) < 5000  # under --max-chars, far over the tiny model's 256-token window
+    status, out = _post(server.url + "/summarize", {"document": long_doc})
+    assert status == 200 and out["method"] == "chunked" and out["summary"] == out["chunks"]["rounds"][-1][0]["summary"]
+    assert out["chunks"]["windows"] >= 3 and out["new_tokens"] == out["chunks"]["generated_tokens"]
+    assert out["base"]["method"] == "chunked"  # --compare-base: the base reads the same windows
+    status, short = _post(server.url + "/summarize", {"document": DOCS[0]})
+    assert short["method"] == "whole" and "chunks" not in short
+
+
+def test_too_many_windows_is_a_400_with_the_reason(tiny_run):
+    from llm_summarizer.models.loading import load_for_generation
+    from llm_summarizer.serve.server import Refusal, Summarizer
+
+    s = Summarizer(load_for_generation(tiny_run.model_dir, overrides=["eval.max_chunks=2"]), False, 100_000)
+    with pytest.raises(Refusal) as e:
+        s.summarize("\n".join(DOCS * 3))
+    assert e.value.status == 400 and "windows of at most" in str(e.value) and "eval.max_chunks=2" in str(e.value)
+    assert s.summarize(DOCS[0])["method"] == "whole"  # and it goes on serving
+
+
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server):
     server = server.url
     cases = [(b"{not json", True, 400, "not JSON"), ({"text": "x"}, False, 400, "'document' must be a string"),

@@ -191,7 +191,9 @@ def test_wandb_history_holds_every_trainer_log_and_the_base_scores(tracked):
     wrun, result, metrics = tracked["wandb"], tracked["result"], tracked["metrics"]
     logged = wrun.scalars()
     for key in ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "eval/rouge1", "eval/rouge2",
-                "eval/rougeL", "eval/rougeLsum", "eval/gen_len_mean", "eval/gen_hit_max_frac"):
+                "eval/rougeL", "eval/rougeLsum", "eval/gen_len_mean", "eval/gen_hit_max_frac", "eval/coverage",
+                "eval/density", "eval/compression", "eval/novel_1gram", "eval/novel_4gram", "eval/repeated_3gram",
+                "eval/unsupported_numbers", "eval/lead_copy", "eval/length_ratio", "eval/cut_by_max_new_tokens"):
         assert key in logged, (key, sorted(logged))
     n = 0
     for h in result.log_history:
@@ -204,10 +206,13 @@ def test_wandb_history_holds_every_trainer_log_and_the_base_scores(tracked):
             n += 1
     assert n >= 40
     # the untrained model's ROUGE opens the eval curves at step 0
-    for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+    for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "coverage", "density", "novel_2gram"):
         assert logged[f"eval/{k}"][0] == (0, pytest.approx(metrics["base"][k]))
-    evals = [s for s, _ in logged["eval/rougeL"]]
-    assert evals == [0, 10, 20]
+    # the statistics are curves too: one point per evaluation, the last one the final model's
+    for k in ("rougeL", "coverage", "density", "unsupported_numbers"):
+        assert [s for s, _ in logged[f"eval/{k}"]] == [0, 10, 20], k
+        assert logged[f"eval/{k}"][-1][1] == pytest.approx(metrics["final"][k])
+    assert wrun.summary["references/coverage"] == pytest.approx(metrics["references"]["coverage"])
 
 
 def test_wandb_samples_table_is_one_table_growing_with_each_evaluation(tracked):
@@ -222,8 +227,9 @@ def test_wandb_samples_table_is_one_table_growing_with_each_evaluation(tracked):
     for r, d in zip(rows, on_disk):
         assert {k: r[k] for k in ("step", "tag", "id", "document", "reference", "prediction")} == \
                {k: d[k] for k in ("step", "tag", "id", "document", "reference", "prediction")}
-        for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "coverage", "density", "unsupported_numbers"):
             assert r[k] == pytest.approx(d[k])
+    assert all(0.0 <= r["coverage"] <= 1.0 for r in rows if r["coverage"] is not None)
     assert [r["tag"] for r in rows[::cfg.eval.log_samples]] == ["base", "step-10", "step-20"]
 
 
@@ -239,7 +245,8 @@ def test_final_adapter_is_a_wandb_artifact(tracked):
     assert meta["base_model"] == "random:tiny" and meta["final_rougeL"] == pytest.approx(tracked["metrics"]["final"]["rougeL"])
 
 
-def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_model(tracked, tmp_path, monkeypatch):
+def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_model(tracked, tmp_path, monkeypatch,
+                                                                                     capsys):
     from llm_summarizer.commands.evaluate import main
 
     for k, v in tracker_env(tmp_path).items():
@@ -248,11 +255,17 @@ def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_
     assert main(["--model", str(tracked["cfg"].model_dir), "--data", str(ROOT / "data/demo/test.jsonl"),
                  "--limit", "6", "--compare-base", "--output", str(out), "--no-report"]) == 0
     res = json.loads((out / "metrics.json").read_text())["results"]
+    printed = capsys.readouterr().out  # the statistics beside ROUGE, the change with its paired interval
+    d = res["diagnostics_model_minus_base"]["density"]
+    assert "each summary against its document" in printed and "model - base" in printed
+    assert f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" in printed
     (erun,) = wandb_runs(out)
     assert erun.run_id == tracked["wandb"].run_id  # the training run, resumed by id (synced after it)
     assert erun.summary["test/rougeL"] == pytest.approx(res["model"]["rougeL"]["f1"])
     assert erun.summary["test/gain_rougeL"] == pytest.approx(res["model_minus_base"]["rougeL"]["diff"])
     assert erun.summary["test/examples"] == 6
+    assert erun.summary["test/coverage"] == pytest.approx(res["model"]["diagnostics"]["stats"]["coverage"]["mean"])
+    assert erun.summary["test/gain_density"] == pytest.approx(d["diff"])
     (row,) = [h for h in erun.history if h.get("test/predictions/_type") == "table-file"]
     table = json.loads((erun.dir / "files" / row["test/predictions/path"]).read_text())
     preds = {r["id"]: r for r in read_jsonl(out / "predictions.jsonl")}
@@ -268,6 +281,7 @@ def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_
     ml = tracked["metrics"]["tracking"]["mlflow"]
     got = MlflowClient(tracking_uri=ml["tracking_uri"]).get_run(ml["run_id"]).data
     assert got.metrics["test/rougeL"] == pytest.approx(res["model"]["rougeL"]["f1"])
+    assert got.metrics["test/base_density"] == pytest.approx(res["base"]["diagnostics"]["stats"]["density"]["mean"])
     assert got.tags["llm_summarizer.evaluation.test"] == str(out.resolve())
     # --no-tracking leaves both alone
     out2 = tmp_path / "ev2"

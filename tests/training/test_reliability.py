@@ -264,11 +264,11 @@ def test_bad_output_paths_exit_2(tmp_path, case, capsys):
     if case == "output_is_file":
         (tmp_path / "f").write_text("x")
         args += [f"output.dir={tmp_path / 'f'}"]
-        expect = "output.dir: "
+        expect = f"output.dir {tmp_path / 'f'} is a file; expected a directory"
     elif case == "model_dir_is_file":
         (tmp_path / "f").write_text("x")
         args += [f"output.dir={tmp_path / 'o'}", f"output.model_dir={tmp_path / 'f'}"]
-        expect = "output.model_dir: "
+        expect = f"output.model_dir {tmp_path / 'f'} is a file; expected a directory"
     else:
         args += ["output.dir=/proc/llm_summarizer_cannot_create_here"]
         expect = "output.dir: cannot"

@@ -104,7 +104,8 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
 
 
 def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):
-    """A CUDA out-of-memory during generation halves the generation batch instead of killing the run."""
+    """A CUDA out-of-memory during generation halves the generation batch instead of killing the run (static
+    batches through model.generate; continuous batching: tests/models/test_generation.py)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,13 +131,13 @@ def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):
     monkeypatch.setattr(model, "generate", flaky)
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
     batch = generation.AdaptiveBatch(cfg.eval.batch_size)
-    out = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch)
+    out = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch, batching="static")
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
     assert len(out) == 8 and all(isinstance(g.text, str) for g in out)
     assert sum(1 for g in out if g.text) >= 6
     # the next evaluation of the run starts at the size that worked: no OOM again
     sizes.clear()
-    again = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch)
+    again = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch, batching="static")
     assert set(sizes) == {2} and len(sizes) == 4 and batch.size == 2 and batch.reductions == 2
     assert [g.text for g in again] == [g.text for g in out]
 

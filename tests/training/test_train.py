@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from llm_summarizer.config import load_config
 from ..conftest import ROOT, read_jsonl, run_cli, tiny_overrides
 
 FINAL_FILES = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-               "config.yaml", "metrics.json", "run_info.json", "README.md"}
+               "config.yaml", "metrics.json", "run_info.json", "README.md",
+               ".llm_summarizer.json"}  # files.OWNER_FILE: what the folder is, so a later run may replace it
 
 
 def final_file_set(d: Path) -> set:
@@ -41,6 +43,33 @@ def test_demo_learns_and_leaves_exact_files(tiny_run):
     assert sorted(adapter["target_modules"]) == sorted(cfg["lora"]["target_modules"])
     # the output dir holds the checkpoints of the run, nothing half-written beside the final dir
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_metrics_hold_each_summary_against_its_document_beside_rouge(tiny_run):
+    from llm_summarizer.evaluation.diagnostics import DIAGNOSTIC_KEYS
+    from llm_summarizer.training.run import summary_lines
+
+    m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
+    for block in ("base", "final"):
+        assert set(DIAGNOSTIC_KEYS) <= set(m[block]), (block, sorted(m[block]))
+        assert 0.0 <= m[block]["coverage"] <= 1.0 and m[block]["density"] >= m[block]["coverage"]
+    refs = m["references"]  # the references of the same validation examples against their documents
+    assert 0.0 < refs["coverage"] <= 1.0 and refs["length_ratio"] is None and refs["cut_by_max_new_tokens"] is None
+    # the untrained model babbles until max_new_tokens; the trained one takes its words from the document, writes
+    # about as much as the references and ends by itself
+    assert m["base"]["cut_by_max_new_tokens"] >= 0.5 and m["final"]["cut_by_max_new_tokens"] == 0.0
+    assert m["final"]["coverage"] > m["base"]["coverage"] + 0.3, (m["base"], m["final"])
+    assert m["final"]["novel_2gram"] < m["base"]["novel_2gram"]
+    assert 0.8 < m["final"]["length_ratio"] < 1.25
+    assert m["eval_protocol"]["diagnostics"]["tokens"] == "the ROUGE tokenizer (default) without stemming"
+    diff = m["final_vs_base"]["diagnostics_model_minus_base"]
+    assert diff["coverage"]["diff"] == pytest.approx(m["final"]["coverage"] - m["base"]["coverage"], abs=1e-9)
+    text = "\n".join(summary_lines(tiny_run))
+    assert "== beyond ROUGE: each summary against its document" in text
+    assert re.search(r"coverage +\d+\.\d% +\d+\.\d% +\d+\.\d% +[+-]\d+\.\d\d pts \[", text), text
+    card = (tiny_run.model_dir / "README.md").read_text()
+    assert "## Beyond ROUGE: each summary against its document" in card
+    assert f"| {100 * m['final']['coverage']:.1f}% |" in card
 
 
 def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
@@ -97,7 +126,8 @@ def test_demo_logs_rouge_at_every_evaluation(tiny_run):
     assert len(evals) >= 3
     for h in evals:
         for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len_mean",
-                  "eval_gen_hit_max_frac", "eval_rouge_seconds"):
+                  "eval_gen_hit_max_frac", "eval_rouge_seconds", "eval_coverage", "eval_density",
+                  "eval_novel_2gram", "eval_unsupported_numbers", "eval_lead_copy", "eval_diagnostics_seconds"):
             assert k in h, (k, h)
     ckpts = sorted(tiny_run.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((ckpts[-1] / "trainer_state.json").read_text())

@@ -1,0 +1,136 @@
+"""How long the documents and summaries are against the token budget, and what each truncation policy would cost.
+
+`llm-summarizer data` prints it per split; training logs one line of it for the train split. Lengths are in the
+model's tokens, encoded as the prompt encodes them (the document alone; the summary with its end-of-turn and
+EOS as the completion). The budget of a training example is model.max_seq_length minus the prompt's own tokens
+and the example's completion; at generation it is max_seq_length minus the prompt and max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from .chunking import split_windows, token_starts
+from .tokenize import arrow_column, token_lengths
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def percentile(values: list[int], q: float) -> int:
+    """The nearest-rank percentile (a value that occurs), 0 for no values."""
+    if not values:
+        return 0
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
+
+
+def _spread(values: list[int]) -> dict:
+    return {"mean": round(sum(values) / len(values), 1) if values else 0,
+            **{f"p{q}": percentile(values, q) for q in PERCENTILES}, "max": max(values, default=0)}
+
+
+def length_report(formatter, rows: list[dict], max_new_tokens: Optional[int] = None, chunk_overlap: int = 0) -> dict:
+    """Token lengths of `rows` ({document, summary}) against `formatter`'s budget: percentiles, the rows and tokens
+    each truncation policy cuts, the max_seq_length that fits 95% of the examples whole, and (given
+    max_new_tokens) the documents over the generation budget and the windows chunking would use."""
+    docs = formatter._enc_many([r["document"] for r in rows])
+    doc_tokens = [len(d) for d in docs]
+    # the completion as training encodes it (Formatter.examples), in one batched call
+    comp = [len(formatter._with_one_eos(c))
+            for c in formatter._enc_many([formatter._summary_text(r["summary"]) for r in rows])]
+    template = formatter.template_tokens
+    rooms = [formatter.doc_budget(c) for c in comp]
+    over = [(d, room) for d, room in zip(doc_tokens, rooms) if room >= 1 and d > room]
+    no_room = sum(1 for room in rooms if room < 1)
+    lost = sum(d - room for d, room in over)
+    n = len(rows)
+    out = {"rows": n, "max_seq_length": formatter.max_seq_length, "prompt_tokens": template,
+           "document_tokens": _spread(doc_tokens), "summary_tokens": _spread(comp),
+           "over_budget": {"rows": len(over), "share": round(len(over) / n, 4) if n else 0.0,
+                           "tokens_lost": lost,
+                           "share_of_their_tokens": round(lost / sum(d for d, _ in over), 4) if over else 0.0},
+           "summary_too_long": no_room,
+           "policies": {"head": f"keeps the first tokens of {len(over)} document(s); {lost} tokens cut",
+                        "head_tail": f"keeps both ends of {len(over)} document(s); {lost} tokens cut from the middle",
+                        "drop": f"drops {len(over)} row(s) ({100 * len(over) / n if n else 0:.1f}%)"},
+           "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95)}
+    if no_room:
+        out["policies"]["drop"] += f"; all policies drop {no_room} row(s) whose summary alone does not fit"
+    if max_new_tokens:
+        budget = formatter.doc_budget(max_new_tokens)
+        longer = [i for i, d in enumerate(doc_tokens) if d > budget]
+        gen = {"max_new_tokens": max_new_tokens, "document_budget": budget, "over_budget": len(longer),
+               "share": round(len(longer) / n, 4) if n else 0.0}
+        if budget >= 1 and longer:
+            windows = []
+            for i in longer:
+                text = rows[i]["document"]
+                # windows from the document's own token starts; a tokenizer without offsets: counted from the ids
+                starts = _starts(formatter, text, len(docs[i]))
+                windows.append(len(split_windows(text, starts, budget, chunk_overlap)))
+            gen["chunk_windows"] = _spread(windows)
+        out["generation"] = gen
+    return out
+
+
+def prepared_report(formatter, dataset, stats) -> dict:
+    """The training half of `length_report` from a tokenized split (data.tokenize: its prompt lengths and
+    statuses), re-encoding only the documents that were cut: what training logs without a second pass over the
+    data. Rows the policy dropped are counted, not measured."""
+    status = arrow_column(dataset, "status").to_pylist()
+    prompt = arrow_column(dataset, "prompt_len").to_pylist()
+    total = token_lengths(dataset)
+    template = formatter.template_tokens
+    comp = [t - p for t, p in zip(total, prompt)]
+    cut = [i for i, st in enumerate(status) if st == "truncated"]
+    full = dict(zip(cut, (len(d) for d in formatter._enc_many(dataset.select(cut)["document"])))) if cut else {}
+    doc_tokens = [full.get(i, p - template) for i, p in enumerate(prompt)]
+    rooms = [formatter.doc_budget(c) for c in comp]
+    lost = sum(doc_tokens[i] - rooms[i] for i in cut)
+    n = len(status) + sum(stats.dropped.get(k, 0) for k in ("document_too_long", "summary_too_long"))
+    over = len(cut) + stats.dropped.get("document_too_long", 0)
+    return {"rows": n, "max_seq_length": formatter.max_seq_length, "prompt_tokens": template,
+            "document_tokens": _spread(doc_tokens), "summary_tokens": _spread(comp),
+            "over_budget": {"rows": over, "share": round(over / n, 4) if n else 0.0, "tokens_lost": lost,
+                            "share_of_their_tokens": round(lost / sum(doc_tokens[i] for i in cut), 4) if cut else 0.0},
+            "summary_too_long": stats.dropped.get("summary_too_long", 0),
+            "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95)}
+
+
+def _starts(formatter, text: str, n: int) -> list[int]:
+    starts = token_starts(formatter.tok, text)
+    return starts if len(starts) == n else [round(i * len(text) / n) for i in range(n)]
+
+
+def length_lines(role: str, r: dict) -> list[str]:
+    """The report for people (`llm-summarizer data`)."""
+    d, s, o = r["document_tokens"], r["summary_tokens"], r["over_budget"]
+    pct = ", ".join(f"p{q} {d[f'p{q}']}" for q in PERCENTILES)
+    lines = [f"== {role}: token lengths against the budget (model.max_seq_length {r['max_seq_length']}, the prompt "
+             f"{r['prompt_tokens']} tokens)",
+             f"   documents: mean {d['mean']}, {pct}, max {d['max']}",
+             f"   summaries (completion incl. end of turn): mean {s['mean']}, p50 {s['p50']}, p95 {s['p95']}, "
+             f"max {s['max']}",
+             f"   over the budget in training: {o['rows']} of {r['rows']} ({100 * o['share']:.1f}%), "
+             f"{o['tokens_lost']} tokens cut ({100 * o['share_of_their_tokens']:.1f}% of theirs)"]
+    lines += [f"     data.truncation={k}: {v}" for k, v in r["policies"].items()]
+    lines.append(f"   model.max_seq_length={r['fit_95']} would fit 95% of the examples whole")
+    g = r.get("generation")
+    if g:
+        line = (f"   at generation (max_new_tokens {g['max_new_tokens']}, {g['document_budget']} document tokens): "
+                f"{g['over_budget']} document(s) over ({100 * g['share']:.1f}%)")
+        if "chunk_windows" in g:
+            w = g["chunk_windows"]
+            line += f"; eval.long_documents=chunk reads them in {w['mean']} windows on average (max {w['max']})"
+        lines.append(line)
+    return lines
+
+
+def length_line(role: str, r: dict) -> str:
+    """The same in one line (training's log)."""
+    d, o = r["document_tokens"], r["over_budget"]
+    return (f"data.{role} lengths: documents p50 {d['p50']} / p95 {d['p95']} / max {d['max']} tokens, summaries p95 "
+            f"{r['summary_tokens']['p95']}; {o['rows']} of {r['rows']} ({100 * o['share']:.1f}%) over "
+            f"model.max_seq_length={r['max_seq_length']}, {o['tokens_lost']} tokens cut "
+            f"({100 * o['share_of_their_tokens']:.1f}% of theirs); max_seq_length {r['fit_95']} would fit 95% whole")

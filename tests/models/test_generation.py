@@ -1,0 +1,107 @@
+"""Continuous batching (eval.batching=continuous): the texts of plain model.generate, no work for finished rows."""
+
+import pytest
+
+from ..conftest import DEMO, read_jsonl
+
+ROWS = read_jsonl(DEMO / "test.jsonl")[:14]
+# long and short documents mixed, so that rows end at different steps and waiting prompts join mid-way
+DOCS = [r["document"] if i % 3 else r["document"][:70] for i, r in enumerate(ROWS)]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    from llm_summarizer.models.loading import load_for_generation
+
+    return load_for_generation(tiny_run.model_dir)
+
+
+def plain_generate(loaded, docs, max_new, bs):
+    """The floor: model.generate over left-padded batches in the documents' order, greedy, same stop tokens."""
+    from llm_summarizer.models.generation import inference_mode
+
+    tok, fmt, stop = loaded.tokenizer, loaded.formatter, list(loaded.formatter.stop_ids)
+    texts = []
+    with inference_mode(loaded.model, tok, loaded.backend):
+        for i in range(0, len(docs), bs):
+            ids = [fmt.generation_prompt(d, max_new)[0] for d in docs[i:i + bs]]
+            batch = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)
+            out = loaded.model.generate(**batch, max_new_tokens=max_new, do_sample=False, num_beams=1,
+                                        eos_token_id=stop, pad_token_id=tok.pad_token_id, temperature=None,
+                                        top_p=None, top_k=None)
+            for toks in out[:, batch["input_ids"].shape[1]:].tolist():
+                n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
+                texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
+    return texts
+
+
+class Counting:
+    """Wraps the model's forward: the rows of each decoding step and the prompts of each prefill."""
+
+    def __init__(self, model, fail_above=None):
+        self.forward, self.steps, self.prefills, self.fail_above = model.forward, [], [], fail_above
+
+    def __call__(self, *args, **kw):
+        ids = kw["input_ids"]
+        if self.fail_above and ids.shape[0] > self.fail_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        (self.steps if ids.shape[1] == 1 else self.prefills).append(ids.shape[0])
+        return self.forward(*args, **kw)
+
+
+def test_continuous_gives_the_texts_of_plain_generate_and_computes_no_finished_row(loaded, monkeypatch):
+    from llm_summarizer.models.generation import generate
+
+    args = (loaded.model, loaded.tokenizer, loaded.formatter, DOCS, loaded.cfg.eval, 24, loaded.backend)
+    floor = plain_generate(loaded, DOCS, 24, 4)
+    static = generate(*args, batch_size=4, batching="static")
+    count = Counting(loaded.model)
+    monkeypatch.setattr(loaded.model, "forward", count)
+    done = []
+    cont = generate(*args, batch_size=4, batching="continuous", on_done=lambda i, g: done.append(i))
+    assert [g.text for g in cont] == [g.text for g in static] == floor
+    assert [(g.new_tokens, g.hit_max) for g in cont] == [(g.new_tokens, g.hit_max) for g in static]
+    assert len({g.text for g in cont}) > 3 and len({g.new_tokens for g in cont}) > 1  # rows end at different steps
+    assert sorted(done) == list(range(len(DOCS)))
+    # prompts joined while others were decoding, never more than the batch at once
+    assert len(count.prefills) > len(DOCS) // 4 and max(count.steps) <= 4 and sum(count.prefills) == len(DOCS)
+    # each decoding step computed only rows still writing: one step per token after the first (the stop included)
+    assert sum(count.steps) == sum(g.new_tokens + (not g.hit_max) - 1 for g in cont)
+
+
+def test_out_of_memory_halves_the_continuous_batch_and_restarts_its_rows(loaded, monkeypatch):
+    from llm_summarizer.models import generation
+
+    args = (loaded.model, loaded.tokenizer, loaded.formatter, DOCS, loaded.cfg.eval, 24, loaded.backend)
+    want = [g.text for g in generation.generate(*args, batch_size=8, batching="static")]
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    monkeypatch.setattr(loaded.model, "forward", Counting(loaded.model, fail_above=2))
+    batch = generation.AdaptiveBatch(8)
+    got = generation.generate(*args, batch=batch, batching="continuous")
+    assert [g.text for g in got] == want and batch.size == 2 and batch.reductions == 2
+
+
+def test_sampling_beams_penalties_and_sliding_window_caches_run_static(loaded):
+    from types import SimpleNamespace
+
+    from transformers import Gemma2Config, MistralConfig
+
+    from llm_summarizer.config import load_config
+    from llm_summarizer.models.generation import plain_cache, plain_greedy
+
+    assert plain_cache(loaded.model)
+    for config in (MistralConfig(), Gemma2Config()):  # windows that forget old positions: not padded row by row
+        assert not plain_cache(SimpleNamespace(config=config))
+
+    ev = loaded.cfg.eval
+    assert plain_greedy(loaded.model, ev)
+    assert not plain_greedy(loaded.model, ev.model_copy(update={"num_beams": 2}))
+    assert not plain_greedy(loaded.model, ev.model_copy(update={"do_sample": True}))
+    gc = loaded.model.generation_config
+    old = gc.repetition_penalty
+    try:
+        gc.repetition_penalty = 1.3  # argmax of the raw logits would not be what generate picks
+        assert not plain_greedy(loaded.model, ev)
+    finally:
+        gc.repetition_penalty = old
+    assert load_config("tiny").eval.batching == "continuous"
