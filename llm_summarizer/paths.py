@@ -5,9 +5,7 @@ evaluate, summarize, score, tune, bench):
 2. No output is a source the command reads (a model directory, a data file), holds one, or lies inside one.
 3. A folder a command writes into or replaces is new, empty, or one this project wrote there before, of the same
    kind: recognised by the record it leaves in it (`files.OWNER_FILE`), or, for folders written before that record
-   existed, by files only this project writes there. A training run's output.dir may also hold a user's files,
-   as long as none has a name the run writes (rundir.RUN_ENTRIES, checkpoint-N): a run never deletes what it
-   did not write.
+   existed, by files only this project writes there.
 4. A folder replaced whole (the final model, an export) holds nothing but what this project wrote there: anything
    else is named, and nothing is touched.
 
@@ -25,7 +23,11 @@ from typing import Iterable, Optional
 
 from .errors import UserError
 from .files import OWNER_FILE, write_json
-from .rundir import CHECKPOINT_RE, RUN_ENTRIES
+from .rundir import CHECKPOINT_RE, LOCK_FILE
+
+# in any folder, files that say nothing about its kind: the ownership record, and a run's lock (held by a run that
+# has not written anything yet, or left by a killed one)
+OURS = frozenset({OWNER_FILE, LOCK_FILE})
 
 KINDS = {  # kind -> what it is, in the words of a refusal
     "model": "a fine-tuned model written by `llm-summarizer train`",
@@ -161,19 +163,10 @@ def _check_location(p: Place) -> None:
 def _check_folder(p: Place) -> None:  # 3 and 4
     _check_location(p)
     path = _abs(p.path)
-    if not path.exists() or not any(x.name != OWNER_FILE for x in path.iterdir()):
+    if not path.exists() or not any(x.name not in OURS for x in path.iterdir()):
         return
     kind, entries = owner_of(path)
     what = KINDS[p.kind]
-    if kind is None and p.kind == "run" and not p.replaced:
-        # a run writes beside what is there and never deletes what it did not write: only a name it would write
-        # over is in the way
-        clash = sorted(x.name for x in path.iterdir() if x.name in RUN_ENTRIES or CHECKPOINT_RE.match(x.name))
-        if not clash:
-            return
-        raise UserError(f"{p.key} {p.path} holds files this project did not write, named as {what} names its own "
-                        f"({', '.join(clash[:5])}{' and more' if len(clash) > 5 else ''}); the run would write over "
-                        f"them. Choose a new or empty folder, or move those files away")
     if kind is None:
         raise UserError(f"{p.key} {p.path} holds files this project did not write ({_show(path)}); it "
                         f"{'would replace that whole folder' if p.replaced else 'writes there'} with {what}. Choose a "

@@ -26,10 +26,6 @@ PREDICTIONS_DIR = "eval_predictions"
 SAMPLES_FILE = "rouge_samples.jsonl"
 DATA_CACHE_DIR = "data_cache"
 TRACKING_FILE = "tracking.json"
-# every top-level name a run writes or may write (besides checkpoint-N and its LOCK_FILE, which a run only locks):
-# a user's files with other names may share the folder (a run never deletes what it did not write)
-RUN_ENTRIES = frozenset({STAGING_DIR, CONFIG_FILE, BASE_METRICS_FILE, PREDICTIONS_DIR, SAMPLES_FILE,
-                         DATA_CACHE_DIR, TRACKING_FILE, "report.md", "plots", "runs", "wandb", "mlruns"})
 
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:

@@ -292,12 +292,10 @@ def test_claim_records_a_folder_once(tmp_path):
     assert owner_of(run) == ("run", {"x"})
 
 
-def test_a_runs_folder_may_hold_a_users_files_unless_the_run_would_write_over_one(tmp_path):
-    home = folder(tmp_path / "outputs", "notes.txt", "keep.txt")
-    check_places([Place("output.dir", home, "run")])  # written beside, never deleted
-    (home / "config.yaml").write_text("mine")
-    before = snapshot(home)
-    msg = refused([Place("output.dir", home, "run")])
-    assert msg.startswith(f"output.dir {home} holds files this project did not write, named as")
-    assert "(config.yaml); the run would write over them" in msg
-    assert snapshot(home) == before
+
+def test_a_runs_lock_alone_does_not_make_a_folder_someone_elses(tmp_path):
+    # a run that holds output.dir's lock before writing anything, or one killed then: the next one gets to the lock
+    home = folder(tmp_path / "outputs", ".lock")
+    check_places([Place("output.dir", home, "run")])
+    (home / "keep.txt").write_text("mine")
+    assert "holds files this project did not write (.lock, keep.txt)" in refused([Place("output.dir", home, "run")])

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_summarizer.paths import claim
+
 from ..conftest import ROOT
 
 pytestmark = pytest.mark.real_model
@@ -68,7 +70,7 @@ def _train_cli(*args, env=None, cwd=ROOT):
 def test_bad_gguf_files_are_one_message_and_leave_the_cache_clean(smollm2_gguf, tmp_path):
     cache = tmp_path / "cache"
     out = tmp_path / "out"
-    out.mkdir()
+    claim(out, "run")  # an earlier run's folder, with a file of the user's beside
     (out / "keep.txt").write_text("mine")
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_text("this is not a model\n")

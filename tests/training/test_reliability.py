@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 
 from llm_summarizer.config import load_config
 from llm_summarizer.errors import DataError
+from llm_summarizer.paths import claim
 from llm_summarizer.training.checkpoints import checkpoint_problem
 
 from ..conftest import ROOT, run_cli, tiny_overrides
@@ -248,7 +249,7 @@ def test_bad_model_dirs_exit_2_and_touch_nothing(tmp_path, case, expect, capsys)
     elif case == "adapter_without_base":
         make_model_dir(d, None, weights=False, adapter={"base_model_name_or_path": "/nonexistent/base", "r": 8})
     out = tmp_path / "outputs"
-    out.mkdir()
+    claim(out, "run")  # an earlier run's folder, with a file of the user's beside
     (out / "keep.txt").write_text("mine")
     rc = cli_main(["--config", "tiny", f"model.name={d}", f"output.dir={out}",
                    f"output.model_dir={tmp_path / 'ft'}"])
