@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -204,6 +205,7 @@ def evaluate_ways(model_dir: Path, data: Path, rows: int, work: Path) -> dict:
     print(f"bench_long: batching, evaluate: {rows} rows", file=sys.stderr, flush=True)
     for mode in ("static", "continuous", "static"):
         target = work / f"evaluate-{mode}-{len(out)}"
+        shutil.rmtree(target, ignore_errors=True)  # else evaluate resumes from the last run's predictions: 0 s
         res, t, load = timed(lambda: evaluate_model(model_dir, data=str(data / "test.jsonl"), output=target,
                                                     limit=rows, overrides=[f"eval.batching={mode}"], report=False))
         preds = [json.loads(line)["prediction"] for line in (target / "predictions.jsonl").read_text().splitlines()]
