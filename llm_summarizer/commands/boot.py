@@ -36,6 +36,7 @@ from ..errors import (
     TrainingStopped,
     says_disk_full,
 )
+from ..layout import CONFIG_FILE
 from ..redaction import env_secrets, redact, secret_values
 
 log = logging.getLogger("llm_summarizer")
@@ -120,7 +121,7 @@ def saved_model_backend(model_dir, flag: Optional[str]) -> str:
     without importing anything heavy so that rule 2 can be kept."""
     if flag:
         return flag
-    p = Path(os.path.expanduser(str(model_dir))) / "config.yaml"
+    p = Path(os.path.expanduser(str(model_dir))) / CONFIG_FILE
     if p.is_file():
         try:
             return load_config(p).model.backend

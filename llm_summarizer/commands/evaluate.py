@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
-from ..config import ROUGE_KEYS
+from ..contracts import RunMetrics
+from ..layout import METRICS_FILE as METRICS
+from ..layout import PREDICTIONS
+from ..metric_names import ROUGE_KEYS
 from . import boot
 
 log = logging.getLogger("llm_summarizer.evaluate")
 
 PROG = "llm-summarizer evaluate"
-PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
 
 
 
@@ -109,9 +110,9 @@ def run(args, _cfg) -> int:
 def to_training_run(model_dir: Path, res) -> None:
     """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
     metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
-    p = model_dir / "metrics.json"
-    training = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    tracking = training.get("tracking") or {}
+    p = model_dir / METRICS
+    training = RunMetrics.read(p) if p.is_file() else RunMetrics()
+    tracking = training.tracking or {}
     for name, module in (("wandb", "wandb_tracker"), ("mlflow", "mlflow_tracker")):
         if not (tracking.get(name) or {}).get("run_id"):
             continue

@@ -130,7 +130,6 @@ def _fmt(block: dict, keys) -> str:
 def run(args, _cfg) -> int:
     if args.bootstrap_samples < 100:
         raise UserError(f"--bootstrap-samples {args.bootstrap_samples}: use at least 100")
-    from ..config import ROUGE_KEYS
     from ..evaluation import diagnostics
     from ..evaluation.bootstrap import (
         block_means,
@@ -141,6 +140,7 @@ def run(args, _cfg) -> int:
     )
     from ..evaluation.scoring import protocol_for, warn_empty_references
     from ..files import write_json
+    from ..metric_names import ROUGE_KEYS
 
     if args.output:
         from ..paths import Place, check_places  # no ML imports: checked before anything is read

@@ -55,11 +55,11 @@ def run_ray(cfg) -> int:
     metrics = run_on_ray(cfg, worker)
     from ..training.run import format_rouge
 
-    t = metrics["train"]
-    print(f"\n== llm_summarizer: training finished on Ray ({t.get('world_size')} workers)\n"
-          f"   steps:            {t['global_step']} (train loss {t['train_loss']:.4f})\n"
-          f"   ROUGE base:       {format_rouge(metrics.get('base'))}\n"
-          f"   ROUGE final:      {format_rouge(metrics.get('final'))}\n"
+    t = metrics.train
+    print(f"\n== llm_summarizer: training finished on Ray ({t.world_size} workers)\n"
+          f"   steps:            {t.global_step} (train loss {t.train_loss:.4f})\n"
+          f"   ROUGE base:       {format_rouge(metrics.base)}\n"
+          f"   ROUGE final:      {format_rouge(metrics.final)}\n"
           f"   fine-tuned model: {cfg.model_dir.absolute()}/\n   checkpoints+logs: {cfg.output_dir.absolute()}/")
     return 0
 

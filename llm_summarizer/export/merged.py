@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ExportFailed
+from ..layout import CONFIG_FILE
 from .job import DTYPES16, Job
 from .verify import check_text, compare, run_worker
 
@@ -123,7 +124,7 @@ def merge_and_check(job: Job, dst: Path, write_metadata) -> None:
     job.meta["method"] = merge_16bit(job.loaded, dst, job.scratch, target)
     job.meta["dtype_rule"] = f"{target}: {why}. Rule: {DTYPE_RULE}"
     write_metadata(dst)
-    res = run_worker({"action": "greedy", "model_dir": str(dst), "config": str(dst / "config.yaml"),
+    res = run_worker({"action": "greedy", "model_dir": str(dst), "config": str(dst / CONFIG_FILE),
                       "documents": job.docs, "max_new_tokens": job.max_new_tokens, "score": job.reference},
                      job.scratch, "loading the merged model")
     job.check.update(compare(job.reference, res["texts"], job.docs, "the merged model (plain transformers "

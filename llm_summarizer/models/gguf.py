@@ -33,10 +33,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from ..errors import UserError
 from ..files import atomic_directory, exclusive_lock, sha256_file
+from ..layout import GGUF_CONVERSION_FILE as CONVERSION_FILE
 
 log = logging.getLogger("llm_summarizer.models")
 
-CONVERSION_FILE = "gguf_conversion.json"
 GGUF_MAGIC = b"GGUF"
 # Tried in order for a pad token distinct from EOS (what the vocabulary has decides).
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|PAD_TOKEN|>", "<|endoftext|>",

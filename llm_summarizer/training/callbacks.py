@@ -28,8 +28,10 @@ from ..errors import TrainingStopped
 from ..evaluation import diagnostics
 from ..evaluation.bootstrap import paired_diagnostics, paired_difference
 from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
+from ..layout import PREDICTIONS_DIR, REFERENCES_FILE, SAMPLES_FILE
+from ..metric_names import GENERATION_KEYS, ROUGE_KEYS, eval_name, higher_is_better
 from ..models.generation import AdaptiveBatch, derive_max_new_tokens, generate
-from ..rundir import PREDICTIONS_DIR, SAMPLES_FILE, checkpoint_step
+from ..rundir import checkpoint_step
 
 log = logging.getLogger("llm_summarizer.callbacks")
 
@@ -143,9 +145,7 @@ class RougeCallback(TrainerCallback):
         return control
 
 
-ROUGE_BLOCK_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len_mean", "gen_hit_max_frac", "rouge_examples",
-                    *diagnostics.DIAGNOSTIC_KEYS)
-REFERENCES_FILE = "references.jsonl"  # in eval_predictions/: the references' own statistics against their documents
+ROUGE_BLOCK_KEYS = (*ROUGE_KEYS, *GENERATION_KEYS, *diagnostics.DIAGNOSTIC_KEYS)
 
 
 def rouge_block(m: dict) -> dict:
@@ -228,10 +228,10 @@ class EarlyStopping(TrainerCallback, ExportableState):
     """
 
     def __init__(self, metric: str, patience: int, min_delta: float = 0.0, greater_is_better: Optional[bool] = None):
-        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self.metric = eval_name(metric)
         self.patience = patience
         self.min_delta = min_delta
-        self.greater = greater_is_better if greater_is_better is not None else not self.metric.endswith("loss")
+        self.greater = greater_is_better if greater_is_better is not None else higher_is_better(self.metric)
         self.best: Optional[float] = None
         self.bad_evals = 0
         self.stopped_at: Optional[int] = None

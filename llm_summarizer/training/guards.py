@@ -18,7 +18,7 @@ from typing import Optional
 from ..config import Config
 from ..errors import TrainingStopped, UserError
 from ..faults import disk_full_message, is_disk_full, is_oom
-from ..rundir import LOCK_FILE
+from ..layout import LOCK_FILE
 
 log = logging.getLogger("llm_summarizer.guards")
 

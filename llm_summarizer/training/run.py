@@ -22,6 +22,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .. import distributed
 from ..config import Config, config_to_yaml, is_local_path
+from ..contracts import RunMetrics, TrainFigures
 from ..data.lengths import length_line, prepared_report
 from ..data.rows import load_raw_splits
 from ..data.tokenize import prepare
@@ -31,9 +32,10 @@ from ..evaluation import diagnostics
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, recover_interrupted_replace, write_json, write_text
 from ..hub import push_after_training
+from ..layout import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
+from ..metric_names import ROUGE_KEYS, eval_name, plain_name
 from ..models.loading import load_for_training
 from ..paths import Place, check_places, claim
-from ..rundir import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR
 from ..tracking.trackers import Trackers, check_installed, start_trackers
 from .callbacks import (
     NonFiniteGuard,
@@ -58,7 +60,7 @@ log = logging.getLogger("llm_summarizer.train")
 class RunResult:
     output_dir: Path
     model_dir: Path
-    metrics: dict
+    metrics: RunMetrics
     resumed_from: Optional[Path] = None
     log_history: list = field(default_factory=list)
     report: Optional[Path] = None
@@ -282,8 +284,7 @@ def train_and_save(s: Session) -> RunResult:
             if base else None
         # 11. Save the final model atomically, with what reproduces it.
         metrics = run_metrics(s, base, final, train_out)
-        if comparison:
-            metrics["final_vs_base"] = comparison
+        metrics.final_vs_base = comparison or None
         if distributed.is_main():  # one final model, whatever the number of ranks
             with training_errors(cfg, model_dir):
                 save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
@@ -316,33 +317,25 @@ def restore_finished(trainer, resume_from: Path) -> TrainOutput:
     return TrainOutput(trainer.state.global_step, train_loss, {"train_runtime": 0.0, "restored_from": str(resume_from)})
 
 
-def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_out) -> dict:
+def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_out) -> RunMetrics:
     """metrics.json of the final model: ROUGE before and after, the training numbers, data, protocol."""
     trainer, evaluator = s.trainer, s.evaluator
-    metrics = {
-        "base": base,
-        "final": final,
-        "train": {"global_step": trainer.state.global_step, "train_loss": train_out.training_loss,
-                  "train_runtime_s": train_out.metrics.get("train_runtime"),
-                  "best_checkpoint": trainer.state.best_model_checkpoint,
-                  "best_metric": trainer.state.best_metric,
-                  "rouge_callback_s": round(evaluator.total_seconds, 2) if evaluator else None,
-                  "rouge_callback_share": _share(evaluator, train_out),
-                  "resumed_from": str(s.resume_from) if s.resume_from else None,
-                  "world_size": trainer.args.world_size,
-                  **speed_and_memory(trainer, train_out),
-                  **({"startup": s.startup.report()} if s.startup is not None else {})},
-        "data": s.prepared.report(),
-        "eval_protocol": eval_protocol(s.cfg, evaluator),
-    }
-    if evaluator is not None:  # what the data teaches: the references' own statistics on the same examples
-        metrics["references"] = evaluator.reference_means
+    train = TrainFigures(
+        global_step=trainer.state.global_step, train_loss=train_out.training_loss,
+        train_runtime_s=train_out.metrics.get("train_runtime"), best_checkpoint=trainer.state.best_model_checkpoint,
+        best_metric=trainer.state.best_metric,
+        rouge_callback_s=round(evaluator.total_seconds, 2) if evaluator else None,
+        rouge_callback_share=_share(evaluator, train_out),
+        resumed_from=str(s.resume_from) if s.resume_from else None, world_size=trainer.args.world_size,
+        startup=s.startup.report() if s.startup is not None else None, **speed_and_memory(trainer, train_out))
     reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
-    if reporter is not None:
-        metrics["tune"] = {"trial": reporter.number, "pruned_at_step": reporter.pruned_at}
-    if s.trackers is not None and s.trackers.info():
-        metrics["tracking"] = s.trackers.info()  # W&B run id and URL (online), sync command (offline), ...
-    return metrics
+    return RunMetrics(
+        base=base, final=final, train=train, data=s.prepared.report(), eval_protocol=eval_protocol(s.cfg, evaluator),
+        # what the data teaches: the references' own statistics on the same examples
+        references=evaluator.reference_means if evaluator is not None else None,
+        tune={"trial": reporter.number, "pruned_at_step": reporter.pruned_at} if reporter is not None else None,
+        # W&B run id and URL (online), sync command (offline), ...
+        tracking=(s.trackers.info() or None) if s.trackers is not None else None)
 
 
 def speed_and_memory(trainer, train_out) -> dict:
@@ -390,63 +383,63 @@ def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional
 def final_rouge(cfg, evaluator, trainer) -> Optional[dict]:
     if evaluator is None:
         return None
-    last = next((h for h in reversed(trainer.state.log_history) if "eval_rougeL" in h), None)
+    last = next((h for h in reversed(trainer.state.log_history) if eval_name("rougeL") in h), None)
     if last is not None and last.get("step") == trainer.state.global_step and not cfg.train.load_best_model_at_end:
-        return rouge_block({k.removeprefix("eval_"): v for k, v in last.items()})
+        return rouge_block({plain_name(k): v for k, v in last.items()})
     return rouge_block(evaluator.run(trainer.model, step=trainer.state.global_step, tag="final"))
 
 
-def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: dict, model_info: dict, t_start: float):
+def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: RunMetrics, model_info: dict, t_start: float):
     with atomic_directory(model_dir, owner="model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "run_info.json", {
+        write_json(tmp / METRICS_FILE, metrics.to_dict())
+        write_json(tmp / RUN_INFO_FILE, {
             "seed": cfg.train.seed, "split_seed": cfg.data.split_seed, "model": model_info,
             "versions": package_versions(), "git_commit": git_commit(),
             "wall_time_s": round(time.time() - t_start, 1),
         })
-        write_model_card(tmp / "README.md", cfg, metrics, model_info)
+        write_model_card(tmp / MODEL_CARD, cfg, metrics, model_info)
 
 
 def format_rouge(block: Optional[dict]) -> str:
     if not block:
         return "n/a"
-    return " ".join(f"{k}={block[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in block)
+    return " ".join(f"{k}={block[k]:.4f}" for k in ROUGE_KEYS if k in block)
 
 
 def summary_lines(result: RunResult) -> list[str]:
     """The end-of-run summary the train command prints."""
     m = result.metrics
     lines = ["", "== llm_summarizer: training finished",
-             f"   steps:           {m['train']['global_step']} (train loss {m['train']['train_loss']:.4f})",
-             f"   ROUGE base:      {format_rouge(m['base'])}",
-             f"   ROUGE final:     {format_rouge(m['final'])}",
+             f"   steps:           {m.train.global_step} (train loss {m.train.train_loss:.4f})",
+             f"   ROUGE base:      {format_rouge(m.base)}",
+             f"   ROUGE final:     {format_rouge(m.final)}",
              f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
              f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)"]
     if result.report is not None:
         lines.append(f"   report:          {result.report}  (plots in {result.report.parent / 'plots'}/)")
     if result.wall_s is not None:
-        train_s = m["train"].get("train_runtime_s")
+        train_s = m.train.train_runtime_s
         lines.append(f"   wall time:       {_minutes(result.wall_s)}"
                      + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else ""))
-    t = m["train"]
-    st = t.get("startup") or {}
+    t = m.train
+    st = t.startup or {}
     if st.get("to_first_step_s") is not None:
         parts = ", ".join(f"{STARTUP_NAMES[k]} {v:.1f}" for k, v in st.items() if k in STARTUP_NAMES)
         lines.append(f"   start-up:        {st['to_first_step_s']:.1f} s to the first optimizer step ({parts})")
-    if t.get("peak_memory_gib") is not None:
-        speed = f"{t['train_tokens_per_s']:.0f} training tokens/s, " if t.get("train_tokens_per_s") else ""
-        lines.append(f"   speed, memory:   {speed}peak {t['peak_memory_gib']:.2f} GiB ({t['peak_memory_of']})")
-    cmp = m.get("final_vs_base")
+    if t.peak_memory_gib is not None:
+        speed = f"{t.train_tokens_per_s:.0f} training tokens/s, " if t.train_tokens_per_s else ""
+        lines.append(f"   speed, memory:   {speed}peak {t.peak_memory_gib:.2f} GiB ({t.peak_memory_of})")
+    cmp = m.final_vs_base
     if cmp:
         lines += ["", f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
                       f"(ROUGE F1 x 100, paired bootstrap 95% interval)"]
         for k, d in cmp["model_minus_base"].items():
             lo, hi = d["ci95"]
             verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-            lines.append(f"   {k:<10} {100 * m['base'][k]:6.2f} -> {100 * m['final'][k]:6.2f}   "
+            lines.append(f"   {k:<10} {100 * m.base[k]:6.2f} -> {100 * m.final[k]:6.2f}   "
                          f"{100 * d['diff']:+6.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]  {verdict}")
     lines += diagnostics_lines(m)
     if cmp:
@@ -459,18 +452,18 @@ def summary_lines(result: RunResult) -> list[str]:
     return lines
 
 
-def diagnostics_lines(m: dict) -> list[str]:
+def diagnostics_lines(m: RunMetrics) -> list[str]:
     """Beside ROUGE: the summaries against their documents (base, fine-tuned, the references), with the paired
     change and, in words, what a reader should check."""
-    blocks = {"references": m.get("references"), "base": m.get("base"), "fine-tuned": m.get("final")}
+    blocks = {"references": m.references, "base": m.base, "fine-tuned": m.final}
     if not any(k in (b or {}) for b in blocks.values() for k in diagnostics.DIAGNOSTIC_KEYS):
         return []
-    cmp = m.get("final_vs_base") or {}
-    n = (m.get("final") or {}).get("rouge_examples") or cmp.get("examples")
+    cmp = m.final_vs_base or {}
+    n = m.examples
     out = ["", "== beyond ROUGE: each summary against its document (" + (f"{n} validation examples, " if n else "")
            + "mean per summary; fine-tuned - base with paired bootstrap 95% interval)"]
     out += diagnostics.lines(blocks, cmp.get("diagnostics_model_minus_base"), "fine-tuned - base")
-    out += [f"   warning: {w}" for w in diagnostics.warnings(m.get("final"), m.get("base"), m.get("references"))]
+    out += [f"   warning: {w}" for w in diagnostics.warnings(m.final, m.base, m.references)]
     return out
 
 

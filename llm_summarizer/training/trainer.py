@@ -21,9 +21,10 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from trl import SFTConfig, SFTTrainer
 
 from .. import distributed, progress
-from ..config import ROUGE_KEYS, Config
+from ..config import Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
+from ..metric_names import eval_name, is_rouge
 from ..models.backends import cpu_8bit_optim_ready
 from ..models.loading import Precision, pick_precision
 from .callbacks import pick_subset
@@ -63,8 +64,7 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
     metric = cfg.train.metric_for_best_model
     names = ([metric] if cfg.train.load_best_model_at_end else []) + [e.metric for e in cfg.train.early_stopping]
     for name in names:
-        bare = name.removeprefix("eval_")
-        if bare in ROUGE_KEYS and not cfg.eval.rouge:
+        if is_rouge(name) and not cfg.eval.rouge:
             raise UserError(f"{name} is a ROUGE metric but eval.rouge=false; enable eval.rouge or use eval_loss")
     if (cfg.train.load_best_model_at_end or cfg.train.early_stopping) and not has_validation:
         raise UserError("train.load_best_model_at_end / train.early_stopping need a validation split "
@@ -161,7 +161,7 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         data_seed=t.seed,
         load_best_model_at_end=t.load_best_model_at_end and has_validation,
         # Only when it picks the best checkpoint: transformers looks the metric up at every save otherwise.
-        metric_for_best_model=(metric if metric.startswith("eval_") else f"eval_{metric}")
+        metric_for_best_model=eval_name(metric)
         if t.load_best_model_at_end and has_validation else None,
         greater_is_better=greater_is_better(cfg),
         bf16=prec.bf16,

@@ -31,8 +31,10 @@ from typing import Optional
 import optuna
 
 from ..config import Config, load_config
+from ..contracts import RunMetrics
 from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
+from ..layout import BEST_CONFIG, CONFIG_FILE, METRICS_FILE, SUMMARY_JSON, TRIALS_CSV
 from ..paths import Place, check_places, claim
 from ..training.callbacks import TRIAL_ENV, make_pruner
 from ..training.guards import RunLock
@@ -40,9 +42,6 @@ from ..training.run import run_sources
 
 log = logging.getLogger("llm_summarizer.tune")
 
-TRIALS_CSV = "trials.csv"
-SUMMARY_JSON = "summary.json"
-BEST_CONFIG = "best_config.yaml"
 
 
 def tune_dir(cfg: Config) -> Path:
@@ -194,9 +193,9 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
             seconds = round(time.time() - t0, 1)
             trial_record(trial, rc, seconds)
             if rc == 0:
-                m = json.loads((run_dir / "fine_tuned" / "metrics.json").read_text())
-                value = (m.get("final") or {}).get(metric.removeprefix("eval_"))
-                pruned = (m.get("tune") or {}).get("pruned_at_step")
+                m = RunMetrics.read(run_dir / "fine_tuned" / METRICS_FILE)
+                value = m.final_score(metric)
+                pruned = (m.tune or {}).get("pruned_at_step")
                 if pruned is not None:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     print(f"[tune] trial {trial.number}: pruned at step {pruned} ({seconds:.0f} s)", flush=True)
@@ -256,7 +255,7 @@ def write_summary(study: optuna.Study, cfg: Config, folder: Path, metric: str, c
     if complete:
         best = study.best_trial
         run_dir = Path(best.user_attrs["run_dir"])
-        shutil.copyfile(run_dir / "fine_tuned" / "config.yaml", folder / BEST_CONFIG)
+        shutil.copyfile(run_dir / "fine_tuned" / CONFIG_FILE, folder / BEST_CONFIG)
         summary["best"] = {"trial": best.number, metric: best.value, "params": best.params,
                            "model_dir": str(run_dir / "fine_tuned"), "config": str(folder / BEST_CONFIG),
                            "evaluate": f"llm-summarizer evaluate --model {shlex.quote(str(run_dir / 'fine_tuned'))} "

@@ -156,7 +156,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     full = run(load_config("tiny", tiny_overrides(tmp_path / "full", models_dir) + base))
     cfg = load_config("tiny", tiny_overrides(tmp_path / "cut", models_dir) + base)
     first = run(cfg, extra_callbacks=[StopAt(12)])
-    assert first.metrics["train"]["global_step"] == 12
+    assert first.metrics.train.global_step == 12
     # a newer checkpoint that is incomplete must be skipped
     bad = cfg.output_dir / "checkpoint-15"
     shutil.copytree(cfg.output_dir / "checkpoint-12", bad)
@@ -171,10 +171,10 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     first_step = FirstStep()
     second = run(cfg, extra_callbacks=[first_step])
     assert second.resumed_from == cfg.output_dir / "checkpoint-12"
-    assert second.metrics["train"]["global_step"] == 20
+    assert second.metrics.train.global_step == 20
     assert first_step.seen == 13, "the resumed run must continue the step count, not restart"
     # speed is this process's own: 8 of the 20 steps were trained here
-    assert second.metrics["train"]["train_tokens"] < full.metrics["train"]["train_tokens"]
+    assert second.metrics.train.train_tokens < full.metrics.train.train_tokens
     # the history carries the first segment's entries from the checkpoint, each step once
     steps = [h["step"] for h in second.log_history if "loss" in h]
     assert steps == sorted(set(steps)) and steps == [h["step"] for h in full.log_history if "loss" in h]
@@ -223,7 +223,7 @@ def test_trainer_class_api(tmp_path, models_dir):
     trainer = tc.trainer()
     assert type(trainer).__name__ == "SummarizationTrainer"
     result = tc.Start_Training(trainer)
-    assert result.metrics["train"]["global_step"] == 10
+    assert result.metrics.train.global_step == 10
     assert final_file_set(tc.fine_tuned_model_dir) == FINAL_FILES
 
 
