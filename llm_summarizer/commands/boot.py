@@ -68,6 +68,7 @@ def quiet_libraries() -> None:
     """Keep the noise of the ML stack out of the way of our own log lines."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # the command layer imports what a command needs after its arguments are checked (start-up time)
     from ..progress import enabled
 
     if not enabled():  # datasets' own bars (data preparation) follow --progress / LLM_SUMMARIZER_PROGRESS

@@ -83,6 +83,7 @@ def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
     print(f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
           f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
           f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s")
+    # after the arguments are checked: the scorers load only for a valid command
     from ..evaluation import diagnostics
     from ..evaluation.bootstrap import block_means
 
@@ -97,6 +98,7 @@ def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
 
 def run(args, _cfg) -> int:
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    # after the arguments are checked: the ML stack loads only for a valid command
     from ..evaluation.evaluate import evaluate_model
 
     res = evaluate_model(args.model, args.data, args.split, args.output, args.limit, args.compare_base,

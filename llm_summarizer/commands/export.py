@@ -60,6 +60,7 @@ def run(args, _cfg) -> int:
                             min_gguf_top1=args.min_gguf_top1,
                             gguf_type=args.gguf_type, llama_cpp=args.llama_cpp)
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    # after the arguments are checked: the export loads the ML stack
     from ..export.exporter import export_model
 
     res = export_model(args.model, args.format, args.output, args.backend, args.base, args.overrides, args.overwrite,

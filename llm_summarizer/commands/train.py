@@ -36,6 +36,7 @@ def run(args, cfg) -> int:
     boot.ml_stack(cfg.model.backend)
     if cfg.scale.engine == "ray":
         return run_ray(cfg)
+    # after the config is checked: the ML stack loads only for a valid run
     from ..training.run import run as train_run
     from ..training.run import summary_lines
 
@@ -49,10 +50,12 @@ def run_ray(cfg) -> int:
         import ray.train  # noqa: F401  (an optional extra)
     except ImportError:
         raise UserError("scale.engine=ray needs Ray Train: pip install 'llm_summarizer[ray]' (ray[train])") from None
+    # ray (the ray extra) only for scale.engine=ray
     from ..scale.ray_engine import run_on_ray
     from .ray_worker import worker
 
     metrics = run_on_ray(cfg, worker)
+    # after the Ray run: the ML stack stays out of the driver until then
     from ..training.run import format_rouge
 
     t = metrics.train

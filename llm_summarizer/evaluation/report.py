@@ -38,11 +38,12 @@ COLORS = {"base": "#9aa5b1", "model": "#1f77b4", "reference": "#2ca02c", "loss":
 
 def _pyplot():
     try:
+        # matplotlib (the report extra) only when a plot is drawn; a missing one is a note, not a failure
         import matplotlib
     except ImportError:
         return None
     matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
                          "axes.grid": True, "grid.alpha": 0.3, "font.size": 10})

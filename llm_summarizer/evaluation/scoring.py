@@ -201,6 +201,7 @@ def _regex_split(para: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _punkt():
+    # nltk only for ROUGE-Lsum's sentence splitting
     import nltk
 
     try:

@@ -184,6 +184,7 @@ def teacher_forced(job: Job) -> tuple[list[list[int]], list[int]]:
 def reference_distributions(job: Job, merged: Path, seqs: list, starts: list) -> list:
     """The merged model's next-token log-probabilities at every summary position, from plain transformers in
     float32 in a separate process."""
+    # safetensors' torch half only in the GGUF check's worker process
     from safetensors.torch import load_file
 
     dest = job.scratch / "next-token-reference.safetensors"

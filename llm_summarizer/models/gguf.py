@@ -81,6 +81,7 @@ def inspect(path: Path, what: str = "model.name") -> dict:
 
 
 def _supported(arch: str) -> bool:
+    # transformers' GGUF reader (it needs the gguf package) only for a GGUF source
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     return arch in GGUF_SUPPORTED_ARCHITECTURES
@@ -121,6 +122,7 @@ def repair_decoder(tokenizer) -> list[str]:
     dec_types = [d.get("type") for d in dec.get("decoders") or [dec]]
     if state["model"]["type"] != "BPE" or "ByteLevel" not in pre_types or dec_types == ["ByteLevel"]:
         return []
+    # only for a byte-level BPE tokenizer whose decoder must be repaired
     from tokenizers import decoders
 
     backend.decoder = decoders.ByteLevel()

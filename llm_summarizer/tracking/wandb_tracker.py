@@ -3,6 +3,7 @@ prints, once, the `wandb sync` command that uploads it later). A resumed run con
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -175,8 +176,6 @@ EVAL_TABLE_COLUMNS = ["id", "reference", "prediction", "base_prediction", "rouge
 def _rows(path: Optional[Path]) -> list[dict]:
     if path is None or not Path(path).is_file():
         return []
-    import json
-
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -303,6 +304,7 @@ TRIAL_ENV = "LLM_SUMMARIZER_TUNE_TRIAL"  # set by `llm-summarizer tune` for the 
 
 def make_pruner(spec: dict):
     """The study's pruner, built the same way in the tune driver and in each trial's run (which asks it)."""
+    # optuna (the tune extra) only in a tune trial
     import optuna
 
     if spec["kind"] == "median":
@@ -321,6 +323,7 @@ class TrialReporter(TrainerCallback):
         self.trial = None
         self.number = spec.get("trial_number")
         if distributed.is_main():  # one rank talks to the study; the others follow its answer
+            # optuna (the tune extra) only in a tune trial
             import optuna
 
             study = optuna.load_study(study_name=spec["study"], storage=spec["storage"],
@@ -330,8 +333,6 @@ class TrialReporter(TrainerCallback):
 
     @classmethod
     def from_env(cls) -> Optional["TrialReporter"]:
-        import os
-
         raw = os.environ.get(TRIAL_ENV)
         return cls(json.loads(raw)) if raw else None
 

@@ -12,11 +12,13 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
@@ -93,6 +95,7 @@ def process_start_time() -> float:
     own process (else the install before it would count as imports). A process started after that time (a child)
     counts from its own start."""
     try:
+        # psutil is optional: without it the start-up split counts from the module's import
         import psutil
 
         t0 = psutil.Process().create_time()
@@ -341,10 +344,6 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
 def speed_and_memory(trainer, train_out) -> dict:
     """Training tokens/s of this process (TRL's count of attention-mask tokens over the training wall time,
     evaluations inside it included) and its peak memory (CUDA allocations on a GPU, the process's RSS on a CPU)."""
-    import resource
-
-    import torch
-
     runtime = train_out.metrics.get("train_runtime")
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's counter, this process's steps only
     if torch.cuda.is_available():

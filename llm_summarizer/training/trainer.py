@@ -10,7 +10,10 @@ command layer imports unsloth before this module is imported.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -73,9 +76,6 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
 
 def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
     """train.extra_args, each key checked against SFTConfig's fields before anything is loaded."""
-    import dataclasses
-    import difflib
-
     extra = dict(cfg.train.extra_args)
     if not extra:
         return extra
@@ -106,8 +106,6 @@ _PLAIN = (bool, int, float, str, dict, list, type(None))
 
 def _plain_types(annotation) -> tuple:
     """The plain types an SFTConfig field accepts, or () when its annotation is not only plain types."""
-    import typing
-
     args = typing.get_args(annotation) or (annotation,)
     args = tuple(typing.get_origin(a) or a for a in args)
     return args if all(a in _PLAIN for a in args) else ()

@@ -16,6 +16,7 @@ out of memory: the trial fails, the study goes on), anything else a crash (retri
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import logging
 import os
@@ -129,8 +130,6 @@ def requeue_orphans(study: optuna.Study) -> int:
 def _die_with_parent() -> None:
     """The trial's process ends when the driver does, however it ends (Linux: PR_SET_PDEATHSIG)."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except Exception:
         pass
