@@ -97,8 +97,6 @@ def recover_interrupted_replace(target: Path) -> None:
         log.warning("restored %s from an interrupted save", target)
 
 
-
-
 def owner_record(root: Path, kind: str) -> dict:
     """What `root` holds, as this project wrote it: kind (model, export, run, ...) and its top-level entries."""
     return {"written_by": "llm_summarizer", "kind": kind,

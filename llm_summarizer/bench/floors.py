@@ -67,6 +67,7 @@ from .measure import StepClock, device_name
 # the child: data, generation and training in one process (unsloth, when used, imported first by the caller)
 # ---------------------------------------------------------------------------------------------------------
 
+
 def child(spec: dict) -> dict:
     cfg = Config.model_validate(spec["config"])
     set_seed(cfg.train.seed)

@@ -19,7 +19,6 @@ BACKENDS = ("unsloth", "transformers")
 DOC = bench_package.__doc__
 
 
-
 FLOOR_PARTS = ("data", "generation", "training", "startup")
 
 

@@ -45,7 +45,6 @@ log = logging.getLogger("llm_summarizer.evaluate")
 PROG = "llm-summarizer evaluate"
 
 
-
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__)
     ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")

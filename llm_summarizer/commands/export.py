@@ -14,7 +14,6 @@ from . import boot
 PROG = "llm-summarizer export"
 
 
-
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__.split("\n")[0] + "\n\n" + "\n".join(export_package.__doc__.split("\n")[2:]))
     ap.add_argument("model", metavar="MODEL_DIR", help="saved model directory (a LoRA adapter; a merged model for "

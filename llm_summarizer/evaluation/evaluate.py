@@ -41,7 +41,6 @@ from .scoring import Protocol, protocol_for, score_pair, warn_empty_references
 log = logging.getLogger("llm_summarizer.evaluate")
 
 
-
 @dataclass
 class EvalResult:
     output_dir: Path

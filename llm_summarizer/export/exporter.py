@@ -49,7 +49,6 @@ FORMATS = {
 assert tuple(FORMATS) == FORMAT_NAMES
 
 
-
 @dataclass
 class ExportResult:
     output_dir: Path

@@ -23,15 +23,12 @@ from .verify import check_text, compare, run_worker
 log = logging.getLogger("llm_summarizer.export")
 
 
-
 def stored_dtype(path: Optional[str]) -> Optional[str]:
     """The dtype a model directory's config.json records (None when it records none)."""
     if not path or not (Path(path) / "config.json").is_file():
         return None
     conf = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     return conf.get("dtype") or conf.get("torch_dtype")
-
-
 
 
 DTYPE_RULE = ("the base checkpoint's own 16-bit dtype (bfloat16 or float16); float16 for a float32 base or one that "
@@ -153,4 +150,3 @@ def merged_source(job: Job, write_metadata) -> Path:
 def write(job: Job, write_metadata) -> None:
     """--format merged-16bit"""
     merge_and_check(job, job.tmp, write_metadata)
-

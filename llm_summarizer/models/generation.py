@@ -30,7 +30,6 @@ from .loading import Loaded, load_for_generation
 log = logging.getLogger("llm_summarizer.generation")
 
 
-
 @dataclass
 class Generated:
     text: str

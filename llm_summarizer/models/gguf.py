@@ -55,7 +55,6 @@ def cache_lock(path: Path) -> Iterator[None]:
         yield
 
 
-
 def inspect(path: Path, what: str = "model.name") -> dict:
     """Architecture, tensor types and size of a GGUF file; a UserError naming the file when it is not one."""
     if not path.exists():

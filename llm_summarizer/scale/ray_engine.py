@@ -38,7 +38,6 @@ from ..training.run import check_output_paths
 log = logging.getLogger("llm_summarizer.scale")
 
 
-
 class FatalBox:
     """A Ray actor (made with ray.remote by the driver): what our own errors on the workers were."""
 

@@ -20,7 +20,6 @@ SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", *R
 STEP_KEY = "train/global_step"
 
 
-
 def scalar_name(key: str) -> str:
     """The trainer's log keys as dashboards group them (the names transformers' integrations use)."""
     if key.startswith(EVAL_PREFIX):

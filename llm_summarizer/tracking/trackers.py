@@ -53,7 +53,6 @@ def check_installed(cfg: Config) -> None:
             tracker_class(name).preflight(cfg)  # in seconds, before the model loads
 
 
-
 def _read_ids(output_dir: Path) -> dict:
     try:
         return json.loads((output_dir / TRACKING_FILE).read_text(encoding="utf-8"))

@@ -29,7 +29,6 @@ WANDB_DIR = "wandb"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 
 
-
 def wandb_host(environ=None) -> str:
     environ = os.environ if environ is None else environ
     return environ.get("WANDB_BASE_URL") or DEFAULT_WANDB_HOST

@@ -37,7 +37,6 @@ from ..rundir import checkpoint_step
 log = logging.getLogger("llm_summarizer.callbacks")
 
 
-
 def pick_subset(n_rows: int, n: int, seed: int) -> list[int]:
     if n >= n_rows:
         return list(range(n_rows))

@@ -36,7 +36,6 @@ log = logging.getLogger("llm_summarizer.checkpoints")
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
-
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
 

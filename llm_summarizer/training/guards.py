@@ -23,7 +23,6 @@ from ..layout import LOCK_FILE
 log = logging.getLogger("llm_summarizer.guards")
 
 
-
 def oom_advice(cfg: Config) -> str:
     m, t = cfg.model, cfg.train
     tips = []

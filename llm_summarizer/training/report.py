@@ -34,7 +34,6 @@ from .callbacks import REFERENCES_FILE
 log = logging.getLogger("llm_summarizer.report")
 
 
-
 def _final_predictions(output_dir: Path, step: Optional[int]) -> tuple[list[dict], list[dict]]:
     """(final, base) rows of the run's in-training evaluations, from eval_predictions/."""
     d = output_dir / PREDICTIONS_DIR

@@ -36,7 +36,6 @@ from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
 log = logging.getLogger("llm_summarizer.trainer")
 
 
-
 TRAIN_COLUMNS = ["input_ids", "completion_mask"]
 
 

@@ -44,7 +44,6 @@ from ..training.run import run_sources
 log = logging.getLogger("llm_summarizer.tune")
 
 
-
 def tune_dir(cfg: Config) -> Path:
     return Path(cfg.tune.dir or os.path.join("outputs", f"{cfg.output.run_name}-tune"))
 

@@ -161,6 +161,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     bad = cfg.output_dir / "checkpoint-15"
     shutil.copytree(cfg.output_dir / "checkpoint-12", bad)
     (bad / "optimizer.pt").unlink()
+
     class FirstStep(TrainerCallback):
         seen = None
 
