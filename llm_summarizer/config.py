@@ -514,8 +514,12 @@ class Config(_Section):
             raise ValueError("lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false")
         return self
 
-    def greater_is_better(self, metric: str) -> bool:
-        """Whether a higher `metric` is better: the same answer for best-model selection and early stopping."""
+    def greater_is_better(self, metric: str, given: Optional[bool] = None) -> bool:
+        """Whether a higher `metric` is better: the same answer for best-model selection and early stopping.
+        `given` (an early_stopping entry's own greater_is_better) wins; then train.greater_is_better for
+        train.metric_for_best_model; then the metric's name (every loss is lower-better)."""
+        if given is not None:
+            return given
         if self.train.greater_is_better is not None and \
                 plain_name(metric) == plain_name(self.train.metric_for_best_model):
             return self.train.greater_is_better

@@ -29,7 +29,6 @@ Decoding and prompt settings come from the model's config.yaml; `key=value` argu
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 from pathlib import Path
 from typing import Optional
@@ -112,16 +111,21 @@ def to_training_run(model_dir: Path, res) -> None:
     """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
     metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
     p = model_dir / METRICS
+    # the tracking layer imports transformers: only after the evaluation, when the model names a run
+    from ..tracking.trackers import TRACKERS, evaluation_logger
+
     training = RunMetrics.read(p) if p.is_file() else RunMetrics()
     tracking = training.tracking or {}
-    for name, module in (("wandb", "wandb_tracker"), ("mlflow", "mlflow_tracker")):
+    for name in TRACKERS:
         if not (tracking.get(name) or {}).get("run_id"):
             continue
         try:
-            log_evaluation = importlib.import_module(f"llm_summarizer.tracking.{module}").log_evaluation
+            log_evaluation = evaluation_logger(name)
         except ImportError:
             log.warning("the model was trained with a %s run, but %s is not installed here: scores not added to it",
                         name, name)
+            continue
+        if log_evaluation is None:
             continue
         try:
             info = log_evaluation(training, res)

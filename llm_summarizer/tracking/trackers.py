@@ -152,6 +152,13 @@ def tracker_class(name: str):
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
+def evaluation_logger(name: str):
+    """The tracker's `log_evaluation(training_metrics, evaluation)` (scores of `evaluate` into the run that trained
+    the model), or None for a tracker without one. ImportError when its package is not installed."""
+    module, _, _ = TRACKERS[name]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), "log_evaluation", None)
+
+
 def start_trackers(cfg: Config, resume_from: Optional[Path] = None) -> Trackers:
     """Open the trackers in cfg.tracking.report_to. A run resuming from a checkpoint continues the
     tracker runs recorded in <output.dir>/tracking.json; a fresh run opens new ones."""

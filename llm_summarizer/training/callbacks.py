@@ -30,7 +30,7 @@ from ..evaluation import diagnostics
 from ..evaluation.bootstrap import paired_diagnostics, paired_difference
 from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
 from ..layout import PREDICTIONS_DIR, REFERENCES_FILE, SAMPLES_FILE
-from ..metric_names import GENERATION_KEYS, ROUGE_KEYS, eval_name, higher_is_better
+from ..metric_names import GENERATION_KEYS, ROUGE_KEYS, eval_name
 from ..models.generation import AdaptiveBatch, derive_max_new_tokens, generate
 from ..rundir import checkpoint_step
 
@@ -213,7 +213,7 @@ def truncate_samples(output_dir: Path, resume_from: Path) -> None:
     p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
 
 
-def early_stopping_callback(metric: str, patience: int, min_delta: float = 0.0, greater_is_better: bool = True):
+def early_stopping_callback(metric: str, patience: int, min_delta: float, greater_is_better: bool):
     """An EarlyStopping whose class name is unique per metric: transformers saves and restores callback
     state by class name, and mixes up several instances of one class (the one class made per call)."""
     name = "EarlyStopping_" + "".join(c if c.isalnum() else "_" for c in metric)
@@ -227,11 +227,11 @@ class EarlyStopping(TrainerCallback, ExportableState):
     continues counting where it stopped.
     """
 
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, greater_is_better: Optional[bool] = None):
+    def __init__(self, metric: str, patience: int, min_delta: float, greater_is_better: bool):
         self.metric = eval_name(metric)
         self.patience = patience
         self.min_delta = min_delta
-        self.greater = greater_is_better if greater_is_better is not None else higher_is_better(self.metric)
+        self.greater = greater_is_better  # decided by Config.greater_is_better
         self.best: Optional[float] = None
         self.bad_evals = 0
         self.stopped_at: Optional[int] = None

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Config
-from ..errors import TrainingStopped, UserError
-from ..faults import disk_full_message, is_disk_full, is_oom
+from ..errors import TrainingStopped, UserError, disk_full_message, is_disk_full
+from ..faults import is_oom
 from ..layout import LOCK_FILE
 
 log = logging.getLogger("llm_summarizer.guards")
@@ -94,7 +94,9 @@ def training_errors(cfg: Config, where: Path, resume_from: Optional[Path] = None
         if is_oom(e):
             raise TrainingStopped(oom_advice(cfg)) from None
         if is_disk_full(e, where):
-            raise TrainingStopped(disk_full_message(where, e)) from None
+            raise TrainingStopped(disk_full_message(
+                where, e, kept="nothing was replaced: the previous checkpoints and the final model directory are as "
+                "they were", then="rerun to resume (or set output.dir / output.model_dir elsewhere)")) from None
         if resume_from is not None and isinstance(e, pickle.UnpicklingError):
             first = (str(e).strip().splitlines() or [""])[0][:300]
             raise UserError(f"train.resume: a file of {resume_from} holds more than tensors, and torch's weights_only "

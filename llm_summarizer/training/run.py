@@ -241,7 +241,7 @@ def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, ex
                                    prepared.stats["train"].completion_tokens, out_dir=cfg.output_dir)
         callbacks.append(RougeCallback(evaluator, cfg.eval.every_steps))
     for es in cfg.train.early_stopping:
-        greater = es.greater_is_better if es.greater_is_better is not None else cfg.greater_is_better(es.metric)
+        greater = cfg.greater_is_better(es.metric, es.greater_is_better)
         callbacks.append(early_stopping_callback(es.metric, es.patience, es.min_delta, greater))
     callbacks.extend(extra_callbacks or [])
     reporter = TrialReporter.from_env()  # a trial of `llm-summarizer tune`

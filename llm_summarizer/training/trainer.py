@@ -80,7 +80,7 @@ def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
         return extra
     types = {f.name: f.type for f in dataclasses.fields(SFTConfig) if f.init}
     fields = set(types)
-    managed = MANAGED_ARGS if managed is None else managed
+    managed = managed_args(cfg) if managed is None else managed
     for key in extra:
         if "token" in key.lower() and key not in fields - {"hub_token"}:
             raise UserError(f"train.extra_args.{key}: tokens are read from the environment (HF_TOKEN, "
@@ -120,7 +120,7 @@ def _fits(value, t) -> bool:
 
 def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]):
     kwargs = sft_kwargs(cfg, prec, output_dir, has_validation, report_to)
-    extra = check_extra_args(cfg, MANAGED_ARGS | set(kwargs))
+    extra = check_extra_args(cfg, managed_args(cfg) | set(kwargs))
     try:
         return SFTConfig(**kwargs, **extra)
     except (TypeError, ValueError) as e:
@@ -129,7 +129,9 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         raise UserError(f"train.extra_args {extra}: TRL's SFTConfig refused them: {e}") from None
 
 
-def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]) -> dict:
+def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str],
+               optim: Optional[str] = None) -> dict:
+    """SFTConfig's arguments from the config; `optim` given skips resolve_optim (its probe and warnings)."""
     t = cfg.train
     eval_strategy = t.eval_strategy if has_validation else "no"
     metric = t.metric_for_best_model
@@ -146,7 +148,7 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=resolve_optim(cfg),
+        optim=optim or resolve_optim(cfg),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,
@@ -179,26 +181,29 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
     )
 
 
-def ddp_kwargs(cfg: Config) -> dict:
+def ddp_kwargs(cfg: Config, ranks: Optional[bool] = None) -> dict:
     """Several ranks: on CPUs transformers distributes only with use_cpu (else every rank trains on all the data,
-    silently); plain LoRA leaves no parameter unused (so no extra traversal per step); the collective timeout."""
-    if not distributed.distributed():
+    silently); plain LoRA leaves no parameter unused (so no extra traversal per step); the collective timeout.
+    `ranks` overrides the question "is this process one of several?"."""
+    if not (distributed.distributed() if ranks is None else ranks):
         return {}
     return {"use_cpu": not torch.cuda.is_available(), "ddp_find_unused_parameters": False,
             "ddp_timeout": cfg.scale.timeout_s}
 
 
-# The SFTConfig fields sft_kwargs sets (from the config) plus those whose meaning this project relies on.
-MANAGED_ARGS = frozenset({
-    "output_dir", "run_name", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-    "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "optim", "logging_steps", "logging_first_step",
-    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "seed", "data_seed",
-    "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "bf16", "fp16", "report_to",
-    "max_length", "completion_only_loss", "packing", "packing_strategy", "padding_free", "train_sampling_strategy",
-    "dataloader_num_workers", "restore_callback_states_from_checkpoint", "disable_tqdm", "resume_from_checkpoint",
-    "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field", "assistant_only_loss", "save_safetensors",
-    "gradient_checkpointing", "group_by_length", "use_cpu", "ddp_find_unused_parameters", "ddp_timeout"})
+# SFTConfig fields this project relies on without setting them in sft_kwargs: the resume point is passed to
+# train(), the hub push is ours (hub.py), the dataset columns and the loss mask are what data/tokenize.py builds,
+# the save format and gradient checkpointing come from the backend, length grouping is our sampler's, and
+# train.warmup_ratio reaches SFTConfig through warmup_steps.
+RELIED_ON = frozenset({"warmup_ratio", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field",
+                       "assistant_only_loss", "save_safetensors", "gradient_checkpointing", "group_by_length"})
+
+
+def managed_args(cfg: Config) -> frozenset:
+    """The SFTConfig fields train.extra_args may not set: every one sft_kwargs sets (read from sft_kwargs itself,
+    single-process and distributed) and those in RELIED_ON."""
+    keys = set(sft_kwargs(cfg, Precision(False, False, None, "fp32"), Path("."), True, [], optim=cfg.train.optim))
+    return frozenset(keys | set(ddp_kwargs(cfg, ranks=True)) | RELIED_ON)
 
 
 class EpochSeededLengthGroupedSampler(Sampler):
