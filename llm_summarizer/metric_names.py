@@ -15,6 +15,7 @@ from __future__ import annotations
 EVAL_PREFIX = "eval_"
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
+ROUGE_CURVES = ("rouge1", "rouge2", "rougeL")  # the lines of the report's training curves (rougeLsum follows rougeL)
 # what every generation pass records beside its scores (mean summary length in tokens, share cut by
 # max_new_tokens, examples scored)
 GENERATION_KEYS = ("gen_len_mean", "gen_hit_max_frac", "rouge_examples")

@@ -26,7 +26,7 @@ from ..config import load_config
 from ..contracts import RunMetrics
 from ..files import write_text
 from ..layout import COVERAGE_PNG, CURVES_PNG, LENGTHS_PNG, PLOTS_DIR, REPORT, ROUGE_PNG
-from ..metric_names import ROUGE_KEYS, ROUGE_LABELS, eval_name
+from ..metric_names import ROUGE_CURVES, ROUGE_KEYS, ROUGE_LABELS, eval_name
 from ..rundir import list_checkpoints
 from . import diagnostics as D
 
@@ -67,11 +67,11 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     below = dict(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3)
     ax1.legend(**below)
     steps = [h["step"] for h in evals if "eval_rougeL" in h]
-    for k in ("rouge1", "rouge2", "rougeL"):
+    for k in ROUGE_CURVES:
         ys = [100 * h[eval_name(k)] for h in evals if eval_name(k) in h]
         xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)
         if ys:
-            ax2.plot(xs, ys, "o-", color=COLORS[k], lw=1.5, ms=4, label=f"{ROUGE_LABELS[k]} (last {ys[-1]:.1f})")
+            ax2.plot(xs, ys, "o-", color=COLORS.get(k), lw=1.5, ms=4, label=f"{ROUGE_LABELS[k]} (last {ys[-1]:.1f})")
     ax2.set(title="ROUGE on generated validation summaries", ylabel="F1 x 100", ylim=(0, 100),
             xlabel="training step" + (" (step 0: the base model)" if base and steps else ""))
     if steps:
