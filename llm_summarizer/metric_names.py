@@ -12,6 +12,8 @@ evaluation/diagnostics.py (STATS: key, label, direction).
 
 from __future__ import annotations
 
+from typing import Optional
+
 EVAL_PREFIX = "eval_"
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 ROUGE_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
@@ -38,3 +40,10 @@ def is_rouge(name: str) -> bool:
 def higher_is_better(name: str) -> bool:
     """Whether a higher value of a metric is better when nothing says otherwise: every loss is lower-better."""
     return not plain_name(name).endswith("loss")
+
+
+def format_rouge(block: Optional[dict]) -> str:
+    """"rouge1=0.3312 rouge2=0.1101 ..." of a block of scores; "n/a" for none."""
+    if not block:
+        return "n/a"
+    return " ".join(f"{k}={block[k]:.4f}" for k in ROUGE_KEYS if k in block)

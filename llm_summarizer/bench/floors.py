@@ -58,7 +58,7 @@ from ..files import write_json
 from ..layout import METRICS_FILE
 from ..models.generation import derive_max_new_tokens, generate, inference_mode
 from ..models.loading import load_for_training
-from ..training.callbacks import RougeEvaluator
+from ..training.rouge import RougeEvaluator
 from ..training.run import build_session
 from .harness import bench_config, child_env, prepare_run
 from .measure import StepClock, device_name

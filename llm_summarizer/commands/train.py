@@ -38,9 +38,11 @@ def run(args, cfg) -> int:
         return run_ray(cfg)
     # after the config is checked: the ML stack loads only for a valid run
     from ..training.run import run as train_run
-    from ..training.run import summary_lines
+    from ..training.summary import summary_lines
+    from ..training.trial import TrialReporter
 
-    result = train_run(cfg)
+    # a trial process started by `llm-summarizer tune` reports to the driver's study (its spec in the environment)
+    result = train_run(cfg, reporter=TrialReporter.from_env())
     print("\n".join(summary_lines(result)))
     return 0
 
@@ -56,14 +58,11 @@ def run_ray(cfg) -> int:
 
     metrics = run_on_ray(cfg, worker)
     # after the Ray run: the ML stack stays out of the driver until then
-    from ..training.run import format_rouge
+    from ..training.run import RunResult
+    from ..training.summary import summary_lines
 
-    t = metrics.train
-    print(f"\n== llm_summarizer: training finished on Ray ({t.world_size} workers)\n"
-          f"   steps:            {t.global_step} (train loss {t.train_loss:.4f})\n"
-          f"   ROUGE base:       {format_rouge(metrics.base)}\n"
-          f"   ROUGE final:      {format_rouge(metrics.final)}\n"
-          f"   fine-tuned model: {cfg.model_dir.absolute()}/\n   checkpoints+logs: {cfg.output_dir.absolute()}/")
+    result = RunResult(cfg.output_dir.absolute(), cfg.model_dir.absolute(), metrics)
+    print("\n".join(summary_lines(result, f" on Ray ({metrics.train.world_size} workers)")))
     return 0
 
 

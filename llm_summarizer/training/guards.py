@@ -1,6 +1,6 @@
 """Guards that keep a run from failing silently or losing work.
 
-- `callbacks.NonFiniteGuard`: a NaN/inf gradient stops training or skips the step (raises TrainingStopped).
+- `stopping.NonFiniteGuard`: a NaN/inf gradient stops training or skips the step (raises TrainingStopped).
 - `RunLock`: one run per output directory; a second process refuses to start and names the first.
 - `training_errors`: out of memory and disk full become one message with what to do (TrainingStopped).
 """

@@ -28,8 +28,7 @@ from ..evaluation.report import (
     plot_training_curves,
 )
 from ..files import write_text
-from ..layout import PREDICTIONS_DIR
-from .callbacks import REFERENCES_FILE
+from ..layout import PREDICTIONS_DIR, REFERENCES_FILE
 
 log = logging.getLogger("llm_summarizer.report")
 

@@ -30,8 +30,8 @@ from ..errors import UserError
 from ..metric_names import eval_name, is_rouge
 from ..models.backends import cpu_8bit_optim_ready
 from ..models.loading import Precision, pick_precision
-from .callbacks import pick_subset
 from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
+from .rouge import pick_subset
 
 log = logging.getLogger("llm_summarizer.trainer")
 

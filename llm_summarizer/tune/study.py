@@ -7,7 +7,7 @@ continues it: finished trials stay, a trial left RUNNING by a driver that died i
 parameters queued again with its run folder, whose train process then resumes from its own checkpoint.
 Each trial is `llm-summarizer train` with the user's config and overrides, the trial's parameters as
 overrides, its own output folders and W&B run (grouped by the study name); its intermediate ROUGE goes to the
-study from inside the run (training.callbacks.TrialReporter), which stops training when the pruner says so.
+study from inside the run (training.trial.TrialReporter), which stops training when the pruner says so.
 A trial's value is the final model's ROUGE from its metrics.json. Exit codes of a trial: 0 done (or
 pruned), 2 a user error (the study stops: every trial would fail the same way), 3 training stopped (NaN,
 out of memory: the trial fails, the study goes on), anything else a crash (retried up to tune.max_retries).
@@ -37,9 +37,9 @@ from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
 from ..layout import BEST_CONFIG, CONFIG_FILE, METRICS_FILE, SUMMARY_JSON, TRIALS_CSV
 from ..paths import Place, check_places, claim
-from ..training.callbacks import TRIAL_ENV, make_pruner
 from ..training.guards import RunLock
 from ..training.run import run_sources
+from ..training.trial import TRIAL_ENV, make_pruner
 
 log = logging.getLogger("llm_summarizer.tune")
 

@@ -47,7 +47,7 @@ def test_demo_learns_and_leaves_exact_files(tiny_run):
 
 def test_metrics_hold_each_summary_against_its_document_beside_rouge(tiny_run):
     from llm_summarizer.evaluation.diagnostics import DIAGNOSTIC_KEYS
-    from llm_summarizer.training.run import summary_lines
+    from llm_summarizer.training.summary import summary_lines
 
     m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
     for block in ("base", "final"):
@@ -73,7 +73,7 @@ def test_metrics_hold_each_summary_against_its_document_beside_rouge(tiny_run):
 
 
 def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
-    from llm_summarizer.training.run import summary_lines
+    from llm_summarizer.training.summary import summary_lines
 
     t = json.loads((tiny_run.model_dir / "metrics.json").read_text())["train"]
     cfg = yaml.safe_load((tiny_run.model_dir / "config.yaml").read_text())
@@ -89,7 +89,7 @@ def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
 
 
 def test_run_reports_where_the_seconds_before_the_first_step_went(tiny_run):
-    from llm_summarizer.training.run import summary_lines
+    from llm_summarizer.training.summary import summary_lines
 
     m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
     st = m["train"]["startup"]
@@ -108,7 +108,7 @@ def test_eval_loss_runs_on_the_rouge_subset_unless_asked_for_all(tiny_run):
     import datasets
 
     from llm_summarizer.config import load_config
-    from llm_summarizer.training.callbacks import pick_subset
+    from llm_summarizer.training.rouge import pick_subset
     from llm_summarizer.training.trainer import eval_loss_rows
 
     val = datasets.Dataset.from_dict({"id": [f"v{i}" for i in range(50)]})
