@@ -230,12 +230,16 @@ class EpochSeededLengthGroupedSampler(Sampler):
 
 
 class SummarizationTrainer(SFTTrainer):
-    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop."""
+    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop.
 
-    rouge_evaluator = None
-    # TRL's fused LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the
-    # transformers backend computes the same token-mean cross-entropy from the logits (build_trainer sets it).
-    loss_from_logits = False
+    `rouge_evaluator`: the ROUGE pass run at every evaluation (None: loss only). `loss_from_logits`: TRL's fused
+    LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the transformers backend computes the
+    same token-mean cross-entropy from the logits."""
+
+    def __init__(self, *args, rouge_evaluator=None, loss_from_logits: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rouge_evaluator = rouge_evaluator
+        self.loss_from_logits = loss_from_logits
 
     def _save_checkpoint(self, model, trial):
         # Crash-consistent checkpoints: write into a hidden staging directory, flush it, then rename
@@ -320,8 +324,6 @@ def build_trainer(cfg: Config, model, tokenizer, prepared, output_dir: Path, cal
     args = sft_config(cfg, pick_precision(cfg), output_dir, has_val, report_to)
     train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
     eval_ds = eval_loss_rows(cfg, prepared.splits["validation"]).select_columns(TRAIN_COLUMNS) if has_val else None
-    trainer = SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                   processing_class=tokenizer, callbacks=callbacks)
-    trainer.rouge_evaluator = rouge_evaluator
-    trainer.loss_from_logits = cfg.model.backend == "transformers" and not torch.cuda.is_available()
-    return trainer
+    return SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                processing_class=tokenizer, callbacks=callbacks, rouge_evaluator=rouge_evaluator,
+                                loss_from_logits=cfg.model.backend == "transformers" and not torch.cuda.is_available())
