@@ -93,8 +93,10 @@ def quality(loaded_for, meetings: list[dict], samples: int, seed: int) -> dict:
                             ("chunk", ["eval.long_documents=chunk"])):
         loaded = loaded_for(overrides)
         max_new, _ = default_max_new_tokens(loaded)
+        print(f"bench_long: quality, {name}: {len(meetings)} meetings", file=sys.stderr, flush=True)
         gens, seconds, load = timed(lambda: summarize_texts(loaded, [m["document"] for m in meetings], max_new,
                                                               names=[m["id"] for m in meetings]))
+        print(f"bench_long: quality, {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
         rows[name] = [{"id": m["id"], "reference": m["summary"], "prediction": g.text}
                       for m, g in zip(meetings, gens)]
         trees = [g.tree for g in gens if g.tree]
@@ -144,6 +146,8 @@ def three_ways(loaded, docs: list[str], max_new: int) -> dict:
 
     bs, ev = loaded.cfg.eval.batch_size, loaded.cfg.eval
 
+    print(f"bench_long: batching, ROUGE pass: {len(docs)} prompts", file=sys.stderr, flush=True)
+
     def ours(mode):
         gens = generate(loaded.model, loaded.tokenizer, loaded.formatter, docs, ev, max_new, loaded.backend,
                         batching=mode)
@@ -180,6 +184,7 @@ def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
                             batching="static" if mode == "floor" else mode, sort_by_length=mode != "floor")
         return summarize_long(docs, fmt, merge_fmt, ev, max_new, run)
 
+    print(f"bench_long: batching, chunked: {len(docs)} documents", file=sys.stderr, flush=True)
     floor, t_f, l_f = timed(lambda: with_batching("floor"))
     static, t_s, l_s = timed(lambda: with_batching("static"))
     cont, t_c, l_c = timed(lambda: with_batching("continuous"))
@@ -196,6 +201,7 @@ def evaluate_ways(model_dir: Path, data: Path, rows: int, work: Path) -> dict:
     from llm_summarizer.evaluation.evaluate import evaluate_model
 
     out = {}
+    print(f"bench_long: batching, evaluate: {rows} rows", file=sys.stderr, flush=True)
     for mode in ("static", "continuous", "static"):
         target = work / f"evaluate-{mode}-{len(out)}"
         res, t, load = timed(lambda: evaluate_model(model_dir, data=str(data / "test.jsonl"), output=target,
