@@ -238,9 +238,11 @@ def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, ex
     ROUGE evaluator and the callbacks, the trainer, the trackers."""
     prepared = tokenized(cfg, tokenizer, raw)
     evaluator = rouge_evaluator(cfg, tokenizer, prepared)
-    callbacks = ([RougeCallback(evaluator, cfg.eval.every_steps)] if evaluator is not None else []) \
-        + early_stopping(cfg) + list(extra_callbacks or []) + ([reporter] if reporter is not None else []) \
-        + [NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips)]  # last: sees the final grads
+    callbacks = [RougeCallback(evaluator, cfg.eval.every_steps)] if evaluator is not None else []
+    callbacks += early_stopping(cfg)
+    callbacks += list(extra_callbacks or [])
+    callbacks += [reporter] if reporter is not None else []
+    callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips))  # last: sees final grads
     trainer = build_trainer(cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"],
                             rouge_evaluator=evaluator)
     trackers = attach_trackers(cfg, trainer, evaluator, resume_from)
