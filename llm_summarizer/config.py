@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, UserError
+from .metric_names import ROUGE_KEYS, eval_name, higher_is_better, is_rouge, plain_name
 from .redaction import redact
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the ready configs, shipped in the package
@@ -53,7 +54,6 @@ Seed = Annotated[int, Field(ge=0, le=2 ** 32 - 1, description="a seed: 0 to 2**3
 
 ALL_LINEAR = "all-linear"
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 PROMPT_FIELDS = ("document", "instruction")  # what data.prompt_template may name
 
 
@@ -483,10 +483,10 @@ class TuneSection(_Section):
     @field_validator("metric")
     @classmethod
     def _rouge(cls, v):
-        if v.removeprefix("eval_") not in ROUGE_KEYS:
-            raise ValueError(f"tune.metric must be one of {', '.join('eval_' + k for k in ROUGE_KEYS)} (ROUGE of "
+        if not is_rouge(v):
+            raise ValueError(f"tune.metric must be one of {', '.join(eval_name(k) for k in ROUGE_KEYS)} (ROUGE of "
                              "generated summaries, the quantity the search is for)")
-        return v if v.startswith("eval_") else f"eval_{v}"
+        return eval_name(v)
 
 
 class Config(_Section):
@@ -514,12 +514,16 @@ class Config(_Section):
             raise ValueError("lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false")
         return self
 
-    def greater_is_better(self, metric: str) -> bool:
-        """Whether a higher `metric` is better: the same answer for best-model selection and early stopping."""
-        bare = metric.removeprefix("eval_")
-        if self.train.greater_is_better is not None and bare == self.train.metric_for_best_model.removeprefix("eval_"):
+    def greater_is_better(self, metric: str, given: Optional[bool] = None) -> bool:
+        """Whether a higher `metric` is better: the same answer for best-model selection and early stopping.
+        `given` (an early_stopping entry's own greater_is_better) wins; then train.greater_is_better for
+        train.metric_for_best_model; then the metric's name (every loss is lower-better)."""
+        if given is not None:
+            return given
+        if self.train.greater_is_better is not None and \
+                plain_name(metric) == plain_name(self.train.metric_for_best_model):
             return self.train.greater_is_better
-        return not bare.endswith("loss")
+        return higher_is_better(metric)
 
     # Paths derived from the config, in one place.
     @property

@@ -43,6 +43,7 @@ def distributed() -> bool:
 
 
 def initialized() -> bool:
+    # torch only when asked: this module is read by the command layer before the ML stack loads
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
@@ -52,6 +53,7 @@ def init(timeout_s: int = 1800) -> None:
     """The process group, when launched as several ranks and nobody set it up yet."""
     if not distributed() or initialized():
         return
+    # torch only when asked: this module is read by the command layer before the ML stack loads
     import torch
     import torch.distributed as dist
 
@@ -65,6 +67,7 @@ def init(timeout_s: int = 1800) -> None:
 
 def barrier() -> None:
     if distributed() and initialized():
+        # torch only when asked: this module is read by the command layer before the ML stack loads
         import torch.distributed as dist
 
         dist.barrier()
@@ -74,6 +77,7 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     """rank `src`'s object on every rank (any picklable value)."""
     if not (distributed() and initialized()):
         return obj
+    # torch only when asked: this module is read by the command layer before the ML stack loads
     import torch.distributed as dist
 
     box = [obj if rank() == src else None]
@@ -85,6 +89,7 @@ def gather(obj: Any) -> list:
     """Every rank's object, in rank order, on every rank."""
     if not (distributed() and initialized()):
         return [obj]
+    # torch only when asked: this module is read by the command layer before the ML stack loads
     import torch.distributed as dist
 
     out: list = [None] * world_size()

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .layout import OWNER_FILE
+
 log = logging.getLogger("llm_summarizer.files")
 
 
@@ -93,9 +95,6 @@ def recover_interrupted_replace(target: Path) -> None:
     if olds:
         os.replace(olds[-1], target)
         log.warning("restored %s from an interrupted save", target)
-
-
-OWNER_FILE = ".llm_summarizer.json"  # in every folder this project writes for users: what it is and what it holds
 
 
 def owner_record(root: Path, kind: str) -> dict:

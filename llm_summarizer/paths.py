@@ -22,8 +22,24 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from .errors import UserError
-from .files import OWNER_FILE, write_json
-from .rundir import CHECKPOINT_RE, LOCK_FILE
+from .files import write_json
+from .layout import (
+    ADAPTER_CONFIG,
+    BASE_METRICS_FILE,
+    CONFIG_FILE,
+    DATA_CACHE_DIR,
+    EVAL_SETTINGS,
+    EXPORT_INFO,
+    LOCK_FILE,
+    METRICS_FILE,
+    OWNER_FILE,
+    PREDICTIONS_DIR,
+    RUN_INFO_FILE,
+    SAMPLES_FILE,
+    STAGING_DIR,
+    STUDY_DB,
+)
+from .rundir import CHECKPOINT_RE
 
 # in any folder, files that say nothing about its kind: the ownership record, and a run's lock (held by a run that
 # has not written anything yet, or left by a killed one)
@@ -51,17 +67,16 @@ class Place:
 
 def _legacy_kind(names: set[str]) -> Optional[str]:
     """The kind of a folder written before OWNER_FILE existed, from the files only this project writes there."""
-    if "export_info.json" in names:
+    if EXPORT_INFO in names:
         return "export"
-    if "config.yaml" in names and names & {"adapter_config.json", "config.json"} and \
-            names & {"run_info.json", "metrics.json"}:
+    if CONFIG_FILE in names and names & {ADAPTER_CONFIG, "config.json"} and names & {RUN_INFO_FILE, METRICS_FILE}:
         return "model"
-    if names & {"base_metrics.json", "eval_predictions", "data_cache", "rouge_samples.jsonl", ".staging"} or \
+    if names & {BASE_METRICS_FILE, PREDICTIONS_DIR, DATA_CACHE_DIR, SAMPLES_FILE, STAGING_DIR} or \
             any(CHECKPOINT_RE.match(n) for n in names):
         return "run"
-    if "eval_settings.json" in names:
+    if EVAL_SETTINGS in names:
         return "evaluation"
-    if "study.db" in names or any(n.startswith("trial-") for n in names):
+    if STUDY_DB in names or any(n.startswith("trial-") for n in names):
         return "tune"
     return None
 

@@ -57,6 +57,7 @@ class _Silent:
 
 class _Bar(_Silent):
     def __init__(self, total: int, desc: str, unit: str):
+        # tqdm loads only when a bar is actually shown
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr)

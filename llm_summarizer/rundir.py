@@ -1,4 +1,5 @@
-"""What a run's output directory (`output.dir`, default outputs/<run_name>/) holds, by name.
+"""A run's output directory (`output.dir`, default outputs/<run_name>/): its checkpoints. The names of all its files
+are in layout.py.
 
     checkpoint-N/            complete checkpoints (published by rename from .staging/, see training.checkpoints)
     .staging/                a checkpoint being written; cleared at the next start
@@ -18,14 +19,6 @@ import re
 from pathlib import Path
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-STAGING_DIR = ".staging"
-LOCK_FILE = ".lock"
-CONFIG_FILE = "config.yaml"
-BASE_METRICS_FILE = "base_metrics.json"
-PREDICTIONS_DIR = "eval_predictions"
-SAMPLES_FILE = "rouge_samples.jsonl"
-DATA_CACHE_DIR = "data_cache"
-TRACKING_FILE = "tracking.json"
 
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:

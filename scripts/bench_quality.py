@@ -59,7 +59,7 @@ def run_dataset(name: str, args) -> dict:
     ev = evaluate_model(result.model_dir, split="test", compare_base=True, output=out / "evaluation",
                         report=False)
     return {"dataset": name, "train_rows": args.train_rows, "steps": args.steps, "train_wall_s": round(train_wall, 1),
-            "eval_wall_s": round(time.time() - t1, 1), "model": result.metrics.get("train"),
+            "eval_wall_s": round(time.time() - t1, 1), "model": result.metrics.train.to_dict(),
             "base_model": load_config(args.config).model.name, "evaluation": ev.metrics}
 
 

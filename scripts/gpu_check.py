@@ -205,6 +205,7 @@ def check_train(args) -> None:
     need(len(losses) >= 2 and losses[-1] < losses[0], f"the training loss fell ({losses[0]:.3f} -> {losses[-1]:.3f})")
     mid = [h["step"] for h in history if "eval_rouge1" in h and h["step"] < state["global_step"]]
     need(bool(mid), f"the ROUGE callback generated between training steps (at steps {mid})")
+
     def tensors(x):  # bitsandbytes nests its 8-bit state in a dict
         if torch.is_tensor(x):
             yield x

@@ -133,3 +133,48 @@ def test_library_modules_import_our_modules_at_the_top():
                     if isinstance(node, ast.ImportFrom) and node.level:
                         late.append(f"{n}.{fn.name}: from {'.' * node.level}{node.module or ''}")
     assert not late, late
+
+
+def _import_groups(fn) -> list[list[ast.stmt]]:
+    """The runs of consecutive import statements in each statement list of a function (nested blocks included)."""
+    groups = []
+    for node in ast.walk(fn):
+        for name in ("body", "orelse", "finalbody", "handlers"):
+            stmts = getattr(node, name, None)
+            if not isinstance(stmts, list):
+                continue
+            run = []
+            for s in stmts:
+                if isinstance(s, (ast.Import, ast.ImportFrom)):
+                    run.append(s)
+                    continue
+                if run:
+                    groups.append(run)
+                run = []
+            if run:
+                groups.append(run)
+    return groups
+
+
+def test_every_import_inside_a_function_says_why():
+    """An import inside a function is a decision (an optional extra, a module only one command needs, a start-up
+    cost deferred until the arguments are checked): its reason is written beside it, on one of the group's lines
+    or in the comment line right above the group of consecutive imports."""
+    silent = []
+    for n, p in modules().items():
+        lines = p.read_text(encoding="utf-8").splitlines()
+        tree = ast.parse("\n".join(lines))
+        seen = set()
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for group in _import_groups(fn):
+                first, last = group[0].lineno, group[-1].end_lineno
+                if first in seen:
+                    continue
+                seen.add(first)
+                above = lines[first - 2].strip() if first > 1 else ""
+                if above.startswith("#") or any("#" in lines[i - 1] for i in range(first, last + 1)):
+                    continue
+                silent.append(f"{p.relative_to(PKG.parent)}:{first}: {lines[first - 1].strip()}")
+    assert not silent, "in-function imports without a reason beside them:\n" + "\n".join(silent)

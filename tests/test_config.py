@@ -94,7 +94,7 @@ def test_early_stopping_and_best_model_agree_on_which_way_is_better():
     """train.greater_is_better reaches early stopping on the same metric (it used to be inferred there)."""
     from types import SimpleNamespace
 
-    from llm_summarizer.training.callbacks import early_stopping_callback
+    from llm_summarizer.training.stopping import early_stopping_callback
 
     cfg = load_config(None, ["train.metric_for_best_model=eval_rougeL", "train.greater_is_better=false",
                              "train.early_stopping=[{metric: eval_rougeL, patience: 1}, {metric: eval_loss}]"])

@@ -18,8 +18,17 @@ from pathlib import Path
 import pytest
 
 from llm_summarizer import files
-from llm_summarizer.files import (OWNER_FILE, atomic_directory, file_digest, recover_interrupted_replace,
-                                  scratch_beside, sha256_file, target_lock, write_json, write_text)
+from llm_summarizer.files import (
+    OWNER_FILE,
+    atomic_directory,
+    file_digest,
+    recover_interrupted_replace,
+    scratch_beside,
+    sha256_file,
+    target_lock,
+    write_json,
+    write_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

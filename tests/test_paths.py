@@ -292,7 +292,6 @@ def test_claim_records_a_folder_once(tmp_path):
     assert owner_of(run) == ("run", {"x"})
 
 
-
 def test_a_runs_lock_alone_does_not_make_a_folder_someone_elses(tmp_path):
     # a run that holds output.dir's lock before writing anything, or one killed then: the next one gets to the lock
     home = folder(tmp_path / "outputs", ".lock")

@@ -45,6 +45,7 @@ import torch
 from transformers import set_seed
 
 from ..config import Config, config_to_dict, config_to_yaml
+from ..contracts import RunMetrics
 from ..data import tokenize as TK
 from ..data.prompt import Formatter
 from ..data.readers import RawSplit
@@ -54,9 +55,10 @@ from ..environment import cpu_name, git_commit, package_versions
 from ..evaluation import diagnostics
 from ..evaluation.scoring import score_corpus
 from ..files import write_json
+from ..layout import METRICS_FILE
 from ..models.generation import derive_max_new_tokens, generate, inference_mode
 from ..models.loading import load_for_training
-from ..training.callbacks import RougeEvaluator
+from ..training.rouge import RougeEvaluator
 from ..training.run import build_session
 from .harness import bench_config, child_env, prepare_run
 from .measure import StepClock, device_name
@@ -64,6 +66,7 @@ from .measure import StepClock, device_name
 # ---------------------------------------------------------------------------------------------------------
 # the child: data, generation and training in one process (unsloth, when used, imported first by the caller)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def child(spec: dict) -> dict:
     cfg = Config.model_validate(spec["config"])
@@ -335,8 +338,7 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
     t_train, rc_t, tail = _timed([py, "-m", "llm_summarizer", "train", "--config", str(path)], env)
     if rc_t != 0:
         raise RuntimeError(f"the start-up run failed (exit {rc_t}):\n{tail}")
-    metrics = json.loads((Path(cfg.output.model_dir) / "metrics.json").read_text())
-    split = metrics["train"]["startup"]
+    split = RunMetrics.read(Path(cfg.output.model_dir) / METRICS_FILE).train.startup or {}
     return {"bare_imports_s": round(t_import, 2), "bare_imports": libs, "help_s": round(t_help, 2),
             "print_config_s": round(t_print, 2), "train_command_s": round(t_train, 2), "split": split,
             "to_first_step_s": split.get("to_first_step_s"),

@@ -27,7 +27,6 @@ BACKENDS = ("unsloth", "transformers")
 DATA_PATH_VAR = "LLM_SUMMARIZER_DATA_PATH"  # directories holding named datasets (<name>/train.jsonl), ':'-separated
 
 
-
 def resolve_data(spec: str) -> tuple[Path, Optional[Path], str]:
     """(train file, validation file or None, short name) for --data: a JSONL file, a directory holding
     train.jsonl (+ validation.jsonl), or a name looked up as data/<name>/ and in $LLM_SUMMARIZER_DATA_PATH."""
@@ -42,7 +41,6 @@ def resolve_data(spec: str) -> tuple[Path, Optional[Path], str]:
                         f"(and validation.jsonl), or the name of one under data/ or ${DATA_PATH_VAR}")
     val = d / "validation.jsonl"
     return (d / "train.jsonl").resolve(), val.resolve() if val.exists() else None, d.name
-
 
 
 def bench_config(args, data: tuple[Path, Optional[Path], str], model_name: str, run_dir: Path) -> Config:

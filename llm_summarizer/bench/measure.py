@@ -28,7 +28,6 @@ from ..training.run import build_session
 GIB = 1024 ** 3
 
 
-
 def device_name() -> str:
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)

@@ -19,7 +19,6 @@ BACKENDS = ("unsloth", "transformers")
 DOC = bench_package.__doc__
 
 
-
 FLOOR_PARTS = ("data", "generation", "training", "startup")
 
 
@@ -73,14 +72,17 @@ def run(args) -> int:
         spec = json.loads(Path(args.child).read_text())
         boot.ml_stack(spec["config"]["model"]["backend"])
         if spec.get("kind") == "floors":
+            # after the arguments are checked: the bench loads the ML stack
             from ..bench.floors import child as floors_child
             from ..files import write_json
 
             write_json(Path(spec["result"]), floors_child(spec))
             return 0
+        # after the arguments are checked: the bench loads the ML stack
         from ..bench.measure import child
 
         return child(args.child)
+    # after the arguments are checked: the bench loads the ML stack
     from ..bench.results import append_row
 
     if args.from_json:
@@ -103,6 +105,7 @@ def run(args) -> int:
         args.floors_parts = parse_parts(args.floors)  # a typo is an error before anything is imported or built
         if args.data_rows < 1 or args.gen_rows < 1:
             raise UserError("--data-rows and --gen-rows must be at least 1")
+        # after the arguments are checked: the bench loads the ML stack
         from ..bench.floors import run_floors
 
         run_floors(args)

@@ -24,18 +24,21 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import UserError, config_to_dict, config_to_yaml, load_config
+from ..config import ModelSection, UserError, config_to_dict, config_to_yaml, load_config
 from ..errors import (
     EXIT_BROKEN_PIPE,
     EXIT_BUG,
+    EXIT_DISK_FULL,
     EXIT_EXPORT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TRAINING_STOPPED,
     EXIT_USER_ERROR,
     ExportFailed,
     TrainingStopped,
-    says_disk_full,
+    disk_full_message,
+    is_disk_full,
 )
+from ..layout import CONFIG_FILE
 from ..redaction import env_secrets, redact, secret_values
 
 log = logging.getLogger("llm_summarizer")
@@ -67,6 +70,7 @@ def quiet_libraries() -> None:
     """Keep the noise of the ML stack out of the way of our own log lines."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # the command layer imports what a command needs after its arguments are checked (start-up time)
     from ..progress import enabled
 
     if not enabled():  # datasets' own bars (data preparation) follow --progress / LLM_SUMMARIZER_PROGRESS
@@ -120,13 +124,13 @@ def saved_model_backend(model_dir, flag: Optional[str]) -> str:
     without importing anything heavy so that rule 2 can be kept."""
     if flag:
         return flag
-    p = Path(os.path.expanduser(str(model_dir))) / "config.yaml"
+    p = Path(os.path.expanduser(str(model_dir))) / CONFIG_FILE
     if p.is_file():
         try:
             return load_config(p).model.backend
         except UserError:
             pass  # the library names the problem when it reads the directory
-    return "unsloth"
+    return ModelSection.model_fields["backend"].default  # the config's default backend, as a new config has it
 
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -182,15 +186,11 @@ def run_command(parser, go: Callable, argv=None, interrupted: Optional[Callable]
         print(f"\ninterrupted (Ctrl-C): what was complete is kept; {how}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:
-        if says_disk_full(e):
+        if is_disk_full(e):
             # evaluate, summarize, export: what was complete stays as it was (atomic writes), so a rerun continues
-            where = getattr(e, "filename", None) or getattr(e, "strerror", None) or \
-                (str(e).splitlines() or [""])[0][:200]
-            print(secrets.clean(f"error: no space left on the device ({where}). Files that were complete before are "
-                                f"unchanged and nothing half-written was kept: free some space and rerun the same "
-                                f"command (an evaluation continues from the predictions already written)."),
-                  file=sys.stderr)
-            return EXIT_TRAINING_STOPPED
+            where = getattr(e, "filename", None) or "a file"
+            print(secrets.clean(f"error: {disk_full_message(where, e)}"), file=sys.stderr)
+            return EXIT_DISK_FULL
         # a bug: the whole traceback, for the report, with the user's secrets taken out of it
         print(secrets.clean("".join(traceback.format_exception(type(e), e, e.__traceback__))), file=sys.stderr, end="")
         return EXIT_BUG

@@ -34,6 +34,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def run(args, cfg) -> int:
     boot.ml_stack(cfg.model.backend)
+    # after the arguments are checked: tokenizers and datasets load only for a valid command
     from ..data.lengths import length_lines, length_report
     from ..data.preview import preview_text, write_processed
     from ..data.rows import load_raw_splits
@@ -62,6 +63,7 @@ def run(args, cfg) -> int:
 
 
 def reference_lines(stats: dict) -> str:
+    # after the arguments are checked
     from ..evaluation import diagnostics
 
     toks = sorted({s["tokenizer"] for s in stats.values()})

@@ -22,6 +22,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def facts() -> dict:
+    # environment imports torch to describe the device: only when asked
     from ..environment import device_facts, git_commit, package_versions
 
     out = {"versions": package_versions(), "git_commit": git_commit(), **device_facts()}

@@ -29,20 +29,19 @@ Decoding and prompt settings come from the model's config.yaml; `key=value` argu
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
-from ..config import ROUGE_KEYS
+from ..contracts import RunMetrics
+from ..layout import METRICS_FILE as METRICS
+from ..layout import PREDICTIONS
+from ..metric_names import ROUGE_KEYS
 from . import boot
 
 log = logging.getLogger("llm_summarizer.evaluate")
 
 PROG = "llm-summarizer evaluate"
-PREDICTIONS, METRICS = "predictions.jsonl", "metrics.json"
-
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -82,6 +81,7 @@ def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
     print(f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
           f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
           f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s")
+    # after the arguments are checked: the scorers load only for a valid command
     from ..evaluation import diagnostics
     from ..evaluation.bootstrap import block_means
 
@@ -96,6 +96,7 @@ def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
 
 def run(args, _cfg) -> int:
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    # after the arguments are checked: the ML stack loads only for a valid command
     from ..evaluation.evaluate import evaluate_model
 
     res = evaluate_model(args.model, args.data, args.split, args.output, args.limit, args.compare_base,
@@ -109,17 +110,22 @@ def run(args, _cfg) -> int:
 def to_training_run(model_dir: Path, res) -> None:
     """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
     metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
-    p = model_dir / "metrics.json"
-    training = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    tracking = training.get("tracking") or {}
-    for name, module in (("wandb", "wandb_tracker"), ("mlflow", "mlflow_tracker")):
+    p = model_dir / METRICS
+    # the tracking layer imports transformers: only after the evaluation, when the model names a run
+    from ..tracking.trackers import TRACKERS, evaluation_logger
+
+    training = RunMetrics.read(p) if p.is_file() else RunMetrics()
+    tracking = training.tracking or {}
+    for name in TRACKERS:
         if not (tracking.get(name) or {}).get("run_id"):
             continue
         try:
-            log_evaluation = importlib.import_module(f"llm_summarizer.tracking.{module}").log_evaluation
+            log_evaluation = evaluation_logger(name)
         except ImportError:
             log.warning("the model was trained with a %s run, but %s is not installed here: scores not added to it",
                         name, name)
+            continue
+        if log_evaluation is None:
             continue
         try:
             info = log_evaluation(training, res)

@@ -63,6 +63,7 @@ def _main(argv) -> int:
         print(usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
+        # only for --version
         from .. import __version__
 
         print(f"llm-summarizer {__version__}")

@@ -16,6 +16,7 @@ from . import boot
 
 def worker(config: dict) -> None:
     """One Ray Train worker: a rank of the same training run."""
+    # ray (the ray extra) only inside a Ray worker
     import ray.train
 
     ctx = ray.train.get_context()
@@ -28,6 +29,7 @@ def worker(config: dict) -> None:
                             f"{os.uname().nodename}: put output.dir on storage every node mounts at the same path")
         cfg = Config.model_validate(config["cfg"])
         boot.ml_stack(cfg.model.backend)  # Unsloth before transformers, in this worker process too
+        # in the worker process, after Unsloth is imported first
         from ..training.run import run
 
         run(cfg, take_lock=False)
@@ -36,6 +38,7 @@ def worker(config: dict) -> None:
     except TrainingStopped as e:
         code, message = EXIT_TRAINING_STOPPED, str(e)
     if code:
+        # ray (the ray extra) only inside a Ray worker
         import ray
 
         box = ray.get_actor(config["fatal_box"])

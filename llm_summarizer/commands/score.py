@@ -50,8 +50,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def read_predictions(path: str, args, base: bool = False) -> list[dict]:
     """Rows as {id, reference, prediction, document, hit_max_new_tokens}; a missing column or a non-text value names
     the file and row. A --base file may leave the documents out (the file's own are the same examples')."""
-    from pathlib import Path
-
+    # after the arguments are checked: the readers load only for a valid command
     from ..data.readers import read_file
 
     p = Path(path)
@@ -114,6 +113,7 @@ def pair_with_base(rows: list[dict], base_rows: list[dict], path: str, base_path
 def summary_statistics(rows: list[dict], tokenizer: str, documents: list = None) -> list[dict]:
     """The statistics of each prediction against its document (the row's own, else `documents`' at its position),
     reference and generation flag (diagnostics.py)."""
+    # after the arguments are checked: the scorers load only for a valid command
     from ..evaluation import diagnostics
 
     docs = [r["document"] if r["document"] is not None else (documents[i] if documents else None)
@@ -130,7 +130,7 @@ def _fmt(block: dict, keys) -> str:
 def run(args, _cfg) -> int:
     if args.bootstrap_samples < 100:
         raise UserError(f"--bootstrap-samples {args.bootstrap_samples}: use at least 100")
-    from ..config import ROUGE_KEYS
+    # after the arguments are checked: the scorers load only for a valid command
     from ..evaluation import diagnostics
     from ..evaluation.bootstrap import (
         block_means,
@@ -141,6 +141,7 @@ def run(args, _cfg) -> int:
     )
     from ..evaluation.scoring import protocol_for, warn_empty_references
     from ..files import write_json
+    from ..metric_names import ROUGE_KEYS
 
     if args.output:
         from ..paths import Place, check_places  # no ML imports: checked before anything is read

@@ -60,6 +60,7 @@ def run(args, _cfg) -> int:
 
 def _serve(args) -> int:
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    # after the arguments are checked: the ML stack loads only for a valid command
     from ..models.loading import load_for_generation
     from ..serve.server import Summarizer, make_server
 

@@ -88,6 +88,7 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     if args.max_new_tokens:
         overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
+    # after the arguments are checked: the ML stack loads only for a valid command
     from ..models.generation import check_documents, default_max_new_tokens, summarize_texts
     from ..models.loading import load_for_generation
     from ..progress import bar

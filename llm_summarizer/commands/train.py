@@ -36,10 +36,13 @@ def run(args, cfg) -> int:
     boot.ml_stack(cfg.model.backend)
     if cfg.scale.engine == "ray":
         return run_ray(cfg)
+    # after the config is checked: the ML stack loads only for a valid run
     from ..training.run import run as train_run
-    from ..training.run import summary_lines
+    from ..training.summary import summary_lines
+    from ..training.trial import TrialReporter
 
-    result = train_run(cfg)
+    # a trial process started by `llm-summarizer tune` reports to the driver's study (its spec in the environment)
+    result = train_run(cfg, reporter=TrialReporter.from_env())
     print("\n".join(summary_lines(result)))
     return 0
 
@@ -49,18 +52,17 @@ def run_ray(cfg) -> int:
         import ray.train  # noqa: F401  (an optional extra)
     except ImportError:
         raise UserError("scale.engine=ray needs Ray Train: pip install 'llm_summarizer[ray]' (ray[train])") from None
+    # ray (the ray extra) only for scale.engine=ray
     from ..scale.ray_engine import run_on_ray
     from .ray_worker import worker
 
     metrics = run_on_ray(cfg, worker)
-    from ..training.run import format_rouge
+    # after the Ray run: the ML stack stays out of the driver until then
+    from ..training.run import RunResult
+    from ..training.summary import summary_lines
 
-    t = metrics["train"]
-    print(f"\n== llm_summarizer: training finished on Ray ({t.get('world_size')} workers)\n"
-          f"   steps:            {t['global_step']} (train loss {t['train_loss']:.4f})\n"
-          f"   ROUGE base:       {format_rouge(metrics.get('base'))}\n"
-          f"   ROUGE final:      {format_rouge(metrics.get('final'))}\n"
-          f"   fine-tuned model: {cfg.model_dir.absolute()}/\n   checkpoints+logs: {cfg.output_dir.absolute()}/")
+    result = RunResult(cfg.output_dir.absolute(), cfg.model_dir.absolute(), metrics)
+    print("\n".join(summary_lines(result, f" on Ray ({metrics.train.world_size} workers)")))
     return 0
 
 

@@ -39,6 +39,7 @@ def run(args, cfg) -> int:
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
     try:
+        # after the arguments are checked: optuna and the ML stack load only for a valid command
         from ..tune.study import run_study, summary_lines
     except ImportError as e:
         if "optuna" not in str(e):

@@ -19,7 +19,6 @@ from .readers import ID_COLUMNS, MAX_DOCUMENT_BYTES, read_bounded, read_file
 log = logging.getLogger("llm_summarizer.data")
 
 
-
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 DOCUMENT_COLUMNS = ("document", "text", "article", "dialogue", "content", "input", "source", "transcript", "src")
 DEFAULT_GLOBS = ("*.txt", "*.md")

@@ -27,7 +27,6 @@ from ..errors import DataError
 log = logging.getLogger("llm_summarizer.data")
 
 
-
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 

@@ -19,7 +19,6 @@ from .readers import MAX_SHOWN_ROWS, RawSplit, pick_columns, read_source
 log = logging.getLogger("llm_summarizer.data")
 
 
-
 def raw_from_rows(rows, role: str, data: DataSection, source: str = "in-memory") -> RawSplit:
     """A RawSplit from rows already in memory: a datasets.Dataset, a pandas DataFrame or a list of dicts."""
     if hasattr(rows, "to_dict") and hasattr(rows, "columns") and not hasattr(rows, "to_list"):

@@ -26,7 +26,6 @@ from .readers import MAX_SHOWN_ROWS, RawSplit
 log = logging.getLogger("llm_summarizer.data")
 
 
-
 @dataclass
 class SplitStats:
     role: str

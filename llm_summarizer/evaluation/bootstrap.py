@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import ROUGE_KEYS
+from ..metric_names import ROUGE_KEYS
 from . import diagnostics
 from .scoring import Protocol, score_corpus
 

@@ -26,6 +26,9 @@ from ..data.rows import load_raw_splits, validate_rows
 from ..environment import package_versions
 from ..errors import UserError
 from ..files import file_digest, write_json, write_text
+from ..layout import BASE_PREDICTIONS, PREDICTIONS
+from ..layout import EVAL_SETTINGS as SETTINGS
+from ..layout import METRICS_FILE as METRICS
 from ..models.directory import weight_files
 from ..models.generation import AdaptiveBatch, check_documents, default_max_new_tokens, summarize_texts
 from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
@@ -36,11 +39,6 @@ from .report import find_log_history, write_eval_report
 from .scoring import Protocol, protocol_for, score_pair, warn_empty_references
 
 log = logging.getLogger("llm_summarizer.evaluate")
-
-PREDICTIONS = "predictions.jsonl"
-BASE_PREDICTIONS = "predictions_base.jsonl"
-METRICS = "metrics.json"
-SETTINGS = "eval_settings.json"
 
 
 @dataclass

@@ -14,10 +14,10 @@ from typing import Optional
 
 import yaml
 
-from ..config import ROUGE_KEYS, Config, is_local_path
+from ..config import Config, is_local_path
+from ..contracts import RunMetrics
+from ..metric_names import ROUGE_KEYS, ROUGE_LABELS
 from . import diagnostics as D
-
-LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 
 
 def _is_hub_id(name: Optional[str]) -> bool:
@@ -30,8 +30,8 @@ def _f1(v) -> Optional[float]:
     return v if isinstance(v, (int, float)) else None
 
 
-def _rouge_rows(metrics: dict) -> list[str]:
-    base, final = metrics.get("base") or {}, metrics.get("final") or {}
+def _rouge_rows(metrics: RunMetrics) -> list[str]:
+    base, final = metrics.base or {}, metrics.final or {}
     rows = ["| metric | base model | fine-tuned | change |", "|---|---|---|---|"]
     for k in ROUGE_KEYS:
         b, f = _f1(base.get(k)), _f1(final.get(k))
@@ -39,7 +39,7 @@ def _rouge_rows(metrics: dict) -> list[str]:
             continue
         fmt = lambda v: f"{100 * v:.2f}" if v is not None else "n/a"
         delta = f"{100 * (f - b):+.2f}" if (f is not None and b is not None) else "n/a"
-        rows.append(f"| {LABELS[k]} | {fmt(b)} | {fmt(f)} | {delta} |")
+        rows.append(f"| {ROUGE_LABELS[k]} | {fmt(b)} | {fmt(f)} | {delta} |")
     return rows
 
 
@@ -59,19 +59,19 @@ def _eval_rows(ev: dict) -> list[str]:
         if base:
             d = diff.get(k)
             change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]" if d else "n/a"
-            rows.append(f"| {LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
+            rows.append(f"| {ROUGE_LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
         else:
-            rows.append(f"| {LABELS[k]} | {cell(model[k])} |")
+            rows.append(f"| {ROUGE_LABELS[k]} | {cell(model[k])} |")
     return rows
 
 
-def _diagnostics_lines(metrics: dict, ev: Optional[dict]) -> list[str]:
+def _diagnostics_lines(metrics: RunMetrics, ev: Optional[dict]) -> list[str]:
     """The statistics of each summary against its document: the validation passes of training, and a test-set
     evaluation with intervals when there is one."""
     out = []
-    table = D.markdown_table({"references": metrics.get("references"), "base model": metrics.get("base"),
-                              "fine-tuned": metrics.get("final")},
-                             (metrics.get("final_vs_base") or {}).get("diagnostics_model_minus_base"))
+    table = D.markdown_table({"references": metrics.references, "base model": metrics.base,
+                              "fine-tuned": metrics.final},
+                             (metrics.final_vs_base or {}).get("diagnostics_model_minus_base"))
     if table:
         out += ["Validation split, mean per summary (the same examples as ROUGE above):", "", *table, ""]
     res = (ev or {}).get("results") or {}
@@ -84,7 +84,7 @@ def _diagnostics_lines(metrics: dict, ev: Optional[dict]) -> list[str]:
                 f"interval]):", "", *table, ""]
     if not out:
         return []
-    warn = D.warnings(metrics.get("final"), metrics.get("base"), metrics.get("references"))
+    warn = D.warnings(metrics.final, metrics.base, metrics.references)
     return ["## Beyond ROUGE: each summary against its document", "",
             "Extractive fragment coverage and density (Grusky et al. 2018: how much and in how long pieces a summary "
             "copies its document), n-grams, numbers and name-like words not in the document, repetition, length "
@@ -93,9 +93,9 @@ def _diagnostics_lines(metrics: dict, ev: Optional[dict]) -> list[str]:
             *[f"**Note:** {w}." for w in warn], *([""] if warn else [])]
 
 
-def _tracking_lines(metrics: dict) -> list[str]:
+def _tracking_lines(metrics: RunMetrics) -> list[str]:
     # only a URL others can open: an offline run's local folder means nothing to a reader of the card
-    url = ((metrics.get("tracking") or {}).get("wandb") or {}).get("url")
+    url = metrics.wandb_url
     return ["## Training run", "", f"Weights & Biases: {url}", ""] if url else []
 
 
@@ -108,7 +108,7 @@ def _source(s) -> str:
     return f"`{name}`" + (f" ({extra})" if extra else "")
 
 
-def _data_lines(cfg: Config, metrics: dict) -> list[str]:
+def _data_lines(cfg: Config, metrics: RunMetrics) -> list[str]:
     d = cfg.data
     out = [f"- train: {_source(d.train)}"]
     if d.validation is not None:
@@ -117,7 +117,7 @@ def _data_lines(cfg: Config, metrics: dict) -> list[str]:
         out.append(f"- validation: {d.validation_size} held out of train (split_seed {d.split_seed})")
     if d.test is not None:
         out.append(f"- test: {_source(d.test)}")
-    for role, s in (metrics.get("data") or {}).items():
+    for role, s in metrics.data.items():
         if not isinstance(s, dict):
             continue
         st = s.get("summary_tokens") or {}
@@ -129,10 +129,10 @@ def _data_lines(cfg: Config, metrics: dict) -> list[str]:
     return out
 
 
-def _hyper_rows(cfg: Config, metrics: dict, model_info: dict) -> list[str]:
+def _hyper_rows(cfg: Config, metrics: RunMetrics, model_info: dict) -> list[str]:
     t, lo, m = cfg.train, cfg.lora, cfg.model
-    tr = metrics.get("train") or {}
-    steps = f"{tr.get('global_step')}" + (f" (max_steps {t.max_steps})" if t.max_steps > 0 else f" ({t.num_train_epochs} epochs)")
+    tr = metrics.train
+    steps = f"{tr.global_step}" + (f" (max_steps {t.max_steps})" if t.max_steps > 0 else f" ({t.num_train_epochs} epochs)")
     rows = [
         ("base model", f"`{m.name}`" + (f" (loaded from `{model_info['resolved_path']}`)"
                                         if model_info.get("resolved_path") not in (None, m.name) else "")),
@@ -150,7 +150,7 @@ def _hyper_rows(cfg: Config, metrics: dict, model_info: dict) -> list[str]:
         ("sequence length", f"{m.max_seq_length} tokens; documents truncated (`{cfg.data.truncation}`), summaries never"),
         ("loss", "on the summary tokens (and EOS) only"),
         ("seed", f"{t.seed} (data split seed {cfg.data.split_seed})"),
-        ("final training loss", f"{tr['train_loss']:.4f}" if isinstance(tr.get("train_loss"), (int, float)) else "n/a"),
+        ("final training loss", f"{tr.train_loss:.4f}" if isinstance(tr.train_loss, (int, float)) else "n/a"),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
 
@@ -214,10 +214,11 @@ def _use_lines(cfg: Config, kind: str, base_model: str, export_info: Optional[di
     return out
 
 
-def write_model_card(path: Path, cfg: Config, metrics: dict, model_info: dict, kind: str = "adapter",
+def write_model_card(path: Path, cfg: Config, metrics: Optional[RunMetrics], model_info: dict, kind: str = "adapter",
                      export_info: Optional[dict] = None, eval_metrics: Optional[dict] = None) -> None:
     """README.md with YAML front matter. kind: adapter (a LoRA adapter), merged, or gguf."""
-    final = metrics.get("final") or {}
+    metrics = metrics or RunMetrics()
+    final = metrics.final or {}
     base_model = (model_info or {}).get("resolved_path") or cfg.model.name
     hub_datasets = [s.name for s in (cfg.data.train, cfg.data.validation, cfg.data.test) if s is not None and s.name]
     local_datasets = [Path(s.path).name for s in (cfg.data.train, cfg.data.validation) if s is not None and s.path]
@@ -237,13 +238,13 @@ def write_model_card(path: Path, cfg: Config, metrics: dict, model_info: dict, k
             "results": [{
                 "task": {"type": "summarization", "name": "Summarization"},
                 "dataset": {"name": ds, "type": ds, "split": "validation"},
-                "metrics": [{"type": k, "value": round(100 * _f1(final[k]), 2), "name": f"{LABELS[k]} F1 (x100)"}
+                "metrics": [{"type": k, "value": round(100 * _f1(final[k]), 2), "name": f"{ROUGE_LABELS[k]} F1 (x100)"}
                             for k in ROUGE_KEYS if _f1(final.get(k)) is not None],
             }],
         }]
     what = {"adapter": "A LoRA adapter", "merged": "A merged model (LoRA folded into the base weights)",
             "gguf": "A GGUF file for llama.cpp / Ollama"}.get(kind, "A model")
-    proto = metrics.get("eval_protocol") or {}
+    proto = metrics.eval_protocol
     body = [
         f"# {cfg.output.run_name}",
         "",

@@ -22,31 +22,28 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import ROUGE_KEYS, load_config
+from ..config import load_config
+from ..contracts import RunMetrics
 from ..files import write_text
+from ..layout import COVERAGE_PNG, CURVES_PNG, LENGTHS_PNG, PLOTS_DIR, REPORT, ROUGE_PNG
+from ..metric_names import ROUGE_CURVES, ROUGE_KEYS, ROUGE_LABELS, eval_name
 from ..rundir import list_checkpoints
 from . import diagnostics as D
 
 log = logging.getLogger("llm_summarizer.report")
 
-PLOTS_DIR = "plots"
-REPORT = "report.md"
-CURVES_PNG = "training_curves.png"
-ROUGE_PNG = "rouge_base_vs_finetuned.png"
-LENGTHS_PNG = "summary_lengths.png"
-COVERAGE_PNG = "coverage_density.png"
-LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 COLORS = {"base": "#9aa5b1", "model": "#1f77b4", "reference": "#2ca02c", "loss": "#d62728", "eval_loss": "#ff7f0e",
           "rouge1": "#1f77b4", "rouge2": "#9467bd", "rougeL": "#2ca02c", "rougeLsum": "#17becf"}
 
 
 def _pyplot():
     try:
+        # matplotlib (the report extra) only when a plot is drawn; a missing one is a note, not a failure
         import matplotlib
     except ImportError:
         return None
     matplotlib.use("Agg")  # files only; never a window
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
                          "axes.grid": True, "grid.alpha": 0.3, "font.size": 10})
@@ -70,11 +67,11 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     below = dict(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3)
     ax1.legend(**below)
     steps = [h["step"] for h in evals if "eval_rougeL" in h]
-    for k in ("rouge1", "rouge2", "rougeL"):
-        ys = [100 * h[f"eval_{k}"] for h in evals if f"eval_{k}" in h]
+    for k in ROUGE_CURVES:
+        ys = [100 * h[eval_name(k)] for h in evals if eval_name(k) in h]
         xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)
         if ys:
-            ax2.plot(xs, ys, "o-", color=COLORS[k], lw=1.5, ms=4, label=f"{LABELS[k]} (last {ys[-1]:.1f})")
+            ax2.plot(xs, ys, "o-", color=COLORS.get(k), lw=1.5, ms=4, label=f"{ROUGE_LABELS[k]} (last {ys[-1]:.1f})")
     ax2.set(title="ROUGE on generated validation summaries", ylabel="F1 x 100", ylim=(0, 100),
             xlabel="training step" + (" (step 0: the base model)" if base and steps else ""))
     if steps:
@@ -110,7 +107,7 @@ def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_
         for p, v, k in zip(pos, vals, keys):
             top = v + (err[1][keys.index(k)] if err else 0)
             ax.text(p, top + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [LABELS[k] for k in keys])
+    ax.set_xticks(x, [ROUGE_LABELS[k] for k in keys])
     title = "ROUGE: base model vs fine-tuned" if base else f"ROUGE of the {model_label} model"
     if any(isinstance(model[k], dict) and "ci95" in model[k] for k in keys):
         title += "\n(error bars: bootstrap 95% confidence intervals)"
@@ -226,9 +223,9 @@ def _rouge_table(model: dict, base: Optional[dict], diff: Optional[dict] = None)
                 change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
             else:
                 change = f"{100 * (_f1(model[k]) - _f1(base[k])):+.2f}" if k in base else "n/a"
-            rows.append(f"| {LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
+            rows.append(f"| {ROUGE_LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
         else:
-            rows.append(f"| {LABELS[k]} | {cell(model[k])} |")
+            rows.append(f"| {ROUGE_LABELS[k]} | {cell(model[k])} |")
     return rows
 
 
@@ -271,7 +268,7 @@ def _plots_md(made: dict) -> list[str]:
 
 
 def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows: Optional[list[dict]] = None,
-                      log_history: Optional[list] = None, train_metrics: Optional[dict] = None,
+                      log_history: Optional[list] = None, train_metrics: Optional[RunMetrics] = None,
                       diagnostics: Optional[dict] = None) -> Path:
     """report.md + plots/ for an evaluation (metrics as written by evaluate; `diagnostics`: per-example statistics
     by series, model / base / references)."""
@@ -281,7 +278,7 @@ def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows:
     model, base = res["model"], res.get("base")
     made = {}
     if log_history:
-        made[CURVES_PNG] = (plot_training_curves(log_history, plots / CURVES_PNG, (train_metrics or {}).get("base")),
+        made[CURVES_PNG] = (plot_training_curves(log_history, plots / CURVES_PNG, train_metrics.base if train_metrics else None),
                             "training curves")
     made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, model, base), "ROUGE base vs fine-tuned")
     made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in rows],
@@ -340,7 +337,7 @@ def find_log_history(info) -> Optional[list]:
         return None
     try:
         cfg = load_config(info.config_yaml)
-        want = (info.metrics.get("train") or {}).get("global_step")
+        want = info.metrics.train.global_step if info.metrics else None
         for _, ckpt in reversed(list_checkpoints(cfg.output_dir)):
             state_file = ckpt / "trainer_state.json"
             if state_file.is_file():

@@ -35,10 +35,10 @@ from rouge_score import rouge_scorer
 from rouge_score import tokenizers as rouge_tokenizers
 
 from ..errors import UserError
+from ..metric_names import ROUGE_KEYS
 
 log = logging.getLogger("llm_summarizer.scoring")
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 TOKENIZERS = ("auto", "default", "unicode", "chars")
 LSUM_SPLITS = ("regex", "punkt", "newline")
 
@@ -163,8 +163,8 @@ class UnicodeTokenizer:
 @lru_cache(maxsize=4)
 def _scorer(tokenizer: str):
     if tokenizer == "default":
-        return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=UnicodeTokenizer(tokenizer == "chars"))
+        return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=UnicodeTokenizer(tokenizer == "chars"))
 
 
 def tokens(text: str, tokenizer: str) -> list[str]:
@@ -201,6 +201,7 @@ def _regex_split(para: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _punkt():
+    # nltk only for ROUGE-Lsum's sentence splitting
     import nltk
 
     try:
@@ -242,7 +243,7 @@ def score_pair(reference: str, prediction: str, protocol: Optional[Protocol] = N
     """ROUGE F1 of one pair; without a protocol, `auto` is resolved on this reference alone."""
     p = protocol or protocol_for([reference])
     s = _scorer(p.tokenizer).score(split_sentences(reference, p.lsum_split), split_sentences(prediction, p.lsum_split))
-    return {k: s[k].fmeasure for k in ROUGE_TYPES}
+    return {k: s[k].fmeasure for k in ROUGE_KEYS}
 
 
 def score_corpus(references: list[str], predictions: list[str], protocol: Optional[Protocol] = None
@@ -253,7 +254,7 @@ def score_corpus(references: list[str], predictions: list[str], protocol: Option
     p = protocol or protocol_for(references)
     per = [score_pair(r, x, p) for r, x in zip(references, predictions)]
     n = max(1, len(per))
-    return {k: sum(x[k] for x in per) / n for k in ROUGE_TYPES}, per
+    return {k: sum(x[k] for x in per) / n for k in ROUGE_KEYS}, per
 
 
 def empty_references(references: list[str], protocol: Protocol) -> int:

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..layout import CONFIG_FILE
 from ..models.directory import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TOKENIZER_FILES
 from .job import Job
 from .verify import check_text, compare, run_worker
@@ -30,7 +31,7 @@ def write(job: Job, write_metadata) -> None:
     """--format adapter"""
     job.meta["method"] = _copy_adapter(job.loaded, job.tmp)
     res = run_worker({"action": "greedy-adapter", "model_dir": str(job.tmp), "base": job.info.base,
-                      "config": str(job.tmp / "config.yaml"), "dtype": job.loaded.dtype, "documents": job.docs,
+                      "config": str(job.tmp / CONFIG_FILE), "dtype": job.loaded.dtype, "documents": job.docs,
                       "max_new_tokens": job.max_new_tokens, "score": job.reference}, job.scratch,
                      "loading the exported adapter")
     job.check.update(compare(job.reference, res["texts"], job.docs, "the exported adapter (plain transformers + PEFT)",

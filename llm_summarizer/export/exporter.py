@@ -21,6 +21,7 @@ from ..environment import package_versions
 from ..errors import UserError
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, scratch_beside, write_json
+from ..layout import CONFIG_FILE, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
 from ..models.generation import default_max_new_tokens, inference_mode, summarize_texts
 from ..models.loading import load_for_generation, model_config, saved_model
 from ..paths import Place, check_places
@@ -48,7 +49,6 @@ FORMATS = {
 assert tuple(FORMATS) == FORMAT_NAMES
 
 
-
 @dataclass
 class ExportResult:
     output_dir: Path
@@ -66,18 +66,18 @@ def _write_metadata(dst: Path, loaded, fmt: str) -> None:
     if fmt != "adapter":
         cfg.model.load_in_4bit = False  # the weights say how they are stored; nothing to quantize on load
         cfg.model.load_in_8bit = False
-    (dst / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+    (dst / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
     src = loaded.info.path
-    for name in ("metrics.json", "run_info.json"):
+    for name in (METRICS_FILE, RUN_INFO_FILE):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
 
 
 def _write_card(dst: Path, loaded, kind: str, info: dict) -> None:
     run_info = {}
-    if (loaded.info.path / "run_info.json").is_file():
-        run_info = json.loads((loaded.info.path / "run_info.json").read_text(encoding="utf-8")).get("model") or {}
-    write_model_card(dst / "README.md", loaded.cfg, loaded.info.metrics, run_info, kind=kind, export_info=info)
+    if (loaded.info.path / RUN_INFO_FILE).is_file():
+        run_info = json.loads((loaded.info.path / RUN_INFO_FILE).read_text(encoding="utf-8")).get("model") or {}
+    write_model_card(dst / MODEL_CARD, loaded.cfg, loaded.info.metrics, run_info, kind=kind, export_info=info)
 
 
 def _preflight(fmt: str, info, target: Path, overwrite: bool, options: ExportOptions):
@@ -167,7 +167,7 @@ def _reference(job: Job) -> None:
                                                    job.max_new_tokens)
         return
     _write_metadata(job.scratch, loaded, job.fmt)
-    src = run_worker({"action": "greedy", "model_dir": str(job.info.path), "config": str(job.scratch / "config.yaml"),
+    src = run_worker({"action": "greedy", "model_dir": str(job.info.path), "config": str(job.scratch / CONFIG_FILE),
                       "documents": job.docs, "max_new_tokens": job.max_new_tokens}, job.scratch,
                      "loading the source model")
     job.reference, job.ref_logprobs = src["texts"], src["logprobs"]

@@ -34,6 +34,7 @@ from typing import Optional
 from ..config import ModelSection
 from ..errors import ExportFailed, UserError
 from ..files import atomic_directory
+from ..layout import RECORDS
 from ..models.gguf import cache_lock
 from .job import GGUF_DIRECT, GGUF_PRECISION, GGUF_QUANTIZED, Job
 from .merged import merged_source
@@ -183,6 +184,7 @@ def teacher_forced(job: Job) -> tuple[list[list[int]], list[int]]:
 def reference_distributions(job: Job, merged: Path, seqs: list, starts: list) -> list:
     """The merged model's next-token log-probabilities at every summary position, from plain transformers in
     float32 in a separate process."""
+    # safetensors' torch half only in the GGUF check's worker process
     from safetensors.torch import load_file
 
     dest = job.scratch / "next-token-reference.safetensors"
@@ -303,7 +305,7 @@ def write(job: Job, write_metadata) -> None:
     gguf_type, tools = job.options.gguf_type, job.tools
     out = _convert_gguf(merged, job.tmp, job.info.name, gguf_type, tools, job.scratch)
     for f in list(job.tmp.iterdir()):  # the GGUF file carries weights and tokenizer itself
-        if f != out and f.name not in ("config.yaml", "metrics.json", "run_info.json"):
+        if f != out and f.name not in RECORDS:
             shutil.rmtree(f) if f.is_dir() else f.unlink()
     (job.tmp / "Modelfile").write_text(modelfile(job, out.name), encoding="utf-8")
     job.meta.update(dtype=gguf_type, file=out.name, converter=str(tools.convert), ollama_modelfile="Modelfile",

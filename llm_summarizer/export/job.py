@@ -35,20 +35,45 @@ GGUF_PRECISION = ("q2_k", "q3_k_m", "q4_0", "q4_1", "q4_k_m", "q5_0", "q5_1", "q
                   "f16", "f32")
 
 
+def option(default, help: str, type=None, choices=None):
+    """A field of ExportOptions and, from the same line, its flag of `llm-summarizer export` (--the-name)."""
+    return field(default=default, metadata={"help": help, "type": type or builtins_type(default), "choices": choices})
+
+
+def builtins_type(value):
+    return type(value) if value is not None else str
+
+
 @dataclass
 class ExportOptions:
-    verify_examples: int = 8  # fixed documents the export is checked on
-    verify_data: Optional[str] = None  # where those documents come from (default: the model's validation data)
-    dtype: str = "auto"  # merged weights: auto (the base's 16-bit dtype, float16 for float32), float16, bfloat16
-    logprob_tolerance: float = 0.1  # nats per token between the adapter and a 16-bit export
-    min_4bit_agreement: float = 0.8  # mean ROUGE-L between the adapter's and the 4-bit model's summaries
-    gguf_type: str = "q8_0"
-    max_gguf_kl: Optional[float] = None  # None: the type's row of GGUF_LIMITS
-    min_gguf_top1: Optional[float] = None  # None: the type's row of GGUF_LIMITS
+    """How an export is made and checked: every field is a flag of `llm-summarizer export` (commands/export.py
+    builds them from here), with its default and help."""
+
+    dtype: str = option("auto", "merged weights' dtype (default auto: the base's bfloat16/float16, float16 for a "
+                                "float32 base; the same on every machine)", choices=("auto",) + DTYPES16)
+    verify_examples: int = option(8, "fixed documents the export is checked on (default 8)")
+    verify_data: Optional[str] = option(None, "take those documents from this data source (default: the model's "
+                                              "validation data)")
+    gguf_type: str = option("q8_0", f"GGUF type: {', '.join(GGUF_DIRECT + GGUF_QUANTIZED)} (default q8_0)")
+    llama_cpp: Optional[str] = option(None, "llama.cpp checkout holding convert_hf_to_gguf.py (default "
+                                            "$LLAMA_CPP_DIR)")
+    min_4bit_agreement: float = option(0.8, "merged-4bit: least mean ROUGE-L between its and the adapter's greedy "
+                                            "summaries (default 0.8)")
+    max_gguf_kl: Optional[float] = option(
+        None, "gguf: largest mean KL divergence (nats per token) of llama.cpp's next-token distributions from the "
+              "merged model's, teacher-forced on the fixed documents' summaries (default: measured per type, q8_0 "
+              f"{GGUF_LIMITS['q8_0'][0]:g}, f16 {GGUF_LIMITS['f16'][0]:g})", type=float)
+    min_gguf_top1: Optional[float] = option(
+        None, "gguf: least share of those positions where both put the same token first (default: measured per "
+              f"type, q8_0 {GGUF_LIMITS['q8_0'][1]:g}, f16 {GGUF_LIMITS['f16'][1]:g})", type=float)
     # llama.cpp's greedy summaries against the merged model's (mean ROUGE-L) are recorded as an illustration; a
     # value here makes them a gate as well (one flipped token rewrites the rest of a greedy summary)
-    min_gguf_agreement: Optional[float] = None
-    llama_cpp: Optional[str] = None  # a llama.cpp checkout holding convert_hf_to_gguf.py
+    min_gguf_agreement: Optional[float] = option(
+        None, "gguf: also require this mean ROUGE-L between llama.cpp's and the merged model's greedy summaries "
+              "(default: recorded, not required)", type=float)
+    logprob_tolerance: float = option(0.1, "adapter and 16-bit export must score the adapter's summaries within "
+                                           "this many nats per token (default 0.1; 16-bit rounding gives about "
+                                           "0.002 in float16, 0.03 in bfloat16)")
 
     def check(self) -> None:
         if self.verify_examples < 1:

@@ -16,11 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ExportFailed
+from ..layout import CONFIG_FILE
 from .job import DTYPES16, Job
 from .verify import check_text, compare, run_worker
 
 log = logging.getLogger("llm_summarizer.export")
-
 
 
 def stored_dtype(path: Optional[str]) -> Optional[str]:
@@ -29,8 +29,6 @@ def stored_dtype(path: Optional[str]) -> Optional[str]:
         return None
     conf = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     return conf.get("dtype") or conf.get("torch_dtype")
-
-
 
 
 DTYPE_RULE = ("the base checkpoint's own 16-bit dtype (bfloat16 or float16); float16 for a float32 base or one that "
@@ -123,7 +121,7 @@ def merge_and_check(job: Job, dst: Path, write_metadata) -> None:
     job.meta["method"] = merge_16bit(job.loaded, dst, job.scratch, target)
     job.meta["dtype_rule"] = f"{target}: {why}. Rule: {DTYPE_RULE}"
     write_metadata(dst)
-    res = run_worker({"action": "greedy", "model_dir": str(dst), "config": str(dst / "config.yaml"),
+    res = run_worker({"action": "greedy", "model_dir": str(dst), "config": str(dst / CONFIG_FILE),
                       "documents": job.docs, "max_new_tokens": job.max_new_tokens, "score": job.reference},
                      job.scratch, "loading the merged model")
     job.check.update(compare(job.reference, res["texts"], job.docs, "the merged model (plain transformers "
@@ -152,4 +150,3 @@ def merged_source(job: Job, write_metadata) -> Path:
 def write(job: Job, write_metadata) -> None:
     """--format merged-16bit"""
     merge_and_check(job, job.tmp, write_metadata)
-

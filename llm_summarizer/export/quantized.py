@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from ..errors import ExportFailed, UserError
+from ..layout import CONFIG_FILE
 from ..models.backends import cpu_4bit_ready
 from .job import Job
 from .merged import merged_source, stored_dtype
@@ -38,7 +39,7 @@ def write(job: Job, write_metadata) -> None:
     merged = merged_source(job, write_metadata)
     run_worker({"action": "quantize-4bit", "model_dir": str(merged), "dest": str(job.tmp),
                 "dtype": stored_dtype(str(merged))}, job.scratch, "4-bit quantization")
-    res = run_worker({"action": "greedy", "model_dir": str(job.tmp), "config": str(job.tmp / "config.yaml"),
+    res = run_worker({"action": "greedy", "model_dir": str(job.tmp), "config": str(job.tmp / CONFIG_FILE),
                       "documents": job.docs, "max_new_tokens": job.max_new_tokens, "score": job.reference},
                      job.scratch, "loading the 4-bit model")
     agree = agreement(job.reference, res["texts"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Callable, Optional
 
 import torch
@@ -41,6 +42,7 @@ def cpu_4bit_ready() -> Optional[str]:
     """None when bitsandbytes quantizes to NF4 on this CPU (0.50 does; older releases have no CPU kernels),
     else why not, from a quantization of one small block tried here."""
     try:
+        # bitsandbytes is optional (4-bit only): probed, not required
         import bitsandbytes.functional as bnbf
 
         packed, state = bnbf.quantize_4bit(torch.ones(64, 2), blocksize=64, quant_type="nf4")
@@ -48,8 +50,6 @@ def cpu_4bit_ready() -> Optional[str]:
         if not torch.allclose(back, torch.ones(64, 2)):
             return "its CPU NF4 round trip does not give the weights back"
     except Exception as e:  # an old bitsandbytes without CPU kernels fails in many ways; all mean the same here
-        from importlib import metadata
-
         try:
             version = metadata.version("bitsandbytes")
         except metadata.PackageNotFoundError:
@@ -63,6 +63,7 @@ def cpu_8bit_optim_ready() -> Optional[str]:
     """None when bitsandbytes' 8-bit optimizers step on this CPU (0.50's do), else why not, from one step of
     AdamW8bit on one small parameter tried here."""
     try:
+        # bitsandbytes is optional (8-bit optimizers only): probed, not required
         import bitsandbytes as bnb
 
         p = torch.nn.Parameter(torch.ones(4096))  # bitsandbytes keeps 8-bit state from 4096 elements on
@@ -85,6 +86,7 @@ def plain_cpu_4bit(model) -> int:
     kernel), the layer computes in bfloat16 (results then depend on the CPU), and the repacking fails on layers
     whose sizes are not multiples of its blocks (out_features of 32, in_features of 64: the tiny model's
     intermediate size of 344 is neither). The plain path dequantizes and computes in the compute dtype."""
+    # bitsandbytes is optional (8-bit optimizers only): probed, not required
     import bitsandbytes as bnb
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -118,6 +120,7 @@ class LoadSpec:
 
 
 def _unsloth_load(spec: LoadSpec):
+    # unsloth is imported first by models/unsloth_first.py; here only on the unsloth backend
     from unsloth import FastLanguageModel
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -134,6 +137,7 @@ def _loftq(cfg: Config):
 
 
 def _unsloth_lora(model, cfg: Config):
+    # unsloth is imported first by models/unsloth_first.py; here only on the unsloth backend
     from unsloth import FastLanguageModel
 
     lo = cfg.lora
@@ -146,6 +150,7 @@ def _unsloth_lora(model, cfg: Config):
 
 
 def _unsloth_mode(model, inference: bool) -> None:
+    # unsloth is imported first by models/unsloth_first.py; here only on the unsloth backend
     from unsloth import FastLanguageModel
 
     (FastLanguageModel.for_inference if inference else FastLanguageModel.for_training)(model)
@@ -235,6 +240,7 @@ def for_training(model, backend_name: str) -> None:
 def apply_named_template(tokenizer, name: str):
     """Set one of Unsloth's named chat templates (chatml, llama-3, qwen-2.5, ...) on the tokenizer."""
     import_unsloth()
+    # only on the unsloth backend, after unsloth_first
     from unsloth.chat_templates import CHAT_TEMPLATES, get_chat_template
 
     if name not in CHAT_TEMPLATES:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -23,17 +23,19 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..config import is_local_path
+from ..contracts import RunMetrics
 from ..errors import UserError
+from ..layout import (  # noqa: F401
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CONFIG_FILE,
+    EXPORT_INFO,
+    FULL_WEIGHTS,
+    METRICS_FILE,
+    SHARD_PATTERNS,
+    TOKENIZER_FILES,
+)
 from .backends import cpu_4bit_ready
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-SHARD_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-EXPORT_INFO = "export_info.json"
-
 
 
 @dataclass
@@ -45,7 +47,7 @@ class ModelDir:
     base: Optional[str] = None  # adapter: the base to load; merged: the base recorded by the export
     base_recorded: Optional[str] = None  # as written in adapter_config.json / export_info.json
     config_yaml: Optional[Path] = None
-    metrics: dict = field(default_factory=dict)  # the run's metrics.json, when present
+    metrics: Optional[RunMetrics] = None  # the run's metrics.json, when present
 
     @property
     def name(self) -> str:
@@ -106,8 +108,9 @@ def describe_model_dir(path, base: Optional[str] = None, what: str = "--model") 
         raise UserError(f"{what} {path}: directory not found")
     if not p.is_dir():
         raise UserError(f"{what} {path}: is a file; expected a model directory (an adapter or a merged model)")
-    cfg_yaml = p / "config.yaml"
-    metrics = _read_json(p / "metrics.json", what) if (p / "metrics.json").is_file() else {}
+    cfg_yaml = p / CONFIG_FILE
+    metrics = RunMetrics.from_dict(_read_json(p / METRICS_FILE, what), f"{what} {p / METRICS_FILE}") \
+        if (p / METRICS_FILE).is_file() else None
     if (p / ADAPTER_CONFIG).is_file():
         ac = _read_json(p / ADAPTER_CONFIG, what)
         if not any((p / w).is_file() for w in ADAPTER_WEIGHTS):

@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..config import EvalSection
+from ..contracts import RunMetrics
 from ..data.prompt import Formatter
 from ..faults import is_oom
 from .backends import for_inference, for_training
@@ -27,7 +28,6 @@ from .chunked import plan, summarize_long
 from .loading import Loaded, load_for_generation
 
 log = logging.getLogger("llm_summarizer.generation")
-
 
 
 @dataclass
@@ -47,8 +47,12 @@ def derive_max_new_tokens(summary_token_lengths: list[int], ev: EvalSection) -> 
     if not summary_token_lengths:
         return 128
     s = sorted(summary_token_lengths)
-    p95 = s[min(len(s) - 1, int(len(s) * 0.95))]
-    return int(math.ceil(p95 * 1.5)) + 8
+    return budget_for(s[min(len(s) - 1, int(len(s) * 0.95))])
+
+
+def budget_for(p95_summary_tokens: float) -> int:
+    """The generation budget for summaries whose 95th percentile length is this many tokens: 1.5 x p95 + 8."""
+    return int(math.ceil(p95_summary_tokens * 1.5)) + 8
 
 
 @contextlib.contextmanager
@@ -348,13 +352,13 @@ def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
     ev = loaded.cfg.eval
     if ev.max_new_tokens:
         return ev.max_new_tokens, "eval.max_new_tokens"
-    m = loaded.info.metrics
-    n = ((m.get("eval_protocol") or {}).get("decoding") or {}).get("max_new_tokens")
-    if isinstance(n, int) and n > 0:
+    m = loaded.info.metrics or RunMetrics()
+    n = m.validated_max_new_tokens
+    if n:
         return n, "metrics.json eval_protocol (as validated during training)"
-    p95 = (((m.get("data") or {}).get("train") or {}).get("summary_tokens") or {}).get("p95")
-    if isinstance(p95, (int, float)) and p95 > 0:
-        return int(math.ceil(p95 * 1.5)) + 8, "1.5 x p95 of the training summaries' token lengths + 8"
+    p95 = m.train_summary_p95
+    if p95:
+        return budget_for(p95), "1.5 x p95 of the training summaries' token lengths + 8"
     return derive_max_new_tokens([], ev), "default (no lengths recorded; set eval.max_new_tokens)"
 
 

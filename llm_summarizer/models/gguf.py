@@ -33,10 +33,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from ..errors import UserError
 from ..files import atomic_directory, exclusive_lock, sha256_file
+from ..layout import GGUF_CONVERSION_FILE as CONVERSION_FILE
 
 log = logging.getLogger("llm_summarizer.models")
 
-CONVERSION_FILE = "gguf_conversion.json"
 GGUF_MAGIC = b"GGUF"
 # Tried in order for a pad token distinct from EOS (what the vocabulary has decides).
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|PAD_TOKEN|>", "<|endoftext|>",
@@ -53,7 +53,6 @@ def cache_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path):
         yield
-
 
 
 def inspect(path: Path, what: str = "model.name") -> dict:
@@ -81,6 +80,7 @@ def inspect(path: Path, what: str = "model.name") -> dict:
 
 
 def _supported(arch: str) -> bool:
+    # transformers' GGUF reader (it needs the gguf package) only for a GGUF source
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     return arch in GGUF_SUPPORTED_ARCHITECTURES
@@ -121,6 +121,7 @@ def repair_decoder(tokenizer) -> list[str]:
     dec_types = [d.get("type") for d in dec.get("decoders") or [dec]]
     if state["model"]["type"] != "BPE" or "ByteLevel" not in pre_types or dec_types == ["ByteLevel"]:
         return []
+    # only for a byte-level BPE tokenizer whose decoder must be repaired
     from tokenizers import decoders
 
     backend.decoder = decoders.ByteLevel()

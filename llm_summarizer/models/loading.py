@@ -308,6 +308,7 @@ def from_hub(name: str, what: str) -> str:
     local path as it is. An unreachable hub or a missing repository is one message with what to do."""
     if is_local_path(name):
         return name
+    # the hub client only for a hub id, never for a local model
     from huggingface_hub import snapshot_download
 
     try:

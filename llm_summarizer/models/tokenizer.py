@@ -16,7 +16,6 @@ from .directory import TOKENIZER_FILES, ModelDir
 log = logging.getLogger("llm_summarizer.models")
 
 
-
 def ensure_pad_token(tokenizer) -> None:
     """Give the tokenizer a pad token distinct from EOS when the vocabulary has one to spare.
 

@@ -20,6 +20,7 @@ def import_unsloth():
     try:
         # Unsloth prints its banner; standard output belongs to the commands' results (summaries, JSON).
         with contextlib.redirect_stdout(sys.stderr):
+            # the one import of unsloth, before transformers, trl and peft: its patches must come first
             import unsloth
     except ImportError as e:
         if getattr(e, "name", None) not in ("unsloth", "unsloth_zoo"):

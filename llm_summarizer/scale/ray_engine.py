@@ -27,14 +27,15 @@ from pathlib import Path
 import torch
 
 from ..config import Config, config_to_dict
+from ..contracts import RunMetrics
 from ..data.rows import load_raw_splits
 from ..errors import EXIT_USER_ERROR, TrainingStopped, UserError
+from ..layout import METRICS_FILE
 from ..models.loading import resolve_model_path
 from ..training.guards import RunLock
 from ..training.run import check_output_paths
 
 log = logging.getLogger("llm_summarizer.scale")
-
 
 
 class FatalBox:
@@ -137,4 +138,4 @@ def run_on_ray(cfg: Config, worker) -> dict:
     if fatal:  # our error, the same on every rank as a rule: rank 0's (the lowest) is the one shown
         _, code, message = fatal[0]
         raise (UserError if code == EXIT_USER_ERROR else TrainingStopped)(message)
-    return json.loads((cfg.model_dir / "metrics.json").read_text())
+    return RunMetrics.read(cfg.model_dir / METRICS_FILE)

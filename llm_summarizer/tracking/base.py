@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Config, config_to_dict
+from ..contracts import RunMetrics
 from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
+from ..metric_names import EVAL_PREFIX, ROUGE_KEYS, plain_name
 from ..redaction import redact
 
 # the samples table: ROUGE and the statistics of each summary against its document, per example
-SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", "rouge1", "rouge2", "rougeL", "rougeLsum",
-                  *DIAGNOSTIC_KEYS]
+SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", *ROUGE_KEYS, *DIAGNOSTIC_KEYS]
 STEP_KEY = "train/global_step"
-
 
 
 def scalar_name(key: str) -> str:
     """The trainer's log keys as dashboards group them (the names transformers' integrations use)."""
-    if key.startswith("eval_"):
-        return "eval/" + key[len("eval_"):]
+    if key.startswith(EVAL_PREFIX):
+        return "eval/" + plain_name(key)
     if key.startswith("test_"):
         return "test/" + key[len("test_"):]
     return "train/" + key
@@ -83,7 +83,7 @@ class Tracker:
     def summary(self, values: dict[str, float]) -> None:
         """Final numbers of the run (base/..., final/... and references/...: ROUGE and the statistics)."""
 
-    def log_model(self, model_dir: Path, metrics: dict) -> None:
+    def log_model(self, model_dir: Path, metrics: RunMetrics) -> None:
         """The final model directory, where the tracker keeps artifacts (tracking.log_model)."""
 
     def close(self, failed: bool) -> None:

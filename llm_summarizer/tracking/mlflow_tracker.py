@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from ..contracts import RunMetrics
 from ..errors import UserError
 from ..redaction import redact
 from .base import Tracker, evaluation_values, run_config
@@ -148,12 +149,12 @@ class MlflowTracker(Tracker):
         return dict(self._info)
 
 
-def log_evaluation(training: dict, evaluation) -> Optional[dict]:
+def log_evaluation(training: RunMetrics, evaluation) -> Optional[dict]:
     """evaluate's scores into the MLflow run that trained the model (its metrics.json `tracking.mlflow`):
     `<split>/<rouge>` and `<split>/<statistic>` metrics (and the base's and the gain with --compare-base), a tag
     with the evaluation's folder. None when the model records no MLflow run or its store address was redacted
     (it held a secret)."""
-    known = ((training.get("tracking") or {}).get("mlflow")) or {}
+    known = (training.tracking or {}).get("mlflow") or {}
     uri, run_id = known.get("tracking_uri"), known.get("run_id")
     if not uri or not run_id or redact(uri) != uri or "***" in uri:
         return None

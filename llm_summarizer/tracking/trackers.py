@@ -20,9 +20,11 @@ from transformers import TrainerCallback
 
 from .. import distributed
 from ..config import Config
+from ..contracts import RunMetrics
 from ..errors import UserError
 from ..files import write_json
-from ..rundir import TRACKING_FILE
+from ..layout import TRACKING_FILE
+from ..metric_names import eval_name
 from .base import Tracker, scalars
 
 log = logging.getLogger("llm_summarizer.tracking")
@@ -49,7 +51,6 @@ def check_installed(cfg: Config) -> None:
     for name in cfg.tracking.report_to:
         if name in TRACKERS:
             tracker_class(name).preflight(cfg)  # in seconds, before the model loads
-
 
 
 def _read_ids(output_dir: Path) -> dict:
@@ -105,7 +106,7 @@ class Trackers:
         step = step or 0
         if tag == "base":
             # evaluations during training reach us through the trainer's log; the untrained model's does not
-            self.log(scalars({f"eval_{k}": v for k, v in metrics.items()}), step)
+            self.log(scalars({eval_name(k): v for k, v in metrics.items()}), step)
         if samples:
             for t in self.trackers:
                 t.log_samples(step, samples)
@@ -116,13 +117,14 @@ class Trackers:
     def info(self) -> dict:
         return {t.name: t.info() for t in self.trackers if t.info()}
 
-    def finish(self, model_dir: Optional[Path], metrics: dict) -> None:
+    def finish(self, model_dir: Optional[Path], metrics: RunMetrics) -> None:
         """Final scores, the final model where a tracker keeps artifacts, then close every run."""
         if self.closed:
             return
-        step = (metrics.get("train") or {}).get("global_step") or 0
-        blocks = {f"{name}/{k}": float(v) for name in ("base", "final", "references")
-                  for k, v in (metrics.get(name) or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        step = metrics.train.global_step or 0
+        blocks = {f"{name}/{k}": float(v) for name, block in (("base", metrics.base), ("final", metrics.final),
+                                                               ("references", metrics.references))
+                  for k, v in (block or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.log({k: v for k, v in blocks.items() if k.startswith("final/")}, step)
         for t in self.trackers:
             t.summary(blocks)
@@ -148,6 +150,13 @@ class Trackers:
 def tracker_class(name: str):
     module, cls, _ = TRACKERS[name]
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+
+
+def evaluation_logger(name: str):
+    """The tracker's `log_evaluation(training_metrics, evaluation)` (scores of `evaluate` into the run that trained
+    the model), or None for a tracker without one. ImportError when its package is not installed."""
+    module, _, _ = TRACKERS[name]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), "log_evaluation", None)
 
 
 def start_trackers(cfg: Config, resume_from: Optional[Path] = None) -> Trackers:

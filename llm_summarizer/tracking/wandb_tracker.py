@@ -3,6 +3,7 @@ prints, once, the `wandb sync` command that uploads it later). A resumed run con
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -16,6 +17,7 @@ from urllib.parse import urlparse
 
 import wandb
 
+from ..contracts import RunMetrics
 from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
 from ..redaction import redact
 from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config
@@ -25,7 +27,6 @@ log = logging.getLogger("llm_summarizer.tracking")
 SAMPLES_KEY = "eval/rouge_samples"
 WANDB_DIR = "wandb"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
-
 
 
 def wandb_host(environ=None) -> str:
@@ -147,12 +148,12 @@ class WandbTracker(Tracker):
     def log_model(self, model_dir, metrics):
         if not self.cfg.tracking.log_model:
             return
-        final = metrics.get("final") or {}
+        final = metrics.final or {}
         art = wandb.Artifact(
             name=f"{self.cfg.output.run_name}-adapter", type="model",
             description=f"LoRA adapter fine-tuned from {self.cfg.model.name} to summarize (llm_summarizer)",
             metadata=redact({"base_model": self.cfg.model.name, "backend": self.cfg.model.backend,
-                             "global_step": (metrics.get("train") or {}).get("global_step"),
+                             "global_step": metrics.train.global_step,
                              **{f"final_{k}": v for k, v in final.items()}}))
         art.add_dir(str(model_dir))
         self.run.log_artifact(art, aliases=["latest", "final"])
@@ -174,12 +175,10 @@ EVAL_TABLE_COLUMNS = ["id", "reference", "prediction", "base_prediction", "rouge
 def _rows(path: Optional[Path]) -> list[dict]:
     if path is None or not Path(path).is_file():
         return []
-    import json
-
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def log_evaluation(training: dict, evaluation, table_rows: int = 200) -> Optional[dict]:
+def log_evaluation(training: RunMetrics, evaluation, table_rows: int = 200) -> Optional[dict]:
     """evaluate's scores and a predictions table into the W&B run that trained the model.
 
     `training` is the model directory's metrics.json (its `tracking.wandb` names the run); the run is resumed
@@ -187,7 +186,7 @@ def log_evaluation(training: dict, evaluation, table_rows: int = 200) -> Optiona
     answers, offline otherwise, under the evaluation's output folder. Returns what was logged (mode, run id,
     the sync command when offline), or None when the model records no W&B run.
     """
-    known = ((training.get("tracking") or {}).get("wandb")) or {}
+    known = (training.tracking or {}).get("wandb") or {}
     if not known.get("run_id"):
         return None
     mode, why = decide_wandb_mode("auto")

@@ -10,6 +10,10 @@
     trainer = trainer_class.trainer()
     trainer_class.Start_Training(trainer)      # resumes from outputs/my-run/checkpoint-* when present
 
+Like `llm-summarizer train`, trainer() checks the output places, takes the run's lock (held until Start_Training
+ends), joins the ranks under torchrun, and turns out-of-memory and a full disk into one message (TrainingStopped);
+Start_Training pushes to the hub when output.push_to_hub is set.
+
 Or from a config file, loading the model as the command line does:
 
     trainer_class = TrainerClass.from_config("demo", ["train.max_steps=50"])
@@ -17,6 +21,7 @@ Or from a config file, loading the model as the command line does:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +31,8 @@ from ..config import Config, load_config
 from ..data.rows import load_raw_splits, raw_from_rows
 from ..models.loading import load_for_training
 from ..models.tokenizer import finish_tokenizer
-from .run import build_session, prepare_output, summary_lines, train_and_save
+from .run import build_session, opened_run, publish, train_and_save
+from .summary import summary_lines
 
 
 class TrainerClass:
@@ -43,6 +49,7 @@ class TrainerClass:
         self.dataset_train, self.dataset_val = dataset_train, dataset_val
         self.session = None
         self.result = None
+        self._run = None  # the opened run (lock, error mapping) from trainer() to the end of Start_Training
 
     @classmethod
     def from_config(cls, path, overrides: Optional[list[str]] = None) -> "TrainerClass":
@@ -58,7 +65,20 @@ class TrainerClass:
 
     def trainer(self):
         """Build and return the SFTTrainer (TRL; Unsloth's patched one on the unsloth backend)."""
-        self._resume_from = prepare_output(self.cfg)
+        if self._run is not None:
+            self._run.close()
+        self._run = contextlib.ExitStack()
+        try:
+            with self._run:
+                self._resume_from = self._run.enter_context(opened_run(self.cfg))
+                self._build()
+                self._run = self._run.pop_all()  # stays open until Start_Training ends
+        except BaseException:
+            self._run = None
+            raise
+        return self.session.trainer
+
+    def _build(self) -> None:
         set_seed(self.cfg.train.seed)
         raw = self._raw()
         if self.model is None:
@@ -70,15 +90,17 @@ class TrainerClass:
             info = {"base_model": getattr(self.model.config, "_name_or_path", "in-memory"),
                     "backend": self.cfg.model.backend}
         self.session = build_session(self.cfg, self.model, self.tokenizer, info, raw, resume_from=self._resume_from)
-        return self.session.trainer
 
     def Start_Training(self, trainer=None):  # noqa: N802 - the name users of the original script know
         """Resume from the newest complete checkpoint (if any), train, and save the fine-tuned model."""
-        if self.session is None:
+        if self.session is None or self._run is None:  # a second Start_Training opens the run again
             self.trainer()
         if trainer is not None and trainer is not self.session.trainer:
             self.session.trainer = trainer
-        self.result = train_and_save(self.session)
+        with self._run:  # the lock released and the errors mapped however training ends
+            self.result = train_and_save(self.session)
+        self._run = None
+        publish(self.cfg, self.result)
         print("\n".join(summary_lines(self.result)))
         return self.result
 

@@ -26,14 +26,14 @@ from transformers.trainer_utils import rotate_checkpoints
 from .. import __version__
 from ..errors import UserError
 from ..files import replace_directory, sha256_file, write_json
+from ..layout import ADAPTER_CONFIG, STAGING_DIR
+from ..layout import CHECKPOINT_MANIFEST as MANIFEST
 from ..models.directory import ADAPTER_WEIGHTS, FULL_WEIGHTS
-from ..rundir import STAGING_DIR, list_checkpoints
+from ..rundir import list_checkpoints
 
 log = logging.getLogger("llm_summarizer.checkpoints")
 
 STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-MANIFEST = "checkpoint_manifest.json"
-
 
 
 def _files(root: Path) -> list[Path]:
@@ -162,7 +162,7 @@ def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Option
 def check_adapter_shape(resume: Path, lora, auto: bool) -> None:
     """A checkpoint's LoRA must have this run's shape (rank, alpha, DoRA), or its weights cannot be loaded: say so
     before loading anything, naming the setting, instead of a size mismatch deep in torch."""
-    p = Path(resume) / "adapter_config.json"
+    p = Path(resume) / ADAPTER_CONFIG
     try:
         saved = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -1,6 +1,6 @@
 """Guards that keep a run from failing silently or losing work.
 
-- `callbacks.NonFiniteGuard`: a NaN/inf gradient stops training or skips the step (raises TrainingStopped).
+- `stopping.NonFiniteGuard`: a NaN/inf gradient stops training or skips the step (raises TrainingStopped).
 - `RunLock`: one run per output directory; a second process refuses to start and names the first.
 - `training_errors`: out of memory and disk full become one message with what to do (TrainingStopped).
 """
@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Config
-from ..errors import TrainingStopped, UserError
-from ..faults import disk_full_message, is_disk_full, is_oom
-from ..rundir import LOCK_FILE
+from ..errors import TrainingStopped, UserError, disk_full_message, is_disk_full
+from ..faults import is_oom
+from ..layout import LOCK_FILE
 
 log = logging.getLogger("llm_summarizer.guards")
-
 
 
 def oom_advice(cfg: Config) -> str:
@@ -95,7 +94,9 @@ def training_errors(cfg: Config, where: Path, resume_from: Optional[Path] = None
         if is_oom(e):
             raise TrainingStopped(oom_advice(cfg)) from None
         if is_disk_full(e, where):
-            raise TrainingStopped(disk_full_message(where, e)) from None
+            raise TrainingStopped(disk_full_message(
+                where, e, kept="nothing was replaced: the previous checkpoints and the final model directory are as "
+                "they were", then="rerun to resume (or set output.dir / output.model_dir elsewhere)")) from None
         if resume_from is not None and isinstance(e, pickle.UnpicklingError):
             first = (str(e).strip().splitlines() or [""])[0][:300]
             raise UserError(f"train.resume: a file of {resume_from} holds more than tensors, and torch's weights_only "

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from ..contracts import RunMetrics
 from ..evaluation import diagnostics as D
 from ..evaluation.report import (
     COVERAGE_PNG,
@@ -27,11 +28,9 @@ from ..evaluation.report import (
     plot_training_curves,
 )
 from ..files import write_text
-from ..rundir import PREDICTIONS_DIR
-from .callbacks import REFERENCES_FILE
+from ..layout import PREDICTIONS_DIR, REFERENCES_FILE
 
 log = logging.getLogger("llm_summarizer.report")
-
 
 
 def _final_predictions(output_dir: Path, step: Optional[int]) -> tuple[list[dict], list[dict]]:
@@ -67,7 +66,7 @@ def _reference_rows(output_dir: Path) -> list[dict]:
         return []
 
 
-def write_training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dict]) -> Optional[Path]:
+def write_training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: list[dict]) -> Optional[Path]:
     """report.md + plots/ in the run's output.dir. Never fails the run: the model is already saved."""
     try:
         return _training_report(cfg, Path(output_dir), metrics, log_history)
@@ -76,11 +75,11 @@ def write_training_report(cfg, output_dir: Path, metrics: dict, log_history: lis
         return None
 
 
-def _training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dict]) -> Path:
+def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: list[dict]) -> Path:
     plots = output_dir / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
-    base, final, tr = metrics.get("base"), metrics.get("final"), metrics.get("train") or {}
-    final_rows, base_rows = _final_predictions(output_dir, tr.get("global_step"))
+    base, final, tr = metrics.base, metrics.final, metrics.train
+    final_rows, base_rows = _final_predictions(output_dir, tr.global_step)
     made = {CURVES_PNG: (plot_training_curves(log_history, plots / CURVES_PNG, base), "training curves")}
     if final:
         made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, final, base), "ROUGE base vs fine-tuned")
@@ -92,22 +91,22 @@ def _training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dic
               "fine-tuned": _diagnostics_of(final_rows)}
     if any(series.values()):
         made[COVERAGE_PNG] = (plot_coverage_density(plots / COVERAGE_PNG, series), "coverage vs density")
-    data = metrics.get("data") or {}
+    data = metrics.data
     t, lo = cfg.train, cfg.lora
     lines = [
         f"# Training report: {cfg.output.run_name}",
         "",
         f"`{cfg.model.name}` fine-tuned with LoRA (r={lo.r}, alpha={lo.alpha}) on the {cfg.model.backend} backend: "
-        f"{tr.get('global_step')} steps, final training loss {num(tr.get('train_loss'))}, "
-        f"{num(tr.get('train_runtime_s'), 1)} s of training. Fine-tuned model: `{cfg.model_dir}`.",
+        f"{tr.global_step} steps, final training loss {num(tr.train_loss)}, "
+        f"{num(tr.train_runtime_s, 1)} s of training. Fine-tuned model: `{cfg.model_dir}`.",
         "",
     ]
     if final:
         lines += ["## ROUGE F1 x 100 on generated validation summaries", "", *_rouge_table(final, base), ""]
     lines += _plots_md(made)
-    lines += diagnostics_section({"references": metrics.get("references"), "base model": base, "fine-tuned": final},
-                                 (metrics.get("final_vs_base") or {}).get("diagnostics_model_minus_base"),
-                                 warnings=D.warnings(final, base, metrics.get("references")))
+    lines += diagnostics_section({"references": metrics.references, "base model": base, "fine-tuned": final},
+                                 (metrics.final_vs_base or {}).get("diagnostics_model_minus_base"),
+                                 warnings=D.warnings(final, base, metrics.references))
     lines += ["## Data", ""]
     for role, s in data.items():
         if isinstance(s, dict):
@@ -119,7 +118,7 @@ def _training_report(cfg, output_dir: Path, metrics: dict, log_history: list[dic
               f"- max_seq_length {cfg.model.max_seq_length}, document truncation `{cfg.data.truncation}`", ""]
     if final_rows:
         lines += _examples(final_rows)
-    proto = metrics.get("eval_protocol") or {}
+    proto = metrics.eval_protocol
     if proto:
         lines += ["## Evaluation protocol", "", *_protocol_lines(proto), ""]
     path = output_dir / REPORT

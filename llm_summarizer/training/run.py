@@ -12,44 +12,39 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from .. import distributed
 from ..config import Config, config_to_yaml, is_local_path
+from ..contracts import RunMetrics, TrainFigures
 from ..data.lengths import length_line, prepared_report
 from ..data.rows import load_raw_splits
 from ..data.tokenize import prepare
 from ..environment import git_commit, package_versions
 from ..errors import UserError
-from ..evaluation import diagnostics
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, recover_interrupted_replace, write_json, write_text
 from ..hub import push_after_training
+from ..layout import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
+from ..metric_names import eval_name, format_rouge, plain_name
 from ..models.loading import load_for_training
 from ..paths import Place, check_places, claim
-from ..rundir import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR
 from ..tracking.trackers import Trackers, check_installed, start_trackers
-from .callbacks import (
-    NonFiniteGuard,
-    RougeCallback,
-    RougeEvaluator,
-    TrialReporter,
-    compare_with_base,
-    early_stopping_callback,
-    eval_protocol,
-    rouge_block,
-    truncate_samples,
-)
 from .checkpoints import check_adapter_shape, check_world_size, clean_staging, resolve_resume
 from .guards import RunLock, training_errors
 from .report import write_training_report
+from .rouge import RougeCallback, RougeEvaluator, compare_with_base, eval_protocol, rouge_block, truncate_samples
+from .stopping import NonFiniteGuard, early_stopping_callback
 from .trainer import build_trainer, check_extra_args
+from .trial import TrialReporter
 
 log = logging.getLogger("llm_summarizer.train")
 
@@ -58,7 +53,7 @@ log = logging.getLogger("llm_summarizer.train")
 class RunResult:
     output_dir: Path
     model_dir: Path
-    metrics: dict
+    metrics: RunMetrics
     resumed_from: Optional[Path] = None
     log_history: list = field(default_factory=list)
     report: Optional[Path] = None
@@ -91,6 +86,7 @@ def process_start_time() -> float:
     own process (else the install before it would count as imports). A process started after that time (a child)
     counts from its own start."""
     try:
+        # psutil is optional: without it the start-up split counts from the module's import
         import psutil
 
         t0 = psutil.Process().create_time()
@@ -131,39 +127,53 @@ class Startup(TrainerCallback):
         return out
 
 
-def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = True) -> RunResult:
-    """The whole training story, one step per call. Raises UserError on bad input. `take_lock=False`: the
-    launching process (the Ray driver) holds the run lock for all ranks."""
+def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = True,
+        reporter: Optional[TrialReporter] = None) -> RunResult:
+    """The whole training story, one named step per call. Raises UserError on bad input. `take_lock=False`: the
+    launching process (the Ray driver) holds the run lock for all ranks. `reporter`: this run is a trial of
+    `llm-summarizer tune` (the train command of a trial process passes it)."""
     t_start = time.time()
     startup = Startup(t_start)
-    distributed.init(cfg.scale.timeout_s)  # launched as several ranks (torchrun): the group, before anything waits
-    # 1. Where everything goes: checked, locked (one run per directory; rank 0 holds it for all ranks), leftovers
-    #    of a killed run cleared.
-    output_dir = check_output_paths(cfg)
-    lock = RunLock(output_dir) if distributed.is_main() and take_lock else contextlib.nullcontext()
-    with lock, training_errors(cfg, output_dir):  # a full disk anywhere: one message, exit 3
-        resume_from = prepare_output(cfg)
-        # 2. Seed everything once (the data split has its own seed, data.split_seed).
-        set_seed(cfg.train.seed)
-        # 3. Raw data: read, validate, split.
+    with opened_run(cfg, take_lock) as resume_from:
+        set_seed(cfg.train.seed)  # once; the data split has its own seed (data.split_seed)
         raw = load_raw_splits(cfg)
         startup.mark("data_read")
-        # 4. Base model + tokenizer + LoRA (a model built or converted into the cache: rank 0 first).
-        with distributed.main_first():
-            model, tokenizer, model_info = load_for_training(cfg, raw)
+        model, tokenizer, model_info = load_model(cfg, raw)
         startup.mark("model_load")
-        # 5-7. Token ids under the budget, the ROUGE evaluator and callbacks, the trainer, the trackers.
         session = build_session(cfg, model, tokenizer, model_info, raw, [*(extra_callbacks or []), startup], t_start,
-                                resume_from)
+                                resume_from, reporter)
         session.startup = startup
         startup.mark("tokenize_and_trainer")
-        # 8-12. Base ROUGE, train (resuming), final ROUGE, atomic save, report.md + plots.
         result = train_and_save(session)
-    # 13. The hub (output.push_to_hub), after everything is saved: a failed push loses nothing.
-    if distributed.is_main():  # after the last barrier: the other ranks do not wait for the upload
-        push_after_training(cfg, result.model_dir)
+    publish(cfg, result)
     result.wall_s = round(time.time() - t_start, 1)
     return result
+
+
+@contextlib.contextmanager
+def opened_run(cfg: Config, take_lock: bool = True):
+    """What every training run does before it reads anything (run() and TrainerClass alike): join the ranks (several
+    under torchrun, before anything waits), check and claim the places it writes, hold the run lock (one run per
+    directory; rank 0 holds it for all ranks), map out-of-memory and a full disk to one message, clear what a killed
+    run left half-done. Yields the checkpoint to resume from (None: start afresh)."""
+    distributed.init(cfg.scale.timeout_s)
+    output_dir = check_output_paths(cfg)
+    lock = RunLock(output_dir) if distributed.is_main() and take_lock else contextlib.nullcontext()
+    with lock, training_errors(cfg, output_dir):
+        yield prepare_output(cfg)
+
+
+def load_model(cfg: Config, raw: dict):
+    """Base model + tokenizer + LoRA; a model built or converted into the cache is made by rank 0 first."""
+    with distributed.main_first():
+        return load_for_training(cfg, raw)
+
+
+def publish(cfg: Config, result: RunResult) -> None:
+    """The hub (output.push_to_hub), after everything is saved, so that a failed push loses nothing; after the last
+    barrier, so that the other ranks do not wait for the upload."""
+    if distributed.is_main():
+        push_after_training(cfg, result.model_dir)
 
 
 def check_output_paths(cfg: Config) -> Path:
@@ -222,78 +232,107 @@ def prepare_output(cfg: Config) -> Optional[Path]:
 
 
 def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, extra_callbacks=None,
-                  t_start: Optional[float] = None, resume_from: Optional[Path] = None) -> Session:
-    # 5. Prompt/completion token ids under the token budget (the cache: rank 0 writes it, the others read it).
-    with distributed.main_first():
-        prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
-    if distributed.is_main():  # the token lengths against the budget, in one line (`llm-summarizer data` shows more)
-        train = prepared_report(prepared.formatter, prepared.splits["train"], prepared.stats["train"])
-        log.info(length_line("train", train))
-    # 6. ROUGE on generated summaries + early stopping.
-    evaluator, callbacks = None, []
-    if cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"]):
-        evaluator = RougeEvaluator(cfg, tokenizer, prepared.formatter, prepared.splits["validation"],
-                                   prepared.stats["train"].completion_tokens, out_dir=cfg.output_dir)
-        callbacks.append(RougeCallback(evaluator, cfg.eval.every_steps))
-    for es in cfg.train.early_stopping:
-        greater = es.greater_is_better if es.greater_is_better is not None else cfg.greater_is_better(es.metric)
-        callbacks.append(early_stopping_callback(es.metric, es.patience, es.min_delta, greater))
-    callbacks.extend(extra_callbacks or [])
-    reporter = TrialReporter.from_env()  # a trial of `llm-summarizer tune`
-    if reporter is not None:
-        callbacks.append(reporter)
+                  t_start: Optional[float] = None, resume_from: Optional[Path] = None,
+                  reporter: Optional[TrialReporter] = None) -> Session:
+    """The one session builder (run(), TrainerClass, the bench and each Ray worker through run()): token ids, the
+    ROUGE evaluator and the callbacks, the trainer, the trackers."""
+    prepared = tokenized(cfg, tokenizer, raw)
+    evaluator = rouge_evaluator(cfg, tokenizer, prepared)
+    callbacks = [RougeCallback(evaluator, cfg.eval.every_steps)] if evaluator is not None else []
+    callbacks += early_stopping(cfg)
+    callbacks += list(extra_callbacks or [])
+    callbacks += [reporter] if reporter is not None else []
     callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips))  # last: sees final grads
-    # 7. The trainer, and the trackers (a resumed run continues the same tracker runs).
     trainer = build_trainer(cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"],
                             rouge_evaluator=evaluator)
+    trackers = attach_trackers(cfg, trainer, evaluator, resume_from)
+    return Session(cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time(), trackers,
+                   resume_from)
+
+
+def tokenized(cfg: Config, tokenizer, raw: dict):
+    """Prompt/completion token ids under the token budget (the cache: rank 0 writes it, the others read it), and the
+    token lengths against the budget in one log line (`llm-summarizer data` shows more)."""
+    with distributed.main_first():
+        prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
+    if distributed.is_main():
+        log.info(length_line("train", prepared_report(prepared.formatter, prepared.splits["train"],
+                                                      prepared.stats["train"])))
+    return prepared
+
+
+def rouge_evaluator(cfg: Config, tokenizer, prepared) -> Optional[RougeEvaluator]:
+    """ROUGE on generated validation summaries, when eval.rouge and there is a validation split."""
+    if not (cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"])):
+        return None
+    return RougeEvaluator(cfg, tokenizer, prepared.formatter, prepared.splits["validation"],
+                          prepared.stats["train"].completion_tokens, out_dir=cfg.output_dir)
+
+
+def early_stopping(cfg: Config) -> list:
+    return [early_stopping_callback(es.metric, es.patience, es.min_delta,
+                                    cfg.greater_is_better(es.metric, es.greater_is_better))
+            for es in cfg.train.early_stopping]
+
+
+def attach_trackers(cfg: Config, trainer, evaluator, resume_from: Optional[Path]) -> Trackers:
+    """The trackers of tracking.report_to on the trainer's logs and the ROUGE passes (a resumed run continues the
+    same tracker runs)."""
     trackers = start_trackers(cfg, resume_from)
     if trackers.active:
         trainer.add_callback(trackers.callback())
         if evaluator is not None:
             evaluator.listeners.append(trackers.on_rouge)
-    return Session(cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time(), trackers,
-                   resume_from)
+    return trackers
 
 
 def train_and_save(s: Session) -> RunResult:
-    cfg, evaluator, trainer, resume_from = s.cfg, s.evaluator, s.trainer, s.resume_from
-    output_dir, model_dir = cfg.output_dir, cfg.model_dir
+    """ROUGE of the untrained model, training (resuming), ROUGE of the fine-tuned model against it, the atomic save
+    and the trackers' final scores, then report.md + plots in output.dir."""
+    cfg, trainer = s.cfg, s.trainer
     # the tracker runs end as failed when anything below raises
     with s.trackers if s.trackers is not None else contextlib.nullcontext():
-        # 8. ROUGE of the untrained model (once per run; a resumed run reuses it).
-        base = base_rouge(cfg, evaluator, s.model, output_dir, resume_from)
+        base = base_rouge(cfg, s.evaluator, s.model, cfg.output_dir, s.resume_from)
         if s.startup is not None:
             s.startup.mark("base_rouge")
-        # 9. Train. The resolved config is written only now that data and model loaded fine.
-        if distributed.is_main():
-            write_text(output_dir / CONFIG_FILE, config_to_yaml(cfg))
-            if resume_from is not None:
-                truncate_samples(output_dir, resume_from)
-        with training_errors(cfg, output_dir, resume_from):
-            if finished_checkpoint(cfg, resume_from):
-                train_out = restore_finished(trainer, resume_from)
-            else:
-                train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        # 10. ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end), and
-        #     against the untrained model on the same examples, with paired intervals.
-        final = final_rouge(cfg, evaluator, trainer)
-        distributed.barrier()  # rank 0 wrote the predictions compare_with_base reads
-        comparison = compare_with_base(cfg, evaluator, output_dir, evaluator.last_pass if evaluator else None) \
-            if base else None
-        # 11. Save the final model atomically, with what reproduces it.
-        metrics = run_metrics(s, base, final, train_out)
-        if comparison:
-            metrics["final_vs_base"] = comparison
-        if distributed.is_main():  # one final model, whatever the number of ranks
-            with training_errors(cfg, model_dir):
-                save_final(cfg, trainer.model, s.tokenizer, model_dir, metrics, s.model_info, s.t_start)
-        if s.trackers is not None:
-            s.trackers.finish(model_dir, metrics)  # final scores, the adapter artifact (tracking.log_model)
-    # 12. report.md + plots in output.dir (curves from the log history, ROUGE base vs fine-tuned, lengths).
-    report = write_training_report(cfg, output_dir, metrics, list(trainer.state.log_history)) \
+        train_out = train(s)
+        metrics = score_and_save(s, base, train_out)
+    report = write_training_report(cfg, cfg.output_dir, metrics, list(trainer.state.log_history)) \
         if cfg.output.report and distributed.is_main() else None
     distributed.barrier()  # nobody reads the final model before it is complete
-    return RunResult(output_dir, model_dir, metrics, resume_from, list(trainer.state.log_history), report)
+    return RunResult(cfg.output_dir, cfg.model_dir, metrics, s.resume_from, list(trainer.state.log_history), report)
+
+
+def train(s: Session) -> TrainOutput:
+    """Train, resuming from s.resume_from. The resolved config is written only now that data and model loaded."""
+    cfg, resume_from = s.cfg, s.resume_from
+    if distributed.is_main():
+        write_text(cfg.output_dir / CONFIG_FILE, config_to_yaml(cfg))
+        if resume_from is not None:
+            truncate_samples(cfg.output_dir, resume_from)
+    with training_errors(cfg, cfg.output_dir, resume_from):
+        if finished_checkpoint(cfg, resume_from):
+            return restore_finished(s.trainer, resume_from)
+        return s.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+
+def score_and_save(s: Session, base: Optional[dict], train_out: TrainOutput) -> RunMetrics:
+    """ROUGE of the fine-tuned model (the best checkpoint's weights when load_best_model_at_end), against the
+    untrained model on the same examples with paired intervals; the final model saved atomically with what
+    reproduces it (rank 0: one final model, whatever the number of ranks); the trackers' final scores and artifact."""
+    cfg, evaluator = s.cfg, s.evaluator
+    final = final_rouge(cfg, evaluator, s.trainer)
+    distributed.barrier()  # rank 0 wrote the predictions compare_with_base reads
+    comparison = compare_with_base(cfg, evaluator, cfg.output_dir, evaluator.last_pass if evaluator else None) \
+        if base else None
+    metrics = run_metrics(s, base, final, train_out)
+    metrics.final_vs_base = comparison or None
+    if distributed.is_main():
+        with training_errors(cfg, cfg.model_dir):
+            save_final(cfg, s.trainer.model, s.tokenizer, cfg.model_dir, metrics, s.model_info, s.t_start)
+    if s.trackers is not None:
+        s.trackers.finish(cfg.model_dir, metrics)
+    return metrics
 
 
 def finished_checkpoint(cfg: Config, resume_from: Optional[Path]) -> bool:
@@ -316,42 +355,30 @@ def restore_finished(trainer, resume_from: Path) -> TrainOutput:
     return TrainOutput(trainer.state.global_step, train_loss, {"train_runtime": 0.0, "restored_from": str(resume_from)})
 
 
-def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_out) -> dict:
+def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_out) -> RunMetrics:
     """metrics.json of the final model: ROUGE before and after, the training numbers, data, protocol."""
     trainer, evaluator = s.trainer, s.evaluator
-    metrics = {
-        "base": base,
-        "final": final,
-        "train": {"global_step": trainer.state.global_step, "train_loss": train_out.training_loss,
-                  "train_runtime_s": train_out.metrics.get("train_runtime"),
-                  "best_checkpoint": trainer.state.best_model_checkpoint,
-                  "best_metric": trainer.state.best_metric,
-                  "rouge_callback_s": round(evaluator.total_seconds, 2) if evaluator else None,
-                  "rouge_callback_share": _share(evaluator, train_out),
-                  "resumed_from": str(s.resume_from) if s.resume_from else None,
-                  "world_size": trainer.args.world_size,
-                  **speed_and_memory(trainer, train_out),
-                  **({"startup": s.startup.report()} if s.startup is not None else {})},
-        "data": s.prepared.report(),
-        "eval_protocol": eval_protocol(s.cfg, evaluator),
-    }
-    if evaluator is not None:  # what the data teaches: the references' own statistics on the same examples
-        metrics["references"] = evaluator.reference_means
+    train = TrainFigures(
+        global_step=trainer.state.global_step, train_loss=train_out.training_loss,
+        train_runtime_s=train_out.metrics.get("train_runtime"), best_checkpoint=trainer.state.best_model_checkpoint,
+        best_metric=trainer.state.best_metric,
+        rouge_callback_s=round(evaluator.total_seconds, 2) if evaluator else None,
+        rouge_callback_share=_share(evaluator, train_out),
+        resumed_from=str(s.resume_from) if s.resume_from else None, world_size=trainer.args.world_size,
+        startup=s.startup.report() if s.startup is not None else None, **speed_and_memory(trainer, train_out))
     reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
-    if reporter is not None:
-        metrics["tune"] = {"trial": reporter.number, "pruned_at_step": reporter.pruned_at}
-    if s.trackers is not None and s.trackers.info():
-        metrics["tracking"] = s.trackers.info()  # W&B run id and URL (online), sync command (offline), ...
-    return metrics
+    return RunMetrics(
+        base=base, final=final, train=train, data=s.prepared.report(), eval_protocol=eval_protocol(s.cfg, evaluator),
+        # what the data teaches: the references' own statistics on the same examples
+        references=evaluator.reference_means if evaluator is not None else None,
+        tune={"trial": reporter.number, "pruned_at_step": reporter.pruned_at} if reporter is not None else None,
+        # W&B run id and URL (online), sync command (offline), ...
+        tracking=(s.trackers.info() or None) if s.trackers is not None else None)
 
 
 def speed_and_memory(trainer, train_out) -> dict:
     """Training tokens/s of this process (TRL's count of attention-mask tokens over the training wall time,
     evaluations inside it included) and its peak memory (CUDA allocations on a GPU, the process's RSS on a CPU)."""
-    import resource
-
-    import torch
-
     runtime = train_out.metrics.get("train_runtime")
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's counter, this process's steps only
     if torch.cuda.is_available():
@@ -390,99 +417,21 @@ def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional
 def final_rouge(cfg, evaluator, trainer) -> Optional[dict]:
     if evaluator is None:
         return None
-    last = next((h for h in reversed(trainer.state.log_history) if "eval_rougeL" in h), None)
+    last = next((h for h in reversed(trainer.state.log_history) if eval_name("rougeL") in h), None)
     if last is not None and last.get("step") == trainer.state.global_step and not cfg.train.load_best_model_at_end:
-        return rouge_block({k.removeprefix("eval_"): v for k, v in last.items()})
+        return rouge_block({plain_name(k): v for k, v in last.items()})
     return rouge_block(evaluator.run(trainer.model, step=trainer.state.global_step, tag="final"))
 
 
-def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: dict, model_info: dict, t_start: float):
+def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: RunMetrics, model_info: dict, t_start: float):
     with atomic_directory(model_dir, owner="model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "run_info.json", {
+        write_json(tmp / METRICS_FILE, metrics.to_dict())
+        write_json(tmp / RUN_INFO_FILE, {
             "seed": cfg.train.seed, "split_seed": cfg.data.split_seed, "model": model_info,
             "versions": package_versions(), "git_commit": git_commit(),
             "wall_time_s": round(time.time() - t_start, 1),
         })
-        write_model_card(tmp / "README.md", cfg, metrics, model_info)
-
-
-def format_rouge(block: Optional[dict]) -> str:
-    if not block:
-        return "n/a"
-    return " ".join(f"{k}={block[k]:.4f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum") if k in block)
-
-
-def summary_lines(result: RunResult) -> list[str]:
-    """The end-of-run summary the train command prints."""
-    m = result.metrics
-    lines = ["", "== llm_summarizer: training finished",
-             f"   steps:           {m['train']['global_step']} (train loss {m['train']['train_loss']:.4f})",
-             f"   ROUGE base:      {format_rouge(m['base'])}",
-             f"   ROUGE final:     {format_rouge(m['final'])}",
-             f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
-             f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)"]
-    if result.report is not None:
-        lines.append(f"   report:          {result.report}  (plots in {result.report.parent / 'plots'}/)")
-    if result.wall_s is not None:
-        train_s = m["train"].get("train_runtime_s")
-        lines.append(f"   wall time:       {_minutes(result.wall_s)}"
-                     + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else ""))
-    t = m["train"]
-    st = t.get("startup") or {}
-    if st.get("to_first_step_s") is not None:
-        parts = ", ".join(f"{STARTUP_NAMES[k]} {v:.1f}" for k, v in st.items() if k in STARTUP_NAMES)
-        lines.append(f"   start-up:        {st['to_first_step_s']:.1f} s to the first optimizer step ({parts})")
-    if t.get("peak_memory_gib") is not None:
-        speed = f"{t['train_tokens_per_s']:.0f} training tokens/s, " if t.get("train_tokens_per_s") else ""
-        lines.append(f"   speed, memory:   {speed}peak {t['peak_memory_gib']:.2f} GiB ({t['peak_memory_of']})")
-    cmp = m.get("final_vs_base")
-    if cmp:
-        lines += ["", f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
-                      f"(ROUGE F1 x 100, paired bootstrap 95% interval)"]
-        for k, d in cmp["model_minus_base"].items():
-            lo, hi = d["ci95"]
-            verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-            lines.append(f"   {k:<10} {100 * m['base'][k]:6.2f} -> {100 * m['final'][k]:6.2f}   "
-                         f"{100 * d['diff']:+6.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]  {verdict}")
-    lines += diagnostics_lines(m)
-    if cmp:
-        for i, ex in enumerate(cmp["side_by_side"], 1):
-            lines += ["", f"== example {i} (validation id {ex['id']})",
-                      f"   document:   {_one_line(ex['document'], 300)}",
-                      f"   reference:  {_one_line(ex['reference'])}",
-                      f"   base:       {_one_line(ex['base'])}",
-                      f"   fine-tuned: {_one_line(ex['fine_tuned'])}"]
-    return lines
-
-
-def diagnostics_lines(m: dict) -> list[str]:
-    """Beside ROUGE: the summaries against their documents (base, fine-tuned, the references), with the paired
-    change and, in words, what a reader should check."""
-    blocks = {"references": m.get("references"), "base": m.get("base"), "fine-tuned": m.get("final")}
-    if not any(k in (b or {}) for b in blocks.values() for k in diagnostics.DIAGNOSTIC_KEYS):
-        return []
-    cmp = m.get("final_vs_base") or {}
-    n = (m.get("final") or {}).get("rouge_examples") or cmp.get("examples")
-    out = ["", "== beyond ROUGE: each summary against its document (" + (f"{n} validation examples, " if n else "")
-           + "mean per summary; fine-tuned - base with paired bootstrap 95% interval)"]
-    out += diagnostics.lines(blocks, cmp.get("diagnostics_model_minus_base"), "fine-tuned - base")
-    out += [f"   warning: {w}" for w in diagnostics.warnings(m.get("final"), m.get("base"), m.get("references"))]
-    return out
-
-
-STARTUP_NAMES = {"imports_s": "imports", "data_read_s": "reading data", "model_load_s": "model load",
-                 "tokenize_and_trainer_s": "tokenizing + trainer", "base_rouge_s": "base ROUGE",
-                 "first_step_s": "first step"}
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        write_model_card(tmp / MODEL_CARD, cfg, metrics, model_info)

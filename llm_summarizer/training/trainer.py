@@ -10,7 +10,10 @@ command layer imports unsloth before this module is imported.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -21,16 +24,16 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from trl import SFTConfig, SFTTrainer
 
 from .. import distributed, progress
-from ..config import ROUGE_KEYS, Config
+from ..config import Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
+from ..metric_names import eval_name, is_rouge
 from ..models.backends import cpu_8bit_optim_ready
 from ..models.loading import Precision, pick_precision
-from .callbacks import pick_subset
 from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
+from .rouge import pick_subset
 
 log = logging.getLogger("llm_summarizer.trainer")
-
 
 
 TRAIN_COLUMNS = ["input_ids", "completion_mask"]
@@ -63,8 +66,7 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
     metric = cfg.train.metric_for_best_model
     names = ([metric] if cfg.train.load_best_model_at_end else []) + [e.metric for e in cfg.train.early_stopping]
     for name in names:
-        bare = name.removeprefix("eval_")
-        if bare in ROUGE_KEYS and not cfg.eval.rouge:
+        if is_rouge(name) and not cfg.eval.rouge:
             raise UserError(f"{name} is a ROUGE metric but eval.rouge=false; enable eval.rouge or use eval_loss")
     if (cfg.train.load_best_model_at_end or cfg.train.early_stopping) and not has_validation:
         raise UserError("train.load_best_model_at_end / train.early_stopping need a validation split "
@@ -73,15 +75,12 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
 
 def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
     """train.extra_args, each key checked against SFTConfig's fields before anything is loaded."""
-    import dataclasses
-    import difflib
-
     extra = dict(cfg.train.extra_args)
     if not extra:
         return extra
     types = {f.name: f.type for f in dataclasses.fields(SFTConfig) if f.init}
     fields = set(types)
-    managed = MANAGED_ARGS if managed is None else managed
+    managed = managed_args(cfg) if managed is None else managed
     for key in extra:
         if "token" in key.lower() and key not in fields - {"hub_token"}:
             raise UserError(f"train.extra_args.{key}: tokens are read from the environment (HF_TOKEN, "
@@ -106,8 +105,6 @@ _PLAIN = (bool, int, float, str, dict, list, type(None))
 
 def _plain_types(annotation) -> tuple:
     """The plain types an SFTConfig field accepts, or () when its annotation is not only plain types."""
-    import typing
-
     args = typing.get_args(annotation) or (annotation,)
     args = tuple(typing.get_origin(a) or a for a in args)
     return args if all(a in _PLAIN for a in args) else ()
@@ -123,7 +120,7 @@ def _fits(value, t) -> bool:
 
 def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]):
     kwargs = sft_kwargs(cfg, prec, output_dir, has_validation, report_to)
-    extra = check_extra_args(cfg, MANAGED_ARGS | set(kwargs))
+    extra = check_extra_args(cfg, managed_args(cfg) | set(kwargs))
     try:
         return SFTConfig(**kwargs, **extra)
     except (TypeError, ValueError) as e:
@@ -132,7 +129,9 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         raise UserError(f"train.extra_args {extra}: TRL's SFTConfig refused them: {e}") from None
 
 
-def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]) -> dict:
+def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str],
+               optim: Optional[str] = None) -> dict:
+    """SFTConfig's arguments from the config; `optim` given skips resolve_optim (its probe and warnings)."""
     t = cfg.train
     eval_strategy = t.eval_strategy if has_validation else "no"
     metric = t.metric_for_best_model
@@ -149,7 +148,7 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=resolve_optim(cfg),
+        optim=optim or resolve_optim(cfg),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,
@@ -161,7 +160,7 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         data_seed=t.seed,
         load_best_model_at_end=t.load_best_model_at_end and has_validation,
         # Only when it picks the best checkpoint: transformers looks the metric up at every save otherwise.
-        metric_for_best_model=(metric if metric.startswith("eval_") else f"eval_{metric}")
+        metric_for_best_model=eval_name(metric)
         if t.load_best_model_at_end and has_validation else None,
         greater_is_better=greater_is_better(cfg),
         bf16=prec.bf16,
@@ -182,26 +181,29 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
     )
 
 
-def ddp_kwargs(cfg: Config) -> dict:
+def ddp_kwargs(cfg: Config, ranks: Optional[bool] = None) -> dict:
     """Several ranks: on CPUs transformers distributes only with use_cpu (else every rank trains on all the data,
-    silently); plain LoRA leaves no parameter unused (so no extra traversal per step); the collective timeout."""
-    if not distributed.distributed():
+    silently); plain LoRA leaves no parameter unused (so no extra traversal per step); the collective timeout.
+    `ranks` overrides the question "is this process one of several?"."""
+    if not (distributed.distributed() if ranks is None else ranks):
         return {}
     return {"use_cpu": not torch.cuda.is_available(), "ddp_find_unused_parameters": False,
             "ddp_timeout": cfg.scale.timeout_s}
 
 
-# The SFTConfig fields sft_kwargs sets (from the config) plus those whose meaning this project relies on.
-MANAGED_ARGS = frozenset({
-    "output_dir", "run_name", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
-    "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "optim", "logging_steps", "logging_first_step",
-    "eval_strategy", "eval_steps", "save_strategy", "save_steps", "save_total_limit", "seed", "data_seed",
-    "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "bf16", "fp16", "report_to",
-    "max_length", "completion_only_loss", "packing", "packing_strategy", "padding_free", "train_sampling_strategy",
-    "dataloader_num_workers", "restore_callback_states_from_checkpoint", "disable_tqdm", "resume_from_checkpoint",
-    "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field", "assistant_only_loss", "save_safetensors",
-    "gradient_checkpointing", "group_by_length", "use_cpu", "ddp_find_unused_parameters", "ddp_timeout"})
+# SFTConfig fields this project relies on without setting them in sft_kwargs: the resume point is passed to
+# train(), the hub push is ours (hub.py), the dataset columns and the loss mask are what data/tokenize.py builds,
+# the save format and gradient checkpointing come from the backend, length grouping is our sampler's, and
+# train.warmup_ratio reaches SFTConfig through warmup_steps.
+RELIED_ON = frozenset({"warmup_ratio", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field",
+                       "assistant_only_loss", "save_safetensors", "gradient_checkpointing", "group_by_length"})
+
+
+def managed_args(cfg: Config) -> frozenset:
+    """The SFTConfig fields train.extra_args may not set: every one sft_kwargs sets (read from sft_kwargs itself,
+    single-process and distributed) and those in RELIED_ON."""
+    keys = set(sft_kwargs(cfg, Precision(False, False, None, "fp32"), Path("."), True, [], optim=cfg.train.optim))
+    return frozenset(keys | set(ddp_kwargs(cfg, ranks=True)) | RELIED_ON)
 
 
 class EpochSeededLengthGroupedSampler(Sampler):
@@ -228,12 +230,16 @@ class EpochSeededLengthGroupedSampler(Sampler):
 
 
 class SummarizationTrainer(SFTTrainer):
-    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop."""
+    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop.
 
-    rouge_evaluator = None
-    # TRL's fused LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the
-    # transformers backend computes the same token-mean cross-entropy from the logits (build_trainer sets it).
-    loss_from_logits = False
+    `rouge_evaluator`: the ROUGE pass run at every evaluation (None: loss only). `loss_from_logits`: TRL's fused
+    LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the transformers backend computes the
+    same token-mean cross-entropy from the logits."""
+
+    def __init__(self, *args, rouge_evaluator=None, loss_from_logits: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rouge_evaluator = rouge_evaluator
+        self.loss_from_logits = loss_from_logits
 
     def _save_checkpoint(self, model, trial):
         # Crash-consistent checkpoints: write into a hidden staging directory, flush it, then rename
@@ -318,8 +324,6 @@ def build_trainer(cfg: Config, model, tokenizer, prepared, output_dir: Path, cal
     args = sft_config(cfg, pick_precision(cfg), output_dir, has_val, report_to)
     train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
     eval_ds = eval_loss_rows(cfg, prepared.splits["validation"]).select_columns(TRAIN_COLUMNS) if has_val else None
-    trainer = SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                   processing_class=tokenizer, callbacks=callbacks)
-    trainer.rouge_evaluator = rouge_evaluator
-    trainer.loss_from_logits = cfg.model.backend == "transformers" and not torch.cuda.is_available()
-    return trainer
+    return SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                processing_class=tokenizer, callbacks=callbacks, rouge_evaluator=rouge_evaluator,
+                                loss_from_logits=cfg.model.backend == "transformers" and not torch.cuda.is_available())

@@ -7,7 +7,7 @@ continues it: finished trials stay, a trial left RUNNING by a driver that died i
 parameters queued again with its run folder, whose train process then resumes from its own checkpoint.
 Each trial is `llm-summarizer train` with the user's config and overrides, the trial's parameters as
 overrides, its own output folders and W&B run (grouped by the study name); its intermediate ROUGE goes to the
-study from inside the run (training.callbacks.TrialReporter), which stops training when the pruner says so.
+study from inside the run (training.trial.TrialReporter), which stops training when the pruner says so.
 A trial's value is the final model's ROUGE from its metrics.json. Exit codes of a trial: 0 done (or
 pruned), 2 a user error (the study stops: every trial would fail the same way), 3 training stopped (NaN,
 out of memory: the trial fails, the study goes on), anything else a crash (retried up to tune.max_retries).
@@ -16,6 +16,7 @@ out of memory: the trial fails, the study goes on), anything else a crash (retri
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import logging
 import os
@@ -31,18 +32,16 @@ from typing import Optional
 import optuna
 
 from ..config import Config, load_config
+from ..contracts import RunMetrics
 from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
+from ..layout import BEST_CONFIG, CONFIG_FILE, METRICS_FILE, SUMMARY_JSON, TRIALS_CSV
 from ..paths import Place, check_places, claim
-from ..training.callbacks import TRIAL_ENV, make_pruner
 from ..training.guards import RunLock
 from ..training.run import run_sources
+from ..training.trial import TRIAL_ENV, make_pruner
 
 log = logging.getLogger("llm_summarizer.tune")
-
-TRIALS_CSV = "trials.csv"
-SUMMARY_JSON = "summary.json"
-BEST_CONFIG = "best_config.yaml"
 
 
 def tune_dir(cfg: Config) -> Path:
@@ -130,8 +129,6 @@ def requeue_orphans(study: optuna.Study) -> int:
 def _die_with_parent() -> None:
     """The trial's process ends when the driver does, however it ends (Linux: PR_SET_PDEATHSIG)."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except Exception:
         pass
@@ -194,9 +191,9 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
             seconds = round(time.time() - t0, 1)
             trial_record(trial, rc, seconds)
             if rc == 0:
-                m = json.loads((run_dir / "fine_tuned" / "metrics.json").read_text())
-                value = (m.get("final") or {}).get(metric.removeprefix("eval_"))
-                pruned = (m.get("tune") or {}).get("pruned_at_step")
+                m = RunMetrics.read(run_dir / "fine_tuned" / METRICS_FILE)
+                value = m.final_score(metric)
+                pruned = (m.tune or {}).get("pruned_at_step")
                 if pruned is not None:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     print(f"[tune] trial {trial.number}: pruned at step {pruned} ({seconds:.0f} s)", flush=True)
@@ -256,7 +253,7 @@ def write_summary(study: optuna.Study, cfg: Config, folder: Path, metric: str, c
     if complete:
         best = study.best_trial
         run_dir = Path(best.user_attrs["run_dir"])
-        shutil.copyfile(run_dir / "fine_tuned" / "config.yaml", folder / BEST_CONFIG)
+        shutil.copyfile(run_dir / "fine_tuned" / CONFIG_FILE, folder / BEST_CONFIG)
         summary["best"] = {"trial": best.number, metric: best.value, "params": best.params,
                            "model_dir": str(run_dir / "fine_tuned"), "config": str(folder / BEST_CONFIG),
                            "evaluate": f"llm-summarizer evaluate --model {shlex.quote(str(run_dir / 'fine_tuned'))} "

@@ -8,11 +8,16 @@ import statistics
 
 import pytest
 
-from llm_summarizer.config import ROUGE_KEYS
 from llm_summarizer.evaluation import diagnostics
-from llm_summarizer.evaluation.bootstrap import (block_means, diagnostics_block, paired_diagnostics, paired_difference,
-                                                 score_block)
+from llm_summarizer.evaluation.bootstrap import (
+    block_means,
+    diagnostics_block,
+    paired_diagnostics,
+    paired_difference,
+    score_block,
+)
 from llm_summarizer.evaluation.scoring import Protocol, score_pair
+from llm_summarizer.metric_names import ROUGE_KEYS
 
 P = Protocol()
 WORDS = "the council approved a new budget for schools roads and parks after a long debate on taxes".split()

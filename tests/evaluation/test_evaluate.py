@@ -89,8 +89,8 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
     assert diff["rougeL"]["ci95"][0] > 0
     p = m["protocol"]
     assert p["use_stemmer"] is True and p["decoding"]["strategy"] == "greedy"
-    assert p["tokenizer"] == tiny_run.metrics["eval_protocol"]["tokenizer"] == "default"  # English data
-    assert p["decoding"]["max_new_tokens"] == tiny_run.metrics["eval_protocol"]["decoding"]["max_new_tokens"]
+    assert p["tokenizer"] == tiny_run.metrics.eval_protocol["tokenizer"] == "default"  # English data
+    assert p["decoding"]["max_new_tokens"] == tiny_run.metrics.eval_protocol["decoding"]["max_new_tokens"]
     assert p["bootstrap"]["resamples"] == 1000 and "summary" in p["reference"]
     # report.md and its plots, training curves included (the model came from a run)
     report = (out / "report.md").read_text()
@@ -219,12 +219,12 @@ def test_bad_model_directories_are_one_clear_message(tiny_run, tmp_path, capsys)
 def test_tiny_run_leaves_report_and_plots(tiny_run):
     out = tiny_run.output_dir
     report = (out / "report.md").read_text()
-    final, base = tiny_run.metrics["final"], tiny_run.metrics["base"]
+    final, base = tiny_run.metrics.final, tiny_run.metrics.base
     assert f"| ROUGE-L | {100 * base['rougeL']:.2f} | {100 * final['rougeL']:.2f} |" in report
-    refs = tiny_run.metrics["references"]
+    refs = tiny_run.metrics.references
     assert f"| {100 * refs['coverage']:.1f}% | {100 * base['coverage']:.1f}% | {100 * final['coverage']:.1f}% |" \
         in report
-    assert len(read_jsonl(out / "eval_predictions" / "references.jsonl")) == tiny_run.metrics["final"]["rouge_examples"]
+    assert len(read_jsonl(out / "eval_predictions" / "references.jsonl")) == tiny_run.metrics.final["rouge_examples"]
     for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png", "coverage_density.png"):
         assert f"](plots/{png})" in report
         assert_png(out / "plots" / png)

@@ -275,7 +275,7 @@ def test_model_card_front_matter_and_rouge_table(tiny_run):
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
     assert {"summarization", "lora"} <= set(meta["tags"]) and meta["metrics"] == ["rouge"]
     assert meta["datasets"] == ["train.jsonl", "validation.jsonl"]
-    final, base = tiny_run.metrics["final"], tiny_run.metrics["base"]
+    final, base = tiny_run.metrics.final, tiny_run.metrics.base
     reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert reported == {k: round(100 * final[k], 2) for k in KEYS}
     for k, label in zip(KEYS, ("ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum")):

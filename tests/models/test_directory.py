@@ -47,14 +47,15 @@ def refused(fn, *args, **kw) -> str:
                                      "pytorch_model.bin.index.json"])
 def test_config_and_weights_are_a_merged_model(tmp_path, weights):
     d = describe_model_dir(model(tmp_path / "m", LLAMA, weights))
-    assert (d.kind, d.base, d.base_recorded, d.config_yaml, d.metrics) == ("merged", None, None, None, {})
+    assert (d.kind, d.base, d.base_recorded, d.config_yaml, d.metrics) == ("merged", None, None, None, None)
 
 
 def test_what_this_project_wrote_beside_the_weights_is_found(tmp_path):
-    p = merged(tmp_path / "fine_tuned", metrics={"test": {"rouge1": 0.41}})
+    p = merged(tmp_path / "fine_tuned", metrics={"final": {"rouge1": 0.41}, "train": {"global_step": 7}})
     (p / "config.yaml").write_text("model: {}\n")
     d = describe_model_dir(str(p))
-    assert d.config_yaml == p / "config.yaml" and d.metrics == {"test": {"rouge1": 0.41}}
+    assert d.config_yaml == p / "config.yaml" and d.metrics.final_score("eval_rouge1") == 0.41
+    assert d.metrics.train.global_step == 7 and d.metrics.version == 2  # an unversioned file reads as version 1
     assert d.name == "fine_tuned"
     (tmp_path / "link").symlink_to(p)
     assert describe_model_dir(tmp_path / "link").name == "fine_tuned"  # the real folder's name, for cards and runs

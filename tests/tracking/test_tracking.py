@@ -364,10 +364,10 @@ def test_killed_and_resumed_run_continues_the_same_wandb_run(tmp_path, models_di
         mp.setenv("WANDB_MODE", "offline")
         result = run(load_config("tiny", over))
     resumed_at = int(result.resumed_from.name.split("-")[1])
-    assert resumed_at in (10, 20) and result.metrics["train"]["global_step"] == 30
+    assert resumed_at in (10, 20) and result.metrics.train.global_step == 30
 
     assert json.loads((out / "tracking.json").read_text())["wandb"]["run_id"] == first_id
-    assert result.metrics["tracking"]["wandb"]["run_id"] == first_id
+    assert result.metrics.tracking["wandb"]["run_id"] == first_id
     first, second = wandb_runs(out)
     assert first.run_id == second.run_id == second.run.run_id == first_id
     assert first.exit_code is None, "the killed segment never closed its run"
@@ -432,14 +432,16 @@ def test_redact_removes_secrets():
 
 
 def test_model_card_links_the_wandb_run_only_when_online(tmp_path):
+    from llm_summarizer.contracts import RunMetrics
     from llm_summarizer.evaluation.modelcard import write_model_card
 
     cfg = load_config("tiny")
     base = {"base": {"rougeL": 0.1}, "final": {"rougeL": 0.5}, "train": {"global_step": 3}, "data": {}}
     url = "https://wandb.ai/team/llm_summarizer/runs/abc12345"
-    write_model_card(tmp_path / "online.md", cfg, {**base, "tracking": {"wandb": {"mode": "online", "url": url}}}, {})
-    write_model_card(tmp_path / "offline.md", cfg, {**base, "tracking": {"wandb": {"mode": "offline",
-                                                                                    "sync_command": "wandb sync x"}}}, {})
+    online = RunMetrics.from_dict({**base, "tracking": {"wandb": {"mode": "online", "url": url}}})
+    offline = RunMetrics.from_dict({**base, "tracking": {"wandb": {"mode": "offline", "sync_command": "wandb sync x"}}})
+    write_model_card(tmp_path / "online.md", cfg, online, {})
+    write_model_card(tmp_path / "offline.md", cfg, offline, {})
     assert f"Weights & Biases: {url}" in (tmp_path / "online.md").read_text()
     assert "wandb" not in (tmp_path / "offline.md").read_text().lower()
 
@@ -448,7 +450,8 @@ def test_mlflow_file_store_from_config(tmp_path, monkeypatch):
     """A folder as tracking URI: MLflow's file store, read back by MLflow itself; tracker ids kept for resume."""
     from mlflow import MlflowClient
 
-    from llm_summarizer import rundir
+    from llm_summarizer import layout
+    from llm_summarizer.contracts import RunMetrics
     from llm_summarizer.tracking import base, trackers
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -456,8 +459,8 @@ def test_mlflow_file_store_from_config(tmp_path, monkeypatch):
                                                    f"tracking.mlflow_tracking_uri={tmp_path / 'mlruns'}"])
     with trackers.start_trackers(cfg) as t:
         t.log(base.scalars({"loss": 2.5, "eval_rougeL": 0.25}), step=7)
-        t.finish(None, {"final": {"rougeL": 0.25}, "train": {"global_step": 7}})
-    info = json.loads((cfg.output_dir / rundir.TRACKING_FILE).read_text())["mlflow"]
+        t.finish(None, RunMetrics.from_dict({"final": {"rougeL": 0.25}, "train": {"global_step": 7}}))
+    info = json.loads((cfg.output_dir / layout.TRACKING_FILE).read_text())["mlflow"]
     assert info["tracking_uri"] == (tmp_path / "mlruns").resolve().as_uri()
     assert (tmp_path / "mlruns").is_dir()
     client = MlflowClient(tracking_uri=info["tracking_uri"])

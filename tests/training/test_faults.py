@@ -109,7 +109,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_a_rerun_ends_a
     assert not (out / "fine_tuned").exists()
     filler.ballast.unlink()  # space freed: the same command again
     result = run(cfg_for(out, models_dir))
-    assert result.metrics["train"]["resumed_from"].endswith("checkpoint-2")
+    assert result.metrics.train.resumed_from.endswith("checkpoint-2")
     assert same_adapter(result.model_dir, uninterrupted)
     assert not (out / "outputs" / ".staging").exists()
     assert before == tree_digest(out / "outputs" / "checkpoint-2") or not (out / "outputs" / "checkpoint-2").exists()
@@ -132,7 +132,7 @@ def test_disk_full_during_the_final_save_keeps_the_previous_model(small_disk, mo
     assert not [p for p in out.iterdir() if p.name.startswith(".fine_tuned")]
     filler.ballast.unlink()
     result = run(cfg_for(out, models_dir))  # its last checkpoint is step 6: restored, not trained one step further
-    assert result.metrics["train"]["global_step"] == 6
+    assert result.metrics.train.global_step == 6
     assert same_adapter(result.model_dir, uninterrupted)
 
 
@@ -229,7 +229,7 @@ def test_a_flipped_bit_in_the_newest_checkpoint_is_named_and_the_previous_one_us
     assert checkpoint_problem(two_checkpoints / "checkpoint-4").startswith("adapter_model.safetensors changed")
     result, log = resume_log(two_checkpoints, models_dir, caplog)
     assert "skipping checkpoint" in log and "adapter_model.safetensors changed after it was written" in log
-    assert result.metrics["train"]["resumed_from"].endswith("checkpoint-2")
+    assert result.metrics.train.resumed_from.endswith("checkpoint-2")
     assert same_adapter(result.model_dir, uninterrupted)
 
 
@@ -261,7 +261,7 @@ def test_a_planted_pickle_never_runs(two_checkpoints, models_dir, caplog, tmp_pa
     result, log = resume_log(two_checkpoints, models_dir, caplog)
     assert "skipping checkpoint" in log and "rng_state.pth is " in log and "the manifest says" in log
     assert not marker.exists()
-    assert result.metrics["train"]["resumed_from"].endswith("checkpoint-2")
+    assert result.metrics.train.resumed_from.endswith("checkpoint-2")
     # 2. a forged manifest passes the check, and torch's weights_only loader refuses the pickle without running it
     shutil.rmtree(two_checkpoints / "checkpoint-6")
     plant(newest, marker, forge_manifest=True)
@@ -282,4 +282,4 @@ def test_a_checkpoint_without_a_manifest_is_not_trusted_unless_asked(two_checkpo
     assert r.returncode == 2 and "no checkpoint_manifest.json" in r.stderr
     assert "train.verify_checkpoints=false" in r.stderr and "Traceback" not in r.stderr
     result, _ = resume_log(two_checkpoints, models_dir, caplog, **{"train.verify_checkpoints": "false"})
-    assert result.metrics["train"]["resumed_from"].endswith("checkpoint-4")
+    assert result.metrics.train.resumed_from.endswith("checkpoint-4")

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 def test_fine_tuned_beats_zero_shot_with_a_paired_interval_above_zero(real_run):
     m = real_run.metrics
-    base, final, cmp = m["base"], m["final"], m["final_vs_base"]
+    base, final, cmp = m.base, m.final, m.final_vs_base
     assert cmp["examples"] == 24
     d = cmp["model_minus_base"]["rougeL"]
     assert final["rougeL"] > base["rougeL"] and d["ci95"][0] > 0, (base, final, d)
@@ -28,7 +28,7 @@ def test_fine_tuned_beats_zero_shot_with_a_paired_interval_above_zero(real_run):
 
 def test_it_learned_where_a_summary_ends(real_run):
     m = real_run.metrics
-    assert m["final"]["gen_hit_max_frac"] < m["base"]["gen_hit_max_frac"], (m["base"], m["final"])
+    assert m.final["gen_hit_max_frac"] < m.base["gen_hit_max_frac"], (m.base, m.final)
     final = read_jsonl(real_run.output_dir / "eval_predictions" / "step-30.jsonl")
     # stopped at the chat template's end of turn: no special tokens or run-on turns in the text
     for r in final:

@@ -89,7 +89,7 @@ def test_checkpoint_interrupted_mid_write_is_never_visible(tmp_path, models_dir,
     assert list((cfg.output_dir / ".staging").iterdir()), "the half-written checkpoint stayed in staging"
     res = run(cfg)
     assert res.resumed_from == cfg.output_dir / "checkpoint-10"
-    assert res.metrics["train"]["global_step"] == 20
+    assert res.metrics.train.global_step == 20
     assert not (cfg.output_dir / ".staging").exists() or not list((cfg.output_dir / ".staging").iterdir())
     assert all(checkpoint_problem(p) is None for p in cfg.output_dir.glob("checkpoint-*"))
 
@@ -133,7 +133,7 @@ def test_nonfinite_gradient_skip_policy(tmp_path, models_dir):
     cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir, **{
         "train.max_steps": 8, "train.save_steps": 100}) + QUIET + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=2"])
     res = run(cfg, extra_callbacks=[NaNGradAt({3, 6})])
-    assert res.metrics["train"]["global_step"] == 8
+    assert res.metrics.train.global_step == 8
     w = load_file(str(res.model_dir / "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in w.values())
     cfg3 = load_config("tiny", tiny_overrides(tmp_path / "b", models_dir, **{

@@ -36,7 +36,7 @@ def test_rouge_rises_across_evaluations(tiny_run):
     curve = [h["eval_rougeL"] for h in tiny_run.log_history if "eval_rougeL" in h]
     assert curve[-1] > curve[0] + 0.2, curve
     # the untrained model (step 0) scores below the first evaluation during training, and far below the last
-    assert tiny_run.metrics["base"]["rougeL"] < curve[0] and tiny_run.metrics["base"]["rougeL"] < curve[-1] - 0.5
+    assert tiny_run.metrics.base["rougeL"] < curve[0] and tiny_run.metrics.base["rougeL"] < curve[-1] - 0.5
 
 
 def test_samples_file_records_examples_per_evaluation(tiny_run):
@@ -73,7 +73,7 @@ def test_early_stopping_on_rouge(tmp_path, models_dir):
         "eval.base_eval=false", "eval.num_samples=8",
         "train.early_stopping=[{metric: eval_rougeL, patience: 2, min_delta: 0.01}]"])
     res = run(cfg)
-    assert res.metrics["train"]["global_step"] == 15  # first eval sets the best, two more without improvement
+    assert res.metrics.train.global_step == 15  # first eval sets the best, two more without improvement
     state = json.loads(sorted(cfg.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
                        .joinpath("trainer_state.json").read_text())
     es = state["stateful_callbacks"]["EarlyStopping_eval_rougeL"]
@@ -92,7 +92,7 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
     res = run(cfg)
     curve = {h["step"]: h["eval_rougeL"] for h in res.log_history if "eval_rougeL" in h}
     best_step = max(curve, key=lambda s: (curve[s], -s))
-    best_ckpt = res.metrics["train"]["best_checkpoint"]
+    best_ckpt = res.metrics.train.best_checkpoint
     assert best_ckpt.endswith(f"checkpoint-{best_step}")
     # save_total_limit=1 still keeps the best checkpoint
     assert (cfg.output_dir / f"checkpoint-{best_step}").is_dir()
@@ -100,7 +100,7 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
     best = load_file(str(cfg.output_dir / f"checkpoint-{best_step}" / "adapter_model.safetensors"))
     for k in final:
         assert (final[k] - best[k]).abs().max().item() == 0.0, k
-    assert res.metrics["final"]["rougeL"] == pytest.approx(curve[best_step], abs=1e-9)
+    assert res.metrics.final["rougeL"] == pytest.approx(curve[best_step], abs=1e-9)
 
 
 def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):

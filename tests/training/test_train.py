@@ -47,7 +47,7 @@ def test_demo_learns_and_leaves_exact_files(tiny_run):
 
 def test_metrics_hold_each_summary_against_its_document_beside_rouge(tiny_run):
     from llm_summarizer.evaluation.diagnostics import DIAGNOSTIC_KEYS
-    from llm_summarizer.training.run import summary_lines
+    from llm_summarizer.training.summary import summary_lines
 
     m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
     for block in ("base", "final"):
@@ -73,7 +73,7 @@ def test_metrics_hold_each_summary_against_its_document_beside_rouge(tiny_run):
 
 
 def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
-    from llm_summarizer.training.run import summary_lines
+    from llm_summarizer.training.summary import summary_lines
 
     t = json.loads((tiny_run.model_dir / "metrics.json").read_text())["train"]
     cfg = yaml.safe_load((tiny_run.model_dir / "config.yaml").read_text())
@@ -89,7 +89,7 @@ def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
 
 
 def test_run_reports_where_the_seconds_before_the_first_step_went(tiny_run):
-    from llm_summarizer.training.run import summary_lines
+    from llm_summarizer.training.summary import summary_lines
 
     m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
     st = m["train"]["startup"]
@@ -108,7 +108,7 @@ def test_eval_loss_runs_on_the_rouge_subset_unless_asked_for_all(tiny_run):
     import datasets
 
     from llm_summarizer.config import load_config
-    from llm_summarizer.training.callbacks import pick_subset
+    from llm_summarizer.training.rouge import pick_subset
     from llm_summarizer.training.trainer import eval_loss_rows
 
     val = datasets.Dataset.from_dict({"id": [f"v{i}" for i in range(50)]})
@@ -156,11 +156,12 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     full = run(load_config("tiny", tiny_overrides(tmp_path / "full", models_dir) + base))
     cfg = load_config("tiny", tiny_overrides(tmp_path / "cut", models_dir) + base)
     first = run(cfg, extra_callbacks=[StopAt(12)])
-    assert first.metrics["train"]["global_step"] == 12
+    assert first.metrics.train.global_step == 12
     # a newer checkpoint that is incomplete must be skipped
     bad = cfg.output_dir / "checkpoint-15"
     shutil.copytree(cfg.output_dir / "checkpoint-12", bad)
     (bad / "optimizer.pt").unlink()
+
     class FirstStep(TrainerCallback):
         seen = None
 
@@ -171,10 +172,10 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     first_step = FirstStep()
     second = run(cfg, extra_callbacks=[first_step])
     assert second.resumed_from == cfg.output_dir / "checkpoint-12"
-    assert second.metrics["train"]["global_step"] == 20
+    assert second.metrics.train.global_step == 20
     assert first_step.seen == 13, "the resumed run must continue the step count, not restart"
     # speed is this process's own: 8 of the 20 steps were trained here
-    assert second.metrics["train"]["train_tokens"] < full.metrics["train"]["train_tokens"]
+    assert second.metrics.train.train_tokens < full.metrics.train.train_tokens
     # the history carries the first segment's entries from the checkpoint, each step once
     steps = [h["step"] for h in second.log_history if "loss" in h]
     assert steps == sorted(set(steps)) and steps == [h["step"] for h in full.log_history if "loss" in h]
@@ -223,7 +224,7 @@ def test_trainer_class_api(tmp_path, models_dir):
     trainer = tc.trainer()
     assert type(trainer).__name__ == "SummarizationTrainer"
     result = tc.Start_Training(trainer)
-    assert result.metrics["train"]["global_step"] == 10
+    assert result.metrics.train.global_step == 10
     assert final_file_set(tc.fine_tuned_model_dir) == FINAL_FILES
 
 

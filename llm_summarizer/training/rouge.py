@@ -1,4 +1,4 @@
-"""ROUGE on generated summaries while training, sample logging, and early stopping.
+"""ROUGE on generated summaries while training: the evaluator, its callback, the samples, the base comparison.
 
 `RougeEvaluator` generates summaries for a fixed, seeded subset of the validation split and scores
 them with rouge-score (never teacher-forced argmax tokens). The trainer calls it from its
@@ -12,27 +12,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
 from .. import distributed, progress
 from ..config import Config
-from ..errors import TrainingStopped
 from ..evaluation import diagnostics
 from ..evaluation.bootstrap import paired_diagnostics, paired_difference
 from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
+from ..layout import PREDICTIONS_DIR, REFERENCES_FILE, SAMPLES_FILE
+from ..metric_names import GENERATION_KEYS, ROUGE_KEYS
 from ..models.generation import AdaptiveBatch, derive_max_new_tokens, generate
-from ..rundir import PREDICTIONS_DIR, SAMPLES_FILE, checkpoint_step
+from ..rundir import checkpoint_step
 
-log = logging.getLogger("llm_summarizer.callbacks")
-
+log = logging.getLogger("llm_summarizer.rouge")
 
 
 def pick_subset(n_rows: int, n: int, seed: int) -> list[int]:
@@ -143,9 +140,7 @@ class RougeCallback(TrainerCallback):
         return control
 
 
-ROUGE_BLOCK_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len_mean", "gen_hit_max_frac", "rouge_examples",
-                    *diagnostics.DIAGNOSTIC_KEYS)
-REFERENCES_FILE = "references.jsonl"  # in eval_predictions/: the references' own statistics against their documents
+ROUGE_BLOCK_KEYS = (*ROUGE_KEYS, *GENERATION_KEYS, *diagnostics.DIAGNOSTIC_KEYS)
 
 
 def rouge_block(m: dict) -> dict:
@@ -211,140 +206,3 @@ def truncate_samples(output_dir: Path, resume_from: Path) -> None:
     keep = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip() and
             (json.loads(l).get("step") or 0) <= step]
     p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-
-
-def early_stopping_callback(metric: str, patience: int, min_delta: float = 0.0, greater_is_better: bool = True):
-    """An EarlyStopping whose class name is unique per metric: transformers saves and restores callback
-    state by class name, and mixes up several instances of one class (the one class made per call)."""
-    name = "EarlyStopping_" + "".join(c if c.isalnum() else "_" for c in metric)
-    return type(name, (EarlyStopping,), {})(metric, patience, min_delta, greater_is_better)
-
-
-class EarlyStopping(TrainerCallback, ExportableState):
-    """Stop when `metric` has not improved by more than `min_delta` for `patience` evaluations.
-
-    The counters are saved in trainer_state.json (transformers' stateful callbacks), so a resumed run
-    continues counting where it stopped.
-    """
-
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, greater_is_better: Optional[bool] = None):
-        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
-        self.patience = patience
-        self.min_delta = min_delta
-        self.greater = greater_is_better if greater_is_better is not None else not self.metric.endswith("loss")
-        self.best: Optional[float] = None
-        self.bad_evals = 0
-        self.stopped_at: Optional[int] = None
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return control
-        improved = self.best is None or (
-            value > self.best + self.min_delta if self.greater else value < self.best - self.min_delta)
-        if improved:
-            self.best, self.bad_evals = value, 0
-        else:
-            self.bad_evals += 1
-            if self.bad_evals >= self.patience:
-                log.info("early stopping at step %d: %s did not improve by more than %g for %d evaluations (best %.4f)",
-                         state.global_step, self.metric, self.min_delta, self.patience, self.best)
-                self.stopped_at = state.global_step
-                control.should_training_stop = True
-        return control
-
-    def state(self) -> dict:
-        return {"args": {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
-                         "greater_is_better": self.greater},
-                "attributes": {"best": self.best, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}}
-
-
-class NonFiniteGuard(TrainerCallback, ExportableState):
-    def __init__(self, policy: str = "stop", max_skips: int = 0):
-        self.policy = policy
-        self.max_skips = max_skips
-        self.skipped = 0
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model is None:
-            return control
-        bad = _first_nonfinite_grad(model)
-        if bad is None:
-            return control
-        step = state.global_step + 1
-        if self.policy == "skip" and self.skipped < self.max_skips:
-            self.skipped += 1
-            for p in model.parameters():
-                p.grad = None  # the optimizer leaves parameters without a gradient untouched
-            log.warning("non-finite gradient in %s at step %d: skipped this optimizer step (%d of %d allowed)",
-                        bad, step, self.skipped, self.max_skips)
-            return control
-        extra = (f" after skipping {self.skipped} step(s) (train.max_nonfinite_skips={self.max_skips})"
-                 if self.policy == "skip" else "")
-        raise TrainingStopped(
-            f"non-finite loss or gradient at step {step} (first in {bad}){extra}. Training stopped; the last "
-            f"complete checkpoint in {args.output_dir} is kept and a rerun resumes from it. Try a lower "
-            f"train.learning_rate, train.max_grad_norm, or train.precision=fp32/bf16 instead of fp16; "
-            f"or train.on_nonfinite=skip with train.max_nonfinite_skips=N to skip such steps.")
-
-    def state(self) -> dict:
-        return {"args": {"policy": self.policy, "max_skips": self.max_skips}, "attributes": {"skipped": self.skipped}}
-
-
-def _first_nonfinite_grad(model) -> Optional[str]:
-    for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return name
-    return None
-
-
-TRIAL_ENV = "LLM_SUMMARIZER_TUNE_TRIAL"  # set by `llm-summarizer tune` for the training run of one trial
-
-
-def make_pruner(spec: dict):
-    """The study's pruner, built the same way in the tune driver and in each trial's run (which asks it)."""
-    import optuna
-
-    if spec["kind"] == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec["n_startup_trials"],
-                                           n_warmup_steps=spec["n_warmup_steps"])
-    return optuna.pruners.NopPruner()
-
-
-class TrialReporter(TrainerCallback):
-    """Inside a tune trial: each evaluation's value of the study's metric goes to the Optuna trial, and the
-    pruner's answer stops training (the run then saves its model as usual; metrics.json says it was pruned)."""
-
-    def __init__(self, spec: dict):
-        self.metric = spec["metric"]
-        self.pruned_at: Optional[int] = None
-        self.trial = None
-        self.number = spec.get("trial_number")
-        if distributed.is_main():  # one rank talks to the study; the others follow its answer
-            import optuna
-
-            study = optuna.load_study(study_name=spec["study"], storage=spec["storage"],
-                                      pruner=make_pruner(spec["pruner"]))
-            self.trial = optuna.trial.Trial(study, spec["trial_id"])
-            self.number = self.trial.number
-
-    @classmethod
-    def from_env(cls) -> Optional["TrialReporter"]:
-        import os
-
-        raw = os.environ.get(TRIAL_ENV)
-        return cls(json.loads(raw)) if raw else None
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric)
-        if value is None or state.global_step >= state.max_steps:
-            return control  # the final value is the trial's result, told by the driver
-        stop = False
-        if self.trial is not None:
-            self.trial.report(float(value), state.global_step)
-            stop = self.trial.should_prune()
-        if distributed.broadcast(stop):  # every rank stops at the same step (else they would wait for each other)
-            log.info("tune: the pruner stopped this trial at step %d (%s=%.4f)", state.global_step, self.metric, value)
-            self.pruned_at = state.global_step
-            control.should_training_stop = True
-        return control

@@ -1,0 +1,75 @@
+"""metrics.json through its type: what today's code wrote still reads, what a newer one wrote is refused in words,
+nothing is lost in a round trip, and readers get the metric whichever way it is named."""
+
+import json
+
+import pytest
+
+from llm_summarizer.contracts import METRICS_VERSION, RunMetrics, TrainFigures
+from llm_summarizer.errors import UserError
+
+# A metrics.json as the code before the version field wrote it (keys and nesting of a real run, values trimmed).
+VERSION_1 = {
+    "base": {"rouge1": 0.21, "rouge2": 0.05, "rougeL": 0.17, "rougeLsum": 0.18, "gen_len_mean": 61.0,
+             "gen_hit_max_frac": 0.4, "rouge_examples": 24, "coverage": 0.93, "density": 9.1},
+    "final": {"rouge1": 0.33, "rouge2": 0.11, "rougeL": 0.27, "rougeLsum": 0.28, "gen_len_mean": 22.5,
+              "gen_hit_max_frac": 0.0, "rouge_examples": 24, "coverage": 0.78, "density": 2.1},
+    "train": {"global_step": 30, "train_loss": 1.726, "train_runtime_s": 214.5, "best_checkpoint": None,
+              "best_metric": None, "rouge_callback_s": 61.2, "rouge_callback_share": 0.28, "resumed_from": None,
+              "world_size": 1, "train_tokens": 31880, "train_tokens_per_s": 148.6, "peak_memory_gib": 1.9,
+              "peak_memory_of": "process RSS", "startup": {"imports_s": 9.1, "to_first_step_s": 80.2}},
+    "data": {"train": {"rows": 160, "rows_read": 160, "summary_tokens": {"mean": 28.1, "p95": 52}}},
+    "eval_protocol": {"tokenizer": "default", "decoding": {"max_new_tokens": 94, "do_sample": False}},
+    "references": {"coverage": 0.74, "density": 1.9},
+    "tracking": {"wandb": {"mode": "online", "run_id": "abc12345", "url": "https://wandb.ai/t/p/runs/abc12345"}},
+    "final_vs_base": {"examples": 24, "model_minus_base": {"rougeL": {"diff": 0.1, "ci95": [0.05, 0.15]}}},
+}
+
+
+def test_a_file_written_before_the_version_field_reads_and_writes_back_unchanged_but_for_the_version(tmp_path):
+    p = tmp_path / "metrics.json"
+    p.write_text(json.dumps(VERSION_1))
+    m = RunMetrics.read(p)
+    assert m.version == METRICS_VERSION == 2
+    assert m.train.global_step == 30 and m.train.startup["to_first_step_s"] == 80.2
+    assert m.final_score("eval_rougeL") == m.final_score("rougeL") == 0.27 and m.base_score("rouge1") == 0.21
+    assert m.wandb_url == "https://wandb.ai/t/p/runs/abc12345" and m.examples == 24
+    assert m.validated_max_new_tokens == 94 and m.train_summary_p95 == 52
+    assert m.to_dict() == {"version": 2, **VERSION_1}
+
+
+def test_keys_this_code_does_not_know_survive_a_round_trip():
+    d = {**VERSION_1, "version": 2, "from_a_plugin": {"x": 1}, "train": {**VERSION_1["train"], "gpu_hours": 0.1}}
+    m = RunMetrics.from_dict(d)
+    assert m.extra == {"from_a_plugin": {"x": 1}} and m.train.extra == {"gpu_hours": 0.1}
+    assert m.to_dict() == d
+
+
+def test_a_file_from_a_newer_version_is_refused_with_what_to_do(tmp_path):
+    p = tmp_path / "metrics.json"
+    p.write_text(json.dumps({**VERSION_1, "version": METRICS_VERSION + 1}))
+    with pytest.raises(UserError) as e:
+        RunMetrics.read(p)
+    assert str(e.value) == (f"{p} was written by a newer llm_summarizer (metrics.json version 3; this one reads up "
+                            f"to 2). Upgrade llm_summarizer to read it")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[1, 2]", "should hold a JSON object with the run's metrics; it holds list"),
+    ('{"final": [0.3]}', '"final" should be a JSON object, not list'),
+    ('{"version": "2"}', "version '2' is not a metrics.json version"),
+    ("{not json", "is not readable JSON (JSONDecodeError)"),
+])
+def test_a_damaged_file_is_one_message_naming_it(tmp_path, text, says):
+    p = tmp_path / "metrics.json"
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        RunMetrics.read(p)
+    assert str(p) in str(e.value) and says in str(e.value)
+
+
+def test_an_empty_record_answers_none_rather_than_failing():
+    m = RunMetrics()
+    assert m.final_score("rougeL") is None and m.wandb_url is None and m.examples is None
+    assert m.validated_max_new_tokens is None and m.train_summary_p95 is None
+    assert TrainFigures().to_dict()["global_step"] is None and "startup" not in TrainFigures().to_dict()
