@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..contracts import RunMetrics
-from ..layout import METRICS_FILE as METRICS
-from ..layout import PREDICTIONS
+from ..layout import METRICS_FILE, PREDICTIONS
 from ..metric_names import ROUGE_KEYS
 from . import boot
 
@@ -91,7 +90,7 @@ def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
                                    "model": block_means(r["model"].get("diagnostics"))},
                                   r.get("diagnostics_model_minus_base"), "model - base"):
         print(line)
-    print(f"   wrote: {out / PREDICTIONS}, {out / METRICS}" + (f", {report} (+ plots/)" if report else ""))
+    print(f"   wrote: {out / PREDICTIONS}, {out / METRICS_FILE}" + (f", {report} (+ plots/)" if report else ""))
 
 
 def run(args, _cfg) -> int:
@@ -110,7 +109,7 @@ def run(args, _cfg) -> int:
 def to_training_run(model_dir: Path, res) -> None:
     """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
     metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
-    p = model_dir / METRICS
+    p = model_dir / METRICS_FILE
     # the tracking layer imports transformers: only after the evaluation, when the model names a run
     from ..tracking.trackers import TRACKERS, evaluation_logger
 

@@ -26,9 +26,7 @@ from ..data.rows import load_raw_splits, validate_rows
 from ..environment import package_versions
 from ..errors import UserError
 from ..files import file_digest, write_json, write_text
-from ..layout import BASE_PREDICTIONS, PREDICTIONS
-from ..layout import EVAL_SETTINGS as SETTINGS
-from ..layout import METRICS_FILE as METRICS
+from ..layout import BASE_PREDICTIONS, EVAL_SETTINGS, METRICS_FILE, PREDICTIONS
 from ..models.directory import weight_files
 from ..models.generation import AdaptiveBatch, check_documents, default_max_new_tokens, summarize_texts
 from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
@@ -250,7 +248,7 @@ def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_s
 
 def check_settings(out: Path, settings: dict) -> None:
     """Reuse predictions only from the same evaluation; never mix two into one file."""
-    p = out / SETTINGS
+    p = out / EVAL_SETTINGS
     has_preds = (out / PREDICTIONS).exists() or (out / BASE_PREDICTIONS).exists()
     if p.is_file():
         try:
@@ -264,7 +262,7 @@ def check_settings(out: Path, settings: dict) -> None:
                 raise UserError(f"--output {out} holds predictions of a different evaluation (differs in: "
                                 f"{', '.join(differs)}); choose another --output, or delete {out} to start over")
     elif has_preds:
-        raise UserError(f"--output {out} holds predictions but no {SETTINGS}, so they cannot be matched to this "
+        raise UserError(f"--output {out} holds predictions but no {EVAL_SETTINGS}, so they cannot be matched to this "
                         f"evaluation; choose another --output, or delete {out} to start over")
     claim(out, "evaluation")
     write_json(p, settings)
@@ -352,7 +350,7 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
                                                                      ev.bootstrap_seed)
     results["references"] = {"diagnostics": diagnostics_block(diag["references"], ev.bootstrap_samples,
                                                               ev.bootstrap_seed)}
-    settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    settings = json.loads((out / EVAL_SETTINGS).read_text(encoding="utf-8"))
     metrics = {
         "model": loaded.describe(),
         "data": {"source": source, "split": split, "examples": len(rows), "limit": limit,
@@ -372,7 +370,7 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
                        for k, s in stats.items()},
         "versions": package_versions(),
     }
-    write_json(out / METRICS, metrics)
+    write_json(out / METRICS_FILE, metrics)
     # 6. The report.
     report_path = None
     if report:

@@ -35,13 +35,11 @@ GGUF_PRECISION = ("q2_k", "q3_k_m", "q4_0", "q4_1", "q4_k_m", "q5_0", "q5_1", "q
                   "f16", "f32")
 
 
-def option(default, help: str, type=None, choices=None):
-    """A field of ExportOptions and, from the same line, its flag of `llm-summarizer export` (--the-name)."""
-    return field(default=default, metadata={"help": help, "type": type or builtins_type(default), "choices": choices})
-
-
-def builtins_type(value):
-    return type(value) if value is not None else str
+def option(default, help: str, kind=None, choices=None):
+    """A field of ExportOptions and, from the same line, its flag of `llm-summarizer export` (--the-name); the
+    flag's type is `kind`, else the default's (str for a None default)."""
+    kind = kind or (type(default) if default is not None else str)
+    return field(default=default, metadata={"help": help, "type": kind, "choices": choices})
 
 
 @dataclass
@@ -62,15 +60,15 @@ class ExportOptions:
     max_gguf_kl: Optional[float] = option(
         None, "gguf: largest mean KL divergence (nats per token) of llama.cpp's next-token distributions from the "
               "merged model's, teacher-forced on the fixed documents' summaries (default: measured per type, q8_0 "
-              f"{GGUF_LIMITS['q8_0'][0]:g}, f16 {GGUF_LIMITS['f16'][0]:g})", type=float)
+              f"{GGUF_LIMITS['q8_0'][0]:g}, f16 {GGUF_LIMITS['f16'][0]:g})", kind=float)
     min_gguf_top1: Optional[float] = option(
         None, "gguf: least share of those positions where both put the same token first (default: measured per "
-              f"type, q8_0 {GGUF_LIMITS['q8_0'][1]:g}, f16 {GGUF_LIMITS['f16'][1]:g})", type=float)
+              f"type, q8_0 {GGUF_LIMITS['q8_0'][1]:g}, f16 {GGUF_LIMITS['f16'][1]:g})", kind=float)
     # llama.cpp's greedy summaries against the merged model's (mean ROUGE-L) are recorded as an illustration; a
     # value here makes them a gate as well (one flipped token rewrites the rest of a greedy summary)
     min_gguf_agreement: Optional[float] = option(
         None, "gguf: also require this mean ROUGE-L between llama.cpp's and the merged model's greedy summaries "
-              "(default: recorded, not required)", type=float)
+              "(default: recorded, not required)", kind=float)
     logprob_tolerance: float = option(0.1, "adapter and 16-bit export must score the adapter's summaries within "
                                            "this many nats per token (default 0.1; 16-bit rounding gives about "
                                            "0.002 in float16, 0.03 in bfloat16)")

@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from ..errors import UserError
 from ..files import atomic_directory, exclusive_lock, sha256_file
-from ..layout import GGUF_CONVERSION_FILE as CONVERSION_FILE
+from ..layout import GGUF_CONVERSION_FILE
 
 log = logging.getLogger("llm_summarizer.models")
 
@@ -162,7 +162,7 @@ def converted_dir(path: Path, cache_dir, dtype: torch.dtype, digest: str) -> Pat
 
 
 def _complete(d: Path) -> bool:
-    return (d / CONVERSION_FILE).is_file() and (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    return (d / GGUF_CONVERSION_FILE).is_file() and (d / "config.json").is_file() and (d / "model.safetensors").is_file()
 
 
 def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -> Path:
@@ -193,7 +193,7 @@ def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -
                       "converted_with": f"transformers {metadata.version('transformers')}, gguf "
                                         f"{metadata.version('gguf')}",
                       "changes": changes, "seconds": round(time.time() - t0, 1)}
-            (tmp / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            (tmp / GGUF_CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for c in changes:
             log.info("GGUF conversion changed: %s", c)
     return out

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 from ..config import Config, ModelSection, is_local_path, load_config
 from ..data.prompt import Formatter
 from ..errors import UserError
+from ..layout import GGUF_CONVERSION_FILE
 from ..redaction import env_secrets, redact
 from . import gguf, random_init, registry
 from .backends import LoadSpec, cpu_4bit_ready, load_adapter
@@ -192,8 +193,8 @@ def load_for_training(cfg: Config, raw_splits=None):
     total = sum(p.numel() for p in model.parameters())
     info = {"base_model": cfg.model.name, "resolved_path": path, "backend": be.name,
             "precision": prec.name, "trainable_params": trainable, "total_params": total}
-    if (Path(path) / gguf.CONVERSION_FILE).is_file():  # where the weights came from, and what was repaired
-        info["gguf"] = json.loads((Path(path) / gguf.CONVERSION_FILE).read_text(encoding="utf-8"))
+    if (Path(path) / GGUF_CONVERSION_FILE).is_file():  # where the weights came from, and what was repaired
+        info["gguf"] = json.loads((Path(path) / GGUF_CONVERSION_FILE).read_text(encoding="utf-8"))
     log.info("model: %s via %s, %s, %.2fM trainable of %.2fM parameters", path, be.name, prec.name,
              trainable / 1e6, total / 1e6)
     return model, tok, info

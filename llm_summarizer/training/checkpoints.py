@@ -26,8 +26,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .. import __version__
 from ..errors import UserError
 from ..files import replace_directory, sha256_file, write_json
-from ..layout import ADAPTER_CONFIG, STAGING_DIR
-from ..layout import CHECKPOINT_MANIFEST as MANIFEST
+from ..layout import ADAPTER_CONFIG, CHECKPOINT_MANIFEST, STAGING_DIR
 from ..models.directory import ADAPTER_WEIGHTS, FULL_WEIGHTS
 from ..rundir import list_checkpoints
 
@@ -37,7 +36,7 @@ STATE_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != CHECKPOINT_MANIFEST)
 
 
 def write_manifest(ckpt: Path, world_size: int = 1) -> dict:
@@ -49,19 +48,19 @@ def write_manifest(ckpt: Path, world_size: int = 1) -> dict:
                 "files": files,
                 "hash_seconds": round(time.perf_counter() - t0, 4),
                 "bytes": sum(f["size"] for f in files.values())}
-    write_json(ckpt / MANIFEST, manifest)
+    write_json(ckpt / CHECKPOINT_MANIFEST, manifest)
     return manifest
 
 
 def manifest_problem(ckpt: Path) -> Optional[str]:
     """None when every file is as the manifest recorded it, else the first difference, naming the file."""
-    m = ckpt / MANIFEST
+    m = ckpt / CHECKPOINT_MANIFEST
     if not m.is_file():
-        return f"no {MANIFEST} (not written by llm_summarizer, or written before checkpoints carried one)"
+        return f"no {CHECKPOINT_MANIFEST} (not written by llm_summarizer, or written before checkpoints carried one)"
     try:
         files = json.loads(m.read_text(encoding="utf-8"))["files"]
     except (ValueError, KeyError, OSError) as e:
-        return f"{MANIFEST} unreadable ({type(e).__name__})"
+        return f"{CHECKPOINT_MANIFEST} unreadable ({type(e).__name__})"
     present = {str(p.relative_to(ckpt)): p for p in _files(ckpt)}
     for name in sorted(set(present) - set(files)):
         return f"{name} was added after the checkpoint was written"
@@ -107,7 +106,7 @@ def checkpoint_problem(path: Path, verify: bool = True) -> Optional[str]:
 def checkpoint_world_size(path: Path) -> int:
     """How many ranks trained the checkpoint (its manifest; 1 when it does not say)."""
     try:
-        return int(json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8")).get("world_size") or 1)
+        return int(json.loads((Path(path) / CHECKPOINT_MANIFEST).read_text(encoding="utf-8")).get("world_size") or 1)
     except (OSError, ValueError, AttributeError):
         return 1
 
@@ -144,7 +143,7 @@ def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Option
         t0 = time.perf_counter()
         ckpt, skipped = find_resume_checkpoint(output_dir, verify)
         for p, why in skipped:
-            log.warning("skipping checkpoint %s: %s%s", p, why, f"; {UNVERIFIED_HINT}" if MANIFEST in why else "")
+            log.warning("skipping checkpoint %s: %s%s", p, why, f"; {UNVERIFIED_HINT}" if CHECKPOINT_MANIFEST in why else "")
         if ckpt is not None:
             log.info("resuming from %s (verified against its manifest in %.2f s)" if verify else "resuming from %s",
                      ckpt, time.perf_counter() - t0)
@@ -155,7 +154,7 @@ def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Option
     problem = checkpoint_problem(p, verify)
     if problem:
         raise UserError(f"train.resume: {p} is not a complete checkpoint ({problem}); use train.resume=auto to "
-                        f"pick the newest complete one" + (f", or, {UNVERIFIED_HINT}" if MANIFEST in problem else ""))
+                        f"pick the newest complete one" + (f", or, {UNVERIFIED_HINT}" if CHECKPOINT_MANIFEST in problem else ""))
     return p
 
 

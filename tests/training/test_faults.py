@@ -19,7 +19,8 @@ from transformers import TrainerCallback
 
 from llm_summarizer.config import load_config
 from llm_summarizer.errors import TrainingStopped, UserError
-from llm_summarizer.training.checkpoints import MANIFEST, checkpoint_problem
+from llm_summarizer.layout import CHECKPOINT_MANIFEST as MANIFEST
+from llm_summarizer.training.checkpoints import checkpoint_problem
 
 from ..conftest import ROOT, run_cli, tiny_overrides
 
