@@ -30,11 +30,15 @@ def is_local_path(name: str) -> bool:
     """The one rule for "is this a local path or a hub id": a path when it starts with . / ~, exists, ends
     in a file suffix we read, or cannot be a hub id (namespace/name); a hub id otherwise."""
     name = str(name)
-    return (name.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(name))
-            or name.lower().endswith(_LOCAL_SUFFIXES) or not _HUB_ID.fullmatch(name))
+    return (
+        name.startswith((".", "/", "~"))
+        or os.path.exists(os.path.expanduser(name))
+        or name.lower().endswith(_LOCAL_SUFFIXES)
+        or not _HUB_ID.fullmatch(name)
+    )
 
 
-INT64 = 2 ** 63  # integers outside [-INT64, INT64) overflow torch, numpy and the trainer's state
+INT64 = 2**63  # integers outside [-INT64, INT64) overflow torch, numpy and the trainer's state
 
 
 class _Section(BaseModel):
@@ -49,7 +53,7 @@ class _Section(BaseModel):
         return v
 
 
-Seed = Annotated[int, Field(ge=0, le=2 ** 32 - 1, description="a seed: 0 to 2**32-1 (what numpy and torch accept)")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="a seed: 0 to 2**32-1 (what numpy and torch accept)")]
 
 
 ALL_LINEAR = "all-linear"
@@ -76,8 +80,10 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
     revision: Optional[str] = None
     cache_dir: str = Field(
-        "data/models", description="where models made here are cached: random:<shape> builds, GGUF files converted "
-        "to model directories, and the package registry's models (model.name: smollm2-135m-instruct)")
+        "data/models",
+        description="where models made here are cached: random:<shape> builds, GGUF files converted "
+        "to model directories, and the package registry's models (model.name: smollm2-135m-instruct)",
+    )
 
     @model_validator(mode="after")
     def _one_quantization(self):
@@ -176,12 +182,15 @@ class DataSection(_Section):
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
         except ValueError as e:  # a lone '{' or '}'
-            raise ValueError(f"prompt_template is not a valid template ({e}); write a literal brace as '{{{{' or "
-                             f"'}}}}'") from None
+            raise ValueError(
+                f"prompt_template is not a valid template ({e}); write a literal brace as '{{{{' or '}}}}'"
+            ) from None
         unknown = sorted({f for f in fields if f not in PROMPT_FIELDS})
         if unknown:
-            raise ValueError(f"prompt_template has unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; it "
-                             f"may use {{document}} and {{instruction}} (a literal brace is written '{{{{' or '}}}}')")
+            raise ValueError(
+                f"prompt_template has unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; it "
+                f"may use {{document}} and {{instruction}} (a literal brace is written '{{{{' or '}}}}')"
+            )
         if "document" not in fields:
             raise ValueError("prompt_template must contain '{document}'")
         return v
@@ -201,8 +210,10 @@ class EarlyStopSpec(_Section):
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
     min_delta: float = Field(0.0, ge=0)
     greater_is_better: Optional[bool] = Field(
-        None, description="None = train.greater_is_better when the metric is train.metric_for_best_model, "
-        "else inferred from the name (a *loss is lower-is-better)")
+        None,
+        description="None = train.greater_is_better when the metric is train.metric_for_best_model, "
+        "else inferred from the name (a *loss is lower-is-better)",
+    )
 
 
 class TrainSection(_Section):
@@ -212,8 +223,16 @@ class TrainSection(_Section):
     gradient_accumulation_steps: int = Field(4, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-        "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+        "reduce_lr_on_plateau",
+        "cosine_with_min_lr",
+        "warmup_stable_decay",
     ] = "linear"
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0, description="> 0 overrides warmup_ratio")
@@ -235,23 +254,33 @@ class TrainSection(_Section):
     )
     resume: str = Field("auto", description="'auto' (newest complete checkpoint), 'never', or a checkpoint path")
     verify_checkpoints: bool = Field(
-        True, description="resume only from checkpoints whose files match the manifest this project wrote into "
-        "them (sizes and sha256); false also accepts checkpoints without one")
+        True,
+        description="resume only from checkpoints whose files match the manifest this project wrote into "
+        "them (sizes and sha256); false also accepts checkpoints without one",
+    )
     dataloader_num_workers: int = Field(0, ge=0)
     extra_args: dict[str, Any] = Field(
-        default_factory=dict, description="more SFTConfig / TrainingArguments fields by name, for what this schema "
+        default_factory=dict,
+        description="more SFTConfig / TrainingArguments fields by name, for what this schema "
         "does not name (e.g. {adam_beta2: 0.95, neftune_noise_alpha: 5}); each key must be an SFTConfig field that "
-        "this project does not set itself; tokens never go here (use the environment)")
+        "this project does not set itself; tokens never go here (use the environment)",
+    )
     # Speed switches: defaults are what the benchmark measured (BENCHMARKS.md, python -m llm_summarizer.bench).
     padding_free: bool = Field(
-        False, description="concatenate each batch's examples into one row, no padding; position_ids restart per "
-        "example so attention stays inside it. The Unsloth CPU backend turns it off (trainer.args shows it)")
+        False,
+        description="concatenate each batch's examples into one row, no padding; position_ids restart per "
+        "example so attention stays inside it. The Unsloth CPU backend turns it off (trainer.args shows it)",
+    )
     packing: bool = Field(
-        False, description="pack examples into rows of model.max_seq_length tokens (best-fit, TRL 'bfd'), padding-free "
-        "inside each row: a fixed token budget per row instead of a fixed number of examples")
+        False,
+        description="pack examples into rows of model.max_seq_length tokens (best-fit, TRL 'bfd'), padding-free "
+        "inside each row: a fixed token budget per row instead of a fixed number of examples",
+    )
     sampling: Literal["random", "group_by_length"] = Field(
-        "group_by_length", description="training order: group_by_length (shuffled, then batches of similar length: "
-        "less padding, 1.05-1.7x the non-padding tokens/s measured) or random")
+        "group_by_length",
+        description="training order: group_by_length (shuffled, then batches of similar length: "
+        "less padding, 1.05-1.7x the non-padding tokens/s measured) or random",
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/inf loss or gradient: stop (keeping the last checkpoint) or skip the step"
     )
@@ -270,9 +299,20 @@ class TrainSection(_Section):
     @classmethod
     def _optim(cls, v):
         from_transformers = {
-            "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit",
-            "paged_adamw_32bit", "adafactor", "sgd", "adagrad", "lion_8bit", "paged_lion_8bit",
-            "lion_32bit", "rmsprop", "adamw_anyprecision",
+            "adamw_torch",
+            "adamw_torch_fused",
+            "adamw_8bit",
+            "adamw_bnb_8bit",
+            "paged_adamw_8bit",
+            "paged_adamw_32bit",
+            "adafactor",
+            "sgd",
+            "adagrad",
+            "lion_8bit",
+            "paged_lion_8bit",
+            "lion_32bit",
+            "rmsprop",
+            "adamw_anyprecision",
         }
         if v not in from_transformers:
             raise ValueError(f"unknown optimizer {v!r}; one of: {', '.join(sorted(from_transformers))}")
@@ -290,6 +330,7 @@ class TrainSection(_Section):
             elif isinstance(x, list):
                 for i, y in enumerate(x):
                     walk(y, f"{where}[{i}]")
+
         for k, x in v.items():
             walk(x, k)
         return v
@@ -305,7 +346,9 @@ class TrainSection(_Section):
 class EvalSection(_Section):
     rouge: bool = Field(True, description="generate summaries and score ROUGE on the validation split")
     base_eval: bool = Field(True, description="score the untrained model once before training ('base' in metrics.json)")
-    num_samples: int = Field(64, ge=1, description="validation rows generated at each evaluation (fixed, seeded subset)")
+    num_samples: int = Field(
+        64, ge=1, description="validation rows generated at each evaluation (fixed, seeded subset)"
+    )
     batch_size: int = Field(8, ge=1, description="generation batch size (separate from training)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="None = derived from reference summary lengths")
     num_beams: int = Field(1, ge=1)
@@ -316,41 +359,69 @@ class EvalSection(_Section):
     every_steps: Optional[int] = Field(None, ge=1, description="ROUGE every N steps; None = every train.eval_steps")
     log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
     loss_rows: Literal["rouge_subset", "all"] = Field(
-        "rouge_subset", description="eval_loss over the same eval.num_samples validation rows as ROUGE (rouge_subset), or "
-        "over the whole validation split (all); without ROUGE it is always the whole split")
-    bootstrap_samples: int = Field(1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals")
-    bootstrap_seed: Seed = Field(1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)")
+        "rouge_subset",
+        description="eval_loss over the same eval.num_samples validation rows as ROUGE (rouge_subset), or "
+        "over the whole validation split (all); without ROUGE it is always the whole split",
+    )
+    bootstrap_samples: int = Field(
+        1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals"
+    )
+    bootstrap_seed: Seed = Field(
+        1234, description="evaluate: seed of the bootstrap resampling (paired with --compare-base)"
+    )
     rouge_tokenizer: Literal["auto", "default", "unicode", "chars"] = Field(
-        "auto", description="ROUGE tokens: default = rouge-score's (ASCII only, as published English results), unicode = "
+        "auto",
+        description="ROUGE tokens: default = rouge-score's (ASCII only, as published English results), unicode = "
         "words of any script, chars = one token per CJK/Thai character; auto = default when under 0.5% of the references' letters are "
-        "non-ASCII, chars when a third of their letters are CJK/Thai, else unicode")
+        "non-ASCII, chars when a third of their letters are CJK/Thai, else unicode",
+    )
     rouge_lsum_split: Literal["regex", "punkt", "newline"] = Field(
-        "regex", description="ROUGE-Lsum sentence split: regex (sentence punctuation, not after abbreviations or "
-        "initials; the same everywhere), punkt (nltk's trained model; needs its data installed), newline")
+        "regex",
+        description="ROUGE-Lsum sentence split: regex (sentence punctuation, not after abbreviations or "
+        "initials; the same everywhere), punkt (nltk's trained model; needs its data installed), newline",
+    )
     batching: Literal["continuous", "static"] = Field(
-        "continuous", description="generation batches: continuous (a row that ends leaves the batch at once and the "
+        "continuous",
+        description="generation batches: continuous (a row that ends leaves the batch at once and the "
         "next prompt takes its place; greedy decoding only, the same texts) or static (each batch runs until its "
-        "longest summary ends; what sampling and beam search always use)")
+        "longest summary ends; what sampling and beam search always use)",
+    )
     long_documents: Literal["chunk", "truncate"] = Field(
-        "chunk", description="evaluate, summarize, serve and the Python API, for a document over the token budget: "
+        "chunk",
+        description="evaluate, summarize, serve and the Python API, for a document over the token budget: "
         "chunk (summarize windows cut at line and sentence ends, then summarize the joined summaries, in rounds, "
         "until one fits) or truncate (cut it by data.truncation, as training does). The ROUGE pass during training "
-        "always truncates, like training")
+        "always truncates, like training",
+    )
     chunk_tokens: Optional[int] = Field(
-        None, ge=16, description="chunk: document tokens per window; None = what fits model.max_seq_length beside "
-        "the prompt and max_new_tokens (a larger value gives the model longer inputs than it was trained on)")
+        None,
+        ge=16,
+        description="chunk: document tokens per window; None = what fits model.max_seq_length beside "
+        "the prompt and max_new_tokens (a larger value gives the model longer inputs than it was trained on)",
+    )
     chunk_overlap: int = Field(
-        32, ge=0, description="chunk: tokens at the end of a window that the next window repeats (whole lines or "
-        "sentences, at most this many)")
+        32,
+        ge=0,
+        description="chunk: tokens at the end of a window that the next window repeats (whole lines or "
+        "sentences, at most this many)",
+    )
     max_chunks: int = Field(
-        256, ge=1, description="chunk: the most windows one document may need; a longer document is refused with "
-        "a message (each window is one generation)")
+        256,
+        ge=1,
+        description="chunk: the most windows one document may need; a longer document is refused with "
+        "a message (each window is one generation)",
+    )
     merge_instruction: Optional[str] = Field(
-        None, description="chunk: the instruction of the merge rounds' prompt (the joined summaries are its document); "
-        "None = data.instruction, the prompt the model was trained with")
+        None,
+        description="chunk: the instruction of the merge rounds' prompt (the joined summaries are its document); "
+        "None = data.instruction, the prompt the model was trained with",
+    )
     max_merge_rounds: int = Field(
-        4, ge=1, description="chunk: rounds of summarizing the joined summaries; a round that cannot shorten them, or "
-        "the last round, summarizes them cut to one window (data.truncation) and the output says so")
+        4,
+        ge=1,
+        description="chunk: rounds of summarizing the joined summaries; a round that cannot shorten them, or "
+        "the last round, summarizes them cut to one window (data.truncation) and the output says so",
+    )
 
 
 class OutputSection(_Section):
@@ -358,8 +429,11 @@ class OutputSection(_Section):
     dir: Optional[str] = Field(None, description="checkpoints and logs; default outputs/<run_name>")
     model_dir: Optional[str] = Field(None, description="final model; default fine_tuned/<run_name>")
     report: bool = Field(True, description="write report.md and PNG plots into output.dir after training")
-    push_to_hub: bool = Field(False, description="push the final model dir (adapter + card) to the hub after training; "
-                              "the token comes from HF_TOKEN in the environment")
+    push_to_hub: bool = Field(
+        False,
+        description="push the final model dir (adapter + card) to the hub after training; "
+        "the token comes from HF_TOKEN in the environment",
+    )
     hub_model_id: Optional[str] = Field(None, description="hub repository 'namespace/name' for push_to_hub")
     hub_private: bool = Field(True, description="create the hub repository as private")
 
@@ -386,7 +460,8 @@ class OutputSection(_Section):
 
 class TrackingSection(_Section):
     report_to: list[Literal["wandb", "tensorboard", "mlflow", "none"]] = Field(
-        default_factory=lambda: ["none"], description="any of wandb, tensorboard, mlflow (several at once), or none")
+        default_factory=lambda: ["none"], description="any of wandb, tensorboard, mlflow (several at once), or none"
+    )
     project: str = Field("llm_summarizer", description="W&B project and MLflow experiment name")
     entity: Optional[str] = Field(None, description="W&B team or user; None = the account's default entity")
     run_name: Optional[str] = Field(None, description="name on the dashboards; None = output.run_name")
@@ -395,11 +470,15 @@ class TrackingSection(_Section):
     notes: Optional[str] = Field(None, description="W&B notes / MLflow run description")
     log_model: bool = Field(False, description="upload the final adapter directory as a W&B artifact (type model)")
     wandb_mode: Literal["auto", "online", "offline"] = Field(
-        "auto", description="auto: WANDB_MODE when set, else online when there is an API key and the W&B server "
-        "answers, else offline (upload later with the printed `wandb sync` command)")
+        "auto",
+        description="auto: WANDB_MODE when set, else online when there is an API key and the W&B server "
+        "answers, else offline (upload later with the printed `wandb sync` command)",
+    )
     mlflow_tracking_uri: Optional[str] = Field(
-        None, description="sqlite:///path/mlflow.db, a folder (MLflow's file store) or a server URL; "
-        "None = MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db")
+        None,
+        description="sqlite:///path/mlflow.db, a folder (MLflow's file store) or a server URL; "
+        "None = MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db",
+    )
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -414,24 +493,44 @@ class TrackingSection(_Section):
 
 class ScaleSection(_Section):
     """Several ranks: torchrun / accelerate launch of the train command, or a Ray cluster (engine: ray)."""
-    engine: Literal["none", "ray"] = Field("none", description="ray: the train command becomes a Ray Train driver "
-                                           "(TorchTrainer) running scale.num_workers training workers")
+
+    engine: Literal["none", "ray"] = Field(
+        "none",
+        description="ray: the train command becomes a Ray Train driver "
+        "(TorchTrainer) running scale.num_workers training workers",
+    )
     num_workers: int = Field(1, ge=1, description="Ray training workers (one per GPU on GPUs)")
     use_gpu: Optional[bool] = Field(None, description="Ray workers on GPUs; None = when the driver sees a CUDA GPU")
-    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Ray resources per worker, "
-                                                   "e.g. {CPU: 4, GPU: 1}")
-    address: Optional[str] = Field(None, description="the Ray cluster: None = start a local one, auto = the running "
-                                   "one, ray://host:10001 = a remote head")
-    max_failures: int = Field(0, ge=-1, description="worker-group restarts after a worker dies (-1: no limit); each "
-                              "restart resumes from the newest complete checkpoint")
-    timeout_s: int = Field(1800, ge=10, description="how long a rank waits for the others at a collective "
-                           "(a checkpoint, an evaluation) before the run fails")
-    allow_world_size_change: bool = Field(False, description="resume a checkpoint written by another number of "
-                                          "ranks (the rest of the run then differs from an uninterrupted one)")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Ray resources per worker, e.g. {CPU: 4, GPU: 1}"
+    )
+    address: Optional[str] = Field(
+        None,
+        description="the Ray cluster: None = start a local one, auto = the running "
+        "one, ray://host:10001 = a remote head",
+    )
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="worker-group restarts after a worker dies (-1: no limit); each "
+        "restart resumes from the newest complete checkpoint",
+    )
+    timeout_s: int = Field(
+        1800,
+        ge=10,
+        description="how long a rank waits for the others at a collective "
+        "(a checkpoint, an evaluation) before the run fails",
+    )
+    allow_world_size_change: bool = Field(
+        False,
+        description="resume a checkpoint written by another number of "
+        "ranks (the rest of the run then differs from an uninterrupted one)",
+    )
 
 
 class SearchParam(_Section):
     """One searched config key: a float or int range (log scale optional, int step optional) or a list of choices."""
+
     type: Literal["float", "int", "categorical"]
     low: Optional[float] = None
     high: Optional[float] = None
@@ -464,28 +563,42 @@ class SearchParam(_Section):
 
 class TuneSection(_Section):
     """llm-summarizer tune: an Optuna study over config keys, each trial a training run (see the README's "Tune")."""
-    dir: Optional[str] = Field(None, description="the study's folder (trials, study.db, summary); default "
-                               "outputs/<run_name>-tune")
-    storage: Optional[str] = Field(None, description="Optuna storage: any SQLAlchemy URL; None = sqlite:///<dir>/study.db")
+
+    dir: Optional[str] = Field(
+        None, description="the study's folder (trials, study.db, summary); default outputs/<run_name>-tune"
+    )
+    storage: Optional[str] = Field(
+        None, description="Optuna storage: any SQLAlchemy URL; None = sqlite:///<dir>/study.db"
+    )
     study_name: Optional[str] = Field(None, description="None = output.run_name")
-    metric: str = Field("eval_rougeL", description="the ROUGE metric maximized (eval_rouge1, eval_rouge2, eval_rougeL, "
-                        "eval_rougeLsum): the final model's, intermediate values at each evaluation for pruning")
+    metric: str = Field(
+        "eval_rougeL",
+        description="the ROUGE metric maximized (eval_rouge1, eval_rouge2, eval_rougeL, "
+        "eval_rougeLsum): the final model's, intermediate values at each evaluation for pruning",
+    )
     seed: Seed = Field(0, description="seed of the TPE sampler")
     n_startup_trials: int = Field(5, ge=0, description="random trials before TPE models the space")
-    pruner: Literal["median", "none"] = Field("median", description="stop a trial whose intermediate value is below "
-                                              "the median of earlier trials at the same step")
+    pruner: Literal["median", "none"] = Field(
+        "median",
+        description="stop a trial whose intermediate value is below the median of earlier trials at the same step",
+    )
     prune_startup_trials: int = Field(2, ge=0, description="finished trials before any pruning")
     prune_warmup_steps: int = Field(0, ge=0, description="training steps before a trial can be pruned")
     max_retries: int = Field(1, ge=0, description="reruns of a trial whose process died (resumed from its checkpoint)")
-    space: dict[str, SearchParam] = Field(default_factory=dict, description="dotted config key -> distribution, e.g. "
-                                          "train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
+    space: dict[str, SearchParam] = Field(
+        default_factory=dict,
+        description="dotted config key -> distribution, e.g. "
+        "train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}",
+    )
 
     @field_validator("metric")
     @classmethod
     def _rouge(cls, v):
         if not is_rouge(v):
-            raise ValueError(f"tune.metric must be one of {', '.join(eval_name(k) for k in ROUGE_KEYS)} (ROUGE of "
-                             "generated summaries, the quantity the search is for)")
+            raise ValueError(
+                f"tune.metric must be one of {', '.join(eval_name(k) for k in ROUGE_KEYS)} (ROUGE of "
+                "generated summaries, the quantity the search is for)"
+            )
         return eval_name(v)
 
 
@@ -507,11 +620,15 @@ class Config(_Section):
         if self.train.load_best_model_at_end and self.train.save_strategy not in (self.train.eval_strategy, "best"):
             raise ValueError("train.load_best_model_at_end needs train.save_strategy equal to train.eval_strategy")
         if self.scale.num_workers > 1 and self.scale.engine == "none":
-            raise ValueError(f"scale.num_workers={self.scale.num_workers} needs scale.engine=ray; on one node you can "
-                             f"also leave it at 1 and launch torchrun --nproc_per_node={self.scale.num_workers} -m "
-                             "llm_summarizer train ...")
+            raise ValueError(
+                f"scale.num_workers={self.scale.num_workers} needs scale.engine=ray; on one node you can "
+                f"also leave it at 1 and launch torchrun --nproc_per_node={self.scale.num_workers} -m "
+                "llm_summarizer train ..."
+            )
         if self.lora.loftq and (self.model.load_in_4bit or self.model.load_in_8bit):
-            raise ValueError("lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false")
+            raise ValueError(
+                "lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false"
+            )
         return self
 
     def greater_is_better(self, metric: str, given: Optional[bool] = None) -> bool:
@@ -520,8 +637,9 @@ class Config(_Section):
         train.metric_for_best_model; then the metric's name (every loss is lower-better)."""
         if given is not None:
             return given
-        if self.train.greater_is_better is not None and \
-                plain_name(metric) == plain_name(self.train.metric_for_best_model):
+        if self.train.greater_is_better is not None and plain_name(metric) == plain_name(
+            self.train.metric_for_best_model
+        ):
             return self.train.greater_is_better
         return higher_is_better(metric)
 
@@ -594,8 +712,11 @@ class _StrictLoader(yaml.SafeLoader):
                 break
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping (first on line {first.line + 1}); keep one",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {first.line + 1}); keep one",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
@@ -619,8 +740,10 @@ def safe_yaml(text: str):
     """YAML text as data: safe types only, no duplicate keys, at most MAX_YAML_NODES values with aliases expanded."""
     data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
-        raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; a config "
-                             f"is far smaller: remove the nested aliases")
+        raise yaml.YAMLError(
+            f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; a config "
+            f"is far smaller: remove the nested aliases"
+        )
     return data
 
 
@@ -696,8 +819,10 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
         return shipped[stem]
     if p.parent.name == "configs" and stem in shipped:  # configs/demo.yaml from before the configs moved
         return shipped[stem]
-    raise UserError(f"config file not found: {name}. Ready configs (by name, e.g. --config demo): "
-                    f"{', '.join(shipped)}; list them with `llm-summarizer configs`.")
+    raise UserError(
+        f"config file not found: {name}. Ready configs (by name, e.g. --config demo): "
+        f"{', '.join(shipped)}; list them with `llm-summarizer configs`."
+    )
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -716,13 +841,18 @@ def read_yaml(path: str | os.PathLike) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        kind = "YAML syntax error: " if isinstance(e, yaml.MarkedYAMLError) and \
-            not isinstance(e, yaml.constructor.ConstructorError) else ""
+        kind = (
+            "YAML syntax error: "
+            if isinstance(e, yaml.MarkedYAMLError) and not isinstance(e, yaml.constructor.ConstructorError)
+            else ""
+        )
         raise UserError(f"config file {p}{where}: {kind}{problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {p}: expected a mapping of sections (model:, lora:, data:, ...), got {type(data).__name__}")
+        raise UserError(
+            f"config file {p}: expected a mapping of sections (model:, lora:, data:, ...), got {type(data).__name__}"
+        )
     return data
 
 

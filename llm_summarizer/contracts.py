@@ -106,8 +106,14 @@ class RunMetrics:
 
     # -- the file ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {"version": self.version, "base": self.base, "final": self.final,
-                             "train": self.train.to_dict(), "data": self.data, "eval_protocol": self.eval_protocol}
+        d: dict[str, Any] = {
+            "version": self.version,
+            "base": self.base,
+            "final": self.final,
+            "train": self.train.to_dict(),
+            "data": self.data,
+            "eval_protocol": self.eval_protocol,
+        }
         for name in ("references", "tune", "tracking", "final_vs_base"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
@@ -116,18 +122,31 @@ class RunMetrics:
     @classmethod
     def from_dict(cls, d: Any, where: str = METRICS_FILE) -> "RunMetrics":
         if not isinstance(d, dict):
-            raise UserError(f"{where} should hold a JSON object with the run's metrics; it holds "
-                            f"{type(d).__name__}. Is it a metrics.json written by llm-summarizer train?")
+            raise UserError(
+                f"{where} should hold a JSON object with the run's metrics; it holds "
+                f"{type(d).__name__}. Is it a metrics.json written by llm-summarizer train?"
+            )
         version = d.get("version", 1)
         if not isinstance(version, int) or version < 1:
             raise UserError(f"{where}: version {version!r} is not a metrics.json version (1, 2, ...)")
         if version > METRICS_VERSION:
-            raise UserError(f"{where} was written by a newer llm_summarizer (metrics.json version {version}; this one "
-                            f"reads up to {METRICS_VERSION}). Upgrade llm_summarizer to read it")
-        for name in ("base", "final", "data", "eval_protocol", "references", "tune", "tracking", "final_vs_base",
-                     "train"):
+            raise UserError(
+                f"{where} was written by a newer llm_summarizer (metrics.json version {version}; this one "
+                f"reads up to {METRICS_VERSION}). Upgrade llm_summarizer to read it"
+            )
+        for name in (
+            "base",
+            "final",
+            "data",
+            "eval_protocol",
+            "references",
+            "tune",
+            "tracking",
+            "final_vs_base",
+            "train",
+        ):
             if d.get(name) is not None and not isinstance(d[name], dict):
-                raise UserError(f"{where}: \"{name}\" should be a JSON object, not {type(d[name]).__name__}")
+                raise UserError(f'{where}: "{name}" should be a JSON object, not {type(d[name]).__name__}')
         known = _known(cls, d)
         known["train"] = TrainFigures.from_dict(d.get("train") or {})
         for name in ("data", "eval_protocol"):
@@ -140,8 +159,9 @@ class RunMetrics:
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise UserError(f"{path} is not readable JSON ({type(e).__name__}); is the model directory "
-                            f"complete?") from None
+            raise UserError(
+                f"{path} is not readable JSON ({type(e).__name__}); is the model directory complete?"
+            ) from None
         return cls.from_dict(d, str(path))
 
 

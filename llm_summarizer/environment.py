@@ -16,8 +16,20 @@ from typing import Optional
 
 import torch
 
-PACKAGES = ("llm_summarizer", "unsloth", "unsloth_zoo", "torch", "transformers", "trl", "peft", "datasets",
-            "accelerate", "bitsandbytes", "rouge-score", "wandb")
+PACKAGES = (
+    "llm_summarizer",
+    "unsloth",
+    "unsloth_zoo",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "rouge-score",
+    "wandb",
+)
 
 
 def package_versions() -> dict:
@@ -62,13 +74,22 @@ def cpu_name() -> str:
 def device_facts() -> dict:
     """The facts a bug report needs about where tensors run."""
     flags = cpu_flags()
-    facts = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(),
-             "torch_threads": torch.get_num_threads(),
-             "cpu_bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_fp16", "bf16"}),
-             "cuda_available": torch.cuda.is_available(), "torch_cuda_build": torch.version.cuda}
+    facts = {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_fp16", "bf16"}),
+        "cuda_available": torch.cuda.is_available(),
+        "torch_cuda_build": torch.version.cuda,
+    }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        facts.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 1024 ** 3, 1),
-                     gpu_capability=".".join(map(str, torch.cuda.get_device_capability(0))),
-                     gpu_count=torch.cuda.device_count(), gpu_bf16=torch.cuda.is_bf16_supported())
+        facts.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 1024**3, 1),
+            gpu_capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+            gpu_count=torch.cuda.device_count(),
+            gpu_bf16=torch.cuda.is_bf16_supported(),
+        )
     return facts

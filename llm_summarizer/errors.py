@@ -71,10 +71,15 @@ def is_disk_full(e: BaseException, where: Optional[Path] = None) -> bool:
     return False
 
 
-def disk_full_message(where, e: BaseException, kept: str = "files that were complete before are unchanged and "
-                      "nothing half-written was kept", then: str = "rerun the same command (an evaluation "
-                      "continues from the predictions already written)") -> str:
+def disk_full_message(
+    where,
+    e: BaseException,
+    kept: str = "files that were complete before are unchanged and nothing half-written was kept",
+    then: str = "rerun the same command (an evaluation continues from the predictions already written)",
+) -> str:
     """The one message of a full disk: where, what the OS said, what was kept, what to do."""
     what = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [""])[0][:200]
-    return f"no space left on the device while writing {where} ({what}). {kept[0].upper() + kept[1:]}: free some " \
-           f"space and {then}."
+    return (
+        f"no space left on the device while writing {where} ({what}). {kept[0].upper() + kept[1:]}: free some "
+        f"space and {then}."
+    )

@@ -11,5 +11,8 @@ def is_oom(e: BaseException) -> bool:
     # accelerate imports torch: only when an error is being classified
     from accelerate.utils.memory import should_reduce_batch_size
 
-    return isinstance(e, torch.cuda.OutOfMemoryError) or should_reduce_batch_size(e) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    return (
+        isinstance(e, torch.cuda.OutOfMemoryError)
+        or should_reduce_batch_size(e)
+        or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    )

@@ -99,8 +99,11 @@ def recover_interrupted_replace(target: Path) -> None:
 
 def owner_record(root: Path, kind: str) -> dict:
     """What `root` holds, as this project wrote it: kind (model, export, run, ...) and its top-level entries."""
-    return {"written_by": "llm_summarizer", "kind": kind,
-            "entries": sorted(p.name for p in Path(root).iterdir() if p.name != OWNER_FILE)}
+    return {
+        "written_by": "llm_summarizer",
+        "kind": kind,
+        "entries": sorted(p.name for p in Path(root).iterdir() if p.name != OWNER_FILE),
+    }
 
 
 @contextlib.contextmanager
@@ -112,8 +115,11 @@ def target_lock(target: Path) -> Iterator[None]:
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(target.parent / f".{target.name}.lock"):  # another writer: wait for it (exports take minutes)
         recover_interrupted_replace(target)
-        for stale in [*target.parent.glob(f".{target.name}.tmp-*"), *target.parent.glob(f".{target.name}.work-*"),
-                      *target.parent.glob(f".{target.name}.old-*")]:
+        for stale in [
+            *target.parent.glob(f".{target.name}.tmp-*"),
+            *target.parent.glob(f".{target.name}.work-*"),
+            *target.parent.glob(f".{target.name}.old-*"),
+        ]:
             log.info("removing %s, left by an interrupted write of %s", stale.name, target)
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         yield

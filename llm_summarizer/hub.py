@@ -40,8 +40,10 @@ def hub_token() -> Optional[str]:
 def require_token() -> str:
     token = hub_token()
     if not token:
-        raise UserError("pushing to the hub needs a token with write access: set HF_TOKEN in the environment "
-                        "(https://huggingface.co/settings/tokens) or run `hf auth login` first")
+        raise UserError(
+            "pushing to the hub needs a token with write access: set HF_TOKEN in the environment "
+            "(https://huggingface.co/settings/tokens) or run `hf auth login` first"
+        )
     return token
 
 
@@ -52,16 +54,21 @@ def push_folder(folder, repo_id: str, private: bool = True, commit_message: Opti
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message=commit_message or f"Upload {folder.name} (llm_summarizer)",
-                          ignore_patterns=[".*", "*.tmp"])
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message or f"Upload {folder.name} (llm_summarizer)",
+            ignore_patterns=[".*", "*.tmp"],
+        )
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         # every credential in the environment, not only the one used: an error text could quote any
         msg = redact(f"{type(e).__name__}: {first}", [token or ""] + env_secrets())
-        raise UserError(f"pushing {folder} to the hub repository {repo_id} failed ({msg}). The model itself is saved "
-                        f"in {folder}; push it later with: hf upload {repo_id} {folder}"
-                        + (" --private" if private else "")) from None
+        raise UserError(
+            f"pushing {folder} to the hub repository {repo_id} failed ({msg}). The model itself is saved "
+            f"in {folder}; push it later with: hf upload {repo_id} {folder}" + (" --private" if private else "")
+        ) from None
     link = str(url) if url else f"https://huggingface.co/{repo_id}"
     log.info("pushed %s to %s (%s)", folder, link, "private" if private else "public")
     return link

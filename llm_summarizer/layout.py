@@ -52,8 +52,12 @@ EXPORT_INFO = "export_info.json"
 GGUF_CONVERSION_FILE = "gguf_conversion.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+FULL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 SHARD_PATTERNS = ("model-*.safetensors", "pytorch_model-*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 RECORDS = (CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE)  # what an export carries over from the model it reads

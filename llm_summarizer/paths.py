@@ -71,8 +71,9 @@ def _legacy_kind(names: set[str]) -> Optional[str]:
         return "export"
     if CONFIG_FILE in names and names & {ADAPTER_CONFIG, "config.json"} and names & {RUN_INFO_FILE, METRICS_FILE}:
         return "model"
-    if names & {BASE_METRICS_FILE, PREDICTIONS_DIR, DATA_CACHE_DIR, SAMPLES_FILE, STAGING_DIR} or \
-            any(CHECKPOINT_RE.match(n) for n in names):
+    if names & {BASE_METRICS_FILE, PREDICTIONS_DIR, DATA_CACHE_DIR, SAMPLES_FILE, STAGING_DIR} or any(
+        CHECKPOINT_RE.match(n) for n in names
+    ):
         return "run"
     if EVAL_SETTINGS in names:
         return "evaluation"
@@ -123,15 +124,19 @@ def check_places(places: Iterable[Place], sources: Iterable[tuple[str, object]] 
     sources = [(k, _real(_abs(s))) for k, s in sources if s is not None and os.path.exists(os.path.expanduser(str(s)))]
     real = {p.key: _real(_abs(p.path)) for p in places}
     for i, a in enumerate(places):  # 1. outputs apart
-        for b in places[i + 1:]:
+        for b in places[i + 1 :]:
             ra, rb = real[a.key], real[b.key]
             if ra == rb:
-                raise UserError(f"{a.key} and {b.key} are the same place ({a.path}); each needs its own "
-                                f"(the defaults are outputs/<run_name> and fine_tuned/<run_name>)")
+                raise UserError(
+                    f"{a.key} and {b.key} are the same place ({a.path}); each needs its own "
+                    f"(the defaults are outputs/<run_name> and fine_tuned/<run_name>)"
+                )
             if _within(ra, rb) or _within(rb, ra):
                 inner, outer = (a, b) if _within(ra, rb) else (b, a)
-                raise UserError(f"{inner.key} ({inner.path}) is inside {outer.key} ({outer.path}); put them side by "
-                                f"side, not one inside the other")
+                raise UserError(
+                    f"{inner.key} ({inner.path}) is inside {outer.key} ({outer.path}); put them side by "
+                    f"side, not one inside the other"
+                )
     for p in places:
         r = real[p.key]
         if p.kind == "cache":
@@ -141,11 +146,13 @@ def check_places(places: Iterable[Place], sources: Iterable[tuple[str, object]] 
             if r == s:
                 raise UserError(f"{p.key} {p.path} is {key} itself, which this command reads; choose another {p.key}")
             if _within(s, r):
-                raise UserError(f"{p.key} {p.path} holds {key} ({s}), which this command reads; choose a "
-                                f"{p.key} outside it")
+                raise UserError(
+                    f"{p.key} {p.path} holds {key} ({s}), which this command reads; choose a {p.key} outside it"
+                )
             if _within(r, s):
-                raise UserError(f"{p.key} {p.path} is inside {key} ({s}); choose a {p.key} outside it, so the "
-                                f"source stays as it is")
+                raise UserError(
+                    f"{p.key} {p.path} is inside {key} ({s}); choose a {p.key} outside it, so the source stays as it is"
+                )
         if p.kind == "file":
             _check_file(p)
         else:
@@ -183,15 +190,21 @@ def _check_folder(p: Place) -> None:  # 3 and 4
     kind, entries = owner_of(path)
     what = KINDS[p.kind]
     if kind is None:
-        raise UserError(f"{p.key} {p.path} holds files this project did not write ({_show(path)}); it "
-                        f"{'would replace that whole folder' if p.replaced else 'writes there'} with {what}. Choose a "
-                        f"new or empty folder, or move those files away")
+        raise UserError(
+            f"{p.key} {p.path} holds files this project did not write ({_show(path)}); it "
+            f"{'would replace that whole folder' if p.replaced else 'writes there'} with {what}. Choose a "
+            f"new or empty folder, or move those files away"
+        )
     if kind != p.kind:
-        raise UserError(f"{p.key} {p.path} holds {KINDS.get(kind, kind)}, not {what}; choose another {p.key} so "
-                        f"that it stays as it is")
+        raise UserError(
+            f"{p.key} {p.path} holds {KINDS.get(kind, kind)}, not {what}; choose another {p.key} so "
+            f"that it stays as it is"
+        )
     if p.replaced and entries is not None:
         foreign = sorted({x.name for x in path.iterdir()} - entries - {OWNER_FILE})
         if foreign:
-            raise UserError(f"{p.key} {p.path} is {what}, but also holds files this project did not write there "
-                            f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}), which replacing it would "
-                            f"delete; move them away, or choose another {p.key}")
+            raise UserError(
+                f"{p.key} {p.path} is {what}, but also holds files this project did not write there "
+                f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}), which replacing it would "
+                f"delete; move them away, or choose another {p.key}"
+            )

@@ -30,11 +30,16 @@ def env_secrets(environ=None) -> list[str]:
 
 def redact(obj, secrets: Optional[list[str]] = None):
     """A copy of obj with secret-named keys, known secret values and URL passwords replaced."""
-    secrets = env_secrets() if secrets is None else sorted((s for s in secrets if s and len(s) >= _MIN_SECRET_LEN),
-                                                           key=len, reverse=True)
+    secrets = (
+        env_secrets()
+        if secrets is None
+        else sorted((s for s in secrets if s and len(s) >= _MIN_SECRET_LEN), key=len, reverse=True)
+    )
     if isinstance(obj, dict):
-        return {k: (REDACTED if _SECRET_KEY.search(str(k)) and obj[k] not in (None, "") else redact(v, secrets))
-                for k, v in obj.items()}
+        return {
+            k: (REDACTED if _SECRET_KEY.search(str(k)) and obj[k] not in (None, "") else redact(v, secrets))
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [redact(v, secrets) for v in obj]
     if isinstance(obj, str):

@@ -32,8 +32,12 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", required=True, choices=("unsloth", "transformers"))
     ap.add_argument("--shape", default="llama-1b", help="random-init shape (the bench's --shape)")
     ap.add_argument("--model", help="a model directory instead of a random-init shape")
-    ap.add_argument("--data", default="demo", help="the bench's --data: a random shape's tokenizer is trained on it, "
-                                                  "so the bench and the anchor load the same cached model")
+    ap.add_argument(
+        "--data",
+        default="demo",
+        help="the bench's --data: a random shape's tokenizer is trained on it, "
+        "so the bench and the anchor load the same cached model",
+    )
     ap.add_argument("--modes", default="lora,qlora")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=2048)
@@ -105,18 +109,32 @@ def main(argv=None) -> int:
             losses.append(float(loss.detach()))
         measured = args.steps - args.warmup
         seconds = now() - t_warm if t_warm is not None else float("nan")
-        peak = (torch.cuda.max_memory_allocated() / 2 ** 30 if cuda
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
-        res = {"anchor": "raw loop", "backend": args.backend, "mode": "QLoRA nf4" if mode == "qlora" else
-               f"LoRA {info['precision']}", "model": cfg.model.name, "resolved": info["resolved_path"],
-               "batch": f"{args.batch}x{args.seq}", "steps": args.steps, "warmup": args.warmup,
-               "tokens_per_s": args.batch * args.seq * measured / seconds if measured > 0 else None,
-               "s_per_step": seconds / measured if measured > 0 else None,
-               "peak_memory_gib": round(peak, 3),
-               "peak_memory_of": "CUDA max_memory_allocated" if cuda else "process RSS",
-               "loss_first": losses[0], "loss_last": losses[-1], "trainable_params": info["trainable_params"],
-               "gradient_checkpointing": cfg.model.gradient_checkpointing, "lora_r": cfg.lora.r,
-               "device": device_name(), "versions": package_versions()}
+        peak = (
+            torch.cuda.max_memory_allocated() / 2**30
+            if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        )
+        res = {
+            "anchor": "raw loop",
+            "backend": args.backend,
+            "mode": "QLoRA nf4" if mode == "qlora" else f"LoRA {info['precision']}",
+            "model": cfg.model.name,
+            "resolved": info["resolved_path"],
+            "batch": f"{args.batch}x{args.seq}",
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "tokens_per_s": args.batch * args.seq * measured / seconds if measured > 0 else None,
+            "s_per_step": seconds / measured if measured > 0 else None,
+            "peak_memory_gib": round(peak, 3),
+            "peak_memory_of": "CUDA max_memory_allocated" if cuda else "process RSS",
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+            "trainable_params": info["trainable_params"],
+            "gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "lora_r": cfg.lora.r,
+            "device": device_name(),
+            "versions": package_versions(),
+        }
         print(json.dumps(res), flush=True)
         results.append(res)
         del model, opt, params, batches

@@ -28,8 +28,11 @@ def main(argv=None) -> int:
     ap.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "dialogsum" / "train.jsonl"))
     ap.add_argument("--max-seq-length", type=int, default=1024)
     ap.add_argument("--num-proc", type=int, default=None)
-    ap.add_argument("--config", default="tiny", help="ready config or YAML: its tokenizer is the one timed "
-                                                     "(tiny: a BPE trained on the data; demo: SmolLM2's)")
+    ap.add_argument(
+        "--config",
+        default="tiny",
+        help="ready config or YAML: its tokenizer is the one timed (tiny: a BPE trained on the data; demo: SmolLM2's)",
+    )
     args = ap.parse_args(argv)
 
     from llm_summarizer.config import load_config
@@ -45,9 +48,17 @@ def main(argv=None) -> int:
         with open(big, "w", encoding="utf-8") as f:
             for i in range(args.rows):
                 r = src[i % len(src)]
-                f.write(json.dumps({"id": f"r{i}", "document": f"[{i}] {r['document']}", "summary": r["summary"]}) + "\n")
-        overrides = [f"data.train={big}", "data.validation=null", "data.test=null", "data.validation_size=0",
-                     f"model.max_seq_length={args.max_seq_length}", f"model.cache_dir={tmp}/models"]
+                f.write(
+                    json.dumps({"id": f"r{i}", "document": f"[{i}] {r['document']}", "summary": r["summary"]}) + "\n"
+                )
+        overrides = [
+            f"data.train={big}",
+            "data.validation=null",
+            "data.test=null",
+            "data.validation_size=0",
+            f"model.max_seq_length={args.max_seq_length}",
+            f"model.cache_dir={tmp}/models",
+        ]
         if args.num_proc:
             overrides.append(f"data.num_proc={args.num_proc}")
         cfg = load_config(args.config, overrides)
@@ -66,10 +77,18 @@ def main(argv=None) -> int:
         t_cached = time.perf_counter() - t0
         n = prep.stats["train"].rows_kept
         nproc = _num_proc(cfg.data, args.rows) or 1
-        result = {"rows": args.rows, "kept": n, "cpus": os.cpu_count(), "num_proc": nproc,
-                  "read_validate_s": round(t_read, 2), "read_rows_per_s": round(args.rows / t_read),
-                  "tokenize_s": round(t_tok, 2), "tokenize_rows_per_s": round(args.rows / t_tok),
-                  "cached_s": round(t_cached, 2), "truncated": prep.stats["train"].truncated}
+        result = {
+            "rows": args.rows,
+            "kept": n,
+            "cpus": os.cpu_count(),
+            "num_proc": nproc,
+            "read_validate_s": round(t_read, 2),
+            "read_rows_per_s": round(args.rows / t_read),
+            "tokenize_s": round(t_tok, 2),
+            "tokenize_rows_per_s": round(args.rows / t_tok),
+            "cached_s": round(t_cached, 2),
+            "truncated": prep.stats["train"].truncated,
+        }
         print(json.dumps(result, indent=2))
     return 0
 

@@ -31,23 +31,33 @@ VARIANTS = {
     "padding_free+group": ["train.padding_free=true", "train.sampling=group_by_length"],
     "packing": ["train.packing=true", "train.sampling=random"],
     # transformers backend only (Unsloth picks its own attention): FlexAttention with a document mask
-    "padding_free+flex": ["train.padding_free=true", "model.attn_implementation=flex_attention", "train.sampling=random"],
+    "padding_free+flex": [
+        "train.padding_free=true",
+        "model.attn_implementation=flex_attention",
+        "train.sampling=random",
+    ],
 }
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", default="padded,group_by_length,padding_free,packing",
-                    help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--variants",
+        default="padded,group_by_length,padding_free,packing",
+        help=f"comma-separated, of: {', '.join(VARIANTS)}",
+    )
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,KEY=V", help="an extra variant")
     ap.add_argument("--backends", default="transformers")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "outputs" / "bench" / "features"))
-    ap.add_argument("--defaults", default="--steps 20 --warmup-steps 4 --val-rows 16 eval.num_samples=1",
-                    help="bench arguments used when nothing follows --")
+    ap.add_argument(
+        "--defaults",
+        default="--steps 20 --warmup-steps 4 --val-rows 16 eval.num_samples=1",
+        help="bench arguments used when nothing follows --",
+    )
     args = ap.parse_args(own)
     variants = {v: VARIANTS[v] for v in args.variants.split(",") if v}
     for spec in args.variant:
@@ -63,8 +73,23 @@ def main(argv=None) -> int:
         order = list(variants) if rnd % 2 == 0 else list(variants)[::-1]
         for v in order:
             path = out / f"{v}-r{rnd}.json"
-            cmd = [sys.executable, "-m", "llm_summarizer", "bench", *flags, "--rounds", "1", "--backends", args.backends,
-                   "--out", str(path), "--markdown", "", *overrides, *variants[v]]
+            cmd = [
+                sys.executable,
+                "-m",
+                "llm_summarizer",
+                "bench",
+                *flags,
+                "--rounds",
+                "1",
+                "--backends",
+                args.backends,
+                "--out",
+                str(path),
+                "--markdown",
+                "",
+                *overrides,
+                *variants[v],
+            ]
             print(f"[features] round {rnd} {v}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             rc = subprocess.call(cmd, cwd=ROOT, stdout=subprocess.DEVNULL)
             if rc != 0:
@@ -73,8 +98,9 @@ def main(argv=None) -> int:
             results[v].append(json.loads(path.read_text()))
     table = render(results, args.backends.split(","))
     (out / "summary.md").write_text(table)
-    (out / "summary.json").write_text(json.dumps({v: [r for res in rs for r in res["runs"]] for v, rs in results.items()},
-                                                 indent=1))
+    (out / "summary.json").write_text(
+        json.dumps({v: [r for res in rs for r in res["runs"]] for v, rs in results.items()}, indent=1)
+    )
     print(table)
     return 0
 
@@ -87,8 +113,11 @@ def _cell(values: list[float], fmt: str) -> str:
 
 
 def render(results: dict, backends: list[str]) -> str:
-    lines = ["| variant | backend | effective | non-pad tokens/s | s/step | peak GiB | padding share | "
-             "loss rel. diff batch vs one-by-one | runs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | backend | effective | non-pad tokens/s | s/step | peak GiB | padding share | "
+        "loss rel. diff batch vs one-by-one | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for v, rs in results.items():
         for b in backends:
             runs = [r for res in rs for r in res["runs"] if r["backend"] == b]
@@ -97,12 +126,22 @@ def render(results: dict, backends: list[str]) -> str:
                 continue
             eff = runs[0]["effective"]
             feats = "+".join(k for k in ("padding_free", "packing") if eff.get(k)) or "padded"
-            lines.append(" | ".join([
-                f"| {v}", b, f"{feats}, {eff['sampling']}, batch {eff['per_device_train_batch_size']}x"
-                f"{eff['gradient_accumulation_steps']}",
-                _cell([r["tokens_per_s_nonpad"] for r in runs], ".0f"), _cell([r["s_per_step"] for r in runs], ".3f"),
-                _cell([r["peak_memory_gib"] for r in runs], ".2f"), _cell([r["padding_share"] for r in runs], ".1%"),
-                _cell([r["loss_check_rel_diff"] for r in runs], ".1e"), f"{len(runs)} |"]))
+            lines.append(
+                " | ".join(
+                    [
+                        f"| {v}",
+                        b,
+                        f"{feats}, {eff['sampling']}, batch {eff['per_device_train_batch_size']}x"
+                        f"{eff['gradient_accumulation_steps']}",
+                        _cell([r["tokens_per_s_nonpad"] for r in runs], ".0f"),
+                        _cell([r["s_per_step"] for r in runs], ".3f"),
+                        _cell([r["peak_memory_gib"] for r in runs], ".2f"),
+                        _cell([r["padding_share"] for r in runs], ".1%"),
+                        _cell([r["loss_check_rel_diff"] for r in runs], ".1e"),
+                        f"{len(runs)} |",
+                    ]
+                )
+            )
     device = next((res["device"] for rs in results.values() for res in rs), "?")
     cmd = next((res["command"] for rs in results.values() for res in rs), "?")
     return f"Device: {device}. Each run: `{cmd}` plus the variant's overrides.\n\n" + "\n".join(lines) + "\n"

@@ -63,12 +63,20 @@ def fine_tune(args) -> Path:
 
     data = Path(args.data_root) / "dialogsum"
     out = Path(args.work)
-    overrides = [f"data.train={{path: {data / 'train.jsonl'}, limit: {args.train_rows}}}",
-                 f"data.validation={{path: {data / 'validation.jsonl'}, limit: 24}}",
-                 f"data.test={{path: {data / 'test.jsonl'}, limit: 8}}", f"data.instruction={INSTRUCTION}",
-                 f"train.max_steps={args.steps}", f"train.eval_steps={args.steps}", f"train.save_steps={args.steps}",
-                 "eval.num_samples=24", "eval.base_eval=false", "train.resume=never",
-                 f"output.dir={out / 'outputs'}", f"output.model_dir={out / 'fine_tuned'}"]
+    overrides = [
+        f"data.train={{path: {data / 'train.jsonl'}, limit: {args.train_rows}}}",
+        f"data.validation={{path: {data / 'validation.jsonl'}, limit: 24}}",
+        f"data.test={{path: {data / 'test.jsonl'}, limit: 8}}",
+        f"data.instruction={INSTRUCTION}",
+        f"train.max_steps={args.steps}",
+        f"train.eval_steps={args.steps}",
+        f"train.save_steps={args.steps}",
+        "eval.num_samples=24",
+        "eval.base_eval=false",
+        "train.resume=never",
+        f"output.dir={out / 'outputs'}",
+        f"output.model_dir={out / 'fine_tuned'}",
+    ]
     result = run(load_config("demo", overrides))
     return result.model_dir
 
@@ -89,30 +97,39 @@ def quality(loaded_for, meetings: list[dict], samples: int, seed: int) -> dict:
     protocol = protocol_for([m["summary"] for m in meetings])
     out = {"meetings": [m["id"] for m in meetings], "methods": {}}
     rows = {}
-    for name, overrides in (("head", ["data.truncation=head", "eval.long_documents=truncate"]),
-                            ("head_tail", ["data.truncation=head_tail", "eval.long_documents=truncate"]),
-                            ("chunk", ["eval.long_documents=chunk"])):
+    for name, overrides in (
+        ("head", ["data.truncation=head", "eval.long_documents=truncate"]),
+        ("head_tail", ["data.truncation=head_tail", "eval.long_documents=truncate"]),
+        ("chunk", ["eval.long_documents=chunk"]),
+    ):
         loaded = loaded_for(overrides)
         max_new, _ = default_max_new_tokens(loaded)
         print(f"bench_long: quality, {name}: {len(meetings)} meetings", file=sys.stderr, flush=True)
-        gens, seconds, load = timed(lambda: summarize_texts(loaded, [m["document"] for m in meetings], max_new,
-                                                              names=[m["id"] for m in meetings]))
+        gens, seconds, load = timed(
+            lambda: summarize_texts(
+                loaded, [m["document"] for m in meetings], max_new, names=[m["id"] for m in meetings]
+            )
+        )
         print(f"bench_long: quality, {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
-        rows[name] = [{"id": m["id"], "reference": m["summary"], "prediction": g.text}
-                      for m, g in zip(meetings, gens)]
+        rows[name] = [{"id": m["id"], "reference": m["summary"], "prediction": g.text} for m, g in zip(meetings, gens)]
         trees = [g.tree for g in gens if g.tree]
         out["methods"][name] = {
-            "overrides": overrides, "seconds": round(seconds, 2), "load_avg": load, "max_new_tokens": max_new,
+            "overrides": overrides,
+            "seconds": round(seconds, 2),
+            "load_avg": load,
+            "max_new_tokens": max_new,
             "scores": score_block(rows[name], samples, seed, protocol),
             "generations": sum(t["generations"] for t in trees) + len(gens) - len(trees),
-            "tokens_generated": sum(t["generated_tokens"] for t in trees) + sum(g.new_tokens for g in gens if
-                                                                                  not g.tree),
+            "tokens_generated": sum(t["generated_tokens"] for t in trees)
+            + sum(g.new_tokens for g in gens if not g.tree),
             "summary_words": sum(len(g.text.split()) for g in gens) / len(gens),
             "hit_max": sum(g.hit_max for g in gens),
-            "windows": [t["windows"] for t in trees], "merge_rounds": [t["merge_rounds"] for t in trees],
+            "windows": [t["windows"] for t in trees],
+            "merge_rounds": [t["merge_rounds"] for t in trees],
             "cut_merges": sum(t["cut"] for t in trees),
             "window_tokens": trees[0]["window_tokens"] if trees else loaded.formatter.doc_budget(max_new),
-            "examples": [{"id": m["id"], "summary": g.text} for m, g in list(zip(meetings, gens))[:2]]}
+            "examples": [{"id": m["id"], "summary": g.text} for m, g in list(zip(meetings, gens))[:2]],
+        }
     for base in ("head", "head_tail"):
         out[f"chunk_minus_{base}"] = paired_difference(rows["chunk"], rows[base], samples, seed, protocol)
     out["reference_words"] = sum(len(m["summary"].split()) for m in meetings) / len(meetings)
@@ -129,13 +146,21 @@ def plain_generate(loaded, docs: list[str], max_new: int, bs: int) -> list[str]:
     texts = []
     with inference_mode(loaded.model, tok, loaded.backend):
         for i in range(0, len(docs), bs):
-            ids = [fmt.generation_prompt(d, max_new)[0] for d in docs[i:i + bs]]
-            batch = {k: v.to(device) for k, v in tok.pad({"input_ids": ids}, return_tensors="pt",
-                                                         padding=True).items()}
-            gen = loaded.model.generate(**batch, max_new_tokens=max_new, do_sample=False, num_beams=1,
-                                        eos_token_id=stop, pad_token_id=tok.pad_token_id, use_cache=True,
-                                        temperature=None, top_p=None, top_k=None)
-            for toks in gen[:, batch["input_ids"].shape[1]:].tolist():
+            ids = [fmt.generation_prompt(d, max_new)[0] for d in docs[i : i + bs]]
+            batch = {k: v.to(device) for k, v in tok.pad({"input_ids": ids}, return_tensors="pt", padding=True).items()}
+            gen = loaded.model.generate(
+                **batch,
+                max_new_tokens=max_new,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop,
+                pad_token_id=tok.pad_token_id,
+                use_cache=True,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            for toks in gen[:, batch["input_ids"].shape[1] :].tolist():
                 n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
                 texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
     return texts
@@ -150,8 +175,9 @@ def three_ways(loaded, docs: list[str], max_new: int) -> dict:
     print(f"bench_long: batching, ROUGE pass: {len(docs)} prompts", file=sys.stderr, flush=True)
 
     def ours(mode):
-        gens = generate(loaded.model, loaded.tokenizer, loaded.formatter, docs, ev, max_new, loaded.backend,
-                        batching=mode)
+        gens = generate(
+            loaded.model, loaded.tokenizer, loaded.formatter, docs, ev, max_new, loaded.backend, batching=mode
+        )
         return [g.text for g in gens], sum(g.new_tokens for g in gens)
 
     ours("static")  # warm-up (first-call costs)
@@ -161,14 +187,23 @@ def three_ways(loaded, docs: list[str], max_new: int) -> dict:
     floor2, t_f2, l_f2 = timed(lambda: plain_generate(loaded, docs, max_new, bs))
     n, floor = len(docs), (t_f1 + t_f2) / 2
     lengths = sorted(len(loaded.formatter.generation_prompt(d, max_new)[0]) for d in docs)
-    return {"examples": n, "batch_size": bs, "max_new_tokens": max_new, "prompt_tokens": [lengths[0], lengths[-1]],
-            "floor_s": [round(t_f1, 2), round(t_f2, 2)], "static_s": round(t_s, 2), "continuous_s": round(t_c, 2),
-            "tokens": tok_c, "ratio_continuous": floor / t_c, "ratio_static": floor / t_s,
-            "continuous_over_static": t_s / t_c,
-            "same_texts_continuous": sum(a == b for a, b in zip(cont, floor1)),
-            "same_texts_static": sum(a == b for a, b in zip(static, floor1)),
-            "floor_runs_agree": sum(a == b for a, b in zip(floor1, floor2)),
-            "load_avg": {"floor": [l_f1, l_f2], "static": l_s, "continuous": l_c}}
+    return {
+        "examples": n,
+        "batch_size": bs,
+        "max_new_tokens": max_new,
+        "prompt_tokens": [lengths[0], lengths[-1]],
+        "floor_s": [round(t_f1, 2), round(t_f2, 2)],
+        "static_s": round(t_s, 2),
+        "continuous_s": round(t_c, 2),
+        "tokens": tok_c,
+        "ratio_continuous": floor / t_c,
+        "ratio_static": floor / t_s,
+        "continuous_over_static": t_s / t_c,
+        "same_texts_continuous": sum(a == b for a, b in zip(cont, floor1)),
+        "same_texts_static": sum(a == b for a, b in zip(static, floor1)),
+        "floor_runs_agree": sum(a == b for a, b in zip(floor1, floor2)),
+        "load_avg": {"floor": [l_f1, l_f2], "static": l_s, "continuous": l_c},
+    }
 
 
 def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
@@ -181,8 +216,18 @@ def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
 
     def with_batching(mode):
         def run(texts, formatter, _report):
-            return generate(loaded.model, loaded.tokenizer, formatter, texts, ev, max_new, loaded.backend,
-                            batching="static" if mode == "floor" else mode, sort_by_length=mode != "floor")
+            return generate(
+                loaded.model,
+                loaded.tokenizer,
+                formatter,
+                texts,
+                ev,
+                max_new,
+                loaded.backend,
+                batching="static" if mode == "floor" else mode,
+                sort_by_length=mode != "floor",
+            )
+
         return summarize_long(docs, fmt, merge_fmt, ev, max_new, run)
 
     print(f"bench_long: batching, chunked: {len(docs)} documents", file=sys.stderr, flush=True)
@@ -190,12 +235,21 @@ def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
     static, t_s, l_s = timed(lambda: with_batching("static"))
     cont, t_c, l_c = timed(lambda: with_batching("continuous"))
     gens = sum(g.tree["generations"] if g.tree else 1 for g in cont)
-    return {"documents": len(docs), "generations": gens, "batch_size": ev.batch_size, "max_new_tokens": max_new,
-            "floor_s": round(t_f, 2), "static_s": round(t_s, 2), "continuous_s": round(t_c, 2),
-            "ratio_continuous": t_f / t_c, "ratio_static": t_f / t_s, "continuous_over_static": t_s / t_c,
-            "same_trees_continuous": sum(a.tree == b.tree for a, b in zip(cont, floor)),
-            "same_trees_static": sum(a.tree == b.tree for a, b in zip(static, floor)),
-            "load_avg": {"floor": l_f, "static": l_s, "continuous": l_c}}
+    return {
+        "documents": len(docs),
+        "generations": gens,
+        "batch_size": ev.batch_size,
+        "max_new_tokens": max_new,
+        "floor_s": round(t_f, 2),
+        "static_s": round(t_s, 2),
+        "continuous_s": round(t_c, 2),
+        "ratio_continuous": t_f / t_c,
+        "ratio_static": t_f / t_s,
+        "continuous_over_static": t_s / t_c,
+        "same_trees_continuous": sum(a.tree == b.tree for a, b in zip(cont, floor)),
+        "same_trees_static": sum(a.tree == b.tree for a, b in zip(static, floor)),
+        "load_avg": {"floor": l_f, "static": l_s, "continuous": l_c},
+    }
 
 
 def evaluate_ways(model_dir: Path, data: Path, rows: int, work: Path) -> dict:
@@ -206,18 +260,37 @@ def evaluate_ways(model_dir: Path, data: Path, rows: int, work: Path) -> dict:
     for mode in ("static", "continuous", "static"):
         target = work / f"evaluate-{mode}-{len(out)}"
         shutil.rmtree(target, ignore_errors=True)  # else evaluate resumes from the last run's predictions: 0 s
-        res, t, load = timed(lambda: evaluate_model(model_dir, data=str(data / "test.jsonl"), output=target,
-                                                    limit=rows, overrides=[f"eval.batching={mode}"], report=False))
+        res, t, load = timed(
+            lambda: evaluate_model(
+                model_dir,
+                data=str(data / "test.jsonl"),
+                output=target,
+                limit=rows,
+                overrides=[f"eval.batching={mode}"],
+                report=False,
+            )
+        )
         preds = [json.loads(line)["prediction"] for line in (target / "predictions.jsonl").read_text().splitlines()]
-        out.setdefault(mode, []).append({"seconds": round(t, 2), "load_avg": load, "texts": preds,
-                                         "rougeL": res.metrics["results"]["model"]["rougeL"]["f1"]})
+        out.setdefault(mode, []).append(
+            {
+                "seconds": round(t, 2),
+                "load_avg": load,
+                "texts": preds,
+                "rougeL": res.metrics["results"]["model"]["rougeL"]["f1"],
+            }
+        )
     static_s = sum(r["seconds"] for r in out["static"]) / 2
     cont = out["continuous"][0]
     same = sum(a == b for a, b in zip(sorted(cont["texts"]), sorted(out["static"][0]["texts"])))
-    return {"rows": rows, "static_s": [r["seconds"] for r in out["static"]], "continuous_s": cont["seconds"],
-            "continuous_over_static": static_s / cont["seconds"], "same_texts": same,
-            "rougeL": {"static": out["static"][0]["rougeL"], "continuous": cont["rougeL"]},
-            "load_avg": {"static": [r["load_avg"] for r in out["static"]], "continuous": cont["load_avg"]}}
+    return {
+        "rows": rows,
+        "static_s": [r["seconds"] for r in out["static"]],
+        "continuous_s": cont["seconds"],
+        "continuous_over_static": static_s / cont["seconds"],
+        "same_texts": same,
+        "rougeL": {"static": out["static"][0]["rougeL"], "continuous": cont["rougeL"]},
+        "load_avg": {"static": [r["load_avg"] for r in out["static"]], "continuous": cont["load_avg"]},
+    }
 
 
 # -- rows -----------------------------------------------------------------------------------------------------
@@ -236,14 +309,24 @@ def quality_rows(r: dict, head: str, cmd: str) -> list[str]:
         extra = ""
         if name == "chunk":
             w = m["windows"]
-            extra = (f"; {sum(w) / len(w):.0f} windows of {m['window_tokens']} tokens per meeting, merge rounds "
-                     f"{min(m['merge_rounds'])}-{max(m['merge_rounds'])}, last round cut in {m['cut_merges']}")
-        vs = (" / ".join(f"{100 * diff[k]['diff']:+.2f} [{100 * diff[k]['ci95'][0]:+.2f}, {100 * diff[k]['ci95'][1]:+.2f}]"
-                         for k in ("rouge1", "rouge2", "rougeL")) if diff else "-")
-        rows.append(f"{head}| {how} | {_ci(s, 'rouge1')} | {_ci(s, 'rouge2')} | {_ci(s, 'rougeL')} | {vs} | "
-                    f"{m['summary_words']:.0f} ({q['reference_words']:.0f}) | {m['generations']} | "
-                    f"{m['tokens_generated']} | {m['seconds']:.0f} s (load {m['load_avg'][0]}-{m['load_avg'][1]})"
-                    f"{extra} | `{cmd}` |")
+            extra = (
+                f"; {sum(w) / len(w):.0f} windows of {m['window_tokens']} tokens per meeting, merge rounds "
+                f"{min(m['merge_rounds'])}-{max(m['merge_rounds'])}, last round cut in {m['cut_merges']}"
+            )
+        vs = (
+            " / ".join(
+                f"{100 * diff[k]['diff']:+.2f} [{100 * diff[k]['ci95'][0]:+.2f}, {100 * diff[k]['ci95'][1]:+.2f}]"
+                for k in ("rouge1", "rouge2", "rougeL")
+            )
+            if diff
+            else "-"
+        )
+        rows.append(
+            f"{head}| {how} | {_ci(s, 'rouge1')} | {_ci(s, 'rouge2')} | {_ci(s, 'rougeL')} | {vs} | "
+            f"{m['summary_words']:.0f} ({q['reference_words']:.0f}) | {m['generations']} | "
+            f"{m['tokens_generated']} | {m['seconds']:.0f} s (load {m['load_avg'][0]}-{m['load_avg'][1]})"
+            f"{extra} | `{cmd}` |"
+        )
     return rows
 
 
@@ -261,14 +344,16 @@ def batching_rows(r: dict, head: str, cmd: str) -> list[str]:
             f"{g['examples'] / floor:.2f} ex/s | **continuous {g['ratio_continuous']:.2f}x**<br>sorted "
             f"{g['ratio_static']:.2f}x | same texts as the floor: continuous {g['same_texts_continuous']}/"
             f"{g['examples']}, sorted {g['same_texts_static']}/{g['examples']}; floor runs {g['floor_s']} s; load "
-            f"avg {g['load_avg']} | `{cmd}` |")
+            f"avg {g['load_avg']} | `{cmd}` |"
+        )
     e = b.get("evaluate")
     if e:
         rows.append(
             f"{head}| evaluate ({e['rows']} DialogSum test rows, end to end) | continuous: {e['continuous_s']:.0f} s "
             f"| sorted static: {e['static_s']} s | **{e['continuous_over_static']:.2f}x** of static | same texts "
             f"{e['same_texts']}/{e['rows']}; ROUGE-L {100 * e['rougeL']['continuous']:.2f} both ways; load avg "
-            f"{e['load_avg']} | `{cmd}` |")
+            f"{e['load_avg']} | `{cmd}` |"
+        )
     c = b.get("chunked")
     if c:
         rows.append(
@@ -277,14 +362,17 @@ def batching_rows(r: dict, head: str, cmd: str) -> list[str]:
             f"{c['continuous_s']:.0f} s<br>sorted static: {c['static_s']:.0f} s | plain generate in order: "
             f"{c['floor_s']:.0f} s | **continuous {c['ratio_continuous']:.2f}x**<br>sorted {c['ratio_static']:.2f}x "
             f"| same trees as the floor: continuous {c['same_trees_continuous']}/{c['documents']}, sorted "
-            f"{c['same_trees_static']}/{c['documents']}; load avg {c['load_avg']} | `{cmd}` |")
+            f"{c['same_trees_static']}/{c['documents']}; load avg {c['load_avg']} | `{cmd}` |"
+        )
     return rows
 
 
-QUALITY_HEADER = ("| date | device | model · data | method | ROUGE-1 F1 [95%] | ROUGE-2 F1 [95%] | ROUGE-L F1 [95%] | "
-                  "chunk minus this (R-1 / R-2 / R-L, paired 95%) | summary words (reference) | generations | "
-                  "tokens generated | wall time, notes | command |\n"
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+QUALITY_HEADER = (
+    "| date | device | model · data | method | ROUGE-1 F1 [95%] | ROUGE-2 F1 [95%] | ROUGE-L F1 [95%] | "
+    "chunk minus this (R-1 / R-2 / R-L, paired 95%) | summary words (reference) | generations | "
+    "tokens generated | wall time, notes | command |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def write_quality(path: Path, rows: list[str]) -> None:
@@ -317,8 +405,10 @@ def main(argv=None) -> int:
     root = Path(args.data_root)
     for name in ("dialogsum", "qmsum"):
         if not (root / name / "test.jsonl").is_file():
-            print(f"bench_long: {root / name} is not on this machine (see ../shared/data/README.md); nothing measured",
-                  file=sys.stderr)
+            print(
+                f"bench_long: {root / name} is not on this machine (see ../shared/data/README.md); nothing measured",
+                file=sys.stderr,
+            )
             return 2
     parts = set(args.parts.split(","))
     from llm_summarizer.commands.boot import setup_logging
@@ -342,21 +432,31 @@ def main(argv=None) -> int:
         loaded.formatter = Formatter(loaded.tokenizer, loaded.cfg.data, loaded.cfg.model.max_seq_length)
         return loaded
 
-    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": device_name(),
-              "versions": package_versions(), "model": str(model_dir), "overrides": args.overrides,
-              "command": "scripts/bench_long.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))}
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device_name(),
+        "versions": package_versions(),
+        "model": str(model_dir),
+        "overrides": args.overrides,
+        "command": "scripts/bench_long.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    }
     meetings = read_jsonl(root / "qmsum" / "test.jsonl", args.meetings)
     if "quality" in parts:
         result["quality"] = quality(loaded_for, meetings, args.bootstrap, 1234)
     if "batching" in parts:
         max_new, _ = default_max_new_tokens(loaded_for([]))
         val = [r["document"] for r in read_jsonl(root / "dialogsum" / "validation.jsonl", args.rouge_rows)]
-        result["batching"] = {"rouge_pass": three_ways(loaded, val, max_new),
-                              "chunked": chunked_ways(loaded_for(["eval.long_documents=chunk"]),
-                                                      [m["document"] for m in meetings[:args.batching_meetings]],
-                                                      max_new)}
-        result["batching"]["evaluate"] = evaluate_ways(model_dir, root / "dialogsum", args.evaluate_rows,
-                                                       Path(args.work))
+        result["batching"] = {
+            "rouge_pass": three_ways(loaded, val, max_new),
+            "chunked": chunked_ways(
+                loaded_for(["eval.long_documents=chunk"]),
+                [m["document"] for m in meetings[: args.batching_meetings]],
+                max_new,
+            ),
+        }
+        result["batching"]["evaluate"] = evaluate_ways(
+            model_dir, root / "dialogsum", args.evaluate_rows, Path(args.work)
+        )
     out = Path(args.out) if args.out else Path(args.work) / "long.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")

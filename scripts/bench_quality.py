@@ -27,14 +27,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- quality rows: scripts/bench_quality.py writes below -->", "<!-- quality rows end -->"
-INSTRUCTIONS = {"dialogsum": "Summarize the following dialogue in a few sentences.",
-                "scitldr": "Write a one-sentence TLDR of this paper abstract."}
+INSTRUCTIONS = {
+    "dialogsum": "Summarize the following dialogue in a few sentences.",
+    "scitldr": "Write a one-sentence TLDR of this paper abstract.",
+}
 # Published numbers on the same test sets, for orientation (their protocols differ from ours: see the notes).
 ANCHORS = {
     "dialogsum": "BART-large fine-tuned on all 12.5k training dialogues (Chen et al. 2021, DialogSum): ROUGE-1/2/L "
-                 "47.36 / 21.23 / 44.88, scored against all three test references on the full 500-dialogue test set",
+    "47.36 / 21.23 / 44.88, scored against all three test references on the full 500-dialogue test set",
     "scitldr": "BART and CATTS fine-tuned on SciTLDR-A (Cachola et al. 2020, results table of the paper), scored as the "
-               "maximum over each paper's 2-4 test TLDRs on the full 618-paper test set (not restated here)",
+    "maximum over each paper's 2-4 test TLDRs on the full 618-paper test set (not restated here)",
 }
 
 
@@ -45,22 +47,35 @@ def run_dataset(name: str, args) -> dict:
 
     data = Path(args.data_root) / name
     out = Path(args.work) / name
-    overrides = [f"data.train={{path: {data / 'train.jsonl'}, limit: {args.train_rows}}}",
-                 f"data.validation={{path: {data / 'validation.jsonl'}, limit: {args.val_rows}}}",
-                 f"data.test={{path: {data / 'test.jsonl'}, limit: {args.test_rows}}}",
-                 f"data.instruction={INSTRUCTIONS.get(name, 'Summarize the following text.')}",
-                 f"train.max_steps={args.steps}", f"train.eval_steps={args.steps}", f"train.save_steps={args.steps}",
-                 f"eval.num_samples={args.val_rows}", "train.resume=never",
-                 f"output.dir={out / 'outputs'}", f"output.model_dir={out / 'fine_tuned'}", *args.overrides]
+    overrides = [
+        f"data.train={{path: {data / 'train.jsonl'}, limit: {args.train_rows}}}",
+        f"data.validation={{path: {data / 'validation.jsonl'}, limit: {args.val_rows}}}",
+        f"data.test={{path: {data / 'test.jsonl'}, limit: {args.test_rows}}}",
+        f"data.instruction={INSTRUCTIONS.get(name, 'Summarize the following text.')}",
+        f"train.max_steps={args.steps}",
+        f"train.eval_steps={args.steps}",
+        f"train.save_steps={args.steps}",
+        f"eval.num_samples={args.val_rows}",
+        "train.resume=never",
+        f"output.dir={out / 'outputs'}",
+        f"output.model_dir={out / 'fine_tuned'}",
+        *args.overrides,
+    ]
     t0 = time.time()
     result = run(load_config(args.config, overrides))
     train_wall = time.time() - t0
     t1 = time.time()
-    ev = evaluate_model(result.model_dir, split="test", compare_base=True, output=out / "evaluation",
-                        report=False)
-    return {"dataset": name, "train_rows": args.train_rows, "steps": args.steps, "train_wall_s": round(train_wall, 1),
-            "eval_wall_s": round(time.time() - t1, 1), "model": result.metrics.train.to_dict(),
-            "base_model": load_config(args.config).model.name, "evaluation": ev.metrics}
+    ev = evaluate_model(result.model_dir, split="test", compare_base=True, output=out / "evaluation", report=False)
+    return {
+        "dataset": name,
+        "train_rows": args.train_rows,
+        "steps": args.steps,
+        "train_wall_s": round(train_wall, 1),
+        "eval_wall_s": round(time.time() - t1, 1),
+        "model": result.metrics.train.to_dict(),
+        "base_model": load_config(args.config).model.name,
+        "evaluation": ev.metrics,
+    }
 
 
 def _cell(block: dict, k: str) -> str:
@@ -75,20 +90,34 @@ def rows(result: dict) -> list[str]:
     ref_len = r["model"]["lengths_words"]["reference"]["mean"]
     n = r["model"]["examples"]
     d = r["model_minus_base"]
-    diff = " / ".join(f"{100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
-                      for k in ("rouge1", "rougeL"))
+    diff = " / ".join(
+        f"{100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
+        for k in ("rouge1", "rougeL")
+    )
     what = f"{result['dataset']} test (first {n})"
     return [
-        f"| {what} | {result['base_model']} zero-shot | - | - | " + " | ".join(_cell(r["base"], k) for k in keys)
+        f"| {what} | {result['base_model']} zero-shot | - | - | "
+        + " | ".join(_cell(r["base"], k) for k in keys)
         + f" | {lengths['base']:.1f} / {ref_len:.1f} | |",
         f"| {what} | fine-tuned, LoRA r=16 | {result['train_rows']} rows, {result['steps']} steps | "
-        f"{result['train_wall_s'] / 60:.1f} min | " + " | ".join(_cell(r["model"], k) for k in keys)
+        f"{result['train_wall_s'] / 60:.1f} min | "
+        + " | ".join(_cell(r["model"], k) for k in keys)
         + f" | {lengths['model']:.1f} / {ref_len:.1f} | {diff} |",
     ]
 
 
-DIAG_COLUMNS = ("coverage", "density", "compression", "novel_2gram", "repeated_3gram", "unsupported_numbers",
-                "unsupported_names", "lead_copy", "length_ratio", "cut_by_max_new_tokens")
+DIAG_COLUMNS = (
+    "coverage",
+    "density",
+    "compression",
+    "novel_2gram",
+    "repeated_3gram",
+    "unsupported_numbers",
+    "unsupported_names",
+    "lead_copy",
+    "length_ratio",
+    "cut_by_max_new_tokens",
+)
 
 
 def diagnostics_header() -> list[str]:
@@ -105,8 +134,11 @@ def diagnostics_rows(result: dict) -> list[str]:
     r = result["evaluation"]["results"]
     what = f"{result['dataset']} test (first {r['model']['examples']})"
     out = []
-    for label, block in (("references", r.get("references")), (f"{result['base_model']} zero-shot", r.get("base")),
-                         ("fine-tuned, LoRA r=16", r.get("model"))):
+    for label, block in (
+        ("references", r.get("references")),
+        (f"{result['base_model']} zero-shot", r.get("base")),
+        ("fine-tuned, LoRA r=16", r.get("model")),
+    ):
         stats = ((block or {}).get("diagnostics") or {}).get("stats")
         if stats:
             out.append(f"| {what} | {label} | " + " | ".join(fmt(k, stats[k]["mean"]) for k in DIAG_COLUMNS) + " |")
@@ -114,17 +146,31 @@ def diagnostics_rows(result: dict) -> list[str]:
 
 
 def write_table(path: Path, results: list[dict], header: str) -> None:
-    table = [START, "", header, "",
-             "| data | model | training | train wall | ROUGE-1 [95% CI] | ROUGE-2 | ROUGE-L | ROUGE-Lsum | "
-             "words: generated / reference | fine-tuned - zero-shot, R-1 / R-L [paired 95% CI] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        START,
+        "",
+        header,
+        "",
+        "| data | model | training | train wall | ROUGE-1 [95% CI] | ROUGE-2 | ROUGE-L | ROUGE-Lsum | "
+        "words: generated / reference | fine-tuned - zero-shot, R-1 / R-L [paired 95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         table += rows(res)
-    table += ["", "Published anchors (not comparable one to one: multi-reference ROUGE, full test sets, models 3x "
-                  "to 10x larger, trained on all the training data on GPUs):", ""]
+    table += [
+        "",
+        "Published anchors (not comparable one to one: multi-reference ROUGE, full test sets, models 3x "
+        "to 10x larger, trained on all the training data on GPUs):",
+        "",
+    ]
     table += [f"- {res['dataset']}: {ANCHORS[res['dataset']]}" for res in results if res["dataset"] in ANCHORS]
-    table += ["", "Each summary against its document (mean per summary; definitions in README \"Beyond ROUGE\"): "
-                  "the references' own values beside the models'.", "", *diagnostics_header()]
+    table += [
+        "",
+        'Each summary against its document (mean per summary; definitions in README "Beyond ROUGE"): '
+        "the references' own values beside the models'.",
+        "",
+        *diagnostics_header(),
+    ]
     for res in results:
         table += diagnostics_rows(res)
     table += ["", END]
@@ -140,8 +186,11 @@ def write_table(path: Path, results: list[dict], header: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="dialogsum,scitldr")
-    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"),
-                    help="folder holding <dataset>/{train,validation,test}.jsonl")
+    ap.add_argument(
+        "--data-root",
+        default=str(ROOT.parent / "shared" / "data"),
+        help="folder holding <dataset>/{train,validation,test}.jsonl",
+    )
     ap.add_argument("--config", default="demo")
     ap.add_argument("--train-rows", type=int, default=240)
     ap.add_argument("--val-rows", type=int, default=24)
@@ -161,10 +210,12 @@ def main(argv=None) -> int:
     setup_logging()
     results = [run_dataset(name.strip(), args) for name in args.datasets.split(",") if name.strip()]
     v = package_versions()
-    header = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on CPU {cpu_name()} ({platform.machine()}), torch "
-              f"{v.get('torch')}, transformers {v.get('transformers')}, unsloth {v.get('unsloth')}; fp32, greedy, "
-              f"single-reference ROUGE (rouge-score, stemming, F1), bootstrap 1000 resamples. Command: "
-              f"`.venv/bin/python scripts/bench_quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`")
+    header = (
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on CPU {cpu_name()} ({platform.machine()}), torch "
+        f"{v.get('torch')}, transformers {v.get('transformers')}, unsloth {v.get('unsloth')}; fp32, greedy, "
+        f"single-reference ROUGE (rouge-score, stemming, F1), bootstrap 1000 resamples. Command: "
+        f"`.venv/bin/python scripts/bench_quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`"
+    )
     out = Path(args.out or Path(args.work) / "quality.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"header": header, "results": results}, indent=2, default=str), encoding="utf-8")

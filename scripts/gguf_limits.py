@@ -56,9 +56,18 @@ def main(argv=None) -> int:
         merge_16bit(loaded, merged, scratch, dtype)
         (merged / "config.yaml").write_text(config_to_yaml(loaded.cfg), encoding="utf-8")
         loaded.model = None
-        merged_texts = run_worker({"action": "greedy", "model_dir": str(merged), "config": str(merged / "config.yaml"),
-                                   "documents": docs, "max_new_tokens": max_new, "dtype": "float32"}, scratch,
-                                  "the merged model")["texts"]
+        merged_texts = run_worker(
+            {
+                "action": "greedy",
+                "model_dir": str(merged),
+                "config": str(merged / "config.yaml"),
+                "documents": docs,
+                "max_new_tokens": max_new,
+                "dtype": "float32",
+            },
+            scratch,
+            "the merged model",
+        )["texts"]
         job = SimpleNamespace(loaded=loaded, docs=docs, reference=reference, max_new_tokens=max_new, scratch=scratch)
         seqs, starts = gguf.teacher_forced(job)
         ref = gguf.reference_distributions(job, merged, seqs, starts)
@@ -69,20 +78,30 @@ def main(argv=None) -> int:
             stats = next_token_agreement(ref, gguf.gguf_distributions(llm, seqs, starts, ref[0].shape[-1]))
             texts = gguf.greedy_summaries(job, llm)
             del llm
-            row = {"type": t, "mb": round(path.stat().st_size / 2**20, 1), **stats,
-                   "greedy_rougeL_vs_merged": agreement(merged_texts, texts),
-                   "identical": sum(a == b for a, b in zip(merged_texts, texts)), "documents": len(docs),
-                   "limits": GGUF_LIMITS[t], "seconds": round(time.time() - t0, 1)}
+            row = {
+                "type": t,
+                "mb": round(path.stat().st_size / 2**20, 1),
+                **stats,
+                "greedy_rougeL_vs_merged": agreement(merged_texts, texts),
+                "identical": sum(a == b for a, b in zip(merged_texts, texts)),
+                "documents": len(docs),
+                "limits": GGUF_LIMITS[t],
+                "seconds": round(time.time() - t0, 1),
+            }
             path.unlink()
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(f"\n{args.model}: {len(docs)} documents ({source}), merged {dtype}\n")
-    print("| type | file MB | mean KL (nats/token) | max KL | top-1 agreement | positions | greedy ROUGE-L vs merged "
-          "(identical) | limits (KL, top-1) |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| type | file MB | mean KL (nats/token) | max KL | top-1 agreement | positions | greedy ROUGE-L vs merged "
+        "(identical) | limits (KL, top-1) |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['type']} | {r['mb']} | {r['mean_kl']:.5f} | {r['max_kl']:.3f} | {r['top1_agreement']:.4f} | "
-              f"{r['positions']} | {r['greedy_rougeL_vs_merged']:.3f} ({r['identical']}/{r['documents']}) | "
-              f"{r['limits'][0]:g}, {r['limits'][1]:g} |")
+        print(
+            f"| {r['type']} | {r['mb']} | {r['mean_kl']:.5f} | {r['max_kl']:.3f} | {r['top1_agreement']:.4f} | "
+            f"{r['positions']} | {r['greedy_rougeL_vs_merged']:.3f} ({r['identical']}/{r['documents']}) | "
+            f"{r['limits'][0]:g}, {r['limits'][1]:g} |"
+        )
     return 0
 
 

@@ -69,7 +69,7 @@ def cuda() -> bool:
 def peak_gib() -> float:
     import torch
 
-    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 3)
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
 def docs(n: int) -> list[str]:
@@ -92,8 +92,11 @@ def env(_args) -> None:
     versions = package_versions()
     versions.update(python=sys.version.split()[0], cuda=torch.version.cuda)
     gpu = torch.cuda.get_device_name(0) if on else None
-    record(versions=versions, gpu=gpu,
-           gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1) if on else None)
+    record(
+        versions=versions,
+        gpu=gpu,
+        gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if on else None,
+    )
     prec = pick_precision(load_config("tiny"))
     record(precision_auto=prec.name)
     if on and torch.cuda.is_bf16_supported():
@@ -161,8 +164,14 @@ def load(args) -> None:
             out = model.generate(**ids, max_new_tokens=8, do_sample=False)
         for_training(model, "unsloth")
         need(out.shape[1] > ids["input_ids"].shape[1], f"{mode}: generation gives new tokens")
-        results[mode] = {"seconds": round(time.time() - t0, 2), "linear4bit": n4, "linear8bit": n8, "dtype": dtype,
-                         "precision": info["precision"], "peak_gib": peak_gib() if on else None}
+        results[mode] = {
+            "seconds": round(time.time() - t0, 2),
+            "linear4bit": n4,
+            "linear8bit": n8,
+            "dtype": dtype,
+            "precision": info["precision"],
+            "peak_gib": peak_gib() if on else None,
+        }
         del model, tok, loss, out
         gc.collect()
         if on:
@@ -216,12 +225,19 @@ def check_train(args) -> None:
     opt = torch.load(_latest_checkpoint(out) / "optimizer.pt", map_location="cpu", weights_only=True)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors(opt["state"]) if t.dim() > 0})
     if "8bit" in args.optim and not on and args.backend == "unsloth":
-        skip(f"train.optim={args.optim} as bitsandbytes' 8-bit AdamW: Unsloth's CPU backend trains with AdamW "
-             f"instead (checkpoint state {dtypes})")
+        skip(
+            f"train.optim={args.optim} as bitsandbytes' 8-bit AdamW: Unsloth's CPU backend trains with AdamW "
+            f"instead (checkpoint state {dtypes})"
+        )
     elif "8bit" in args.optim:
         need("uint8" in dtypes, f"train.optim={args.optim}: 8-bit optimizer state in the checkpoint ({dtypes})")
-    record(losses=[losses[0], losses[-1]], rouge_steps=mid, optimizer_state_dtypes=dtypes, precision=precision,
-           final=metrics.get("final"))
+    record(
+        losses=[losses[0], losses[-1]],
+        rouge_steps=mid,
+        optimizer_state_dtypes=dtypes,
+        precision=precision,
+        final=metrics.get("final"),
+    )
 
 
 def check_eval(args) -> None:
@@ -240,8 +256,9 @@ def post(args) -> None:
     import urllib.request
 
     body = json.dumps({"document": docs(1)[0]}).encode()
-    req = urllib.request.Request(args.url.rstrip("/") + "/summarize", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        args.url.rstrip("/") + "/summarize", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=120) as r:
         answer = json.loads(r.read())
     need(r.status == 200 and bool(str(answer.get("summary", "")).strip()), f"serve answered: {answer}")
@@ -280,17 +297,27 @@ def oom_generate(args) -> None:
     lm = loaded.model.get_base_model() if hasattr(loaded.model, "get_base_model") else loaded.model
     handle = lm.register_forward_pre_hook(too_big, with_kwargs=True)
     batch = AdaptiveBatch(16)
-    gens = generate(loaded.model, loaded.tokenizer, loaded.formatter, texts, loaded.cfg.eval, n, loaded.backend,
-                    batch=batch)
+    gens = generate(
+        loaded.model, loaded.tokenizer, loaded.formatter, texts, loaded.cfg.eval, n, loaded.backend, batch=batch
+    )
     handle.remove()
-    one = generate(loaded.model, loaded.tokenizer, loaded.formatter, texts, loaded.cfg.eval, n, loaded.backend,
-                   batch_size=1)
-    need(bool(seen) and batch.size <= limit, f"out of memory at batches of {sorted(set(seen), reverse=True)}; "
-         f"generate went on at {batch.size} ({batch.reductions} halvings)")
+    one = generate(
+        loaded.model, loaded.tokenizer, loaded.formatter, texts, loaded.cfg.eval, n, loaded.backend, batch_size=1
+    )
+    need(
+        bool(seen) and batch.size <= limit,
+        f"out of memory at batches of {sorted(set(seen), reverse=True)}; "
+        f"generate went on at {batch.size} ({batch.reductions} halvings)",
+    )
     need(all(g.text.strip() for g in gens), "every document got a summary")
     same = sum(a.text == b.text for a, b in zip(gens, one))
-    record(oom_batches=sorted(set(seen), reverse=True), batch_after=batch.size, reductions=batch.reductions,
-           same_as_batch_of_one=f"{same}/{len(texts)}", peak_gib=peak_gib())
+    record(
+        oom_batches=sorted(set(seen), reverse=True),
+        batch_after=batch.size,
+        reductions=batch.reductions,
+        same_as_batch_of_one=f"{same}/{len(texts)}",
+        peak_gib=peak_gib(),
+    )
 
 
 def check_oom_train(args) -> None:
@@ -313,8 +340,11 @@ def compare_adapters(args) -> None:
     ma, mb = (json.loads((Path(p) / "metrics.json").read_text())["train"] for p in (args.a, args.b))
     need(ma["global_step"] == mb["global_step"], f"both runs ended at step {ma['global_step']}")
     record(resume_max_abs_diff=diff, resume_bitwise=bitwise, resumed_from=mb.get("resumed_from"))
-    need(diff <= args.tolerance, f"the resumed adapter is within {args.tolerance} of the uninterrupted one "
-         f"(max abs diff {diff:.3g}, bitwise {'equal' if bitwise else 'different'})")
+    need(
+        diff <= args.tolerance,
+        f"the resumed adapter is within {args.tolerance} of the uninterrupted one "
+        f"(max abs diff {diff:.3g}, bitwise {'equal' if bitwise else 'different'})",
+    )
 
 
 def check_export(args) -> None:
@@ -323,15 +353,24 @@ def check_export(args) -> None:
     d = Path(args.dir)
     info = json.loads((d / "export_info.json").read_text())
     check = info.get("verification", {})
-    record(**{f"{args.format}_dtype": info.get("dtype"), f"{args.format}_method": info.get("method"),
-              f"{args.format}_check": check.get("summary")})
+    record(
+        **{
+            f"{args.format}_dtype": info.get("dtype"),
+            f"{args.format}_method": info.get("method"),
+            f"{args.format}_check": check.get("summary"),
+        }
+    )
     # merged-4bit quantizes the checked merged-16bit model, so both record the dtype rule of the merge
-    need(info["dtype_rule"].startswith("float16: the base checkpoint is float32"),
-         f"{args.format}: the merge of a float32 base is float16 by the dtype rule ({info.get('dtype_rule')})")
+    need(
+        info["dtype_rule"].startswith("float16: the base checkpoint is float32"),
+        f"{args.format}: the merge of a float32 base is float16 by the dtype rule ({info.get('dtype_rule')})",
+    )
     if args.format == "merged-16bit":
         need(info["dtype"] == "float16", f"merged-16bit weights are {info['dtype']}")
-        need(check["matched"] == check["documents"], f"merged-16bit reproduces {check['matched']}/{check['documents']} "
-             f"greedy summaries of the adapter")
+        need(
+            check["matched"] == check["documents"],
+            f"merged-16bit reproduces {check['matched']}/{check['documents']} greedy summaries of the adapter",
+        )
     if args.format != "merged-4bit":
         return
     conf = json.loads((d / "config.json").read_text())
@@ -374,8 +413,11 @@ def collective(_args) -> None:
 
 def summary(args) -> None:
     work, out = Path(args.work), Path(args.out)
-    stages = [json.loads(line) for line in (work / "stages.jsonl").read_text().splitlines() if line.strip()] \
-        if (work / "stages.jsonl").is_file() else []
+    stages = (
+        [json.loads(line) for line in (work / "stages.jsonl").read_text().splitlines() if line.strip()]
+        if (work / "stages.jsonl").is_file()
+        else []
+    )
     versions, gpu = {}, None
     for s in stages:
         facts_path = work / f"{s['stage']}.facts.json"
@@ -393,19 +435,31 @@ def summary(args) -> None:
             versions = package_versions()
         except ImportError:
             versions = {}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": gpu, "versions": versions,
-              "budget_s": args.budget, "wall_s": args.wall, "require_gpu": args.require_gpu,
-              "passed": sum(s["status"] == "pass" for s in stages), "failed": sum(s["status"] in ("fail", "timeout")
-                                                                                    for s in stages),
-              "skipped": sum(s["status"] == "skip" for s in stages), "stages": stages}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "gpu": gpu,
+        "versions": versions,
+        "budget_s": args.budget,
+        "wall_s": args.wall,
+        "require_gpu": args.require_gpu,
+        "passed": sum(s["status"] == "pass" for s in stages),
+        "failed": sum(s["status"] in ("fail", "timeout") for s in stages),
+        "skipped": sum(s["status"] == "skip" for s in stages),
+        "stages": stages,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str))
-    lines = [f"# GPU check, {result['date']}", "",
-             f"Device: {gpu or 'no CUDA GPU (dry run)'}. {result['passed']} passed, {result['failed']} failed, "
-             f"{result['skipped']} skipped, {args.wall} s of a {args.budget} s budget.", "",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), "",
-             "| stage | result | seconds (budget) | peak GiB | not checked here | command |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU check, {result['date']}",
+        "",
+        f"Device: {gpu or 'no CUDA GPU (dry run)'}. {result['passed']} passed, {result['failed']} failed, "
+        f"{result['skipped']} skipped, {args.wall} s of a {args.budget} s budget.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "",
+        "| stage | result | seconds (budget) | peak GiB | not checked here | command |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in stages:
         notes = "; ".join(s["facts"].get("skipped", []) + ([s["reason"]] if s.get("reason") else []))
         peak = "" if s["peak_gib"] is None else f"{s['peak_gib']:.2f}"
@@ -417,7 +471,7 @@ def summary(args) -> None:
     facts = {s["stage"]: {k: v for k, v in s["facts"].items() if k not in ("versions", "skipped")} for s in stages}
     lines += ["", "## Facts per stage", "", "```json", json.dumps(facts, indent=1, default=str), "```", ""]
     (out / "gpu_check.md").write_text("\n".join(lines))
-    print("\n".join(lines[:8 + len(stages)]))
+    print("\n".join(lines[: 8 + len(stages)]))
 
 
 def main(argv=None) -> int:

@@ -28,11 +28,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def overrides(out: Path, args) -> list[str]:
-    return [f"output.dir={out / 'outputs'}", f"output.model_dir={out / 'fine_tuned'}",
-            f"model.cache_dir={args.models_dir}", f"train.max_steps={args.steps}",
-            f"train.save_steps={args.save_steps}", f"train.eval_steps={args.eval_steps}",
-            "train.logging_steps=1", "train.save_total_limit=2", "eval.num_samples=8", "eval.base_eval=true",
-            f"data.train.limit={args.train_rows}"]
+    return [
+        f"output.dir={out / 'outputs'}",
+        f"output.model_dir={out / 'fine_tuned'}",
+        f"model.cache_dir={args.models_dir}",
+        f"train.max_steps={args.steps}",
+        f"train.save_steps={args.save_steps}",
+        f"train.eval_steps={args.eval_steps}",
+        "train.logging_steps=1",
+        "train.save_total_limit=2",
+        "eval.num_samples=8",
+        "eval.base_eval=true",
+        f"data.train.limit={args.train_rows}",
+    ]
 
 
 def command(out: Path, args) -> list[str]:
@@ -75,10 +83,18 @@ def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float)
         if not finished:
             p.send_signal(signal.SIGKILL)
             p.wait()
-    ckpts = sorted(int(c.name.split("-")[1]) for c in (out / "outputs").glob("checkpoint-*")) \
-        if (out / "outputs").exists() else []
-    return {"mode": mode, "killed": not finished, "when": when, "after_s": round(time.time() - t0, 2),
-            "checkpoints_visible": ckpts}
+    ckpts = (
+        sorted(int(c.name.split("-")[1]) for c in (out / "outputs").glob("checkpoint-*"))
+        if (out / "outputs").exists()
+        else []
+    )
+    return {
+        "mode": mode,
+        "killed": not finished,
+        "when": when,
+        "after_s": round(time.time() - t0, 2),
+        "checkpoints_visible": ckpts,
+    }
 
 
 def compare(ref: Path, got: Path, tol: float) -> dict:
@@ -91,8 +107,10 @@ def compare(ref: Path, got: Path, tol: float) -> dict:
     def history(d: Path):
         ck = sorted((d / "outputs").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))[-1]
         h = json.loads((ck / "trainer_state.json").read_text())["log_history"]
-        return ({x["step"]: x["loss"] for x in h if "loss" in x},
-                {x["step"]: x["eval_rougeL"] for x in h if "eval_rougeL" in x})
+        return (
+            {x["step"]: x["loss"] for x in h if "loss" in x},
+            {x["step"]: x["eval_rougeL"] for x in h if "eval_rougeL" in x},
+        )
 
     (la, ra), (lb, rb) = history(ref), history(got)
     loss_mismatch = [s for s in la if s not in lb or abs(la[s] - lb[s]) > 1e-4 * max(1.0, abs(la[s]))]
@@ -101,10 +119,16 @@ def compare(ref: Path, got: Path, tol: float) -> dict:
     mb = json.loads((got / "fine_tuned" / "metrics.json").read_text())
     final_same = ma["final"] == mb["final"] and ma["base"] == mb["base"]
     ok = max_diff <= tol and not loss_mismatch and not rouge_mismatch and final_same
-    return {"ok": ok, "adapter_max_abs_diff": max_diff, "adapter_ok": max_diff <= tol,
-            "loss_steps_compared": len(la), "loss_mismatch_steps": loss_mismatch,
-            "rouge_steps_compared": len(ra), "rouge_mismatch_steps": rouge_mismatch,
-            "final_and_base_rouge_identical": final_same}
+    return {
+        "ok": ok,
+        "adapter_max_abs_diff": max_diff,
+        "adapter_ok": max_diff <= tol,
+        "loss_steps_compared": len(la),
+        "loss_mismatch_steps": loss_mismatch,
+        "rouge_steps_compared": len(ra),
+        "rouge_mismatch_steps": rouge_mismatch,
+        "final_and_base_rouge_identical": final_same,
+    }
 
 
 def main(argv=None) -> int:
@@ -113,11 +137,19 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--save-steps", type=int, default=5)
     ap.add_argument("--eval-steps", type=int, default=20)
-    ap.add_argument("--train-rows", type=int, default=96,
-                    help="training rows (96 = 12 steps per epoch, so kills land in many epochs)")
+    ap.add_argument(
+        "--train-rows",
+        type=int,
+        default=96,
+        help="training rows (96 = 12 steps per epoch, so kills land in many epochs)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=1e-5)
-    ap.add_argument("--config", default="tiny", help="a ready config by name, or a YAML file (default tiny: the 2-layer model, nothing downloaded)")
+    ap.add_argument(
+        "--config",
+        default="tiny",
+        help="a ready config by name, or a YAML file (default tiny: the 2-layer model, nothing downloaded)",
+    )
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
     ap.add_argument("--report", default=None, help="write the JSON report here too")
@@ -158,14 +190,23 @@ def main(argv=None) -> int:
             run_to_end(got, args, log)
         finish_round()
     ok = all(r["ok"] for r in rounds) and landed >= args.kills
-    report = {"ok": ok, "kills_requested": args.kills, "kills_landed": landed, "attempts": len(kills),
-              "kills_during_checkpoint_write": sum(k["when"] == "during checkpoint write" for k in kills),
-              "rounds_compared": len(rounds), "steps": args.steps, "save_steps": args.save_steps,
-              "uninterrupted_s": round(t_ref, 1),
-              "adapter_max_abs_diff": max(r["adapter_max_abs_diff"] for r in rounds),
-              "loss_steps_compared": sum(r["loss_steps_compared"] for r in rounds),
-              "rouge_steps_compared": sum(r["rouge_steps_compared"] for r in rounds),
-              "rounds": rounds, "kills": kills, "workdir": str(work)}
+    report = {
+        "ok": ok,
+        "kills_requested": args.kills,
+        "kills_landed": landed,
+        "attempts": len(kills),
+        "kills_during_checkpoint_write": sum(k["when"] == "during checkpoint write" for k in kills),
+        "rounds_compared": len(rounds),
+        "steps": args.steps,
+        "save_steps": args.save_steps,
+        "uninterrupted_s": round(t_ref, 1),
+        "adapter_max_abs_diff": max(r["adapter_max_abs_diff"] for r in rounds),
+        "loss_steps_compared": sum(r["loss_steps_compared"] for r in rounds),
+        "rouge_steps_compared": sum(r["rouge_steps_compared"] for r in rounds),
+        "rounds": rounds,
+        "kills": kills,
+        "workdir": str(work),
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:

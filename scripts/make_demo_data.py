@@ -15,19 +15,94 @@ import json
 import random
 from pathlib import Path
 
-COMPANIES = ["Arlo Systems", "Bexley Foods", "Corvid Motors", "Dunmore Energy", "Elston Bank", "Fenwick Labs",
-             "Garrick Steel", "Halden Air", "Ivory Mobile", "Jasper Retail", "Kestrel Media", "Lumen Pharma",
-             "Marlow Shipping", "Norland Telecom", "Orrin Textiles", "Pellham Insurance", "Quarry Mining",
-             "Redfern Games", "Solway Water", "Tamsin Robotics"]
-CITIES = ["Oslo", "Lyon", "Austin", "Perth", "Osaka", "Lima", "Dublin", "Porto", "Denver", "Seoul",
-          "Nairobi", "Quebec", "Krakow", "Tunis", "Leeds", "Hanoi"]
-PEOPLE = ["Maria Olsen", "James Otieno", "Chen Wei", "Laura Pinto", "Omar Haddad", "Sofia Novak",
-          "Ravi Menon", "Ana Costa", "Tom Becker", "Yuki Sato", "Lena Fischer", "Diego Ramos"]
-SECTORS = ["technology", "food", "car", "energy", "banking", "chemicals", "steel", "airline", "phone",
-           "retail", "media", "drug", "shipping", "telecoms", "clothing", "insurance", "mining", "games",
-           "water", "robotics"]
-DRIVERS = ["strong demand in Asia", "lower fuel costs", "a new product line", "higher prices",
-           "cost cutting", "online sales", "a weak currency", "new contracts", "falling demand", "a strike"]
+COMPANIES = [
+    "Arlo Systems",
+    "Bexley Foods",
+    "Corvid Motors",
+    "Dunmore Energy",
+    "Elston Bank",
+    "Fenwick Labs",
+    "Garrick Steel",
+    "Halden Air",
+    "Ivory Mobile",
+    "Jasper Retail",
+    "Kestrel Media",
+    "Lumen Pharma",
+    "Marlow Shipping",
+    "Norland Telecom",
+    "Orrin Textiles",
+    "Pellham Insurance",
+    "Quarry Mining",
+    "Redfern Games",
+    "Solway Water",
+    "Tamsin Robotics",
+]
+CITIES = [
+    "Oslo",
+    "Lyon",
+    "Austin",
+    "Perth",
+    "Osaka",
+    "Lima",
+    "Dublin",
+    "Porto",
+    "Denver",
+    "Seoul",
+    "Nairobi",
+    "Quebec",
+    "Krakow",
+    "Tunis",
+    "Leeds",
+    "Hanoi",
+]
+PEOPLE = [
+    "Maria Olsen",
+    "James Otieno",
+    "Chen Wei",
+    "Laura Pinto",
+    "Omar Haddad",
+    "Sofia Novak",
+    "Ravi Menon",
+    "Ana Costa",
+    "Tom Becker",
+    "Yuki Sato",
+    "Lena Fischer",
+    "Diego Ramos",
+]
+SECTORS = [
+    "technology",
+    "food",
+    "car",
+    "energy",
+    "banking",
+    "chemicals",
+    "steel",
+    "airline",
+    "phone",
+    "retail",
+    "media",
+    "drug",
+    "shipping",
+    "telecoms",
+    "clothing",
+    "insurance",
+    "mining",
+    "games",
+    "water",
+    "robotics",
+]
+DRIVERS = [
+    "strong demand in Asia",
+    "lower fuel costs",
+    "a new product line",
+    "higher prices",
+    "cost cutting",
+    "online sales",
+    "a weak currency",
+    "new contracts",
+    "falling demand",
+    "a strike",
+]
 TEAMS = ["Rovers", "United", "Athletic", "Wanderers", "City", "Rangers", "Albion", "Harriers", "Olympic", "Town"]
 PRODUCTS = ["phone", "laptop", "electric bike", "smart watch", "tablet", "camera", "speaker", "drone"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
@@ -54,8 +129,10 @@ def earnings(r: random.Random) -> tuple[str, str]:
         f"{co}, a {sector} company based in {city}, said on {r.choice(WEEKDAYS)} that its quarterly revenue {verb} {pct} percent to {amount} million dollars.",
         f"Chief executive {ceo} said the result was mainly due to {driver}.",
     ]
-    noise = [f"Analysts had expected a change of about {r.randint(1, 30)} percent.",
-             f"Shares in {co} {'gained' if r.random() < 0.5 else 'lost'} {r.randint(1, 9)} percent in early trading."]
+    noise = [
+        f"Analysts had expected a change of about {r.randint(1, 30)} percent.",
+        f"Shares in {co} {'gained' if r.random() < 0.5 else 'lost'} {r.randint(1, 9)} percent in early trading.",
+    ]
     summary = f"{co} revenue {verb} {pct} percent to {amount} million dollars due to {driver}."
     return _compose(r, facts, noise), summary
 
@@ -71,8 +148,10 @@ def match(r: random.Random) -> tuple[str, str]:
         f"{team_a} beat {team_b} {goals_a}-{goals_b} on {r.choice(WEEKDAYS)} in front of {r.randint(5, 60)} thousand fans.",
         f"{scorer} scored the decisive goal in the {minute}th minute.",
     ]
-    noise = [f"The referee showed {r.randint(1, 6)} yellow cards.",
-             f"{team_b} had won their previous {r.randint(2, 5)} matches."]
+    noise = [
+        f"The referee showed {r.randint(1, 6)} yellow cards.",
+        f"{team_b} had won their previous {r.randint(2, 5)} matches.",
+    ]
     summary = f"{team_a} beat {team_b} {goals_a}-{goals_b}, with {scorer} scoring in the {minute}th minute."
     return _compose(r, facts, noise), summary
 
@@ -85,8 +164,10 @@ def launch(r: random.Random) -> tuple[str, str]:
         f"{co} presented a new {product} at an event in {city} on {r.choice(WEEKDAYS)}.",
         f"The {product} will cost {price} dollars and goes on sale in {month}.",
     ]
-    noise = [f"About {r.randint(2, 20)} hundred guests attended the presentation.",
-             f"Its previous model sold {r.randint(1, 9)} million units."]
+    noise = [
+        f"About {r.randint(2, 20)} hundred guests attended the presentation.",
+        f"Its previous model sold {r.randint(1, 9)} million units.",
+    ]
     summary = f"{co} will sell its new {product} for {price} dollars from {month}."
     return _compose(r, facts, noise), summary
 

@@ -26,12 +26,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "validation", "test"):
-        rows = [json.loads(l) for l in (Path(args.source) / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-                if l.strip()][: getattr(args, split)]
+        rows = [
+            json.loads(l)
+            for l in (Path(args.source) / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+            if l.strip()
+        ][: getattr(args, split)]
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for r in rows:
-                f.write(json.dumps({"id": r["id"], "document": r["document"], "summary": r["summary"]},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps({"id": r["id"], "document": r["document"], "summary": r["summary"]}, ensure_ascii=False)
+                    + "\n"
+                )
         print(f"{out / split}.jsonl: {len(rows)} rows")
     return 0
 

@@ -37,8 +37,14 @@ def shared_dataset(name: str) -> Path:
 def run_cli(module: str, *args, cwd=ROOT, env=None, timeout=900) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "llm_summarizer", module, *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "llm_summarizer", module, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +76,10 @@ def tiny_run(tmp_path_factory, models_dir):
     from llm_summarizer.training.run import run
 
     tmp = tmp_path_factory.mktemp("tiny")
-    cfg = load_config("tiny",
-                      [f"model.cache_dir={models_dir}", f"output.dir={tmp / 'outputs'}",
-                       f"output.model_dir={tmp / 'fine_tuned'}"])
+    cfg = load_config(
+        "tiny",
+        [f"model.cache_dir={models_dir}", f"output.dir={tmp / 'outputs'}", f"output.model_dir={tmp / 'fine_tuned'}"],
+    )
     return run(cfg)
 
 
@@ -111,8 +118,16 @@ print(json.dumps({"dir": str(materialize(sys.argv[1], sys.argv[2], torch.float32
 @pytest.fixture(scope="session")
 def smollm2_conversion(smollm2_gguf, real_cache) -> dict:
     """The GGUF converted by two processes started together (the cache must end with one complete directory)."""
-    procs = [subprocess.Popen([sys.executable, "-c", CONVERT, str(smollm2_gguf), str(real_cache)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONVERT, str(smollm2_gguf), str(real_cache)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -128,11 +143,20 @@ def real_run(tmp_path_factory, real_cache, smollm2_conversion):
 
     data = shared_dataset("dialogsum")
     tmp = tmp_path_factory.mktemp("real")
-    cfg = load_config("demo", [
-        f"model.cache_dir={real_cache}", f"output.dir={tmp / 'outputs'}", f"output.model_dir={tmp / 'fine_tuned'}",
-        f"data.train={{path: {data / 'train.jsonl'}, limit: 160}}",
-        f"data.validation={{path: {data / 'validation.jsonl'}, limit: 24}}",
-        f"data.test={{path: {data / 'test.jsonl'}, limit: 8}}",
-        "data.instruction=Summarize the following dialogue in a few sentences.",
-        "train.max_steps=30", "train.eval_steps=30", "train.save_steps=30", "eval.num_samples=24"])
+    cfg = load_config(
+        "demo",
+        [
+            f"model.cache_dir={real_cache}",
+            f"output.dir={tmp / 'outputs'}",
+            f"output.model_dir={tmp / 'fine_tuned'}",
+            f"data.train={{path: {data / 'train.jsonl'}, limit: 160}}",
+            f"data.validation={{path: {data / 'validation.jsonl'}, limit: 24}}",
+            f"data.test={{path: {data / 'test.jsonl'}, limit: 8}}",
+            "data.instruction=Summarize the following dialogue in a few sentences.",
+            "train.max_steps=30",
+            "train.eval_steps=30",
+            "train.save_steps=30",
+            "eval.num_samples=24",
+        ],
+    )
     return run(cfg)

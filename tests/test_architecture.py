@@ -13,7 +13,19 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "llm_summarizer"
-LAYERS = ["commands", "tune", "scale", "serve", "bench", "export", "training", "tracking", "evaluation", "models", "data"]  # top to bottom
+LAYERS = [
+    "commands",
+    "tune",
+    "scale",
+    "serve",
+    "bench",
+    "export",
+    "training",
+    "tracking",
+    "evaluation",
+    "models",
+    "data",
+]  # top to bottom
 SHIMS = {"__main__", "train", "evaluate", "summarize", "trainer_class"}  # thin entry points above everything
 
 
@@ -76,7 +88,7 @@ def test_no_import_circles():
         stack.append(n)
         for m in sorted(g[n]):
             if state.get(m) == "open":
-                circles.append(stack[stack.index(m):] + [m])
+                circles.append(stack[stack.index(m) :] + [m])
             elif m not in state:
                 visit(m)
         stack.pop()

@@ -16,13 +16,21 @@ from .conftest import ROOT
 BIN = Path(sys.executable).parent / "llm-summarizer"
 # Runs the console command in-process and says, last on stderr, whether torch got imported (argparse's --help
 # exits through SystemExit, hence the finally).
-NO_TORCH = ("import sys\nfrom llm_summarizer.commands.main import main\ntry:\n    rc = main(sys.argv[1:])\nfinally:\n"
-            "    print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\nraise SystemExit(rc)")
+NO_TORCH = (
+    "import sys\nfrom llm_summarizer.commands.main import main\ntry:\n    rc = main(sys.argv[1:])\nfinally:\n"
+    "    print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr)\nraise SystemExit(rc)"
+)
 
 
 def cli(*args, cwd, timeout=180, env=None):
-    return subprocess.run([str(BIN), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(BIN), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_help_lists_every_subcommand_and_module_form_is_the_same(tmp_path):
@@ -31,8 +39,9 @@ def test_help_lists_every_subcommand_and_module_form_is_the_same(tmp_path):
     assert r.returncode == 0
     for name in ("train", "evaluate", "summarize", "export", "data", "bench", "env", "configs"):
         assert f"  {name} " in r.stdout, name
-    m = subprocess.run([sys.executable, "-m", "llm_summarizer", "--help"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120)
+    m = subprocess.run(
+        [sys.executable, "-m", "llm_summarizer", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert m.returncode == 0 and m.stdout == r.stdout
     bad = cli("trian", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown command 'trian'" in bad.stderr
@@ -40,8 +49,9 @@ def test_help_lists_every_subcommand_and_module_form_is_the_same(tmp_path):
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_subcommand_help_answers_without_torch(name, tmp_path):
-    r = subprocess.run([sys.executable, "-c", NO_TORCH, name, "--help"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, name, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and f"usage: llm-summarizer {name}" in r.stdout, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1] == "NO_TORCH"
 
@@ -64,8 +74,13 @@ def test_ready_config_by_name_from_any_directory(tmp_path):
 
 
 def test_config_error_through_the_console_command_is_one_message_without_torch(tmp_path):
-    r = subprocess.run([sys.executable, "-c", NO_TORCH, "data", "--config", "tiny", "data.trian=x"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, "data", "--config", "tiny", "data.trian=x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "data.trian: unknown key; did you mean 'train'?" in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == "NO_TORCH"
 
@@ -105,8 +120,10 @@ def test_env_file_comments_quotes_and_multiline_values(tmp_path, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("LS_SET", "from-the-environment")
     f = tmp_path / ".env"
-    f.write_text("# tokens\nLS_KEY=abc123 # my key\nexport LS_TOKEN=\"hf x\"\nLS_MULTI=\"line one\nline two\"\n"
-                 "LS_HASH='a#b'\nLS_SET=from-the-file\n")
+    f.write_text(
+        '# tokens\nLS_KEY=abc123 # my key\nexport LS_TOKEN="hf x"\nLS_MULTI="line one\nline two"\n'
+        "LS_HASH='a#b'\nLS_SET=from-the-file\n"
+    )
     assert load_env_file(str(f)) == ["LS_KEY", "LS_TOKEN", "LS_MULTI", "LS_HASH"]
     assert os.environ["LS_KEY"] == "abc123"  # the inline comment is not part of the value
     assert os.environ["LS_TOKEN"] == "hf x" and os.environ["LS_MULTI"] == "line one\nline two"

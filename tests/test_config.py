@@ -29,9 +29,17 @@ def test_defaults_and_derived_paths():
 
 
 def test_dotted_overrides_parse_types():
-    cfg = load_config("tiny",
-                      ["train.learning_rate=1e-4", "lora.target_modules=[q_proj,v_proj]", "train.max_steps=7",
-                       "tracking.report_to=[wandb,tensorboard]", "data.train.limit=5", "lora.target_modules=all-linear"])
+    cfg = load_config(
+        "tiny",
+        [
+            "train.learning_rate=1e-4",
+            "lora.target_modules=[q_proj,v_proj]",
+            "train.max_steps=7",
+            "tracking.report_to=[wandb,tensorboard]",
+            "data.train.limit=5",
+            "lora.target_modules=all-linear",
+        ],
+    )
     assert cfg.train.learning_rate == pytest.approx(1e-4)
     assert cfg.train.max_steps == 7
     assert cfg.lora.target_modules == "all-linear"
@@ -41,8 +49,7 @@ def test_dotted_overrides_parse_types():
 
 def test_all_errors_in_one_message():
     with pytest.raises(ConfigError) as e:
-        load_config("tiny",
-                    ["lora.rr=3", "train.max_steps=abc", "model.dtype=float8", "nosuch.key=1"])
+        load_config("tiny", ["lora.rr=3", "train.max_steps=abc", "model.dtype=float8", "nosuch.key=1"])
     msg = str(e.value)
     assert "4 problem(s)" in msg
     assert "lora.rr: unknown key; did you mean 'r'?" in msg
@@ -65,9 +72,11 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 def test_cli_config_error_exit_2_no_traceback_no_torch(tmp_path):
     # The error must come before torch is imported: check in a fresh interpreter.
-    code = ("import sys; from llm_summarizer.commands.train import main; rc = main(['--config', 'demo', "
-            "'lora.rr=1', 'train.seed=x']); print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH'); "
-            "raise SystemExit(rc)")
+    code = (
+        "import sys; from llm_summarizer.commands.train import main; rc = main(['--config', 'demo', "
+        "'lora.rr=1', 'train.seed=x']); print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH'); "
+        "raise SystemExit(rc)"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -96,8 +105,14 @@ def test_early_stopping_and_best_model_agree_on_which_way_is_better():
 
     from llm_summarizer.training.stopping import early_stopping_callback
 
-    cfg = load_config(None, ["train.metric_for_best_model=eval_rougeL", "train.greater_is_better=false",
-                             "train.early_stopping=[{metric: eval_rougeL, patience: 1}, {metric: eval_loss}]"])
+    cfg = load_config(
+        None,
+        [
+            "train.metric_for_best_model=eval_rougeL",
+            "train.greater_is_better=false",
+            "train.early_stopping=[{metric: eval_rougeL, patience: 1}, {metric: eval_loss}]",
+        ],
+    )
     assert cfg.greater_is_better("eval_rougeL") is False and cfg.greater_is_better("rougeL") is False
     assert cfg.greater_is_better("eval_loss") is False and cfg.greater_is_better("eval_rouge1") is True
     stop = early_stopping_callback("eval_rougeL", 1, 0.0, cfg.greater_is_better("eval_rougeL"))

@@ -10,14 +10,44 @@ from llm_summarizer.errors import UserError
 
 # A metrics.json as the code before the version field wrote it (keys and nesting of a real run, values trimmed).
 VERSION_1 = {
-    "base": {"rouge1": 0.21, "rouge2": 0.05, "rougeL": 0.17, "rougeLsum": 0.18, "gen_len_mean": 61.0,
-             "gen_hit_max_frac": 0.4, "rouge_examples": 24, "coverage": 0.93, "density": 9.1},
-    "final": {"rouge1": 0.33, "rouge2": 0.11, "rougeL": 0.27, "rougeLsum": 0.28, "gen_len_mean": 22.5,
-              "gen_hit_max_frac": 0.0, "rouge_examples": 24, "coverage": 0.78, "density": 2.1},
-    "train": {"global_step": 30, "train_loss": 1.726, "train_runtime_s": 214.5, "best_checkpoint": None,
-              "best_metric": None, "rouge_callback_s": 61.2, "rouge_callback_share": 0.28, "resumed_from": None,
-              "world_size": 1, "train_tokens": 31880, "train_tokens_per_s": 148.6, "peak_memory_gib": 1.9,
-              "peak_memory_of": "process RSS", "startup": {"imports_s": 9.1, "to_first_step_s": 80.2}},
+    "base": {
+        "rouge1": 0.21,
+        "rouge2": 0.05,
+        "rougeL": 0.17,
+        "rougeLsum": 0.18,
+        "gen_len_mean": 61.0,
+        "gen_hit_max_frac": 0.4,
+        "rouge_examples": 24,
+        "coverage": 0.93,
+        "density": 9.1,
+    },
+    "final": {
+        "rouge1": 0.33,
+        "rouge2": 0.11,
+        "rougeL": 0.27,
+        "rougeLsum": 0.28,
+        "gen_len_mean": 22.5,
+        "gen_hit_max_frac": 0.0,
+        "rouge_examples": 24,
+        "coverage": 0.78,
+        "density": 2.1,
+    },
+    "train": {
+        "global_step": 30,
+        "train_loss": 1.726,
+        "train_runtime_s": 214.5,
+        "best_checkpoint": None,
+        "best_metric": None,
+        "rouge_callback_s": 61.2,
+        "rouge_callback_share": 0.28,
+        "resumed_from": None,
+        "world_size": 1,
+        "train_tokens": 31880,
+        "train_tokens_per_s": 148.6,
+        "peak_memory_gib": 1.9,
+        "peak_memory_of": "process RSS",
+        "startup": {"imports_s": 9.1, "to_first_step_s": 80.2},
+    },
     "data": {"train": {"rows": 160, "rows_read": 160, "summary_tokens": {"mean": 28.1, "p95": 52}}},
     "eval_protocol": {"tokenizer": "default", "decoding": {"max_new_tokens": 94, "do_sample": False}},
     "references": {"coverage": 0.74, "density": 1.9},
@@ -50,16 +80,21 @@ def test_a_file_from_a_newer_version_is_refused_with_what_to_do(tmp_path):
     p.write_text(json.dumps({**VERSION_1, "version": METRICS_VERSION + 1}))
     with pytest.raises(UserError) as e:
         RunMetrics.read(p)
-    assert str(e.value) == (f"{p} was written by a newer llm_summarizer (metrics.json version 3; this one reads up "
-                            f"to 2). Upgrade llm_summarizer to read it")
+    assert str(e.value) == (
+        f"{p} was written by a newer llm_summarizer (metrics.json version 3; this one reads up "
+        f"to 2). Upgrade llm_summarizer to read it"
+    )
 
 
-@pytest.mark.parametrize("text, says", [
-    ("[1, 2]", "should hold a JSON object with the run's metrics; it holds list"),
-    ('{"final": [0.3]}', '"final" should be a JSON object, not list'),
-    ('{"version": "2"}', "version '2' is not a metrics.json version"),
-    ("{not json", "is not readable JSON (JSONDecodeError)"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("[1, 2]", "should hold a JSON object with the run's metrics; it holds list"),
+        ('{"final": [0.3]}', '"final" should be a JSON object, not list'),
+        ('{"version": "2"}', "version '2' is not a metrics.json version"),
+        ("{not json", "is not readable JSON (JSONDecodeError)"),
+    ],
+)
 def test_a_damaged_file_is_one_message_naming_it(tmp_path, text, says):
     p = tmp_path / "metrics.json"
     p.write_text(text)

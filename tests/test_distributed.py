@@ -86,6 +86,7 @@ def test_unshard_interleaves_every_ranks_part(one_process):
 
 # -- two ranks, gloo -----------------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -53,6 +53,7 @@ def mode(p: Path) -> int:
 
 # -- write_text / write_json ---------------------------------------------------------------------------------------
 
+
 def test_write_text_replaces_the_file_and_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "deep" / "er" / "report.md"  # parents are made
     write_text(target, "first\r\nline")
@@ -101,6 +102,7 @@ def test_a_full_disk_mid_write_keeps_the_old_content(tmp_path, monkeypatch, step
 
 
 # -- atomic_directory ----------------------------------------------------------------------------------------------
+
 
 def old_model(tmp_path: Path) -> Path:
     target = tmp_path / "fine_tuned"
@@ -157,8 +159,11 @@ def test_owner_records_the_kind_and_every_top_level_entry(tmp_path):
         (tmp / "plots").mkdir()
         (tmp / "plots" / "loss.png").write_text("p")
     record = json.loads((target / OWNER_FILE).read_text())
-    assert record == {"written_by": "llm_summarizer", "kind": "model",
-                      "entries": ["adapter_config.json", "adapter_model.safetensors", "plots"]}
+    assert record == {
+        "written_by": "llm_summarizer",
+        "kind": "model",
+        "entries": ["adapter_config.json", "adapter_model.safetensors", "plots"],
+    }
 
 
 def test_no_owner_no_record(tmp_path):
@@ -297,6 +302,7 @@ def test_the_lock_file_goes_with_its_last_holder_and_writers_still_take_turns(tm
 
 # -- scratch_beside ------------------------------------------------------------------------------------------------
 
+
 def test_scratch_beside_is_on_the_targets_disk_and_always_removed(tmp_path):
     target = tmp_path / "out" / "model.gguf"
     target.parent.mkdir()
@@ -312,6 +318,7 @@ def test_scratch_beside_is_on_the_targets_disk_and_always_removed(tmp_path):
 
 
 # -- digests -------------------------------------------------------------------------------------------------------
+
 
 def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path):
     data = os.urandom(10_000)

@@ -14,8 +14,9 @@ from .conftest import ROOT
 def gpu_check(tmp_path, *stages, **env):
     e = dict(os.environ, REQUIRE_GPU="0", WORK=str(tmp_path / "work"), OUT=str(tmp_path / "out"), **env)
     t0 = time.time()
-    r = subprocess.run(["bash", "scripts/gpu_check.sh", *stages], cwd=ROOT, env=e, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", *stages], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600
+    )
     return r, time.time() - t0, tmp_path / "out"
 
 

@@ -60,12 +60,14 @@ def ws(tmp_path_factory, tiny_run):
     (bad / "empty.jsonl").write_text("")
     (bad / "broken.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + '\n{"document": "x", \n')
     (bad / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    (bad / "deep.json").write_text("{\"a\": " * 50_000 + "1" + "}" * 50_000)
+    (bad / "deep.json").write_text('{"a": ' * 50_000 + "1" + "}" * 50_000)
     (bad / "binary.jsonl").write_bytes(b"\x00\x01\x02" * 100)
-    (bad / "latin1.jsonl").write_bytes(json.dumps({"document": "caf\u00e9", "summary": "x"}).encode()[:-1]
-                                       + b"\xe9\"}\n")
-    (bad / "columns.jsonl").write_text("\n".join(json.dumps({"foo": r["document"], "bar": r["summary"]})
-                                                 for r in rows) + "\n")
+    (bad / "latin1.jsonl").write_bytes(
+        json.dumps({"document": "caf\u00e9", "summary": "x"}).encode()[:-1] + b'\xe9"}\n'
+    )
+    (bad / "columns.jsonl").write_text(
+        "\n".join(json.dumps({"foo": r["document"], "bar": r["summary"]}) for r in rows) + "\n"
+    )
     (bad / "fields.csv").write_text('document,summary\n"a","b","c"\n')
     (bad / "garbage.parquet").write_bytes(b"PAR1 not really")
     (bad / "number.json").write_text("42")
@@ -73,10 +75,13 @@ def ws(tmp_path_factory, tiny_run):
     (bad / "nodata").mkdir()
     preds = w / "preds"
     preds.mkdir()
-    (preds / "preds.jsonl").write_text("\n".join(json.dumps({"id": r["id"], "prediction": r["summary"][:40],
-                                                             "reference": r["summary"]}) for r in rows) + "\n")
-    (preds / "other-ids.jsonl").write_text("\n".join(json.dumps({"id": f"x{i}", "prediction": "a", "reference": "b"})
-                                                     for i in range(4)) + "\n")
+    (preds / "preds.jsonl").write_text(
+        "\n".join(json.dumps({"id": r["id"], "prediction": r["summary"][:40], "reference": r["summary"]}) for r in rows)
+        + "\n"
+    )
+    (preds / "other-ids.jsonl").write_text(
+        "\n".join(json.dumps({"id": f"x{i}", "prediction": "a", "reference": "b"}) for i in range(4)) + "\n"
+    )
     (preds / "no-reference.jsonl").write_text(json.dumps({"id": 1, "prediction": "a"}) + "\n")
     (w / "doc.txt").write_text(rows[0]["document"])
     (w / "empty.txt").write_text("   \n")
@@ -98,7 +103,8 @@ def ws(tmp_path_factory, tiny_run):
     (cfgs / "dup.yaml").write_text("train:\n  max_steps: 4\ntrain:\n  seed: 1\n")
     (cfgs / "dup-nested.yaml").write_text("train:\n  max_steps: 4\n  max_steps: 5\n")
     levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]" for i in range(6)]
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]" for i in range(6)
+    ]
     (cfgs / "bomb.yaml").write_text("\n".join(levels) + "\ntrain:\n  extra_args: {x: *g}\n")
     (cfgs / "syntax.yaml").write_text("model: [1\n")
     (cfgs / "latin1.yaml").write_bytes(b"model:\n  name: caf\xe9\n")
@@ -146,8 +152,16 @@ def hostile(ws, models_dir, capsys, monkeypatch):
     return go
 
 
-TRAIN = ["train", "--config", "tiny", "model.cache_dir={models}", "data.train={w}/data/train.jsonl",
-         "data.validation={w}/data/validation.jsonl", "data.test=null", "train.max_steps=2"]
+TRAIN = [
+    "train",
+    "--config",
+    "tiny",
+    "model.cache_dir={models}",
+    "data.train={w}/data/train.jsonl",
+    "data.validation={w}/data/validation.jsonl",
+    "data.test=null",
+    "train.max_steps=2",
+]
 FRESH = ["output.dir={w}/scratch/out", "output.model_dir={w}/scratch/model"]
 
 CONFIG_CASES = [  # (overrides, words)
@@ -363,14 +377,63 @@ OTHER_CASES = [
     (["serve", "--model", "{w}/model", "--max-chars", "0"], ["--max-chars"]),
     (["serve", "--model", "{w}/nowhere"], ["nowhere"]),
     (["tune", "--config", "tiny", "--trials", "1", "tune.dir={w}/docs"], ["tune.dir", "thesis.txt"]),
-    (["tune", "--config", "tiny", "--trials", "1", "tune.dir={w}/scratch/t",
-      "tune.space={train.lr: {type: float, low: 0.0001, high: 0.01}}"], ["train.lr"]),
-    (["tune", "--config", "tiny", "--trials", "1", "tune.dir={w}/scratch/t",
-      f"tune.storage=postgresql://user:{SECRET}@127.0.0.1:9/db", "train.max_stepz=1"], ["max_stepz"]),
-    (["bench", "--steps", "2", "--warmup-steps", "1", "--data", "{w}/data/train.jsonl", "--work-dir", "{w}/docs",
-      "--out", "{w}/scratch/b.json"], ["--work-dir", "thesis.txt"]),
-    (["bench", "--steps", "2", "--warmup-steps", "1", "--data", "{w}/data/train.jsonl", "--work-dir", "{w}/scratch/w",
-      "--out", "{w}/docs"], ["--out", "is a directory"]),
+    (
+        [
+            "tune",
+            "--config",
+            "tiny",
+            "--trials",
+            "1",
+            "tune.dir={w}/scratch/t",
+            "tune.space={train.lr: {type: float, low: 0.0001, high: 0.01}}",
+        ],
+        ["train.lr"],
+    ),
+    (
+        [
+            "tune",
+            "--config",
+            "tiny",
+            "--trials",
+            "1",
+            "tune.dir={w}/scratch/t",
+            f"tune.storage=postgresql://user:{SECRET}@127.0.0.1:9/db",
+            "train.max_stepz=1",
+        ],
+        ["max_stepz"],
+    ),
+    (
+        [
+            "bench",
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--data",
+            "{w}/data/train.jsonl",
+            "--work-dir",
+            "{w}/docs",
+            "--out",
+            "{w}/scratch/b.json",
+        ],
+        ["--work-dir", "thesis.txt"],
+    ),
+    (
+        [
+            "bench",
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--data",
+            "{w}/data/train.jsonl",
+            "--work-dir",
+            "{w}/scratch/w",
+            "--out",
+            "{w}/docs",
+        ],
+        ["--out", "is a directory"],
+    ),
     (["data", "--config", "tiny", "data.train={w}/data/bad/broken.jsonl"], ["line 3"]),
 ]
 
@@ -382,8 +445,17 @@ def test_other_commands_bad_input(hostile, argv, words):
 
 def test_unreachable_mlflow_is_one_message_in_seconds_without_its_password(hostile):
     t0 = time.time()
-    hostile([*TRAIN, *FRESH, "tracking.report_to=[mlflow]",
-             f"tracking.mlflow_tracking_uri=http://user:{SECRET}@127.0.0.1:9/"], 2, "does not answer", "<redacted>")
+    hostile(
+        [
+            *TRAIN,
+            *FRESH,
+            "tracking.report_to=[mlflow]",
+            f"tracking.mlflow_tracking_uri=http://user:{SECRET}@127.0.0.1:9/",
+        ],
+        2,
+        "does not answer",
+        "<redacted>",
+    )
     assert time.time() - t0 < 60
 
 
@@ -403,8 +475,14 @@ def test_a_closed_pipe_is_silent():
     os.close(r)  # the reader is gone before the first byte, as with `| head -0`
     try:
         for args in (["--help"], ["configs"]):
-            p = subprocess.run([sys.executable, "-m", "llm_summarizer", *args], stdout=w, stderr=subprocess.PIPE,
-                               text=True, cwd=ROOT, timeout=120)
+            p = subprocess.run(
+                [sys.executable, "-m", "llm_summarizer", *args],
+                stdout=w,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                timeout=120,
+            )
             assert p.returncode == 141 and p.stderr == "", (args, p.returncode, p.stderr)
     finally:
         os.close(w)
@@ -415,9 +493,19 @@ def test_secrets_typed_on_the_command_line_never_reach_the_wandb_run(ws, models_
     own, since that is what W&B reads."""
     out = tmp_path / "o"
     args = [a.replace("{w}", str(ws)).replace("{models}", str(models_dir)) for a in TRAIN[1:]]
-    p = run_cli("train", *args, f"output.dir={out}", f"output.model_dir={tmp_path / 'm'}", "train.max_steps=1",
-                "eval.rouge=false", "output.report=false", "tracking.report_to=[wandb]", "tracking.wandb_mode=offline",
-                f"tracking.mlflow_tracking_uri=http://user:{SECRET}@127.0.0.1:9/", env={"WANDB_MODE": "offline"})
+    p = run_cli(
+        "train",
+        *args,
+        f"output.dir={out}",
+        f"output.model_dir={tmp_path / 'm'}",
+        "train.max_steps=1",
+        "eval.rouge=false",
+        "output.report=false",
+        "tracking.report_to=[wandb]",
+        "tracking.wandb_mode=offline",
+        f"tracking.mlflow_tracking_uri=http://user:{SECRET}@127.0.0.1:9/",
+        env={"WANDB_MODE": "offline"},
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     raw = b"".join(f.read_bytes() for f in (out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert b"mlflow_tracking_uri=http://<redacted>@127.0.0.1" in raw  # the command line is recorded ...
@@ -436,16 +524,25 @@ def test_killed_exports_leftovers_are_cleared_by_the_next_export(hostile, ws):
         assert (ws / "scratch" / "exp" / "adapter_model.safetensors").is_file()
         assert [p.name for p in (ws / "scratch").iterdir() if p.name.startswith(".exp.")] == []
 
-    hostile(["export", "{w}/model", "--format", "adapter", "--output", "{w}/scratch/exp", "--verify-examples", "2"], 0,
-            after=cleared)
+    hostile(
+        ["export", "{w}/model", "--format", "adapter", "--output", "{w}/scratch/exp", "--verify-examples", "2"],
+        0,
+        after=cleared,
+    )
 
 
 # -- property-based: whatever the value or the bytes, a clear error or a result, never a crash -------------------
 
 KEYS = [f"{s}.{k}" for s, sec in Config.model_fields.items() for k in sec.annotation.model_fields]
-VALUES = st.one_of(st.text(max_size=20), st.integers(), st.floats(), st.booleans(), st.none(),
-                   st.lists(st.integers(), max_size=3), st.sampled_from([".inf", "-.inf", ".nan", "1e400", "[", "{",
-                                                                          "*a", "&a x", "{a: 1, a: 2}", "'"]))
+VALUES = st.one_of(
+    st.text(max_size=20),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.sampled_from([".inf", "-.inf", ".nan", "1e400", "[", "{", "*a", "&a x", "{a: 1, a: 2}", "'"]),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

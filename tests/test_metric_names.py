@@ -38,19 +38,24 @@ def test_scores_print_in_the_keys_order_and_none_is_said():
     assert format_rouge(None) == format_rouge({}) == "n/a"
 
 
-@pytest.mark.parametrize("e, full", [
-    (OSError(errno.ENOSPC, "No space left on device"), True),
-    (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
-    (RuntimeError("safetensors_rust.SafetensorError: StorageFull"), True),
-    (OSError(errno.EACCES, "Permission denied"), False),
-    (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), False),  # no place to probe
-])
+@pytest.mark.parametrize(
+    "e, full",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
+        (RuntimeError("safetensors_rust.SafetensorError: StorageFull"), True),
+        (OSError(errno.EACCES, "Permission denied"), False),
+        (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), False),  # no place to probe
+    ],
+)
 def test_one_rule_recognises_a_full_disk_whoever_raised_it(e, full):
     assert is_disk_full(e) is full
 
 
 def test_the_one_message_says_where_what_was_kept_and_what_to_do(tmp_path):
     msg = disk_full_message(tmp_path / "x.json", OSError(errno.ENOSPC, "No space left on device"))
-    assert msg == (f"no space left on the device while writing {tmp_path / 'x.json'} (No space left on device). "
-                   "Files that were complete before are unchanged and nothing half-written was kept: free some space "
-                   "and rerun the same command (an evaluation continues from the predictions already written).")
+    assert msg == (
+        f"no space left on the device while writing {tmp_path / 'x.json'} (No space left on device). "
+        "Files that were complete before are unchanged and nothing half-written was kept: free some space "
+        "and rerun the same command (an evaluation continues from the predictions already written)."
+    )

@@ -41,7 +41,9 @@ def test_install_cell_pins_match_the_lock():
     pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', install))
     assert {"transformers", "trl", "peft", "unsloth", "unsloth_zoo", "wandb"} <= set(pins)
     for name, version in pins.items():
-        assert locked.get(_norm(name)) == version, f"{name}=={version} in the notebook, {locked.get(_norm(name))} in the lock"
+        assert locked.get(_norm(name)) == version, (
+            f"{name}=={version} in the notebook, {locked.get(_norm(name))} in the lock"
+        )
     # unsloth goes in with --no-deps, after everything else
     assert install.index('pip("--no-deps", *UNSLOTH_PINS)') > install.index("pip(*PINS)")
 
@@ -53,9 +55,15 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (i,) = [n for n, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    params = {"OFFLINE_DEMO": True, "TEST_RUN": True, "REPORT_TO": "wandb", "RUN_NAME": "nb-demo",
-              "WORK_DIR": str(tmp_path), "OVERRIDES": f"model.cache_dir={models_dir}",
-              "EXPORT_FORMAT": "merged-16bit"}
+    params = {
+        "OFFLINE_DEMO": True,
+        "TEST_RUN": True,
+        "REPORT_TO": "wandb",
+        "RUN_NAME": "nb-demo",
+        "WORK_DIR": str(tmp_path),
+        "OVERRIDES": f"model.cache_dir={models_dir}",
+        "EXPORT_FORMAT": "merged-16bit",
+    }
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(i + 1, injected)
@@ -64,15 +72,23 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
         monkeypatch.setenv(k, v)
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
 
-    out = {n: "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
-           for n, c in enumerate(nb.cells) if c.cell_type == "code"}
+    out = {
+        n: "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
+        for n, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+    }
     text = "\n".join(out.values())
     # the cells around training: the machine, the masked example, time/memory, curves, side by side, hub, GGUF
     assert "no GPU: CPU with" in text and "torch " in text
     assert "loss-carrying tokens in [[...]]" in text and "[[" in text.split("loss-carrying tokens", 1)[1]
     assert re.search(r"\d+ training tokens/s, peak memory \d+\.\d\d GiB", text)
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "display_data" and "image/png" in o.get("data", {})
+    ]
     assert images, "the training curves were not shown inline"
     assert "fine-tuned: " in text and "reference:  " in text
     assert "not pushed (tick PUSH_TO_HUB" in text and "EXPORT_FORMAT is merged-16bit" in text
@@ -100,4 +116,7 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
     export_dir = tmp_path / "fine_tuned" / "nb-demo-merged-16bit"
     assert re.search(rf"^{re.escape(str(export_dir))}$", text, re.M), text[-3000:]
     info = json.loads((export_dir / "export_info.json").read_text())
-    assert info["format"] == "merged-16bit" and "reproduces the adapter's greedy summaries" in info["verification"]["summary"]
+    assert (
+        info["format"] == "merged-16bit"
+        and "reproduces the adapter's greedy summaries" in info["verification"]["summary"]
+    )

@@ -38,6 +38,7 @@ def model_record(*entries) -> dict:
 
 # -- 1. outputs apart ----------------------------------------------------------------------------------------------
 
+
 def test_two_outputs_in_the_same_place_are_refused_naming_both_keys(tmp_path):
     msg = refused([Place("output.dir", tmp_path / "o", "run"), Place("output.model_dir", tmp_path / "o", "model")])
     assert "output.dir and output.model_dir are the same place" in msg
@@ -48,7 +49,9 @@ def test_the_same_place_through_a_symlink_or_a_dot_dot_is_the_same_place(tmp_pat
     (tmp_path / "link").symlink_to(tmp_path / "real")
     msg = refused([Place("output.dir", tmp_path / "real", "run"), Place("--output", tmp_path / "link", "export")])
     assert "same place" in msg
-    msg = refused([Place("output.dir", tmp_path / "a", "run"), Place("--output", tmp_path / "b" / ".." / "a", "export")])
+    msg = refused(
+        [Place("output.dir", tmp_path / "a", "run"), Place("--output", tmp_path / "b" / ".." / "a", "export")]
+    )
     assert "same place" in msg
 
 
@@ -66,11 +69,18 @@ def test_a_cache_is_apart_from_the_outputs_too(tmp_path):
 
 def test_side_by_side_outputs_with_a_common_prefix_are_apart(tmp_path):
     # "out" and "out2": a string prefix, not a folder inside another
-    check_places([Place("output.dir", tmp_path / "out", "run"), Place("output.model_dir", tmp_path / "out2", "model"),
-                  Place("model.cache_dir", tmp_path / "models", "cache"), Place("--report", None, "file")])
+    check_places(
+        [
+            Place("output.dir", tmp_path / "out", "run"),
+            Place("output.model_dir", tmp_path / "out2", "model"),
+            Place("model.cache_dir", tmp_path / "models", "cache"),
+            Place("--report", None, "file"),
+        ]
+    )
 
 
 # -- 2. outputs apart from sources ---------------------------------------------------------------------------------
+
 
 def test_an_output_that_is_a_source_is_refused(tmp_path):
     model = folder(tmp_path / "base", "config.json", "model.safetensors")
@@ -104,9 +114,14 @@ def test_a_source_named_through_a_symlink_is_still_that_source(tmp_path):
 
 
 def test_sources_that_do_not_exist_and_hub_ids_are_not_places(tmp_path):
-    check_places([Place("output.dir", tmp_path / "o", "run")],
-                 [("model.name", "HuggingFaceTB/SmolLM2-135M-Instruct"), ("data.train", tmp_path / "o" / "missing"),
-                  ("data.test", None)])
+    check_places(
+        [Place("output.dir", tmp_path / "o", "run")],
+        [
+            ("model.name", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+            ("data.train", tmp_path / "o" / "missing"),
+            ("data.test", None),
+        ],
+    )
 
 
 def test_a_cache_may_hold_the_model_it_built(tmp_path):
@@ -117,6 +132,7 @@ def test_a_cache_may_hold_the_model_it_built(tmp_path):
 
 
 # -- 3. new, empty or ours -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("make", ["missing", "empty", "only-record"])
 def test_a_new_or_empty_folder_is_accepted(tmp_path, make):
@@ -156,9 +172,11 @@ def test_a_folder_of_another_kind_is_refused_naming_both_kinds(tmp_path):
     claim(run, "run")
     (run / "checkpoint-20").mkdir()
     msg = refused([Place("output.model_dir", run, "model", replaced=True)])
-    assert msg == (f"output.model_dir {run} holds a training run's checkpoints and logs (output.dir of `llm-summarizer "
-                   f"train`), not a fine-tuned model written by `llm-summarizer train`; choose another "
-                   f"output.model_dir so that it stays as it is")
+    assert msg == (
+        f"output.model_dir {run} holds a training run's checkpoints and logs (output.dir of `llm-summarizer "
+        f"train`), not a fine-tuned model written by `llm-summarizer train`; choose another "
+        f"output.model_dir so that it stays as it is"
+    )
     assert (run / "checkpoint-20").is_dir()
 
 
@@ -169,9 +187,14 @@ def test_an_unknown_kind_in_a_record_is_named_as_written(tmp_path):
 
 # -- 4. a folder replaced whole holds only what we wrote ------------------------------------------------------------
 
+
 def test_replacing_our_folder_with_a_users_file_added_is_refused_naming_the_file(tmp_path):
-    target = folder(tmp_path / "fine_tuned", "adapter_model.safetensors", "notes.txt",
-                    record=model_record("adapter_model.safetensors"))
+    target = folder(
+        tmp_path / "fine_tuned",
+        "adapter_model.safetensors",
+        "notes.txt",
+        record=model_record("adapter_model.safetensors"),
+    )
     before = snapshot(target)
     msg = refused([Place("output.model_dir", target, "model", replaced=True)])
     assert "output.model_dir" in msg and "also holds files this project did not write there (notes.txt)" in msg
@@ -181,14 +204,19 @@ def test_replacing_our_folder_with_a_users_file_added_is_refused_naming_the_file
 
 def test_a_folder_written_into_may_hold_more_than_its_record(tmp_path):
     # output.dir is written into, not replaced: the user's extra file stays and is no reason to refuse
-    run = folder(tmp_path / "outputs", "checkpoint-5", "my_notes.txt",
-                 record={"written_by": "llm_summarizer", "kind": "run", "entries": ["checkpoint-5"]})
+    run = folder(
+        tmp_path / "outputs",
+        "checkpoint-5",
+        "my_notes.txt",
+        record={"written_by": "llm_summarizer", "kind": "run", "entries": ["checkpoint-5"]},
+    )
     check_places([Place("output.dir", run, "run")])
 
 
 def test_many_foreign_entries_are_shortened(tmp_path):
-    target = folder(tmp_path / "e", "model.gguf", *[f"u{i}" for i in range(7)], record={"kind": "export",
-                                                                                         "entries": ["model.gguf"]})
+    target = folder(
+        tmp_path / "e", "model.gguf", *[f"u{i}" for i in range(7)], record={"kind": "export", "entries": ["model.gguf"]}
+    )
     msg = refused([Place("--output", target, "export", replaced=True)])
     assert "(u0, u1, u2, u3, u4 ...)" in msg
 
@@ -210,17 +238,24 @@ def test_a_legacy_folder_is_recognised_by_its_files(tmp_path, kind):
     assert owner_of(p) == (kind, None)
     check_places([Place("--output", p, kind, replaced=True)])  # a rerun replaces it
     other = "run" if kind != "run" else "model"
-    assert f"not {'a training run' if other == 'run' else 'a fine-tuned model'}" in \
-        refused([Place("--output", p, other, replaced=True)])
+    assert f"not {'a training run' if other == 'run' else 'a fine-tuned model'}" in refused(
+        [Place("--output", p, other, replaced=True)]
+    )
 
 
-@pytest.mark.parametrize("names,kind", [
-    (["config.yaml", "config.json", "model.safetensors", "metrics.json"], "model"),  # a merged final model
-    (["base_metrics.json"], "run"), (["eval_predictions"], "run"), ([".staging"], "run"),
-    (["trial-0003"], "tune"),
-    (["config.yaml", "config.json", "model.safetensors"], None),  # a model someone else saved with its config
-    (["checkpoint-x"], None), (["metrics.json"], None),
-])
+@pytest.mark.parametrize(
+    "names,kind",
+    [
+        (["config.yaml", "config.json", "model.safetensors", "metrics.json"], "model"),  # a merged final model
+        (["base_metrics.json"], "run"),
+        (["eval_predictions"], "run"),
+        ([".staging"], "run"),
+        (["trial-0003"], "tune"),
+        (["config.yaml", "config.json", "model.safetensors"], None),  # a model someone else saved with its config
+        (["checkpoint-x"], None),
+        (["metrics.json"], None),
+    ],
+)
 def test_legacy_recognition_needs_files_only_this_project_writes(tmp_path, names, kind):
     p = folder(tmp_path / "f", *names)
     assert owner_of(p)[0] == kind
@@ -236,6 +271,7 @@ def test_an_unreadable_record_falls_back_to_the_files(tmp_path):
 
 # -- file outputs --------------------------------------------------------------------------------------------------
 
+
 def test_a_file_output_that_is_a_directory_is_refused(tmp_path):
     assert refused([Place("--report", tmp_path, "file")]) == f"--report {tmp_path} is a directory; give a file name"
 
@@ -243,14 +279,19 @@ def test_a_file_output_that_is_a_directory_is_refused(tmp_path):
 def test_a_file_output_below_a_file_is_refused(tmp_path):
     (tmp_path / "notes").write_text("x")
     msg = refused([Place("--predictions", tmp_path / "notes" / "p.jsonl", "file")])
-    assert msg.startswith(f"--predictions {tmp_path / 'notes' / 'p.jsonl'}: {tmp_path / 'notes'} is a file, not a "
-                          f"directory")
+    assert msg.startswith(
+        f"--predictions {tmp_path / 'notes' / 'p.jsonl'}: {tmp_path / 'notes'} is a file, not a directory"
+    )
 
 
 def test_a_file_output_may_replace_a_file_and_may_be_deep_below_new_folders(tmp_path):
     (tmp_path / "scores.json").write_text("{}")
-    check_places([Place("--output", tmp_path / "scores.json", "file"),
-                  Place("--predictions", tmp_path / "new" / "deeper" / "p.jsonl", "file")])
+    check_places(
+        [
+            Place("--output", tmp_path / "scores.json", "file"),
+            Place("--predictions", tmp_path / "new" / "deeper" / "p.jsonl", "file"),
+        ]
+    )
 
 
 def test_a_file_output_is_still_apart_from_its_source(tmp_path):
@@ -260,6 +301,7 @@ def test_a_file_output_is_still_apart_from_its_source(tmp_path):
 
 
 # -- folders that cannot be folders --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["cache", "model"])
 def test_a_folder_output_that_is_a_file_is_refused(tmp_path, kind):
@@ -281,6 +323,7 @@ def test_a_cache_with_files_of_its_own_is_not_checked_for_ownership(tmp_path):
 
 
 # -- claim ---------------------------------------------------------------------------------------------------------
+
 
 def test_claim_records_a_folder_once(tmp_path):
     run = tmp_path / "a" / "outputs"

@@ -10,15 +10,29 @@ from llm_summarizer.rundir import CHECKPOINT_RE, checkpoint_step, list_checkpoin
 def test_checkpoints_come_in_step_order_not_name_order(tmp_path):
     for step in (100, 20, 9, 1000):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    assert list_checkpoints(tmp_path) == [(9, tmp_path / "checkpoint-9"), (20, tmp_path / "checkpoint-20"),
-                                          (100, tmp_path / "checkpoint-100"), (1000, tmp_path / "checkpoint-1000")]
+    assert list_checkpoints(tmp_path) == [
+        (9, tmp_path / "checkpoint-9"),
+        (20, tmp_path / "checkpoint-20"),
+        (100, tmp_path / "checkpoint-100"),
+        (1000, tmp_path / "checkpoint-1000"),
+    ]
 
 
 def test_only_checkpoint_directories_with_a_step_count(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
     (tmp_path / "checkpoint-7").write_text("a file, not a checkpoint")
-    for name in ("checkpoint-", "checkpoint-x", "checkpoint-3.old", "checkpoint-3-copy", ".checkpoint-4",
-                 "Checkpoint-6", "checkpoint--8", "my-checkpoint-9", ".staging", "eval_predictions"):
+    for name in (
+        "checkpoint-",
+        "checkpoint-x",
+        "checkpoint-3.old",
+        "checkpoint-3-copy",
+        ".checkpoint-4",
+        "Checkpoint-6",
+        "checkpoint--8",
+        "my-checkpoint-9",
+        ".staging",
+        "eval_predictions",
+    ):
         (tmp_path / name).mkdir()
     assert list_checkpoints(tmp_path) == [(5, tmp_path / "checkpoint-5")]
 

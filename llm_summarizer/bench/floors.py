@@ -74,16 +74,21 @@ def child(spec: dict) -> dict:
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     raw = load_raw_splits(cfg)
     model, tok, info = load_for_training(cfg, raw)
-    out = {"device": device_name(), "versions": package_versions(), "backend": cfg.model.backend,
-           "torch_threads": torch.get_num_threads()}
+    out = {
+        "device": device_name(),
+        "versions": package_versions(),
+        "backend": cfg.model.backend,
+        "torch_threads": torch.get_num_threads(),
+    }
     parts = spec["parts"]
     if "data" in parts:
         out["data"] = data_floor(cfg, tok, raw["train"], spec["data_rows"])
     if "generation" in parts:
         out["generation"] = generation_floor(cfg, model, tok, raw, spec["gen_rows"])
     if "training" in parts:
-        out["training"] = training_floor(cfg, model, tok, info, raw, spec["steps"], spec["warmup_steps"],
-                                         spec["rounds"])
+        out["training"] = training_floor(
+            cfg, model, tok, info, raw, spec["steps"], spec["warmup_steps"], spec["rounds"]
+        )
     return out
 
 
@@ -91,8 +96,14 @@ def _repeat_rows(rows: list[dict], n: int) -> list[dict]:
     """n rows from the split, repeated with distinct ids (and a counter, so no two documents are equal)."""
     if n <= len(rows):
         return rows[:n]
-    return [dict(rows[i % len(rows)], id=f"{rows[i % len(rows)]['id']}~{i}",
-                 document=f"[{i}] {rows[i % len(rows)]['document']}") for i in range(n)]
+    return [
+        dict(
+            rows[i % len(rows)],
+            id=f"{rows[i % len(rows)]['id']}~{i}",
+            document=f"[{i}] {rows[i % len(rows)]['document']}",
+        )
+        for i in range(n)
+    ]
 
 
 def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
@@ -108,8 +119,8 @@ def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
     def floor_run() -> float:
         t0 = time.perf_counter()
         for i in range(0, len(rows), 1000):
-            d_ids = tok(docs[i:i + 1000], add_special_tokens=False, verbose=False)["input_ids"]
-            s_ids = tok(sums[i:i + 1000], add_special_tokens=False, verbose=False)["input_ids"]
+            d_ids = tok(docs[i : i + 1000], add_special_tokens=False, verbose=False)["input_ids"]
+            s_ids = tok(sums[i : i + 1000], add_special_tokens=False, verbose=False)["input_ids"]
             for d, c in zip(d_ids, s_ids):
                 budget = fmt.doc_budget(len(c) + 1)
                 if budget >= 1:
@@ -130,9 +141,9 @@ def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
 
     def before_run():
         t0 = time.perf_counter()
-        ds = datasets.Dataset.from_list([{"id": r["id"], "document": r["document"], "summary": r["summary"]}
-                                         for r in rows]).map(
-            row_at_a_time, batched=True, batch_size=256, fn_kwargs={"formatter": fmt}, load_from_cache_file=False)
+        ds = datasets.Dataset.from_list(
+            [{"id": r["id"], "document": r["document"], "summary": r["summary"]} for r in rows]
+        ).map(row_at_a_time, batched=True, batch_size=256, fn_kwargs={"formatter": fmt}, load_from_cache_file=False)
         return time.perf_counter() - t0, ds
 
     def ours_run():
@@ -146,15 +157,27 @@ def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
     t_before, before = before_run()
     floors.append(floor_run())
     floor = statistics.mean(floors)
-    same_as_before = ds["input_ids"] == [x for x, s in zip(before["input_ids"], before["status"])
-                                         if s in ("ok", "truncated")]
+    same_as_before = ds["input_ids"] == [
+        x for x, s in zip(before["input_ids"], before["status"]) if s in ("ok", "truncated")
+    ]
     n = len(rows)
-    return {"rows": n, "rows_kept": stats.rows_kept, "processes": 1,
-            "ours_s": round(ours, 6), "before_s": round(t_before, 6), "floor_s": round(floor, 6),
-            "floor_runs_s": [round(f, 6) for f in floors],
-            "ours_rows_per_s": n / ours, "before_rows_per_s": n / t_before, "floor_rows_per_s": n / floor,
-            "ratio": floor / ours, "ratio_before": floor / t_before, "same_ids_as_before": bool(same_as_before),
-            "tokenizer": type(tok).__name__, "max_seq_length": cfg.model.max_seq_length}
+    return {
+        "rows": n,
+        "rows_kept": stats.rows_kept,
+        "processes": 1,
+        "ours_s": round(ours, 6),
+        "before_s": round(t_before, 6),
+        "floor_s": round(floor, 6),
+        "floor_runs_s": [round(f, 6) for f in floors],
+        "ours_rows_per_s": n / ours,
+        "before_rows_per_s": n / t_before,
+        "floor_rows_per_s": n / floor,
+        "ratio": floor / ours,
+        "ratio_before": floor / t_before,
+        "same_ids_as_before": bool(same_as_before),
+        "tokenizer": type(tok).__name__,
+        "max_seq_length": cfg.model.max_seq_length,
+    }
 
 
 def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
@@ -174,13 +197,22 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
         t0 = time.perf_counter()
         with inference_mode(model, tok, backend):
             for i in range(0, len(prompts), bs):
-                batch = tok.pad({"input_ids": prompts[i:i + bs]}, return_tensors="pt", padding=True)
+                batch = tok.pad({"input_ids": prompts[i : i + bs]}, return_tensors="pt", padding=True)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                gen = model.generate(**batch, max_new_tokens=max_new, do_sample=False, num_beams=1,
-                                     eos_token_id=stop, pad_token_id=tok.pad_token_id, use_cache=True,
-                                     temperature=None, top_p=None, top_k=None)
+                gen = model.generate(
+                    **batch,
+                    max_new_tokens=max_new,
+                    do_sample=False,
+                    num_beams=1,
+                    eos_token_id=stop,
+                    pad_token_id=tok.pad_token_id,
+                    use_cache=True,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
                 padded += int((batch["attention_mask"] == 0).sum())
-                for toks in gen[:, batch["input_ids"].shape[1]:].tolist():
+                for toks in gen[:, batch["input_ids"].shape[1] :].tolist():
                     n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
                     new_tokens += n
                     texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
@@ -188,8 +220,9 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
 
     def ours(sort: bool) -> tuple[float, list[str], int]:
         t0 = time.perf_counter()
-        gens = generate(model, tok, fmt, documents, ev, max_new, backend, batch_size=bs, seed=ev.sample_seed,
-                        sort_by_length=sort)
+        gens = generate(
+            model, tok, fmt, documents, ev, max_new, backend, batch_size=bs, seed=ev.sample_seed, sort_by_length=sort
+        )
         return time.perf_counter() - t0, [g.text for g in gens], sum(g.new_tokens for g in gens)
 
     # warm-up: one batch through each path (first-call costs: kernels, caches, Unsloth's inference switch)
@@ -201,8 +234,14 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
     floor_s = (t_floor + t_floor2) / 2
     # the ROUGE pass (generation + scoring + files), on the same rows
     prepared = prepare(cfg, tok, {"train": raw["train"], "validation": type(split)("validation", "bench", rows)})
-    evaluator = RougeEvaluator(cfg.model_copy(update={"eval": ev.model_copy(update={"num_samples": len(rows)})}),
-                               tok, prepared.formatter, prepared.splits["validation"], [max_new], out_dir=None)
+    evaluator = RougeEvaluator(
+        cfg.model_copy(update={"eval": ev.model_copy(update={"num_samples": len(rows)})}),
+        tok,
+        prepared.formatter,
+        prepared.splits["validation"],
+        [max_new],
+        out_dir=None,
+    )
     evaluator.max_new_tokens = max_new
     t0 = time.perf_counter()
     rouge_pass = evaluator.run(model, step=0, tag="bench")
@@ -217,21 +256,32 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
     t_diag = time.perf_counter() - t0
     n = len(prompts)
     lengths = sorted(len(p) for p in prompts)
-    return {"examples": n, "batch_size": bs, "max_new_tokens": max_new,
-            "prompt_tokens": {"min": lengths[0], "mean": round(sum(lengths) / n, 1), "max": lengths[-1]},
-            "floor_s": [round(t_floor, 6), round(t_floor2, 6)],
-            "floor_examples_per_s": n / floor_s, "floor_tokens_per_s": floor_tokens / floor_s,
-            "floor_padding_tokens": floor_pad,
-            "equal_s": round(t_eq, 6), "equal_examples_per_s": n / t_eq, "equal_tokens_per_s": eq_tokens / t_eq,
-            "sorted_s": round(t_sorted, 6), "sorted_examples_per_s": n / t_sorted,
-            "sorted_tokens_per_s": sorted_tokens / t_sorted,
-            "rouge_pass_s": round(t_rouge, 6), "rouge_pass_examples_per_s": n / t_rouge,
-            "diagnostics_in_pass_s": round(rouge_pass["diagnostics_seconds"], 6),
-            "diagnostics_share_of_pass": rouge_pass["diagnostics_seconds"] / t_rouge,
-            "rouge_scoring_s": round(t_scoring, 6), "diagnostics_s": round(t_diag, 6),
-            "ratio_equal": floor_s / t_eq, "ratio_sorted": floor_s / t_sorted,
-            "same_texts_equal": sum(a == b for a, b in zip(eq_texts, floor_texts)),
-            "same_texts_sorted": sum(a == b for a, b in zip(sorted_texts, floor_texts))}
+    return {
+        "examples": n,
+        "batch_size": bs,
+        "max_new_tokens": max_new,
+        "prompt_tokens": {"min": lengths[0], "mean": round(sum(lengths) / n, 1), "max": lengths[-1]},
+        "floor_s": [round(t_floor, 6), round(t_floor2, 6)],
+        "floor_examples_per_s": n / floor_s,
+        "floor_tokens_per_s": floor_tokens / floor_s,
+        "floor_padding_tokens": floor_pad,
+        "equal_s": round(t_eq, 6),
+        "equal_examples_per_s": n / t_eq,
+        "equal_tokens_per_s": eq_tokens / t_eq,
+        "sorted_s": round(t_sorted, 6),
+        "sorted_examples_per_s": n / t_sorted,
+        "sorted_tokens_per_s": sorted_tokens / t_sorted,
+        "rouge_pass_s": round(t_rouge, 6),
+        "rouge_pass_examples_per_s": n / t_rouge,
+        "diagnostics_in_pass_s": round(rouge_pass["diagnostics_seconds"], 6),
+        "diagnostics_share_of_pass": rouge_pass["diagnostics_seconds"] / t_rouge,
+        "rouge_scoring_s": round(t_scoring, 6),
+        "diagnostics_s": round(t_diag, 6),
+        "ratio_equal": floor_s / t_eq,
+        "ratio_sorted": floor_s / t_sorted,
+        "same_texts_equal": sum(a == b for a, b in zip(eq_texts, floor_texts)),
+        "same_texts_sorted": sum(a == b for a, b in zip(sorted_texts, floor_texts)),
+    }
 
 
 def training_floor(cfg, model, tok, info, raw: dict, steps: int, warmup: int, rounds: int) -> dict:
@@ -271,7 +321,7 @@ def training_floor(cfg, model, tok, info, raw: dict, steps: int, warmup: int, ro
         for step in range(steps):
             if step == warmup:
                 t_warm = now()
-            for b in micro[step * ga:(step + 1) * ga]:
+            for b in micro[step * ga : (step + 1) * ga]:
                 b = {k: v.to(dev) if hasattr(v, "to") else v for k, v in b.items()}
                 loss = trainer.model(**b).loss / ga
                 loss.backward()
@@ -301,18 +351,26 @@ def training_floor(cfg, model, tok, info, raw: dict, steps: int, warmup: int, ro
         floors.append(plain_loop())
     floor_tps = statistics.mean(f["tokens_per_s"] for f in floors)
     ours_tps = statistics.median(o["tokens_per_s"] for o in oursl)
-    return {"steps": steps, "warmup_steps": warmup, "rounds": rounds,
-            "batch": f"{trainer.args.per_device_train_batch_size}x{ga}", "precision": str(trainer.args.bf16 and "bf16"
-                                                                                         or "fp32"),
-            "gradient_checkpointing": cfg.model.gradient_checkpointing,
-            "floor": floors, "ours": oursl, "floor_tokens_per_s": floor_tps, "ours_tokens_per_s": ours_tps,
-            "same_tokens": len({f["nonpad_tokens"] for f in floors} | {o["nonpad_tokens"] for o in oursl}) == 1,
-            "ratio": ours_tps / floor_tps}
+    return {
+        "steps": steps,
+        "warmup_steps": warmup,
+        "rounds": rounds,
+        "batch": f"{trainer.args.per_device_train_batch_size}x{ga}",
+        "precision": str(trainer.args.bf16 and "bf16" or "fp32"),
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "floor": floors,
+        "ours": oursl,
+        "floor_tokens_per_s": floor_tps,
+        "ours_tokens_per_s": ours_tps,
+        "same_tokens": len({f["nonpad_tokens"] for f in floors} | {o["nonpad_tokens"] for o in oursl}) == 1,
+        "ratio": ours_tps / floor_tps,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # start-up: whole commands, from the parent
 # ---------------------------------------------------------------------------------------------------------
+
 
 def _timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
     t0 = time.perf_counter()
@@ -339,47 +397,74 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
     if rc_t != 0:
         raise RuntimeError(f"the start-up run failed (exit {rc_t}):\n{tail}")
     split = RunMetrics.read(Path(cfg.output.model_dir) / METRICS_FILE).train.startup or {}
-    return {"bare_imports_s": round(t_import, 2), "bare_imports": libs, "help_s": round(t_help, 2),
-            "print_config_s": round(t_print, 2), "train_command_s": round(t_train, 2), "split": split,
-            "to_first_step_s": split.get("to_first_step_s"),
-            "ratio_imports": t_import / split["imports_s"] if split.get("imports_s") else None,
-            "exit_codes": {"import": rc_i, "help": rc_h, "print_config": rc_p, "train": rc_t}}
+    return {
+        "bare_imports_s": round(t_import, 2),
+        "bare_imports": libs,
+        "help_s": round(t_help, 2),
+        "print_config_s": round(t_print, 2),
+        "train_command_s": round(t_train, 2),
+        "split": split,
+        "to_first_step_s": split.get("to_first_step_s"),
+        "ratio_imports": t_import / split["imports_s"] if split.get("imports_s") else None,
+        "exit_codes": {"import": rc_i, "help": rc_h, "print_config": rc_p, "train": rc_t},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the parent
 # ---------------------------------------------------------------------------------------------------------
 
+
 def run_floors(args) -> dict:
     parts = args.floors_parts
     data, out, work, model_dir, shape = prepare_run(args, "floors-")
     cfg = bench_config(args, data, model_dir, work / "child")
-    backend = (args.backends.split(",")[0].strip() or "unsloth")
+    backend = args.backends.split(",")[0].strip() or "unsloth"
     cfg.model.backend = backend
     env = child_env(args.threads)
-    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "command": "llm-summarizer bench " + shlex.join(args.argv), "git_commit": git_commit(),
-              "model": {"shape": shape, "dir": model_dir}, "dataset": {"name": data[2], "train": str(data[0])},
-              "backend": backend, "parts": parts}
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "llm-summarizer bench " + shlex.join(args.argv),
+        "git_commit": git_commit(),
+        "model": {"shape": shape, "dir": model_dir},
+        "dataset": {"name": data[2], "train": str(data[0])},
+        "backend": backend,
+        "parts": parts,
+    }
     in_child = [p for p in parts if p != "startup"]
     if in_child:
-        spec = {"kind": "floors", "config": config_to_dict(cfg), "parts": in_child, "data_rows": args.data_rows,
-                "gen_rows": args.gen_rows, "steps": args.steps, "warmup_steps": args.warmup_steps,
-                "rounds": args.rounds, "result": str(work / "floors.result.json")}
+        spec = {
+            "kind": "floors",
+            "config": config_to_dict(cfg),
+            "parts": in_child,
+            "data_rows": args.data_rows,
+            "gen_rows": args.gen_rows,
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "rounds": args.rounds,
+            "result": str(work / "floors.result.json"),
+        }
         spec_path = work / "floors.spec.json"
         spec_path.write_text(json.dumps(spec, indent=1))
         log_path = work / "floors.log"
         print(f"[bench] floors: {', '.join(in_child)} on {backend} (log {log_path}) ...", file=sys.stderr, flush=True)
         with open(log_path, "w", encoding="utf-8") as log:
-            rc = subprocess.call([sys.executable, "-m", "llm_summarizer", "bench", "--child", str(spec_path)],
-                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+            rc = subprocess.call(
+                [sys.executable, "-m", "llm_summarizer", "bench", "--child", str(spec_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         if rc != 0:
             tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-40:])
             raise RuntimeError(f"the floors run failed (exit code {rc}); log {log_path}:\n{tail}")
         result.update(json.loads((work / "floors.result.json").read_text()))
     if "startup" in parts:
-        print("[bench] floors: start-up (train to its first step, bare imports, --help, --print-config) ...",
-              file=sys.stderr, flush=True)
+        print(
+            "[bench] floors: start-up (train to its first step, bare imports, --help, --print-config) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         result["startup"] = startup_floor(config_to_dict(cfg), work, env)
     if "device" not in result:
         result["device"] = f"CPU {cpu_name()}, {os.cpu_count()} cores"
@@ -397,8 +482,10 @@ def run_floors(args) -> dict:
 
 
 FLOORS_MARKER = "<!-- floors rows: llm-summarizer bench --floors appends below -->"
-FLOORS_HEADER = ("| date | device | model · data | part | ours | floor | ours / floor | notes | command |\n"
-                 "|---|---|---|---|---|---|---|---|---|\n")
+FLOORS_HEADER = (
+    "| date | device | model · data | part | ours | floor | ours / floor | notes | command |\n"
+    "|---|---|---|---|---|---|---|---|---|\n"
+)
 
 
 def floors_rows(r: dict) -> list[str]:
@@ -409,39 +496,51 @@ def floors_rows(r: dict) -> list[str]:
     rows = []
     if "data" in r:
         d = r["data"]
-        rows.append(f"{head}| data preparation ({d['rows']} rows, 1 process) | {d['ours_rows_per_s']:.0f} rows/s | "
-                    f"{d['floor_rows_per_s']:.0f} rows/s | **{d['ratio']:.2f}x** | row at a time (before): "
-                    f"{d['before_rows_per_s']:.0f} rows/s = {d['ratio_before']:.2f}x; same ids: "
-                    f"{'yes' if d['same_ids_as_before'] else 'NO'} | {cmd} |")
+        rows.append(
+            f"{head}| data preparation ({d['rows']} rows, 1 process) | {d['ours_rows_per_s']:.0f} rows/s | "
+            f"{d['floor_rows_per_s']:.0f} rows/s | **{d['ratio']:.2f}x** | row at a time (before): "
+            f"{d['before_rows_per_s']:.0f} rows/s = {d['ratio_before']:.2f}x; same ids: "
+            f"{'yes' if d['same_ids_as_before'] else 'NO'} | {cmd} |"
+        )
     if "generation" in r:
         g = r["generation"]
-        rows.append(f"{head}| generation ({g['examples']} prompts of {g['prompt_tokens']['min']}-"
-                    f"{g['prompt_tokens']['max']} tokens, batch {g['batch_size']}, max_new {g['max_new_tokens']}) | "
-                    f"sorted: {g['sorted_examples_per_s']:.2f} ex/s, {g['sorted_tokens_per_s']:.0f} tok/s<br>"
-                    f"dataset order: {g['equal_examples_per_s']:.2f} ex/s | {g['floor_examples_per_s']:.2f} ex/s, "
-                    f"{g['floor_tokens_per_s']:.0f} tok/s | **sorted {g['ratio_sorted']:.2f}x**<br>equal "
-                    f"{g['ratio_equal']:.2f}x | same texts as the floor: sorted {g['same_texts_sorted']}/"
-                    f"{g['examples']}, equal {g['same_texts_equal']}/{g['examples']}; the ROUGE pass "
-                    f"{g['rouge_pass_examples_per_s']:.2f} ex/s"
-                    + (f" (statistics against the documents {1000 * g['diagnostics_in_pass_s']:.0f} ms = "
-                       f"{100 * g['diagnostics_share_of_pass']:.2f}% of it; alone {1000 * g['diagnostics_s']:.0f} ms "
-                       f"vs rouge-score's scoring {1000 * g['rouge_scoring_s']:.0f} ms)"
-                       if "diagnostics_s" in g else "")
-                    + f"; floor runs {g['floor_s']} s | {cmd} |")
+        rows.append(
+            f"{head}| generation ({g['examples']} prompts of {g['prompt_tokens']['min']}-"
+            f"{g['prompt_tokens']['max']} tokens, batch {g['batch_size']}, max_new {g['max_new_tokens']}) | "
+            f"sorted: {g['sorted_examples_per_s']:.2f} ex/s, {g['sorted_tokens_per_s']:.0f} tok/s<br>"
+            f"dataset order: {g['equal_examples_per_s']:.2f} ex/s | {g['floor_examples_per_s']:.2f} ex/s, "
+            f"{g['floor_tokens_per_s']:.0f} tok/s | **sorted {g['ratio_sorted']:.2f}x**<br>equal "
+            f"{g['ratio_equal']:.2f}x | same texts as the floor: sorted {g['same_texts_sorted']}/"
+            f"{g['examples']}, equal {g['same_texts_equal']}/{g['examples']}; the ROUGE pass "
+            f"{g['rouge_pass_examples_per_s']:.2f} ex/s"
+            + (
+                f" (statistics against the documents {1000 * g['diagnostics_in_pass_s']:.0f} ms = "
+                f"{100 * g['diagnostics_share_of_pass']:.2f}% of it; alone {1000 * g['diagnostics_s']:.0f} ms "
+                f"vs rouge-score's scoring {1000 * g['rouge_scoring_s']:.0f} ms)"
+                if "diagnostics_s" in g
+                else ""
+            )
+            + f"; floor runs {g['floor_s']} s | {cmd} |"
+        )
     if "training" in r:
         t = r["training"]
-        rows.append(f"{head}| training ({t['steps'] - t['warmup_steps']} steps after {t['warmup_steps']}, batch "
-                    f"{t['batch']}, {t['precision']}) | {t['ours_tokens_per_s']:.0f} non-pad tok/s | "
-                    f"{t['floor_tokens_per_s']:.0f} non-pad tok/s | **{t['ratio']:.2f}x** | plain loop before/after "
-                    f"ours: {', '.join(str(round(f['tokens_per_s'])) for f in t['floor'])}; same tokens: "
-                    f"{'yes' if t['same_tokens'] else 'NO'} | {cmd} |")
+        rows.append(
+            f"{head}| training ({t['steps'] - t['warmup_steps']} steps after {t['warmup_steps']}, batch "
+            f"{t['batch']}, {t['precision']}) | {t['ours_tokens_per_s']:.0f} non-pad tok/s | "
+            f"{t['floor_tokens_per_s']:.0f} non-pad tok/s | **{t['ratio']:.2f}x** | plain loop before/after "
+            f"ours: {', '.join(str(round(f['tokens_per_s'])) for f in t['floor'])}; same tokens: "
+            f"{'yes' if t['same_tokens'] else 'NO'} | {cmd} |"
+        )
     if "startup" in r:
         s = r["startup"]
-        split = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in s["split"].items()
-                          if k != "to_first_step_s")
-        rows.append(f"{head}| start-up to the first step | {s['to_first_step_s']:.1f} s ({split}) | bare "
-                    f"`{s['bare_imports']}`: {s['bare_imports_s']:.1f} s | imports {s['ratio_imports']:.2f}x | "
-                    f"`--help` {s['help_s']:.1f} s, `--print-config` {s['print_config_s']:.1f} s | {cmd} |")
+        split = ", ".join(
+            f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in s["split"].items() if k != "to_first_step_s"
+        )
+        rows.append(
+            f"{head}| start-up to the first step | {s['to_first_step_s']:.1f} s ({split}) | bare "
+            f"`{s['bare_imports']}`: {s['bare_imports_s']:.1f} s | imports {s['ratio_imports']:.2f}x | "
+            f"`--help` {s['help_s']:.1f} s, `--print-config` {s['print_config_s']:.1f} s | {cmd} |"
+        )
     return rows
 
 

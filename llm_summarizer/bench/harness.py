@@ -34,11 +34,16 @@ def resolve_data(spec: str) -> tuple[Path, Optional[Path], str]:
     if p.is_file():
         return p.resolve(), None, p.stem
     roots = [Path("data")] + [Path(r) for r in os.environ.get(DATA_PATH_VAR, "").split(os.pathsep) if r]
-    d = p if (p / "train.jsonl").exists() or "/" in spec else next(
-        (r / spec for r in roots if (r / spec / "train.jsonl").exists()), p)
+    d = (
+        p
+        if (p / "train.jsonl").exists() or "/" in spec
+        else next((r / spec for r in roots if (r / spec / "train.jsonl").exists()), p)
+    )
     if not (d / "train.jsonl").exists():
-        raise UserError(f"--data {spec}: no {d}/train.jsonl; give a JSONL file, a directory holding train.jsonl "
-                        f"(and validation.jsonl), or the name of one under data/ or ${DATA_PATH_VAR}")
+        raise UserError(
+            f"--data {spec}: no {d}/train.jsonl; give a JSONL file, a directory holding train.jsonl "
+            f"(and validation.jsonl), or the name of one under data/ or ${DATA_PATH_VAR}"
+        )
     val = d / "validation.jsonl"
     return (d / "train.jsonl").resolve(), val.resolve() if val.exists() else None, d.name
 
@@ -83,15 +88,23 @@ def run_child(spec: dict, work: Path, name: str, threads: Optional[int] = None) 
     print(f"[bench] {name}: {spec['config']['model']['backend']} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
-        rc = subprocess.call([sys.executable, "-m", "llm_summarizer", "bench", "--child", str(spec_path)],
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
+        rc = subprocess.call(
+            [sys.executable, "-m", "llm_summarizer", "bench", "--child", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     if rc != 0 or not result_path.exists():
         tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-40:])
         print(f"[bench] {name} failed (exit code {rc}); log {log_path}:\n{tail}", file=sys.stderr, flush=True)
         return {"failed": name, "exit_code": rc, "log": str(log_path), "log_tail": tail[-3000:]}
     res = json.loads(result_path.read_text())
-    print(f"[bench] {name}: {res['tokens_per_s_nonpad']:.0f} non-pad tokens/s, {res['s_per_step']:.3f} s/step "
-          f"({time.perf_counter() - t0:.0f} s in all)", file=sys.stderr, flush=True)
+    print(
+        f"[bench] {name}: {res['tokens_per_s_nonpad']:.0f} non-pad tokens/s, {res['s_per_step']:.3f} s/step "
+        f"({time.perf_counter() - t0:.0f} s in all)",
+        file=sys.stderr,
+        flush=True,
+    )
     return res
 
 
@@ -99,8 +112,20 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-SUMMARY_KEYS = ("tokens_per_s_all", "tokens_per_s_nonpad", "s_per_step", "padding_share", "peak_memory_gib",
-                "mfu", "ceiling_tflops", "rouge_share", "rouge_s", "eval_s", "train_wall_s", "loss_check_rel_diff")
+SUMMARY_KEYS = (
+    "tokens_per_s_all",
+    "tokens_per_s_nonpad",
+    "s_per_step",
+    "padding_share",
+    "peak_memory_gib",
+    "mfu",
+    "ceiling_tflops",
+    "rouge_share",
+    "rouge_s",
+    "eval_s",
+    "train_wall_s",
+    "loss_check_rel_diff",
+)
 
 
 def aggregate(runs: list[dict], backends: list[str]) -> dict:
@@ -110,8 +135,11 @@ def aggregate(runs: list[dict], backends: list[str]) -> dict:
         if not rs:
             per[b] = {"effective": {}, "failed": True}
             continue
-        per[b] = {k: _spread([r[k] for r in rs if r.get(k) is not None]) for k in SUMMARY_KEYS
-                  if any(r.get(k) is not None for r in rs)}
+        per[b] = {
+            k: _spread([r[k] for r in rs if r.get(k) is not None])
+            for k in SUMMARY_KEYS
+            if any(r.get(k) is not None for r in rs)
+        }
         per[b]["effective"] = rs[0]["effective"]
     ratios = {}
     if set(BACKENDS) <= set(backends):
@@ -123,8 +151,11 @@ def aggregate(runs: list[dict], backends: list[str]) -> dict:
     same = None
     if len(backends) > 1:
         rounds = sorted({r["round"] for r in runs})
-        same = all(len({r["tokens_nonpad"] for r in runs if r["round"] == i}) == 1 and
-                   len([r for r in runs if r["round"] == i]) == len(backends) for i in rounds)
+        same = all(
+            len({r["tokens_nonpad"] for r in runs if r["round"] == i}) == 1
+            and len([r for r in runs if r["round"] == i]) == len(backends)
+            for i in rounds
+        )
     return {"backends": per, "ratios_unsloth_over_transformers": ratios, "same_tokens_each_round": same}
 
 
@@ -136,8 +167,10 @@ def prepare_run(args, kind: str = ""):
     label = args.shape if not args.model else Path(args.model).name
     out = Path(args.out) if args.out else Path("outputs") / "bench" / f"{stamp}-{kind}{label}-{data[2]}.json"
     work = Path(args.work_dir) if args.work_dir else out.with_suffix("").with_name(out.stem + ".runs")
-    check_places([Place("--out", out, "file"), Place("--work-dir", work, "bench", replaced=True)],
-                 [("--data", data[0]), ("--model", args.model)])
+    check_places(
+        [Place("--out", out, "file"), Place("--work-dir", work, "bench", replaced=True)],
+        [("--data", data[0]), ("--model", args.model)],
+    )
     claim(work, "bench")
     probe = bench_config(args, data, "random:tiny", work / "prepare")
     model_dir, shape = prepare_model(args, probe)
@@ -178,13 +211,27 @@ def bench(args) -> dict:
         "device": first["device"],
         "versions": first["versions"],
         "git_commit": git_commit(),
-        "model": {"shape": shape, "dir": model_dir, "mode": "QLoRA 4-bit" if args.qlora else f"LoRA {first['precision']}",
-                  **first["model_stats"]},
-        "data": {"name": data[2], "train": str(data[0]), "validation": str(data[1]) if data[1] else None,
-                 **first["data_stats"]},
-        "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "rounds": args.rounds,
-                     "backends": backends, "overrides": args.overrides, "config": args.config,
-                     "threads": args.threads},
+        "model": {
+            "shape": shape,
+            "dir": model_dir,
+            "mode": "QLoRA 4-bit" if args.qlora else f"LoRA {first['precision']}",
+            **first["model_stats"],
+        },
+        "data": {
+            "name": data[2],
+            "train": str(data[0]),
+            "validation": str(data[1]) if data[1] else None,
+            **first["data_stats"],
+        },
+        "settings": {
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "rounds": args.rounds,
+            "backends": backends,
+            "overrides": args.overrides,
+            "config": args.config,
+            "threads": args.threads,
+        },
         "config": {k: v for k, v in configs[backends[0]].items() if k in ("model", "lora", "train", "eval")},
         **aggregate(runs, backends),
         "runs": runs,
@@ -198,6 +245,8 @@ def bench(args) -> dict:
         append_row(Path(args.markdown), result)
     print(render_summary(result, out))
     if failures:
-        raise RuntimeError(f"{len(failures)} run(s) failed ({', '.join(f['failed'] for f in failures)}); "
-                           f"the others are in {out}; logs in {work}")
+        raise RuntimeError(
+            f"{len(failures)} run(s) failed ({', '.join(f['failed'] for f in failures)}); "
+            f"the others are in {out}; logs in {work}"
+        )
     return result

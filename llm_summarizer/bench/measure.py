@@ -25,7 +25,7 @@ from ..files import write_json
 from ..models.loading import load_for_training, pick_precision
 from ..training.run import build_session
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def device_name() -> str:
@@ -52,7 +52,7 @@ def matmul_ceiling(dtype, cuda: bool) -> float:
         for _ in range(reps):
             a @ b
         sync()
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
     return best / 1e12
 
 
@@ -65,8 +65,12 @@ def model_stats(model) -> dict:
     conf = model.config
     heads = conf.num_attention_heads
     head_dim = getattr(conf, "head_dim", None) or conf.hidden_size // heads
-    return {"matmul_params": base, "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "layers": conf.num_hidden_layers, "attention_width": heads * head_dim}
+    return {
+        "matmul_params": base,
+        "lora_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "layers": conf.num_hidden_layers,
+        "attention_width": heads * head_dim,
+    }
 
 
 class TokenMeter:
@@ -104,7 +108,9 @@ class TokenMeter:
             starts = (pos.reshape(-1) == 0).long()
             starts[0] = 1
             seg = starts.cumsum(0) - 1
-            return torch.zeros(seg.numel(), dtype=torch.long, device=ids.device).scatter_add_(0, seg, torch.ones_like(seg))
+            return torch.zeros(seg.numel(), dtype=torch.long, device=ids.device).scatter_add_(
+                0, seg, torch.ones_like(seg)
+            )
         return torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
 
     def snapshot(self) -> tuple[int, int, float, int]:
@@ -155,8 +161,9 @@ def loss_check(trainer, tokenizer, n: int = 8) -> dict:
         bounds = r.get("seq_lengths") or [len(r["input_ids"])]
         start = 0
         for length in bounds:
-            examples.append({"input_ids": r["input_ids"][start:start + length],
-                             "labels": r["labels"][start:start + length]})
+            examples.append(
+                {"input_ids": r["input_ids"][start : start + length], "labels": r["labels"][start : start + length]}
+            )
             start += length
     single = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     model = trainer.model
@@ -181,8 +188,12 @@ def loss_check(trainer, tokenizer, n: int = 8) -> dict:
     finally:
         model.train(was_training)
     one_by_one = total / max(count, 1)
-    return {"examples": len(examples), "batch_loss": batch_loss, "one_by_one_loss": one_by_one,
-            "rel_diff": abs(batch_loss - one_by_one) / max(abs(one_by_one), 1e-12)}
+    return {
+        "examples": len(examples),
+        "batch_loss": batch_loss,
+        "one_by_one_loss": one_by_one,
+        "rel_diff": abs(batch_loss - one_by_one) / max(abs(one_by_one), 1e-12),
+    }
 
 
 def child(spec_path: str) -> int:
@@ -203,30 +214,61 @@ def child(spec_path: str) -> int:
     t0 = time.perf_counter()
     out = trainer.train()
     train_wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / GIB if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    peak = (
+        torch.cuda.max_memory_allocated() / GIB
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    )
     try:
         check = loss_check(trainer, tok)
     except Exception as e:  # keep the speed numbers of a run whose check could not run; say why
         check = {"error": f"{type(e).__name__}: {e}"[:500], "rel_diff": None}
     prec = pick_precision(cfg)
-    ceiling = matmul_ceiling(torch.bfloat16 if cuda and prec.name != "fp16" else
-                             (torch.float16 if cuda else torch.float32), cuda)
+    ceiling = matmul_ceiling(
+        torch.bfloat16 if cuda and prec.name != "fp16" else (torch.float16 if cuda else torch.float32), cuda
+    )
     stats = model_stats(trainer.model)
-    write_json(Path(spec["result"]), measure(spec, cfg, clock, trainer, session, out, train_wall, peak, check, ceiling,
-                                             stats, prec.name, cuda, device_name(), package_versions()))
+    write_json(
+        Path(spec["result"]),
+        measure(
+            spec,
+            cfg,
+            clock,
+            trainer,
+            session,
+            out,
+            train_wall,
+            peak,
+            check,
+            ceiling,
+            stats,
+            prec.name,
+            cuda,
+            device_name(),
+            package_versions(),
+        ),
+    )
     return 0
 
 
 def _length_stats(st) -> dict:
     lengths = sorted(p + c for p, c in zip(st.prompt_tokens, st.completion_tokens))
     n = len(lengths)
-    return {"train_rows": n, "tokens_per_example": {"min": lengths[0], "mean": round(sum(lengths) / n, 1),
-                                                     "p50": lengths[n // 2],
-                                                     "p95": lengths[min(n - 1, int(n * 0.95))], "max": lengths[-1]}}
+    return {
+        "train_rows": n,
+        "tokens_per_example": {
+            "min": lengths[0],
+            "mean": round(sum(lengths) / n, 1),
+            "p50": lengths[n // 2],
+            "p95": lengths[min(n - 1, int(n * 0.95))],
+            "max": lengths[-1],
+        },
+    }
 
 
-def measure(spec, cfg, clock, trainer, session, out, train_wall, peak, check, ceiling, stats, precision, cuda,
-            device, versions) -> dict:
+def measure(
+    spec, cfg, clock, trainer, session, out, train_wall, peak, check, ceiling, stats, precision, cuda, device, versions
+) -> dict:
     warm = spec["warmup_steps"]
     marks = clock.marks
     by_step = {m[0]: m for m in marks}
@@ -242,13 +284,17 @@ def measure(spec, cfg, clock, trainer, session, out, train_wall, peak, check, ce
     # or a forward the hook does not see): kept in the result rather than losing the run.
     expected_micro = steps * cfg.train.gradient_accumulation_steps
     if micro != expected_micro:
-        print(f"warning: the token counter saw {micro} training forwards for {expected_micro} micro-batches",
-              file=sys.stderr)
+        print(
+            f"warning: the token counter saw {micro} training forwards for {expected_micro} micro-batches",
+            file=sys.stderr,
+        )
     step_times = []
     for a, b in zip(marks, marks[1:]):
         if a[0] >= warm:
             step_times.append(b[1] - a[1] - sum(e1 - e0 for e0, e1 in clock.evals if a[1] <= e0 and e1 <= b[1]))
-    flops = (4 * stats["matmul_params"] + 6 * stats["lora_params"]) * nonpad + 6 * stats["layers"] * stats["attention_width"] * sumsq
+    flops = (4 * stats["matmul_params"] + 6 * stats["lora_params"]) * nonpad + 6 * stats["layers"] * stats[
+        "attention_width"
+    ] * sumsq
     rouge_s = session.evaluator.total_seconds if session.evaluator else 0.0
     args = trainer.args
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -257,13 +303,16 @@ def measure(spec, cfg, clock, trainer, session, out, train_wall, peak, check, ce
         "device": device,
         "versions": versions,
         "precision": precision,
-        "effective": {"padding_free": bool(getattr(trainer, "padding_free", args.padding_free)),
-                      "packing": bool(args.packing), "sampling": str(args.train_sampling_strategy),
-                      "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
-                      "optim": str(getattr(args.optim, "value", args.optim)),
-                      "gradient_checkpointing": cfg.model.gradient_checkpointing,
-                      "per_device_train_batch_size": args.per_device_train_batch_size,
-                      "gradient_accumulation_steps": args.gradient_accumulation_steps},
+        "effective": {
+            "padding_free": bool(getattr(trainer, "padding_free", args.padding_free)),
+            "packing": bool(args.packing),
+            "sampling": str(args.train_sampling_strategy),
+            "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
+            "optim": str(getattr(args.optim, "value", args.optim)),
+            "gradient_checkpointing": cfg.model.gradient_checkpointing,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        },
         "model_stats": stats,
         "data_stats": _length_stats(session.prepared.stats["train"]),
         "steps_measured": steps,

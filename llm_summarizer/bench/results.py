@@ -34,11 +34,14 @@ def _pair(result: dict, key: str, fmt: str, spread: bool = False) -> str:
 def _settings(result: dict) -> str:
     c = result["config"]
     t = c["train"]
-    parts = [f"batch {t['per_device_train_batch_size']}x{t['gradient_accumulation_steps']}",
-             f"max_seq {c['model']['max_seq_length']}", f"r={c['lora']['r']}",
-             f"steps {result['settings']['warmup_steps']}+{result['settings']['steps'] - result['settings']['warmup_steps']}"
-             f" x{result['settings']['rounds']}",
-             f"sampling {t.get('sampling', 'random')}"]
+    parts = [
+        f"batch {t['per_device_train_batch_size']}x{t['gradient_accumulation_steps']}",
+        f"max_seq {c['model']['max_seq_length']}",
+        f"r={c['lora']['r']}",
+        f"steps {result['settings']['warmup_steps']}+{result['settings']['steps'] - result['settings']['warmup_steps']}"
+        f" x{result['settings']['rounds']}",
+        f"sampling {t.get('sampling', 'random')}",
+    ]
     if result["settings"].get("threads"):
         parts.append(f"{result['settings']['threads']} CPU thread(s)")
     for b, s in result["backends"].items():
@@ -58,11 +61,21 @@ def table_row(result: dict) -> str:
     ratio = ", ".join(f"{names[k]} {r:.2f}x" for k, r in ratios.items() if k in names)
     m, d = result["model"], result["data"]
     what = f"{m['shape'] or Path(m['dir']).name} · {m['mode']} · {d['name']}"
-    cells = [result["date"], result["device"], what, _settings(result),
-             _pair(result, "tokens_per_s_nonpad", ".0f", spread=True), _pair(result, "tokens_per_s_all", ".0f"),
-             _pair(result, "s_per_step", ".3f", spread=True), _pair(result, "peak_memory_gib", ".2f"),
-             _pair(result, "mfu", ".2%"), _pair(result, "rouge_share", ".1%"), ratio or "n/a", versions,
-             f"`{result['command']}`"]
+    cells = [
+        result["date"],
+        result["device"],
+        what,
+        _settings(result),
+        _pair(result, "tokens_per_s_nonpad", ".0f", spread=True),
+        _pair(result, "tokens_per_s_all", ".0f"),
+        _pair(result, "s_per_step", ".3f", spread=True),
+        _pair(result, "peak_memory_gib", ".2f"),
+        _pair(result, "mfu", ".2%"),
+        _pair(result, "rouge_share", ".1%"),
+        ratio or "n/a",
+        versions,
+        f"`{result['command']}`",
+    ]
     return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n"
 
 
@@ -83,17 +96,25 @@ def append_row(path: Path, result: dict) -> None:
 
 
 def render_summary(result: dict, out: Path) -> str:
-    lines = [f"\n== llm_summarizer bench: {result['model']['shape'] or result['model']['dir']} "
-             f"({result['model']['mode']}) on {result['data']['name']}, {result['device']}"]
+    lines = [
+        f"\n== llm_summarizer bench: {result['model']['shape'] or result['model']['dir']} "
+        f"({result['model']['mode']}) on {result['data']['name']}, {result['device']}"
+    ]
     for b, s in result["backends"].items():
+
         def g(k, fmt):
             return format(s[k]["median"], fmt) if k in s else "n/a"
-        lines.append(f"   {b:<13} non-pad {g('tokens_per_s_nonpad', '.0f')} tok/s (all {g('tokens_per_s_all', '.0f')}), "
-                     f"{g('s_per_step', '.3f')} s/step, peak {g('peak_memory_gib', '.2f')} GiB, MFU {g('mfu', '.2%')}, "
-                     f"ROUGE share {g('rouge_share', '.1%')}, batch-vs-single loss rel. diff {g('loss_check_rel_diff', '.1e')}")
+
+        lines.append(
+            f"   {b:<13} non-pad {g('tokens_per_s_nonpad', '.0f')} tok/s (all {g('tokens_per_s_all', '.0f')}), "
+            f"{g('s_per_step', '.3f')} s/step, peak {g('peak_memory_gib', '.2f')} GiB, MFU {g('mfu', '.2%')}, "
+            f"ROUGE share {g('rouge_share', '.1%')}, batch-vs-single loss rel. diff {g('loss_check_rel_diff', '.1e')}"
+        )
     if result["ratios_unsloth_over_transformers"]:
-        lines.append("   unsloth/transformers: " + ", ".join(
-            f"{k} {v:.2f}x" for k, v in result["ratios_unsloth_over_transformers"].items()))
+        lines.append(
+            "   unsloth/transformers: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratios_unsloth_over_transformers"].items())
+        )
     bad = [f"{r['backend']} round {r['round']}" for r in result["runs"] if not r.get("token_count_ok", True)]
     if bad:
         lines.append(f"   WARNING: token counts unreliable in {', '.join(bad)} (forwards seen != micro-batches)")

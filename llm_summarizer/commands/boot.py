@@ -100,8 +100,10 @@ def load_env_file(path: str) -> list[str]:
         raise UserError(f"--env-file {path}: cannot be read as UTF-8 text ({why})") from None
     for b in bindings:  # the whole file is checked before anything is set
         if b.error:
-            raise UserError(f"--env-file {path}, line {b.original.line}: expected KEY=VALUE (a value with spaces, "
-                            f"'#' or line breaks goes in quotes)")
+            raise UserError(
+                f"--env-file {path}, line {b.original.line}: expected KEY=VALUE (a value with spaces, "
+                f"'#' or line breaks goes in quotes)"
+            )
     for b in bindings:
         if b.key is None:
             continue  # a comment or a blank line
@@ -135,12 +137,18 @@ def saved_model_backend(model_dir, flag: Optional[str]) -> str:
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A command's parser: the first line of `doc` as its description, the rest (examples) under --help."""
-    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(doc.split("\n")[2:]))
-    ap.add_argument("--progress", choices=["auto", "on", "off"],
-                    help="progress bars: auto (default: when stderr is a terminal or in a notebook), on, off; "
-                         "the same as LLM_SUMMARIZER_PROGRESS")
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description=doc.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(doc.split("\n")[2:]),
+    )
+    ap.add_argument(
+        "--progress",
+        choices=["auto", "on", "off"],
+        help="progress bars: auto (default: when stderr is a terminal or in a notebook), on, off; "
+        "the same as LLM_SUMMARIZER_PROGRESS",
+    )
     return ap
 
 

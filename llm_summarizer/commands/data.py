@@ -49,12 +49,15 @@ def run(args, cfg) -> int:
     print(preview_text(prepared, tokenizer, args.examples))
     # token lengths against the budget, at training and at generation (the ROUGE pass's max_new_tokens)
     max_new = derive_max_new_tokens(prepared.stats["train"].completion_tokens, cfg.eval)
-    lengths = {role: length_report(prepared.formatter, split.rows, max_new, cfg.eval.chunk_overlap)
-               for role, split in raw.items()}
+    lengths = {
+        role: length_report(prepared.formatter, split.rows, max_new, cfg.eval.chunk_overlap)
+        for role, split in raw.items()
+    }
     for role, report in lengths.items():
         print("\n" + "\n".join(length_lines(role, report)))
-    stats = diagnostics.reference_statistics({role: split.rows for role, split in raw.items()},
-                                             cfg.eval.rouge_tokenizer)
+    stats = diagnostics.reference_statistics(
+        {role: split.rows for role, split in raw.items()}, cfg.eval.rouge_tokenizer
+    )
     print(reference_lines(stats))
     if args.output:
         for p in write_processed(prepared, Path(args.output), stats, lengths):
@@ -67,10 +70,12 @@ def reference_lines(stats: dict) -> str:
     from ..evaluation import diagnostics
 
     toks = sorted({s["tokenizer"] for s in stats.values()})
-    out = [f"\n== the references against their documents (mean per summary; tokens: {', '.join(toks)}): "
-           "coverage = share of summary words inside text copied from the document, density = mean length of the "
-           "copied fragment each word is in (higher: longer copied pieces), compression = document words per "
-           "summary word"]
+    out = [
+        f"\n== the references against their documents (mean per summary; tokens: {', '.join(toks)}): "
+        "coverage = share of summary words inside text copied from the document, density = mean length of the "
+        "copied fragment each word is in (higher: longer copied pieces), compression = document words per "
+        "summary word"
+    ]
     out += diagnostics.lines({f"{role} ({s['examples']})": s["means"] for role, s in stats.items()})
     notes = {f"{role}: {k}": v for role, s in stats.items() for k, v in s["notes"].items()}
     if notes:

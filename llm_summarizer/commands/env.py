@@ -33,8 +33,9 @@ def facts() -> dict:
     except Exception as e:  # unsloth_zoo missing or too old: say so rather than fail the report
         out["unsloth_cpu_bf16"] = f"unknown ({type(e).__name__})"
     cuda = out["cuda_available"]
-    out["training_precision_auto"] = ("bf16" if out.get("gpu_bf16") else "fp16") if cuda else \
-        "fp32 (every CPU, whatever its bfloat16 support)"
+    out["training_precision_auto"] = (
+        ("bf16" if out.get("gpu_bf16") else "fp16") if cuda else "fp32 (every CPU, whatever its bfloat16 support)"
+    )
     out["merged_export_dtype"] = "the base checkpoint's bfloat16/float16; float16 for a float32 base (any machine)"
     return out
 

@@ -47,48 +47,68 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__)
     ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
     ap.add_argument("--data", help="file, directory or hub dataset; default: data.<split> of the model's config.yaml")
-    ap.add_argument("--split", default="test", help="split name (default test): the hub split, or <split>.* in a directory")
+    ap.add_argument(
+        "--split", default="test", help="split name (default test): the hub split, or <split>.* in a directory"
+    )
     ap.add_argument("--output", help="output directory (default evaluations/<model>/<split>/)")
     ap.add_argument("--limit", type=int, help="evaluate only the first N rows")
     ap.add_argument("--compare-base", action="store_true", help="also evaluate the base model; paired differences")
     ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
     ap.add_argument("--base", help="base model of an adapter (or of a merged model, for --compare-base)")
     ap.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
-    ap.add_argument("--no-tracking", action="store_true",
-                    help="do not add the scores to the W&B / MLflow run that trained the model (added by default "
-                         "when the model's metrics.json names one; W&B goes offline when no server answers)")
+    ap.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not add the scores to the W&B / MLflow run that trained the model (added by default "
+        "when the model's metrics.json names one; W&B goes offline when no server answers)",
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.batch_size=32 eval.num_beams=4")
     return ap
 
 
 def _fmt_block(b: dict) -> str:
-    return "  ".join(f"{k} {100 * b[k]['f1']:.2f} [{100 * b[k]['ci95'][0]:.2f}, {100 * b[k]['ci95'][1]:.2f}]"
-                     for k in ROUGE_KEYS)
+    return "  ".join(
+        f"{k} {100 * b[k]['f1']:.2f} [{100 * b[k]['ci95'][0]:.2f}, {100 * b[k]['ci95'][1]:.2f}]" for k in ROUGE_KEYS
+    )
 
 
 def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
     r = m["results"]
-    print(f"\n== llm_summarizer: evaluation of {m['model']['path']} on {m['data']['split']} "
-          f"({m['data']['source']}), {m['data']['examples']} examples, F1 x 100 [95% CI]")
+    print(
+        f"\n== llm_summarizer: evaluation of {m['model']['path']} on {m['data']['split']} "
+        f"({m['data']['source']}), {m['data']['examples']} examples, F1 x 100 [95% CI]"
+    )
     print(f"   model:        {_fmt_block(r['model'])}")
     if "base" in r:
         print(f"   base:         {_fmt_block(r['base'])}")
         d = r["model_minus_base"]
-        print("   model - base: " + "  ".join(
-            f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]" for k in ROUGE_KEYS))
+        print(
+            "   model - base: "
+            + "  ".join(
+                f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
+                for k in ROUGE_KEYS
+            )
+        )
     t = r["model"]["throughput"]
-    print(f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
-          f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
-          f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s")
+    print(
+        f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
+        f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
+        f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s"
+    )
     # after the arguments are checked: the scorers load only for a valid command
     from ..evaluation import diagnostics
     from ..evaluation.bootstrap import block_means
 
     print("   each summary against its document (mean per summary; model - base: paired bootstrap 95% interval):")
-    for line in diagnostics.lines({"references": block_means((r.get("references") or {}).get("diagnostics")),
-                                   "base": block_means((r.get("base") or {}).get("diagnostics")),
-                                   "model": block_means(r["model"].get("diagnostics"))},
-                                  r.get("diagnostics_model_minus_base"), "model - base"):
+    for line in diagnostics.lines(
+        {
+            "references": block_means((r.get("references") or {}).get("diagnostics")),
+            "base": block_means((r.get("base") or {}).get("diagnostics")),
+            "model": block_means(r["model"].get("diagnostics")),
+        },
+        r.get("diagnostics_model_minus_base"),
+        "model - base",
+    ):
         print(line)
     print(f"   wrote: {out / PREDICTIONS}, {out / METRICS_FILE}" + (f", {report} (+ plots/)" if report else ""))
 
@@ -98,8 +118,18 @@ def run(args, _cfg) -> int:
     # after the arguments are checked: the ML stack loads only for a valid command
     from ..evaluation.evaluate import evaluate_model
 
-    res = evaluate_model(args.model, args.data, args.split, args.output, args.limit, args.compare_base,
-                         args.backend, args.base, args.overrides, report=not args.no_report)
+    res = evaluate_model(
+        args.model,
+        args.data,
+        args.split,
+        args.output,
+        args.limit,
+        args.compare_base,
+        args.backend,
+        args.base,
+        args.overrides,
+        report=not args.no_report,
+    )
     _print_summary(res.metrics, res.output_dir, res.report)
     if not args.no_tracking:
         to_training_run(Path(args.model), res)
@@ -121,16 +151,22 @@ def to_training_run(model_dir: Path, res) -> None:
         try:
             log_evaluation = evaluation_logger(name)
         except ImportError:
-            log.warning("the model was trained with a %s run, but %s is not installed here: scores not added to it",
-                        name, name)
+            log.warning(
+                "the model was trained with a %s run, but %s is not installed here: scores not added to it", name, name
+            )
             continue
         if log_evaluation is None:
             continue
         try:
             info = log_evaluation(training, res)
         except Exception as e:  # noqa: BLE001 - the tracker must not undo a finished evaluation
-            log.warning("could not add the scores to the %s run that trained the model (%s: %s); they are in %s",
-                        name, type(e).__name__, str(e).splitlines()[0] if str(e) else "", res.output_dir)
+            log.warning(
+                "could not add the scores to the %s run that trained the model (%s: %s); they are in %s",
+                name,
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+                res.output_dir,
+            )
             continue
         if info and info.get("sync_command"):
             print(f"   W&B: added to run {info['run_id']} offline; upload with: {info['sync_command']}")

@@ -30,7 +30,10 @@ COMMANDS = {
     "export": ("export", "adapter, merged 16-bit, merged 4-bit or GGUF, each checked against the adapter"),
     "data": ("data", "show what training would see: sizes, drops, truncations, token lengths, examples"),
     "serve": ("serve", "try a saved model in a browser: a local page and a JSON API (POST /summarize)"),
-    "score": ("score", "ROUGE with 95% intervals of any predictions file (JSONL/CSV/...), optionally paired with another"),
+    "score": (
+        "score",
+        "ROUGE with 95% intervals of any predictions file (JSONL/CSV/...), optionally paired with another",
+    ),
     "tune": ("tune", "search hyperparameters on ROUGE: an Optuna study whose trials are training runs (resumable)"),
     "bench": ("bench", "benchmark the training path, unsloth against transformers, in one run"),
     "env": ("env", "versions, device and precision facts for a bug report"),

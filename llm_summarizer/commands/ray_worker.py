@@ -20,13 +20,19 @@ def worker(config: dict) -> None:
     import ray.train
 
     ctx = ray.train.get_context()
-    os.environ.update(RANK=str(ctx.get_world_rank()), WORLD_SIZE=str(ctx.get_world_size()),
-                      LOCAL_RANK=str(ctx.get_local_rank()), LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()))
+    os.environ.update(
+        RANK=str(ctx.get_world_rank()),
+        WORLD_SIZE=str(ctx.get_world_size()),
+        LOCAL_RANK=str(ctx.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()),
+    )
     code, message = 0, ""
     try:
         if not Path(config["marker"]).is_file():
-            raise UserError(f"output.dir {Path(config['marker']).parent} is not visible from the Ray worker on "
-                            f"{os.uname().nodename}: put output.dir on storage every node mounts at the same path")
+            raise UserError(
+                f"output.dir {Path(config['marker']).parent} is not visible from the Ray worker on "
+                f"{os.uname().nodename}: put output.dir on storage every node mounts at the same path"
+            )
         cfg = Config.model_validate(config["cfg"])
         boot.ml_stack(cfg.model.backend)  # Unsloth before transformers, in this worker process too
         # in the worker process, after Unsloth is imported first

@@ -35,12 +35,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--prediction-column", default="prediction", help="default: prediction")
     ap.add_argument("--reference-column", default="reference", help="default: reference")
     ap.add_argument("--id-column", default="id", help="matches rows with --base when both files have it (default id)")
-    ap.add_argument("--document-column", help="the documents, for the statistics of each summary against its "
-                                              "document (default: 'document' when the file has it)")
-    ap.add_argument("--tokenizer", default="auto", choices=["auto", "default", "unicode", "chars"],
-                    help="ROUGE tokens (as eval.rouge_tokenizer; default auto: rouge-score's for ASCII references)")
-    ap.add_argument("--lsum-split", default="regex", choices=["regex", "punkt", "newline"],
-                    help="ROUGE-Lsum sentence split (as eval.rouge_lsum_split; default regex)")
+    ap.add_argument(
+        "--document-column",
+        help="the documents, for the statistics of each summary against its "
+        "document (default: 'document' when the file has it)",
+    )
+    ap.add_argument(
+        "--tokenizer",
+        default="auto",
+        choices=["auto", "default", "unicode", "chars"],
+        help="ROUGE tokens (as eval.rouge_tokenizer; default auto: rouge-score's for ASCII references)",
+    )
+    ap.add_argument(
+        "--lsum-split",
+        default="regex",
+        choices=["regex", "punkt", "newline"],
+        help="ROUGE-Lsum sentence split (as eval.rouge_lsum_split; default regex)",
+    )
     ap.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the intervals (default 1000)")
     ap.add_argument("--seed", type=int, default=1234, help="bootstrap seed (default 1234)")
     ap.add_argument("--output", help="write the scores and the protocol to this JSON file")
@@ -68,8 +79,10 @@ def read_predictions(path: str, args, base: bool = False) -> list[dict]:
         for col in (pc, rc):
             if col not in row:
                 cols = ", ".join(map(str, row)) or "none"
-                raise DataError(f"{path} row {i}: no column '{col}' (columns: {cols}); name the right one with "
-                                f"--{'prediction' if col == pc else 'reference'}-column")
+                raise DataError(
+                    f"{path} row {i}: no column '{col}' (columns: {cols}); name the right one with "
+                    f"--{'prediction' if col == pc else 'reference'}-column"
+                )
         pred, ref = row[pc], row[rc]
         pred = "" if pred is None else pred
         if not isinstance(pred, str) or not isinstance(ref, str):
@@ -82,11 +95,20 @@ def read_predictions(path: str, args, base: bool = False) -> list[dict]:
             doc = row.get(dc)
             if not isinstance(doc, str):
                 what = f"no column '{dc}'" if dc not in row else f"column '{dc}' is {type(doc).__name__}, not text"
-                raise DataError(f"{path} row {i}: {what}; every row needs its document for the statistics against "
-                                f"it (name the column with --document-column)")
+                raise DataError(
+                    f"{path} row {i}: {what}; every row needs its document for the statistics against "
+                    f"it (name the column with --document-column)"
+                )
         hit = row.get("hit_max_new_tokens")
-        out.append({"id": row.get(ic), "reference": ref, "prediction": pred, "document": doc,
-                    "hit_max_new_tokens": hit if isinstance(hit, bool) else None})
+        out.append(
+            {
+                "id": row.get(ic),
+                "reference": ref,
+                "prediction": pred,
+                "document": doc,
+                "hit_max_new_tokens": hit if isinstance(hit, bool) else None,
+            }
+        )
     return out
 
 
@@ -95,18 +117,24 @@ def pair_with_base(rows: list[dict], base_rows: list[dict], path: str, base_path
         by_id = {str(r["id"]): r for r in base_rows}
         missing = [str(r["id"]) for r in rows if str(r["id"]) not in by_id]
         if missing or len(by_id) != len(rows):
-            raise DataError(f"--base {base_path}: its ids are not those of {path} (for example "
-                            f"{(missing or ['(extra rows)'])[0]!r}); both files must hold the same examples")
+            raise DataError(
+                f"--base {base_path}: its ids are not those of {path} (for example "
+                f"{(missing or ['(extra rows)'])[0]!r}); both files must hold the same examples"
+            )
         paired = [by_id[str(r["id"])] for r in rows]
     elif len(base_rows) != len(rows):
-        raise DataError(f"--base {base_path}: {len(base_rows)} rows but {path} has {len(rows)}, and without an id "
-                        f"column in both files rows are matched by position")
+        raise DataError(
+            f"--base {base_path}: {len(base_rows)} rows but {path} has {len(rows)}, and without an id "
+            f"column in both files rows are matched by position"
+        )
     else:
         paired = base_rows
     for i, (a, b) in enumerate(zip(rows, paired), 1):
         if a["reference"].strip() != b["reference"].strip():
-            raise DataError(f"--base {base_path}: the reference of row {i} (id {a['id']!r}) differs from {path}'s; "
-                            f"paired differences need the same examples")
+            raise DataError(
+                f"--base {base_path}: the reference of row {i} (id {a['id']!r}) differs from {path}'s; "
+                f"paired differences need the same examples"
+            )
     return paired
 
 
@@ -116,15 +144,24 @@ def summary_statistics(rows: list[dict], tokenizer: str, documents: list = None)
     # after the arguments are checked: the scorers load only for a valid command
     from ..evaluation import diagnostics
 
-    docs = [r["document"] if r["document"] is not None else (documents[i] if documents else None)
-            for i, r in enumerate(rows)]
-    return diagnostics.corpus([r["prediction"] for r in rows], docs, [r["reference"] for r in rows],
-                              [r["hit_max_new_tokens"] for r in rows], tokenizer)
+    docs = [
+        r["document"] if r["document"] is not None else (documents[i] if documents else None)
+        for i, r in enumerate(rows)
+    ]
+    return diagnostics.corpus(
+        [r["prediction"] for r in rows],
+        docs,
+        [r["reference"] for r in rows],
+        [r["hit_max_new_tokens"] for r in rows],
+        tokenizer,
+    )
 
 
 def _fmt(block: dict, keys) -> str:
-    return "  ".join(f"{k} {100 * block[k]['f1']:.2f} [{100 * block[k]['ci95'][0]:.2f}, "
-                     f"{100 * block[k]['ci95'][1]:.2f}]" for k in keys)
+    return "  ".join(
+        f"{k} {100 * block[k]['f1']:.2f} [{100 * block[k]['ci95'][0]:.2f}, {100 * block[k]['ci95'][1]:.2f}]"
+        for k in keys
+    )
 
 
 def run(args, _cfg) -> int:
@@ -168,40 +205,68 @@ def run(args, _cfg) -> int:
     for name, p in per.items():
         results[name]["diagnostics"] = diagnostics_block(p, args.bootstrap_samples, args.seed)
     if args.base:
-        results["diagnostics_file_minus_base"] = paired_diagnostics(per["model"], per["base"], args.bootstrap_samples,
-                                                                    args.seed)
+        results["diagnostics_file_minus_base"] = paired_diagnostics(
+            per["model"], per["base"], args.bootstrap_samples, args.seed
+        )
     has_documents = all(r["document"] is not None for r in rows)
     if has_documents:
         refs_per = diagnostics.corpus(refs, [r["document"] for r in rows], tokenizer=protocol.tokenizer)
         results["references"] = {"diagnostics": diagnostics_block(refs_per, args.bootstrap_samples, args.seed)}
-    proto = {**protocol.describe(), "examples": len(rows), "diagnostics": diagnostics.protocol(protocol.tokenizer),
-             "reference": f"the '{args.reference_column}' column (one reference per example)",
-             "bootstrap": {"resamples": args.bootstrap_samples, "seed": args.seed,
-                           "interval": "95% percentile interval of the mean over resampled examples",
-                           **({"paired": "file, base and their difference use the same resampled examples"}
-                              if args.base else {})}}
-    print(f"\n== llm_summarizer: ROUGE of {args.file}, {len(rows)} examples, F1 x 100 [95% CI], "
-          f"tokenizer {protocol.tokenizer}, Lsum split {protocol.lsum_split}")
+    proto = {
+        **protocol.describe(),
+        "examples": len(rows),
+        "diagnostics": diagnostics.protocol(protocol.tokenizer),
+        "reference": f"the '{args.reference_column}' column (one reference per example)",
+        "bootstrap": {
+            "resamples": args.bootstrap_samples,
+            "seed": args.seed,
+            "interval": "95% percentile interval of the mean over resampled examples",
+            **({"paired": "file, base and their difference use the same resampled examples"} if args.base else {}),
+        },
+    }
+    print(
+        f"\n== llm_summarizer: ROUGE of {args.file}, {len(rows)} examples, F1 x 100 [95% CI], "
+        f"tokenizer {protocol.tokenizer}, Lsum split {protocol.lsum_split}"
+    )
     print(f"   file:        {_fmt(results['model'], ROUGE_KEYS)}")
     if args.base:
         d = results["file_minus_base"]
         print(f"   base:        {_fmt(results['base'], ROUGE_KEYS)}")
-        print("   file - base: " + "  ".join(f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, "
-                                            f"{100 * d[k]['ci95'][1]:+.2f}]" for k in ROUGE_KEYS))
+        print(
+            "   file - base: "
+            + "  ".join(
+                f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
+                for k in ROUGE_KEYS
+            )
+        )
     lw = results["model"]["lengths_words"]
-    print(f"   words per summary: {lw['prediction'].get('mean')} (references {lw['reference'].get('mean')})"
-          + (f"; empty predictions: {results['model']['empty_predictions']}"
-             if results["model"]["empty_predictions"] else ""))
-    print("   each summary against its document (mean per summary"
-          + ("; file - base: paired bootstrap 95% interval):" if args.base else "):"))
-    for line in diagnostics.lines({"references": block_means((results.get("references") or {}).get("diagnostics")),
-                                   "file": block_means(results["model"]["diagnostics"]),
-                                   "base": block_means((results.get("base") or {}).get("diagnostics"))},
-                                  results.get("diagnostics_file_minus_base"), "file - base"):
+    print(
+        f"   words per summary: {lw['prediction'].get('mean')} (references {lw['reference'].get('mean')})"
+        + (
+            f"; empty predictions: {results['model']['empty_predictions']}"
+            if results["model"]["empty_predictions"]
+            else ""
+        )
+    )
+    print(
+        "   each summary against its document (mean per summary"
+        + ("; file - base: paired bootstrap 95% interval):" if args.base else "):")
+    )
+    for line in diagnostics.lines(
+        {
+            "references": block_means((results.get("references") or {}).get("diagnostics")),
+            "file": block_means(results["model"]["diagnostics"]),
+            "base": block_means((results.get("base") or {}).get("diagnostics")),
+        },
+        results.get("diagnostics_file_minus_base"),
+        "file - base",
+    ):
         print(line)
     if not has_documents:
-        print("   (no document column: the statistics against the document are left out; name the column with "
-              "--document-column)")
+        print(
+            "   (no document column: the statistics against the document are left out; name the column with "
+            "--document-column)"
+        )
     if args.output:
         write_json(Path(args.output), {"file": args.file, "base": args.base, "results": results, "protocol": proto})
         print(f"   wrote: {args.output}")

@@ -31,13 +31,20 @@ PROG = "llm-summarizer serve"
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__)
     ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
-    ap.add_argument("--compare-base", action="store_true",
-                    help="also show the base model's summary (an adapter: the same weights with it switched off)")
+    ap.add_argument(
+        "--compare-base",
+        action="store_true",
+        help="also show the base model's summary (an adapter: the same weights with it switched off)",
+    )
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     ap.add_argument("--max-chars", type=int, default=100_000, help="longest document accepted (default 100000)")
-    ap.add_argument("--max-queue", type=int, default=64,
-                    help="requests that may wait while one generates (default 64); more get 503 with Retry-After")
+    ap.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="requests that may wait while one generates (default 64); more get 503 with Retry-After",
+    )
     ap.add_argument("--backend", choices=["unsloth", "transformers"], help="default: the backend of the model's config")
     ap.add_argument("--base", help="base model of an adapter, when it moved")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.max_new_tokens=120 eval.num_beams=4")
@@ -66,17 +73,25 @@ def _serve(args) -> int:
 
     loaded = load_for_generation(args.model, args.backend, args.base, args.overrides)
     if args.compare_base and loaded.info.kind != "adapter":
-        raise UserError(f"--compare-base: {args.model} is a merged model; serve its adapter directory to compare "
-                        f"with the base (the same weights with the adapter switched off)")
+        raise UserError(
+            f"--compare-base: {args.model} is a merged model; serve its adapter directory to compare "
+            f"with the base (the same weights with the adapter switched off)"
+        )
     try:
-        served = make_server(Summarizer(loaded, args.compare_base, args.max_chars), args.host, args.port,
-                             args.max_queue)
+        served = make_server(
+            Summarizer(loaded, args.compare_base, args.max_chars), args.host, args.port, args.max_queue
+        )
     except OSError as e:
-        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "
-                        f"choose another --port (0 picks a free one)") from None
+        raise UserError(
+            f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); "
+            f"choose another --port (0 picks a free one)"
+        ) from None
     host, port = served.address
-    print(f"serving {loaded.info.path.name} on http://{host}:{port}/  (POST /summarize, POST /v1/chat/completions; "
-          f"Ctrl-C to stop)", flush=True)
+    print(
+        f"serving {loaded.info.path.name} on http://{host}:{port}/  (POST /summarize, POST /v1/chat/completions; "
+        f"Ctrl-C to stop)",
+        flush=True,
+    )
     try:
         served.run()  # on Ctrl-C: stops taking requests, finishes the one generating, then returns or raises
     except KeyboardInterrupt:

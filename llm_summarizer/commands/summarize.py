@@ -50,9 +50,17 @@ def _warn_truncated(loaded, items: list, gens, max_new_tokens: int, shown: list)
             continue
         if len(shown) < 5:
             n = len(loaded.tokenizer(it.text, add_special_tokens=False)["input_ids"])
-            log.warning("%s: %d tokens, cut to %d (data.truncation=%s: model.max_seq_length=%d minus %d prompt "
-                        "tokens and max_new_tokens=%d, the rule used in training)", it.name, n, max(1, budget),
-                        cfg.data.truncation, cfg.model.max_seq_length, f.template_tokens, max_new_tokens)
+            log.warning(
+                "%s: %d tokens, cut to %d (data.truncation=%s: model.max_seq_length=%d minus %d prompt "
+                "tokens and max_new_tokens=%d, the rule used in training)",
+                it.name,
+                n,
+                max(1, budget),
+                cfg.data.truncation,
+                cfg.model.max_seq_length,
+                f.template_tokens,
+                max_new_tokens,
+            )
         shown.append(it.name)
 
 
@@ -83,8 +91,10 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     if args.output:
         from ..paths import Place, check_places  # no ML imports: checked before the model loads
 
-        check_places([Place("--output", Path(args.output), "file")],
-                     [("--model", args.model), *((f"input {i}", i) for i in inputs)])
+        check_places(
+            [Place("--output", Path(args.output), "file")],
+            [("--model", args.model), *((f"input {i}", i) for i in inputs)],
+        )
     if args.max_new_tokens:
         overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
@@ -109,16 +119,23 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
         # 3. Generate in groups of documents, writing as they finish.
         shown_progress = _Progress(bar)
         for start in range(0, len(items), group):
-            part = items[start: start + group]
-            gens = summarize_texts(loaded, [it.text for it in part], max_new, names=[it.name for it in part],
-                                   progress=shown_progress)
+            part = items[start : start + group]
+            gens = summarize_texts(
+                loaded, [it.text for it in part], max_new, names=[it.name for it in part], progress=shown_progress
+            )
             _warn_truncated(loaded, part, gens, max_new, shown)
             for it, g in zip(part, gens):
                 if g.tree is not None:
                     log.info("%s: %s", it.name, g.tree["how"])
                 if fmt == "jsonl":
-                    row = {"source": it.source, **({"id": it.id} if it.id is not None else {}), "summary": g.text,
-                           "method": g.method, "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max}
+                    row = {
+                        "source": it.source,
+                        **({"id": it.id} if it.id is not None else {}),
+                        "summary": g.text,
+                        "method": g.method,
+                        "truncated_input": g.truncated_input,
+                        "hit_max_new_tokens": g.hit_max,
+                    }
                     if g.tree is not None:
                         row["chunks"] = g.tree
                     sink.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -145,8 +162,12 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__)
     ap.add_argument("--model", required=True, help="saved model directory (LoRA adapter or merged model)")
-    ap.add_argument("items", nargs="*", metavar="INPUT or key=value",
-                    help="files, directories, '-' for standard input (the default); and config overrides")
+    ap.add_argument(
+        "items",
+        nargs="*",
+        metavar="INPUT or key=value",
+        help="files, directories, '-' for standard input (the default); and config overrides",
+    )
     ap.add_argument("--column", help="document column of JSONL/CSV/TSV/parquet inputs")
     ap.add_argument("--glob", action="append", help="file patterns for directories (default *.txt and *.md)")
     ap.add_argument("--output", help="write here instead of standard output (JSON lines when it ends in .jsonl)")

@@ -24,11 +24,14 @@ PROG = "llm-summarizer train"
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__)
-    ap.add_argument("--config", help="a ready config by name (demo, default, ...; see `llm-summarizer configs`) "
-                                     "or a YAML file")
+    ap.add_argument(
+        "--config", help="a ready config by name (demo, default, ...; see `llm-summarizer configs`) or a YAML file"
+    )
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("--env-file", help="a .env file with WANDB_API_KEY / HF_TOKEN etc. (never logged or saved)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides: train.learning_rate=1e-4 lora.target_modules=[q_proj,v_proj]")
+    ap.add_argument(
+        "overrides", nargs="*", help="dotted overrides: train.learning_rate=1e-4 lora.target_modules=[q_proj,v_proj]"
+    )
     return ap
 
 
@@ -71,5 +74,6 @@ def main(argv=None, prog: str = PROG) -> int:
 
 
 def resume_hint(cfg) -> str:
-    return (f"rerun the same command to resume from the newest complete checkpoint in {cfg.output_dir}/ "
-            f"(train.resume=auto)")
+    return (
+        f"rerun the same command to resume from the newest complete checkpoint in {cfg.output_dir}/ (train.resume=auto)"
+    )

@@ -27,8 +27,12 @@ PROG = "llm-summarizer tune"
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = boot.parser(prog, __doc__)
     ap.add_argument("--config", help="a ready config by name or a YAML file: every trial's base")
-    ap.add_argument("--trials", type=int, required=True, help="finished trials the study should hold (a rerun adds "
-                                                               "only the missing ones)")
+    ap.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="finished trials the study should hold (a rerun adds only the missing ones)",
+    )
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("--env-file", help="a .env file with WANDB_API_KEY / HF_TOKEN etc. (never logged or saved)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides for every trial, and tune.* settings")

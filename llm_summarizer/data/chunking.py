@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 # the kinds of places a window may end, most natural first; a cut is at the returned character position
 _PLACES = (
-    re.compile(r"\n[ \t]*\n\s*"),              # paragraph: after a blank line
-    re.compile(r"\n"),                          # line: after a line break (a turn of a transcript)
+    re.compile(r"\n[ \t]*\n\s*"),  # paragraph: after a blank line
+    re.compile(r"\n"),  # line: after a line break (a turn of a transcript)
     re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*(?=\s)"),  # sentence: before the space after it
-    re.compile(r"(?<=\S)(?=\s)"),               # word: before a space
+    re.compile(r"(?<=\S)(?=\s)"),  # word: before a space
 )
 TOKEN = len(_PLACES)  # the level of a cut after any token
-_OVERLAP_LEVELS = 3  # a window may start again at a paragraph, line or sentence place; a word place only as the last resort
+_OVERLAP_LEVELS = (
+    3  # a window may start again at a paragraph, line or sentence place; a word place only as the last resort
+)
 
 
 @dataclass(frozen=True)

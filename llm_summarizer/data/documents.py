@@ -62,8 +62,9 @@ def _table_items(p: Path, column: Optional[str]) -> list[Item]:
         rid = r.get(id_col) if id_col else None
         items.append(Item(str(p), str(rid) if rid is not None else str(i), v))
     if skipped:
-        log.warning("%s: skipped %d row(s) whose %r is empty or not text (first rows: %s)", p, len(skipped), col,
-                    skipped[:5])
+        log.warning(
+            "%s: skipped %d row(s) whose %r is empty or not text (first rows: %s)", p, len(skipped), col, skipped[:5]
+        )
     return items
 
 
@@ -79,8 +80,10 @@ def collect_items(inputs: list[str], column: Optional[str] = None, globs=DEFAULT
         if name == "-":
             text = stdin.read(MAX_DOCUMENT_BYTES + 1)
             if len(text) > MAX_DOCUMENT_BYTES:
-                raise UserError(f"standard input holds more than {MAX_DOCUMENT_BYTES >> 20} MiB, the most read as one "
-                                f"document; write it to files and pass them")
+                raise UserError(
+                    f"standard input holds more than {MAX_DOCUMENT_BYTES >> 20} MiB, the most read as one "
+                    f"document; write it to files and pass them"
+                )
             if not text.strip():
                 raise UserError("no text on standard input; pass a file or a directory, or pipe text in")
             items.append(Item("stdin", None, text))

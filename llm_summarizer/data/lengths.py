@@ -26,8 +26,11 @@ def percentile(values: list[int], q: float) -> int:
 
 
 def _spread(values: list[int]) -> dict:
-    return {"mean": round(sum(values) / len(values), 1) if values else 0,
-            **{f"p{q}": percentile(values, q) for q in PERCENTILES}, "max": max(values, default=0)}
+    return {
+        "mean": round(sum(values) / len(values), 1) if values else 0,
+        **{f"p{q}": percentile(values, q) for q in PERCENTILES},
+        "max": max(values, default=0),
+    }
 
 
 def length_report(formatter, rows: list[dict], max_new_tokens: Optional[int] = None, chunk_overlap: int = 0) -> dict:
@@ -37,31 +40,47 @@ def length_report(formatter, rows: list[dict], max_new_tokens: Optional[int] = N
     docs = formatter._enc_many([r["document"] for r in rows])
     doc_tokens = [len(d) for d in docs]
     # the completion as training encodes it (Formatter.examples), in one batched call
-    comp = [len(formatter._with_one_eos(c))
-            for c in formatter._enc_many([formatter._summary_text(r["summary"]) for r in rows])]
+    comp = [
+        len(formatter._with_one_eos(c))
+        for c in formatter._enc_many([formatter._summary_text(r["summary"]) for r in rows])
+    ]
     template = formatter.template_tokens
     rooms = [formatter.doc_budget(c) for c in comp]
     over = [(d, room) for d, room in zip(doc_tokens, rooms) if room >= 1 and d > room]
     no_room = sum(1 for room in rooms if room < 1)
     lost = sum(d - room for d, room in over)
     n = len(rows)
-    out = {"rows": n, "max_seq_length": formatter.max_seq_length, "prompt_tokens": template,
-           "document_tokens": _spread(doc_tokens), "summary_tokens": _spread(comp),
-           "over_budget": {"rows": len(over), "share": round(len(over) / n, 4) if n else 0.0,
-                           "tokens_lost": lost,
-                           "share_of_their_tokens": round(lost / sum(d for d, _ in over), 4) if over else 0.0},
-           "summary_too_long": no_room,
-           "policies": {"head": f"keeps the first tokens of {len(over)} document(s); {lost} tokens cut",
-                        "head_tail": f"keeps both ends of {len(over)} document(s); {lost} tokens cut from the middle",
-                        "drop": f"drops {len(over)} row(s) ({100 * len(over) / n if n else 0:.1f}%)"},
-           "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95)}
+    out = {
+        "rows": n,
+        "max_seq_length": formatter.max_seq_length,
+        "prompt_tokens": template,
+        "document_tokens": _spread(doc_tokens),
+        "summary_tokens": _spread(comp),
+        "over_budget": {
+            "rows": len(over),
+            "share": round(len(over) / n, 4) if n else 0.0,
+            "tokens_lost": lost,
+            "share_of_their_tokens": round(lost / sum(d for d, _ in over), 4) if over else 0.0,
+        },
+        "summary_too_long": no_room,
+        "policies": {
+            "head": f"keeps the first tokens of {len(over)} document(s); {lost} tokens cut",
+            "head_tail": f"keeps both ends of {len(over)} document(s); {lost} tokens cut from the middle",
+            "drop": f"drops {len(over)} row(s) ({100 * len(over) / n if n else 0:.1f}%)",
+        },
+        "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95),
+    }
     if no_room:
         out["policies"]["drop"] += f"; all policies drop {no_room} row(s) whose summary alone does not fit"
     if max_new_tokens:
         budget = formatter.doc_budget(max_new_tokens)
         longer = [i for i, d in enumerate(doc_tokens) if d > budget]
-        gen = {"max_new_tokens": max_new_tokens, "document_budget": budget, "over_budget": len(longer),
-               "share": round(len(longer) / n, 4) if n else 0.0}
+        gen = {
+            "max_new_tokens": max_new_tokens,
+            "document_budget": budget,
+            "over_budget": len(longer),
+            "share": round(len(longer) / n, 4) if n else 0.0,
+        }
         if budget >= 1 and longer:
             windows = []
             for i in longer:
@@ -90,12 +109,21 @@ def prepared_report(formatter, dataset, stats) -> dict:
     lost = sum(doc_tokens[i] - rooms[i] for i in cut)
     n = len(status) + sum(stats.dropped.get(k, 0) for k in ("document_too_long", "summary_too_long"))
     over = len(cut) + stats.dropped.get("document_too_long", 0)
-    return {"rows": n, "max_seq_length": formatter.max_seq_length, "prompt_tokens": template,
-            "document_tokens": _spread(doc_tokens), "summary_tokens": _spread(comp),
-            "over_budget": {"rows": over, "share": round(over / n, 4) if n else 0.0, "tokens_lost": lost,
-                            "share_of_their_tokens": round(lost / sum(doc_tokens[i] for i in cut), 4) if cut else 0.0},
-            "summary_too_long": stats.dropped.get("summary_too_long", 0),
-            "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95)}
+    return {
+        "rows": n,
+        "max_seq_length": formatter.max_seq_length,
+        "prompt_tokens": template,
+        "document_tokens": _spread(doc_tokens),
+        "summary_tokens": _spread(comp),
+        "over_budget": {
+            "rows": over,
+            "share": round(over / n, 4) if n else 0.0,
+            "tokens_lost": lost,
+            "share_of_their_tokens": round(lost / sum(doc_tokens[i] for i in cut), 4) if cut else 0.0,
+        },
+        "summary_too_long": stats.dropped.get("summary_too_long", 0),
+        "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95),
+    }
 
 
 def _starts(formatter, text: str, n: int) -> list[int]:
@@ -107,19 +135,23 @@ def length_lines(role: str, r: dict) -> list[str]:
     """The report for people (`llm-summarizer data`)."""
     d, s, o = r["document_tokens"], r["summary_tokens"], r["over_budget"]
     pct = ", ".join(f"p{q} {d[f'p{q}']}" for q in PERCENTILES)
-    lines = [f"== {role}: token lengths against the budget (model.max_seq_length {r['max_seq_length']}, the prompt "
-             f"{r['prompt_tokens']} tokens)",
-             f"   documents: mean {d['mean']}, {pct}, max {d['max']}",
-             f"   summaries (completion incl. end of turn): mean {s['mean']}, p50 {s['p50']}, p95 {s['p95']}, "
-             f"max {s['max']}",
-             f"   over the budget in training: {o['rows']} of {r['rows']} ({100 * o['share']:.1f}%), "
-             f"{o['tokens_lost']} tokens cut ({100 * o['share_of_their_tokens']:.1f}% of theirs)"]
+    lines = [
+        f"== {role}: token lengths against the budget (model.max_seq_length {r['max_seq_length']}, the prompt "
+        f"{r['prompt_tokens']} tokens)",
+        f"   documents: mean {d['mean']}, {pct}, max {d['max']}",
+        f"   summaries (completion incl. end of turn): mean {s['mean']}, p50 {s['p50']}, p95 {s['p95']}, "
+        f"max {s['max']}",
+        f"   over the budget in training: {o['rows']} of {r['rows']} ({100 * o['share']:.1f}%), "
+        f"{o['tokens_lost']} tokens cut ({100 * o['share_of_their_tokens']:.1f}% of theirs)",
+    ]
     lines += [f"     data.truncation={k}: {v}" for k, v in r["policies"].items()]
     lines.append(f"   model.max_seq_length={r['fit_95']} would fit 95% of the examples whole")
     g = r.get("generation")
     if g:
-        line = (f"   at generation (max_new_tokens {g['max_new_tokens']}, {g['document_budget']} document tokens): "
-                f"{g['over_budget']} document(s) over ({100 * g['share']:.1f}%)")
+        line = (
+            f"   at generation (max_new_tokens {g['max_new_tokens']}, {g['document_budget']} document tokens): "
+            f"{g['over_budget']} document(s) over ({100 * g['share']:.1f}%)"
+        )
         if "chunk_windows" in g:
             w = g["chunk_windows"]
             line += f"; eval.long_documents=chunk reads them in {w['mean']} windows on average (max {w['max']})"
@@ -130,7 +162,9 @@ def length_lines(role: str, r: dict) -> list[str]:
 def length_line(role: str, r: dict) -> str:
     """The same in one line (training's log)."""
     d, o = r["document_tokens"], r["over_budget"]
-    return (f"data.{role} lengths: documents p50 {d['p50']} / p95 {d['p95']} / max {d['max']} tokens, summaries p95 "
-            f"{r['summary_tokens']['p95']}; {o['rows']} of {r['rows']} ({100 * o['share']:.1f}%) over "
-            f"model.max_seq_length={r['max_seq_length']}, {o['tokens_lost']} tokens cut "
-            f"({100 * o['share_of_their_tokens']:.1f}% of theirs); max_seq_length {r['fit_95']} would fit 95% whole")
+    return (
+        f"data.{role} lengths: documents p50 {d['p50']} / p95 {d['p95']} / max {d['max']} tokens, summaries p95 "
+        f"{r['summary_tokens']['p95']}; {o['rows']} of {r['rows']} ({100 * o['share']:.1f}%) over "
+        f"model.max_seq_length={r['max_seq_length']}, {o['tokens_lost']} tokens cut "
+        f"({100 * o['share_of_their_tokens']:.1f}% of theirs); max_seq_length {r['fit_95']} would fit 95% whole"
+    )

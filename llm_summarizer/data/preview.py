@@ -23,7 +23,9 @@ def _histogram(values: list[int], bins: int = 8, width: int = 30) -> list[str]:
     lines = []
     for b in range(0, (hi - lo) // step + 1):
         c = counts.get(b, 0)
-        lines.append(f"    {lo + b * step:>6}-{lo + (b + 1) * step - 1:<6} {'#' * max(1 if c else 0, round(c / top * width)):<{width}} {c}")
+        lines.append(
+            f"    {lo + b * step:>6}-{lo + (b + 1) * step - 1:<6} {'#' * max(1 if c else 0, round(c / top * width)):<{width}} {c}"
+        )
     return lines
 
 
@@ -50,9 +52,13 @@ def preview_text(prepared: PreparedData, tokenizer, n_examples: int = 1) -> str:
         lines.append(f"== {role}: {s['rows']} rows (read {s['rows_read']}) from {s['source']}")
         if s["dropped"]:
             for reason, n in s["dropped"].items():
-                lines.append(f"   dropped {n} row(s): {reason.replace('_', ' ')} (first rows: {s['dropped_first_rows'].get(reason)})")
-        lines.append(f"   truncated documents: {s['truncated']} (policy {prepared.formatter.data.truncation}, "
-                     f"max_seq_length {prepared.formatter.max_seq_length})")
+                lines.append(
+                    f"   dropped {n} row(s): {reason.replace('_', ' ')} (first rows: {s['dropped_first_rows'].get(reason)})"
+                )
+        lines.append(
+            f"   truncated documents: {s['truncated']} (policy {prepared.formatter.data.truncation}, "
+            f"max_seq_length {prepared.formatter.max_seq_length})"
+        )
         for name, key in (("prompt tokens", "prompt_tokens"), ("summary tokens (incl. EOS)", "summary_tokens")):
             if s[key]:
                 lines.append(f"   {name}: " + ", ".join(f"{k} {v}" for k, v in s[key].items()))
@@ -68,8 +74,9 @@ def preview_text(prepared: PreparedData, tokenizer, n_examples: int = 1) -> str:
     return "\n".join(lines)
 
 
-def write_processed(prepared: PreparedData, out_dir: Path, reference_stats: Optional[dict] = None,
-                    lengths: Optional[dict] = None) -> list[Path]:
+def write_processed(
+    prepared: PreparedData, out_dir: Path, reference_stats: Optional[dict] = None, lengths: Optional[dict] = None
+) -> list[Path]:
     """The processed splits as JSONL and data_stats.json (with `reference_stats`, the references' statistics
     against their documents by split, and `lengths`, data.lengths' report by split, when given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +85,13 @@ def write_processed(prepared: PreparedData, out_dir: Path, reference_stats: Opti
         p = out_dir / f"{role}.jsonl"
         with open(p, "w", encoding="utf-8") as f:
             for ex in ds:
-                f.write(json.dumps({k: ex[k] for k in ("id", "document", "summary", "input_ids", "completion_mask")},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {k: ex[k] for k in ("id", "document", "summary", "input_ids", "completion_mask")},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         written.append(p)
     stats = prepared.report()
     if reference_stats:

@@ -45,8 +45,9 @@ class Formatter:
 
     def _prompt_text(self, document: str) -> str:
         if self.use_chat:
-            return self.tok.apply_chat_template([{"role": "user", "content": self.user_text(document)}],
-                                                tokenize=False, add_generation_prompt=True)
+            return self.tok.apply_chat_template(
+                [{"role": "user", "content": self.user_text(document)}], tokenize=False, add_generation_prompt=True
+            )
         return self.user_text(document) + self.data.plain_response_prefix
 
     def _completion_text(self, summary: str) -> str:
@@ -56,9 +57,11 @@ class Formatter:
         prompt = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         full = self.tok.apply_chat_template(msgs + [{"role": "assistant", "content": summary}], tokenize=False)
         if not full.startswith(prompt):
-            raise UserError("the chat template renders the prompt differently with and without the answer; "
-                            "set data.template to a named template (e.g. chatml) or 'plain'")
-        return full[len(prompt):]
+            raise UserError(
+                "the chat template renders the prompt differently with and without the answer; "
+                "set data.template to a named template (e.g. chatml) or 'plain'"
+            )
+        return full[len(prompt) :]
 
     def _end_of_turn_ids(self) -> list[int]:
         ids = []
@@ -82,9 +85,13 @@ class Formatter:
         if not texts:
             return []
         backend = getattr(self.tok, "backend_tokenizer", None) if getattr(self.tok, "is_fast", False) else None
-        if backend is not None and backend.truncation is None and backend.padding is None and \
-                bool(getattr(backend, "encode_special_tokens", False)) == bool(getattr(self.tok, "split_special_tokens",
-                                                                                       False)):  # the Rust tokenizer itself: the same ids without building attention masks etc.
+        if (
+            backend is not None
+            and backend.truncation is None
+            and backend.padding is None
+            and bool(getattr(backend, "encode_special_tokens", False))
+            == bool(getattr(self.tok, "split_special_tokens", False))
+        ):  # the Rust tokenizer itself: the same ids without building attention masks etc.
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
         return [list(ids) for ids in self.tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
 
@@ -121,7 +128,7 @@ class Formatter:
         if policy == "head_tail" and budget > len(self.ellipsis_ids) + 2:
             keep = budget - len(self.ellipsis_ids)
             head = (keep + 1) // 2
-            return doc_ids[:head] + self.ellipsis_ids + doc_ids[len(doc_ids) - (keep - head):], "truncated"
+            return doc_ids[:head] + self.ellipsis_ids + doc_ids[len(doc_ids) - (keep - head) :], "truncated"
         return doc_ids[:budget], "truncated"
 
     def prompt_ids(self, document: str, n_completion: int = 0) -> tuple[Optional[list[int]], str]:
@@ -146,8 +153,16 @@ class Formatter:
                 out.append((None, status))
                 continue
             prompt = self.pre_ids + fitted + self.post_ids
-            out.append(({"input_ids": prompt + comp, "completion_mask": [0] * len(prompt) + [1] * len(comp),
-                         "prompt_len": len(prompt)}, status))
+            out.append(
+                (
+                    {
+                        "input_ids": prompt + comp,
+                        "completion_mask": [0] * len(prompt) + [1] * len(comp),
+                        "prompt_len": len(prompt),
+                    },
+                    status,
+                )
+            )
         return out
 
     def generation_prompt(self, document: str, max_new_tokens: int) -> tuple[list[int], bool]:
@@ -163,7 +178,20 @@ class Formatter:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([self.pre_ids, self.post_ids, self.c_pre, self.c_post, self.stop_ids,
-                             self.max_seq_length, self.data.truncation, self.eos_id], sort_keys=True).encode())
+        h.update(
+            json.dumps(
+                [
+                    self.pre_ids,
+                    self.post_ids,
+                    self.c_pre,
+                    self.c_post,
+                    self.stop_ids,
+                    self.max_seq_length,
+                    self.data.truncation,
+                    self.eos_id,
+                ],
+                sort_keys=True,
+            ).encode()
+        )
         h.update(json.dumps(sorted(self.tok.get_vocab().items())[:50000:97]).encode())
         return h.hexdigest()[:16]

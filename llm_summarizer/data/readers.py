@@ -32,9 +32,19 @@ SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 # (document column, summary column) pairs found automatically, in order of preference.
 COLUMN_PAIRS = [
-    ("document", "summary"), ("article", "highlights"), ("dialogue", "summary"), ("text", "summary"),
-    ("article", "summary"), ("source", "summary"), ("abstract", "tldr"), ("transcript", "summary"),
-    ("content", "summary"), ("input", "output"), ("source", "target"), ("src", "tgt"), ("text", "target"),
+    ("document", "summary"),
+    ("article", "highlights"),
+    ("dialogue", "summary"),
+    ("text", "summary"),
+    ("article", "summary"),
+    ("source", "summary"),
+    ("abstract", "tldr"),
+    ("transcript", "summary"),
+    ("content", "summary"),
+    ("input", "output"),
+    ("source", "target"),
+    ("src", "tgt"),
+    ("text", "target"),
 ]
 
 
@@ -53,7 +63,9 @@ def _files_of(path: Path) -> list[Path]:
             raise DataError(f"data directory {path} holds no {', '.join(SUPPORTED_SUFFIXES)} files")
         return files
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise DataError(f"data file {path}: unsupported format '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+        raise DataError(
+            f"data file {path}: unsupported format '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
     return [path]
 
 
@@ -71,8 +83,7 @@ def read_bounded(path: Path, limit: int, what: str, error=DataError) -> bytes:
                 raise error(f"{what} {path} looks binary (NUL bytes), not text")
             rest = f.read(max(0, limit - len(head)) + 1)
     except OSError as e:
-        raise error(f"{what} {path} cannot be read ({e.strerror or type(e).__name__}); check its permissions") \
-            from None
+        raise error(f"{what} {path} cannot be read ({e.strerror or type(e).__name__}); check its permissions") from None
     if len(head) + len(rest) > limit:
         size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
         raise error(f"{what} {path} is larger than {size}, the most read at once; split it into smaller files")
@@ -87,8 +98,9 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"data file {path}, line {line}: not valid UTF-8 (byte offset {e.start}); "
-                        f"re-save the file as UTF-8") from None
+        raise DataError(
+            f"data file {path}, line {line}: not valid UTF-8 (byte offset {e.start}); re-save the file as UTF-8"
+        ) from None
 
 
 def _json(text: str, path: Path, line: int):
@@ -96,8 +108,10 @@ def _json(text: str, path: Path, line: int):
     try:
         return json.loads(text)
     except RecursionError:
-        raise DataError(f"data file {path}, line {line}: JSON nested too deeply to read (thousands of levels); an "
-                        f"example is a flat object of text fields") from None
+        raise DataError(
+            f"data file {path}, line {line}: JSON nested too deeply to read (thousands of levels); an "
+            f"example is a flat object of text fields"
+        ) from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -114,7 +128,9 @@ def _read_jsonl(path: Path) -> list[dict]:
             hint = " (the last line looks cut off: was the file fully written?)" if i == last else ""
             raise DataError(f"data file {path}, line {i + 1}: invalid JSON: {e.msg}{hint}") from None
         if not isinstance(obj, dict):
-            raise DataError(f"data file {path}, line {i + 1}: expected a JSON object per line, got {type(obj).__name__}")
+            raise DataError(
+                f"data file {path}, line {i + 1}: expected a JSON object per line, got {type(obj).__name__}"
+            )
         rows.append(obj)
     return rows
 
@@ -150,8 +166,10 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict]:
     try:
         for row in reader:
             if None in row:
-                raise DataError(f"data file {path}, line {reader.line_num}: more fields than the header has "
-                                f"({len(reader.fieldnames or [])}); check quoting")
+                raise DataError(
+                    f"data file {path}, line {reader.line_num}: more fields than the header has "
+                    f"({len(reader.fieldnames or [])}); check quoting"
+                )
             rows.append(row)
     except csv.Error as e:
         raise DataError(f"data file {path}, line {reader.line_num}: {e}") from None
@@ -221,8 +239,10 @@ def pick_columns(columns: list[str], data: DataSection, where: str) -> tuple[str
     doc, summ = data.document_column, data.summary_column
     missing = [c for c in (doc, summ, data.id_column) if c is not None and c not in cols]
     if missing:
-        raise DataError(f"{where}: column(s) {', '.join(repr(m) for m in missing)} not found; the file has "
-                        f"columns: {', '.join(columns) or '(none)'}. Set data.document_column / data.summary_column.")
+        raise DataError(
+            f"{where}: column(s) {', '.join(repr(m) for m in missing)} not found; the file has "
+            f"columns: {', '.join(columns) or '(none)'}. Set data.document_column / data.summary_column."
+        )
     if doc is None or summ is None:
         for d, s in COLUMN_PAIRS:
             if (doc or d) == d and (summ or s) == s and d in cols and s in cols:
@@ -231,7 +251,8 @@ def pick_columns(columns: list[str], data: DataSection, where: str) -> tuple[str
         else:
             raise DataError(
                 f"{where}: could not find the document and summary columns among: {', '.join(columns) or '(none)'}. "
-                f"Set data.document_column and data.summary_column.")
+                f"Set data.document_column and data.summary_column."
+            )
     id_col = data.id_column or next((c for c in ID_COLUMNS if c in cols), None)
     return doc, summ, id_col
 
@@ -255,14 +276,27 @@ def read_source(spec: SourceSpec, role: str, data: DataSection) -> RawSplit:
         doc, summ, id_col = pick_columns(columns, data, f"data file {f}")
         if chosen is None:
             chosen = (doc, summ, id_col)
-            log.info("data.%s: %s: document column '%s', summary column '%s'%s", role, source, doc, summ,
-                     f", id column '{id_col}'" if id_col else "")
+            log.info(
+                "data.%s: %s: document column '%s', summary column '%s'%s",
+                role,
+                source,
+                doc,
+                summ,
+                f", id column '{id_col}'" if id_col else "",
+            )
         for r in rows:
             if spec.limit and index >= spec.limit:
                 break
             rid = r.get(id_col) if id_col else None
-            split.rows.append({"id": str(rid) if rid is not None else f"{role}-{index}",
-                               "document": r.get(doc), "summary": r.get(summ), "_file": str(f), "_row": index})
+            split.rows.append(
+                {
+                    "id": str(rid) if rid is not None else f"{role}-{index}",
+                    "document": r.get(doc),
+                    "summary": r.get(summ),
+                    "_file": str(f),
+                    "_row": index,
+                }
+            )
             index += 1
     split.columns = chosen or ()
     split.read = len(split.rows)

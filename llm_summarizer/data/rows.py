@@ -33,8 +33,15 @@ def raw_from_rows(rows, role: str, data: DataSection, source: str = "in-memory")
     split = RawSplit(role=role, source=source, rows=[], columns=(doc, summ, id_col))
     for i, r in enumerate(rows):
         rid = r.get(id_col) if id_col else None
-        split.rows.append({"id": str(rid) if rid is not None else f"{role}-{i}", "document": r.get(doc),
-                           "summary": r.get(summ), "_file": source, "_row": i})
+        split.rows.append(
+            {
+                "id": str(rid) if rid is not None else f"{role}-{i}",
+                "document": r.get(doc),
+                "summary": r.get(summ),
+                "_file": source,
+                "_row": i,
+            }
+        )
     split.read = len(split.rows)
     return validate_rows(split, data.on_bad_rows)
 
@@ -75,13 +82,21 @@ def validate_rows(split: RawSplit, on_bad_rows: str) -> RawSplit:
         for reason, rows in bad.items():
             where = ", ".join(f"{Path(x['_file']).name} row {x['_row']}" for x in rows[:MAX_SHOWN_ROWS])
             parts.append(f"{len(rows)} row(s) {reason.replace('_', ' ')} (first: {where})")
-        raise DataError(f"data.{split.role} ({split.source}): bad rows: " + "; ".join(parts)
-                        + ". Fix them, or set data.on_bad_rows=drop to skip them.")
+        raise DataError(
+            f"data.{split.role} ({split.source}): bad rows: "
+            + "; ".join(parts)
+            + ". Fix them, or set data.on_bad_rows=drop to skip them."
+        )
     for reason, rows in bad.items():
         split.dropped[reason] += len(rows)
         split.dropped_examples[reason] = [x["_row"] for x in rows[:MAX_SHOWN_ROWS]]
-        log.warning("data.%s: dropped %d row(s): %s (first rows: %s)", split.role, len(rows),
-                    reason.replace("_", " "), split.dropped_examples[reason])
+        log.warning(
+            "data.%s: dropped %d row(s): %s (first rows: %s)",
+            split.role,
+            len(rows),
+            reason.replace("_", " "),
+            split.dropped_examples[reason],
+        )
     split.rows = kept
     return split
 
@@ -95,8 +110,9 @@ def _size(n_total: int, size) -> int:
 def load_raw_splits(cfg: Config) -> dict[str, RawSplit]:
     d = cfg.data
     if d.train is None:
-        raise DataError("data.train is not set: give a file, directory or hub dataset, "
-                        "e.g. data.train=data/demo/train.jsonl")
+        raise DataError(
+            "data.train is not set: give a file, directory or hub dataset, e.g. data.train=data/demo/train.jsonl"
+        )
     splits = {"train": validate_rows(read_source(d.train, "train", d), d.on_bad_rows)}
     for role in ("validation", "test"):
         spec = getattr(d, role)
@@ -113,14 +129,23 @@ def load_raw_splits(cfg: Config) -> dict[str, RawSplit]:
         taken = 0
         for role, size in carve:
             n = _size(len(train.rows), size)
-            idx = order[taken: taken + n]
+            idx = order[taken : taken + n]
             taken += n
-            splits[role] = RawSplit(role=role, source=f"{train.source} (held out: {n} rows, split_seed {d.split_seed})",
-                                    rows=[train.rows[i] for i in sorted(idx)], read=n, columns=train.columns)
+            splits[role] = RawSplit(
+                role=role,
+                source=f"{train.source} (held out: {n} rows, split_seed {d.split_seed})",
+                rows=[train.rows[i] for i in sorted(idx)],
+                read=n,
+                columns=train.columns,
+            )
         keep = sorted(order[taken:])
         train.rows = [train.rows[i] for i in keep]
         if len(train.rows) == 0:
-            raise DataError("data.train: no rows left after holding out validation/test; lower data.validation_size / data.test_size")
+            raise DataError(
+                "data.train: no rows left after holding out validation/test; lower data.validation_size / data.test_size"
+            )
     if not splits["train"].rows:
-        raise DataError(f"data.train ({splits['train'].source}): no usable rows (dropped: {dict(splits['train'].dropped)})")
+        raise DataError(
+            f"data.train ({splits['train'].source}): no usable rows (dropped: {dict(splits['train'].dropped)})"
+        )
     return splits

@@ -43,13 +43,24 @@ class SplitStats:
             if not xs:
                 return {}
             s = sorted(xs)
-            return {"min": s[0], "mean": round(sum(s) / len(s), 1), "p50": s[len(s) // 2],
-                    "p95": s[min(len(s) - 1, int(len(s) * 0.95))], "max": s[-1]}
+            return {
+                "min": s[0],
+                "mean": round(sum(s) / len(s), 1),
+                "p50": s[len(s) // 2],
+                "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
+                "max": s[-1],
+            }
 
-        return {"source": self.source, "rows_read": self.rows_read, "rows": self.rows_kept,
-                "dropped": dict(self.dropped), "dropped_first_rows": self.dropped_examples,
-                "truncated": self.truncated, "prompt_tokens": stats(self.prompt_tokens),
-                "summary_tokens": stats(self.completion_tokens)}
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "rows": self.rows_kept,
+            "dropped": dict(self.dropped),
+            "dropped_first_rows": self.dropped_examples,
+            "truncated": self.truncated,
+            "prompt_tokens": stats(self.prompt_tokens),
+            "summary_tokens": stats(self.completion_tokens),
+        }
 
 
 def _num_proc(data: DataSection, n_rows: int) -> Optional[int]:
@@ -70,20 +81,34 @@ def _tokenize_batch(batch, formatter: Formatter):
 
 
 # what datasets.map infers for the tokenized columns (input_ids as int32), also for an empty split
-FEATURES = datasets.Features({
-    "id": datasets.Value("string"), "document": datasets.Value("string"), "summary": datasets.Value("string"),
-    "input_ids": datasets.List(datasets.Value("int32")), "completion_mask": datasets.List(datasets.Value("int64")),
-    "prompt_len": datasets.Value("int64"), "status": datasets.Value("string")})
+FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "document": datasets.Value("string"),
+        "summary": datasets.Value("string"),
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "completion_mask": datasets.List(datasets.Value("int64")),
+        "prompt_len": datasets.Value("int64"),
+        "status": datasets.Value("string"),
+    }
+)
 
 
 def _tokenize_all(rows: list[dict], formatter: Formatter, role: str, chunk: int = 1000) -> dict:
-    cols = {"id": [r["id"] for r in rows], "document": [r["document"] for r in rows],
-            "summary": [r["summary"] for r in rows], "input_ids": [], "completion_mask": [], "prompt_len": [],
-            "status": []}
+    cols = {
+        "id": [r["id"] for r in rows],
+        "document": [r["document"] for r in rows],
+        "summary": [r["summary"] for r in rows],
+        "input_ids": [],
+        "completion_mask": [],
+        "prompt_len": [],
+        "status": [],
+    }
     with progress.bar(len(rows), f"tokenizing {role}", "row") as bar:
         for i in range(0, len(rows), chunk):
-            part = _tokenize_batch({"document": cols["document"][i:i + chunk], "summary": cols["summary"][i:i + chunk]},
-                                   formatter)
+            part = _tokenize_batch(
+                {"document": cols["document"][i : i + chunk], "summary": cols["summary"][i : i + chunk]}, formatter
+            )
             for k in ("input_ids", "completion_mask", "prompt_len", "status"):
                 cols[k].extend(part[k])
             bar.update_to(min(len(rows), i + chunk))
@@ -112,8 +137,15 @@ def tokenize_split(raw: RawSplit, formatter: Formatter, data: DataSection, cache
         num_proc = _num_proc(data, len(rows))
         if num_proc:  # large splits: datasets.map over several processes
             ds = datasets.Dataset.from_list(rows).map(
-                _tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc, fn_kwargs={"formatter": formatter},
-                desc=f"tokenizing {raw.role}", load_from_cache_file=False, new_fingerprint=key)
+                _tokenize_batch,
+                batched=True,
+                batch_size=1000,
+                num_proc=num_proc,
+                fn_kwargs={"formatter": formatter},
+                desc=f"tokenizing {raw.role}",
+                load_from_cache_file=False,
+                new_fingerprint=key,
+            )
         else:  # one process: the columns built directly, one Arrow conversion (no per-batch map machinery)
             ds = datasets.Dataset.from_dict(_tokenize_all(rows, formatter, raw.role), features=FEATURES)
         if cached is not None:
@@ -132,23 +164,39 @@ def tokenize_split(raw: RawSplit, formatter: Formatter, data: DataSection, cache
     n_tokens = token_lengths(ds)
     prompt_lens = arrow_column(ds, "prompt_len").to_pylist()
     counts = Counter(status)
-    stats = SplitStats(role=raw.role, source=raw.source, rows_read=raw.read, rows_kept=0,
-                       dropped=dict(raw.dropped), dropped_examples=dict(raw.dropped_examples),
-                       truncated=counts.get("truncated", 0))
+    stats = SplitStats(
+        role=raw.role,
+        source=raw.source,
+        rows_read=raw.read,
+        rows_kept=0,
+        dropped=dict(raw.dropped),
+        dropped_examples=dict(raw.dropped_examples),
+        truncated=counts.get("truncated", 0),
+    )
     for reason in ("summary_too_long", "document_too_long"):
         if counts.get(reason):
             stats.dropped[reason] = counts[reason]
             first = [i for i, s in enumerate(status) if s == reason][:MAX_SHOWN_ROWS]
             stats.dropped_examples[reason] = [raw.rows[i]["_row"] for i in first]
-            log.warning("data.%s: dropped %d row(s) that do not fit max_seq_length=%d: %s (first rows: %s)",
-                        raw.role, counts[reason], formatter.max_seq_length, reason.replace("_", " "),
-                        stats.dropped_examples[reason])
+            log.warning(
+                "data.%s: dropped %d row(s) that do not fit max_seq_length=%d: %s (first rows: %s)",
+                raw.role,
+                counts[reason],
+                formatter.max_seq_length,
+                reason.replace("_", " "),
+                stats.dropped_examples[reason],
+            )
     keep = [i for i, s in enumerate(status) if s in ("ok", "truncated")]
     if len(keep) != len(ds):
         ds = ds.select(keep)
     if stats.truncated:
-        log.info("data.%s: truncated the document of %d row(s) to fit max_seq_length=%d (policy %s)",
-                 raw.role, stats.truncated, formatter.max_seq_length, data.truncation)
+        log.info(
+            "data.%s: truncated the document of %d row(s) to fit max_seq_length=%d (policy %s)",
+            raw.role,
+            stats.truncated,
+            formatter.max_seq_length,
+            data.truncation,
+        )
     stats.rows_kept = len(ds)
     stats.prompt_tokens = [prompt_lens[i] for i in keep]
     stats.completion_tokens = [n_tokens[i] - prompt_lens[i] for i in keep]
@@ -172,6 +220,8 @@ def prepare(cfg: Config, tokenizer, raw: dict[str, RawSplit], cache_dir: Optiona
         ds, st = tokenize_split(r, formatter, cfg.data, cache_dir)
         splits[role], stats[role] = ds, st
     if stats["train"].rows_kept == 0:
-        raise DataError(f"data.train: every row was dropped ({stats['train'].dropped}); raise model.max_seq_length "
-                        f"(now {cfg.model.max_seq_length}) or change data.truncation")
+        raise DataError(
+            f"data.train: every row was dropped ({stats['train'].dropped}); raise model.max_seq_length "
+            f"(now {cfg.model.max_seq_length}) or change data.truncation"
+        )
     return PreparedData(splits=splits, stats=stats, formatter=formatter)

@@ -42,8 +42,13 @@ def _length_stats(xs: list[int]) -> dict:
     if not xs:
         return {}
     s = sorted(xs)
-    return {"mean": round(sum(s) / len(s), 2), "median": s[len(s) // 2], "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
-            "min": s[0], "max": s[-1]}
+    return {
+        "mean": round(sum(s) / len(s), 2),
+        "median": s[len(s) // 2],
+        "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
+        "min": s[0],
+        "max": s[-1],
+    }
 
 
 def score_block(rows: list[dict], samples: int, seed: int, protocol: Optional[Protocol] = None) -> dict:
@@ -55,31 +60,44 @@ def score_block(rows: list[dict], samples: int, seed: int, protocol: Optional[Pr
     seconds = sum(float(r.get("gen_seconds") or 0.0) for r in rows)
     new_tokens = sum(int(r.get("new_tokens") or 0) for r in rows)
     block = {k: {"f1": float(means[k]), "ci95": ci[i]} for i, k in enumerate(ROUGE_KEYS)}
-    block.update({
-        "examples": n,
-        "lengths_words": {"prediction": _length_stats([_words(r["prediction"]) for r in rows]),
-                          "reference": _length_stats([_words(r["reference"]) for r in rows])},
-        "generated_tokens_mean": round(new_tokens / n, 2),
-        "hit_max_new_tokens_share": sum(bool(r.get("hit_max_new_tokens")) for r in rows) / n,
-        "truncated_input_share": sum(bool(r.get("truncated_input")) for r in rows) / n,
-        "empty_predictions": sum(1 for r in rows if not r["prediction"].strip()),
-        "throughput": {"examples_per_s": round(n / seconds, 3) if seconds else None,
-                       "generated_tokens_per_s": round(new_tokens / seconds, 2) if seconds else None,
-                       "generation_seconds": round(seconds, 2)},
-    })
+    block.update(
+        {
+            "examples": n,
+            "lengths_words": {
+                "prediction": _length_stats([_words(r["prediction"]) for r in rows]),
+                "reference": _length_stats([_words(r["reference"]) for r in rows]),
+            },
+            "generated_tokens_mean": round(new_tokens / n, 2),
+            "hit_max_new_tokens_share": sum(bool(r.get("hit_max_new_tokens")) for r in rows) / n,
+            "truncated_input_share": sum(bool(r.get("truncated_input")) for r in rows) / n,
+            "empty_predictions": sum(1 for r in rows if not r["prediction"].strip()),
+            "throughput": {
+                "examples_per_s": round(n / seconds, 3) if seconds else None,
+                "generated_tokens_per_s": round(new_tokens / seconds, 2) if seconds else None,
+                "generation_seconds": round(seconds, 2),
+            },
+        }
+    )
     return block
 
 
-def paired_difference(rows: list[dict], base_rows: list[dict], samples: int, seed: int,
-                      protocol: Optional[Protocol] = None) -> dict:
+def paired_difference(
+    rows: list[dict], base_rows: list[dict], samples: int, seed: int, protocol: Optional[Protocol] = None
+) -> dict:
     """model - base per ROUGE type, with a paired bootstrap: the same resampled examples for both."""
     _, per_m = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
     _, per_b = score_corpus([r["reference"] for r in base_rows], [r["prediction"] for r in base_rows], protocol)
     d = np.array([[m[k] - b[k] for k in ROUGE_KEYS] for m, b in zip(per_m, per_b)], dtype=float)
     boot = _bootstrap_means(d, _resamples(len(rows), samples, seed))
     ci = _interval(boot)
-    return {k: {"diff": float(d[:, i].mean()), "ci95": ci[i],
-                "share_of_resamples_not_better": float((boot[:, i] <= 0).mean())} for i, k in enumerate(ROUGE_KEYS)}
+    return {
+        k: {
+            "diff": float(d[:, i].mean()),
+            "ci95": ci[i],
+            "share_of_resamples_not_better": float((boot[:, i] <= 0).mean()),
+        }
+        for i, k in enumerate(ROUGE_KEYS)
+    }
 
 
 def diagnostics_block(per: list[dict], samples: int, seed: int) -> dict:
@@ -100,8 +118,9 @@ def paired_diagnostics(per: list[dict], base_per: list[dict], samples: int, seed
     """model - base of each statistic over the examples where both have a value, paired bootstrap 95% interval."""
     out = {}
     for k in diagnostics.DIAGNOSTIC_KEYS:
-        d = np.array([m[k] - b[k] for m, b in zip(per, base_per) if m.get(k) is not None and b.get(k) is not None],
-                     dtype=float)
+        d = np.array(
+            [m[k] - b[k] for m, b in zip(per, base_per) if m.get(k) is not None and b.get(k) is not None], dtype=float
+        )
         if not len(d):
             out[k] = {"diff": None, "ci95": None, "examples": 0}
             continue

@@ -91,10 +91,19 @@ STATS: tuple[Stat, ...] = (
     Stat("unsupported_numbers", "numbers absent from the document (per summary)", "unsupported numbers"),
     Stat("unsupported_names", "name-like words absent from the document (per summary)", "unsupported names"),
     Stat("lead_copy", "summaries opening with the document's first words (share)", "lead copy", kind="share"),
-    Stat("length_ratio", "length against the reference (summary / reference words)", "length / reference",
-         needs_document=False),
-    Stat("cut_by_max_new_tokens", "summaries cut by max_new_tokens, no end of turn (share)", "cut at max_new_tokens",
-         kind="share", needs_document=False),
+    Stat(
+        "length_ratio",
+        "length against the reference (summary / reference words)",
+        "length / reference",
+        needs_document=False,
+    ),
+    Stat(
+        "cut_by_max_new_tokens",
+        "summaries cut by max_new_tokens, no end of turn (share)",
+        "cut at max_new_tokens",
+        kind="share",
+        needs_document=False,
+    ),
 )
 DIAGNOSTIC_KEYS: tuple[str, ...] = tuple(s.key for s in STATS)
 BY_KEY = {s.key: s for s in STATS}
@@ -112,6 +121,7 @@ _SENTENCE_BREAK = re.compile(r"[.!?:;。！？\n]")
 
 
 # -- the fragment algorithm -------------------------------------------------------------------------------------
+
 
 def fragments(document: Sequence[str], summary: Sequence[str]) -> list[tuple[int, int, int]]:
     """Grusky et al.'s greedy extractive fragments of `summary` in `document` (token lists), as
@@ -160,12 +170,14 @@ def fragment_stats(document: Sequence[str], summary: Sequence[str]) -> dict[str,
 
 # -- the other statistics ---------------------------------------------------------------------------------------
 
+
 def _ngrams(tokens: Sequence[str], n: int) -> list[tuple]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
-def novel_share(document: Sequence[str], summary: Sequence[str], n: int, _doc_set: Optional[set] = None
-                ) -> Optional[float]:
+def novel_share(
+    document: Sequence[str], summary: Sequence[str], n: int, _doc_set: Optional[set] = None
+) -> Optional[float]:
     grams = _ngrams(summary, n)
     if not grams:
         return None
@@ -226,8 +238,14 @@ def lead_copy(document: Sequence[str], summary: Sequence[str]) -> Optional[float
 
 # -- one summary, many summaries --------------------------------------------------------------------------------
 
-def example(summary: str, document: Optional[str] = None, reference: Optional[str] = None,
-            hit_max_new_tokens: Optional[bool] = None, tokenizer: str = "default") -> dict:
+
+def example(
+    summary: str,
+    document: Optional[str] = None,
+    reference: Optional[str] = None,
+    hit_max_new_tokens: Optional[bool] = None,
+    tokenizer: str = "default",
+) -> dict:
     """Every statistic of one summary against its document (and reference), under a resolved ROUGE tokenizer
     name. Keys: DIAGNOSTIC_KEYS (None where undefined), `unsupported` ({numbers, names}: what was counted) and
     `notes` (why values are missing; empty when none are)."""
@@ -276,21 +294,28 @@ def _number_order(x: str):
         return (float("inf"), x)
 
 
-def corpus(summaries: Sequence[str], documents: Optional[Sequence[Optional[str]]] = None,
-           references: Optional[Sequence[Optional[str]]] = None,
-           hit_max_new_tokens: Optional[Sequence[Optional[bool]]] = None, tokenizer: str = "default") -> list[dict]:
+def corpus(
+    summaries: Sequence[str],
+    documents: Optional[Sequence[Optional[str]]] = None,
+    references: Optional[Sequence[Optional[str]]] = None,
+    hit_max_new_tokens: Optional[Sequence[Optional[bool]]] = None,
+    tokenizer: str = "default",
+) -> list[dict]:
     """`example` for each summary (documents, references and the cut flags optional, position by position)."""
     n = len(summaries)
     for name, seq in (("documents", documents), ("references", references), ("hit_max_new_tokens", hit_max_new_tokens)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{n} summaries but {len(seq)} {name}")
     pick = lambda seq, i: None if seq is None else seq[i]  # noqa: E731
-    return [example(summaries[i], pick(documents, i), pick(references, i), pick(hit_max_new_tokens, i), tokenizer)
-            for i in range(n)]
+    return [
+        example(summaries[i], pick(documents, i), pick(references, i), pick(hit_max_new_tokens, i), tokenizer)
+        for i in range(n)
+    ]
 
 
-def for_display(summary: str, document: str, hit_max_new_tokens: Optional[bool] = None, tokenizer: str = "auto"
-                ) -> dict:
+def for_display(
+    summary: str, document: str, hit_max_new_tokens: Optional[bool] = None, tokenizer: str = "auto"
+) -> dict:
     """One generated summary's statistics for a page or an API answer (what `serve` shows beside a summary):
     {"tokenizer", "values": {key: number or None}, "shown": {key: text}, "labels": {key: words},
     "unsupported": {"numbers": [...], "names": [...]}, "notes": [...]}. With `auto`, the tokenizer is chosen on
@@ -298,8 +323,14 @@ def for_display(summary: str, document: str, hit_max_new_tokens: Optional[bool] 
     tok = resolve_tokenizer(tokenizer, [document])
     x = example(summary, document, None, hit_max_new_tokens, tok)
     keys = [k for k in DIAGNOSTIC_KEYS if x[k] is not None]
-    return {"tokenizer": tok, "values": flat(x), "shown": {k: fmt(k, x[k]) for k in keys},
-            "labels": {k: BY_KEY[k].label for k in keys}, "unsupported": x["unsupported"], "notes": x["notes"]}
+    return {
+        "tokenizer": tok,
+        "values": flat(x),
+        "shown": {k: fmt(k, x[k]) for k in keys},
+        "labels": {k: BY_KEY[k].label for k in keys},
+        "unsupported": x["unsupported"],
+        "notes": x["notes"],
+    }
 
 
 def values(per: Iterable[dict], key: str) -> list[float]:
@@ -344,22 +375,25 @@ def reference_statistics(splits: dict[str, list[dict]], tokenizer: str = "auto")
 
 def protocol(tokenizer: str) -> dict:
     """How the statistics were computed, for metrics.json, reports and cards."""
-    return {"tokens": f"the ROUGE tokenizer ({tokenizer}) without stemming",
-            "fragments": "Grusky et al. 2018 (Newsroom) greedy extractive fragments: coverage = sum|f|/|S|, "
-                         "density = sum|f|^2/|S|, compression = |A|/|S| (A document, S summary, in tokens)",
-            "novel_ngrams": "share of the summary's n-gram occurrences (n = 1..4) not in the document",
-            "repeated_3gram": "share of the summary's trigram occurrences repeating an earlier one",
-            "unsupported_numbers": "distinct numbers (by value: 1,000 = 1000, 3.0 = 3) absent from the document, "
-                                   "per summary",
-            "unsupported_names": "distinct capitalised words of 2+ letters not opening a sentence, absent from the "
-                                 "document (case-insensitive), per summary; none for scripts without case",
-            "lead_copy": f"the summary's first {LEAD_TOKENS} tokens (all of a shorter one) are the document's first",
-            "length_ratio": "summary tokens / reference tokens",
-            "cut_by_max_new_tokens": "generation stopped at max_new_tokens without an end of turn",
-            "aggregation": "mean over the summaries with a value (empty summaries or documents have none)"}
+    return {
+        "tokens": f"the ROUGE tokenizer ({tokenizer}) without stemming",
+        "fragments": "Grusky et al. 2018 (Newsroom) greedy extractive fragments: coverage = sum|f|/|S|, "
+        "density = sum|f|^2/|S|, compression = |A|/|S| (A document, S summary, in tokens)",
+        "novel_ngrams": "share of the summary's n-gram occurrences (n = 1..4) not in the document",
+        "repeated_3gram": "share of the summary's trigram occurrences repeating an earlier one",
+        "unsupported_numbers": "distinct numbers (by value: 1,000 = 1000, 3.0 = 3) absent from the document, "
+        "per summary",
+        "unsupported_names": "distinct capitalised words of 2+ letters not opening a sentence, absent from the "
+        "document (case-insensitive), per summary; none for scripts without case",
+        "lead_copy": f"the summary's first {LEAD_TOKENS} tokens (all of a shorter one) are the document's first",
+        "length_ratio": "summary tokens / reference tokens",
+        "cut_by_max_new_tokens": "generation stopped at max_new_tokens without an end of turn",
+        "aggregation": "mean over the summaries with a value (empty summaries or documents have none)",
+    }
 
 
 # -- words for people ------------------------------------------------------------------------------------------
+
 
 def fmt(key: str, value: Optional[float]) -> str:
     """A value as tables show it: shares in percent, the rest with two decimals."""
@@ -379,15 +413,22 @@ def warnings(final: Optional[dict], base: Optional[dict], references: Optional[d
     fd, rd = final.get("density"), references.get("density")
     if fd is not None and rd is not None and fd >= COPY_FACTOR * max(rd, 1.0):
         fc, rc = final.get("coverage"), references.get("coverage")
-        out.append(f"the fine-tuned model copies much more than the references do: its summaries copy fragments "
-                   f"of mean length {fd:.1f} words per word (density; references {rd:.1f})"
-                   + (f", {100 * fc:.0f}% of their words from the document (references {100 * rc:.0f}%)"
-                      if fc is not None and rc is not None else "")
-                   + ": it tends to extract rather than summarize")
+        out.append(
+            f"the fine-tuned model copies much more than the references do: its summaries copy fragments "
+            f"of mean length {fd:.1f} words per word (density; references {rd:.1f})"
+            + (
+                f", {100 * fc:.0f}% of their words from the document (references {100 * rc:.0f}%)"
+                if fc is not None and rc is not None
+                else ""
+            )
+            + ": it tends to extract rather than summarize"
+        )
     fn, bn = final.get("unsupported_numbers"), base.get("unsupported_numbers")
     if fn is not None and bn is not None and fn > bn:
-        out.append(f"the fine-tuned model states more numbers that are not in the document than the base model: "
-                   f"{fn:.2f} per summary against {bn:.2f}; check them before trusting its figures")
+        out.append(
+            f"the fine-tuned model states more numbers that are not in the document than the base model: "
+            f"{fn:.2f} per summary against {bn:.2f}; check them before trusting its figures"
+        )
     return out
 
 
@@ -401,8 +442,13 @@ def diff_cell(key: str, d: Optional[dict]) -> str:
     return s + (f" [{scale * lo:+.2f}, {scale * hi:+.2f}]" if lo is not None else "")
 
 
-def lines(blocks: dict[str, Optional[dict]], diff: Optional[dict] = None, diff_name: str = "change [95% CI]",
-          keys: Sequence[str] = DIAGNOSTIC_KEYS, indent: str = "   ") -> list[str]:
+def lines(
+    blocks: dict[str, Optional[dict]],
+    diff: Optional[dict] = None,
+    diff_name: str = "change [95% CI]",
+    keys: Sequence[str] = DIAGNOSTIC_KEYS,
+    indent: str = "   ",
+) -> list[str]:
     """A text table: one row per statistic, one column per block of means (e.g. references, base, fine-tuned),
     and the paired differences (`diff`: {key: {diff, ci95}}) when given."""
     names = [n for n, b in blocks.items() if b]
@@ -410,14 +456,20 @@ def lines(blocks: dict[str, Optional[dict]], diff: Optional[dict] = None, diff_n
         return []
     width = max(len(BY_KEY[k].short) for k in keys)
     cols = [max(10, len(n)) for n in names]
-    out = [f"{indent}{'':<{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols))
-           + (f"   {diff_name}" if diff else "")]
+    out = [
+        f"{indent}{'':<{width}}  "
+        + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols))
+        + (f"   {diff_name}" if diff else "")
+    ]
     for k in keys:
         cells = [fmt(k, (blocks[n] or {}).get(k)) for n in names]
         if all(c == "n/a" for c in cells):
             continue
-        out.append(f"{indent}{BY_KEY[k].short:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols))
-                   + (f"   {diff_cell(k, diff.get(k))}" if diff else ""))
+        out.append(
+            f"{indent}{BY_KEY[k].short:<{width}}  "
+            + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols))
+            + (f"   {diff_cell(k, diff.get(k))}" if diff else "")
+        )
     return out
 
 
@@ -442,6 +494,10 @@ def markdown_table(columns: dict[str, Optional[dict]], diff: Optional[dict] = No
         cells = [_cell(st.key, b.get(st.key)) for b in cols.values()]
         if all(c == "n/a" for c in cells):
             continue
-        rows.append(f"| {st.label} | " + " | ".join(cells) + (f" | {diff_cell(st.key, diff.get(st.key))}" if diff
-                                                                 else "") + " |")
+        rows.append(
+            f"| {st.label} | "
+            + " | ".join(cells)
+            + (f" | {diff_cell(st.key, diff.get(st.key))}" if diff else "")
+            + " |"
+        )
     return rows

@@ -69,8 +69,10 @@ def load_eval_rows(cfg: Config, data=None, split: str = "test", limit: Optional[
     """(rows [{id, document, summary}], source description, summary column) for the evaluation."""
     if data is None:
         if split not in ("train", "validation", "test"):
-            raise UserError(f"--split {split!r}: without --data the split must be train, validation or test "
-                            f"(read from the model's config.yaml)")
+            raise UserError(
+                f"--split {split!r}: without --data the split must be train, validation or test "
+                f"(read from the model's config.yaml)"
+            )
         spec = getattr(cfg.data, split)
         if spec is not None:  # read only this split (a hub train split can be large)
             split_raw = validate_rows(read_source(spec, split, cfg.data), cfg.data.on_bad_rows)
@@ -79,8 +81,10 @@ def load_eval_rows(cfg: Config, data=None, split: str = "test", limit: Optional[
                 raise UserError(f"the model's config.yaml names no data.{split}; pass --data SOURCE")
             raw = load_raw_splits(cfg)
             if split not in raw:
-                raise UserError(f"the model's config.yaml has no data.{split} (and no {split}_size carved from "
-                                f"train); pass --data SOURCE")
+                raise UserError(
+                    f"the model's config.yaml has no data.{split} (and no {split}_size carved from "
+                    f"train); pass --data SOURCE"
+                )
             split_raw = raw[split]
     else:
         spec = _source_spec(data)
@@ -93,7 +97,9 @@ def load_eval_rows(cfg: Config, data=None, split: str = "test", limit: Optional[
         split_raw = validate_rows(read_source(spec, split, cfg.data), cfg.data.on_bad_rows)
     rows = split_raw.rows[:limit] if limit else split_raw.rows
     if not rows:
-        raise UserError(f"--data {data or 'data.' + split}: no usable rows to evaluate (dropped: {dict(split_raw.dropped)})")
+        raise UserError(
+            f"--data {data or 'data.' + split}: no usable rows to evaluate (dropped: {dict(split_raw.dropped)})"
+        )
     summary_col = split_raw.columns[1] if len(split_raw.columns) > 1 else "summary"
     return _unique_ids(rows), split_raw.source, summary_col
 
@@ -134,7 +140,9 @@ def read_predictions(path: Path) -> dict[str, dict]:
                 torn = True
                 log.warning("%s: dropping a cut-off last line (the previous run stopped while writing it)", path)
                 continue
-            raise UserError(f"{path}, line {i + 1}: not a prediction row; delete the file to evaluate from scratch") from None
+            raise UserError(
+                f"{path}, line {i + 1}: not a prediction row; delete the file to evaluate from scratch"
+            ) from None
         rows.setdefault(str(row["id"]), row)
     if torn or (text and not text.endswith("\n")):
         write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
@@ -148,15 +156,17 @@ class GenStats:
     seconds: float
 
 
-def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens: int, label: str,
-                     protocol: Optional[Protocol] = None) -> GenStats:
+def generate_missing(
+    loaded, model, rows: list[dict], path: Path, max_new_tokens: int, label: str, protocol: Optional[Protocol] = None
+) -> GenStats:
     """Generate the rows not yet in `path`, appending each row (flushed) as soon as its summary is final."""
     done = read_predictions(path)
     todo = [r for r in rows if r["id"] not in done]
     reused = len(rows) - len(todo)
     if reused:
-        log.info("%s: %d of %d predictions already in %s; generating the other %d", label, reused, len(rows),
-                 path, len(todo))
+        log.info(
+            "%s: %d of %d predictions already in %s; generating the other %d", label, reused, len(rows), path, len(todo)
+        )
     # Longest documents first, so each batch holds similar lengths (less padding).
     todo.sort(key=lambda r: -len(r["document"]))
     batch = AdaptiveBatch(loaded.cfg.eval.batch_size)  # an OOM's smaller size holds for the following chunks
@@ -176,11 +186,20 @@ def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens
             # the document travels with its summary, so `llm-summarizer score` on this file gives the statistics
             # against it too
             diag = diagnostics.example(g.text, r["document"], r["summary"], g.hit_max, tokenizer)
-            row = {"id": r["id"], "document": r["document"], "reference": r["summary"], "prediction": g.text,
-                   **score_pair(r["summary"], g.text, protocol), "diagnostics": diag, "new_tokens": g.new_tokens,
-                   "hit_max_new_tokens": g.hit_max, "truncated_input": g.truncated_input, "method": g.method,
-                   # the time since the previous row was written: the rows' shares add up to the whole
-                   "gen_seconds": round(now - last[0], 6)}
+            row = {
+                "id": r["id"],
+                "document": r["document"],
+                "reference": r["summary"],
+                "prediction": g.text,
+                **score_pair(r["summary"], g.text, protocol),
+                "diagnostics": diag,
+                "new_tokens": g.new_tokens,
+                "hit_max_new_tokens": g.hit_max,
+                "truncated_input": g.truncated_input,
+                "method": g.method,
+                # the time since the previous row was written: the rows' shares add up to the whole
+                "gen_seconds": round(now - last[0], 6),
+            }
             if g.tree is not None:
                 row["chunks"] = g.tree
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -190,10 +209,16 @@ def generate_missing(loaded, model, rows: list[dict], path: Path, max_new_tokens
             last[0] = now
 
         for start in range(0, len(todo), group):
-            part = todo[start: start + group]
-            summarize_texts(loaded, [r["document"] for r in part], max_new_tokens, model=model, batch=batch,
-                            names=names[start: start + group],
-                            on_done=lambda i, g, part=part: write(part[i], g))
+            part = todo[start : start + group]
+            summarize_texts(
+                loaded,
+                [r["document"] for r in part],
+                max_new_tokens,
+                model=model,
+                batch=batch,
+                names=names[start : start + group],
+                on_done=lambda i, g, part=part: write(part[i], g),
+            )
             if time.perf_counter() > next_log:
                 log.info("%s: %d/%d generated", label, min(start + group, len(todo)), len(todo))
                 next_log = time.perf_counter() + 30
@@ -206,23 +231,31 @@ def _weights_fingerprint(path: Path) -> list:
 
 
 def _decoding(ev, max_new_tokens: int, source: str, stop_ids, tokenizer) -> dict:
-    d = {"strategy": "sampling" if ev.do_sample else ("beam search" if ev.num_beams > 1 else "greedy"),
-         "num_beams": ev.num_beams, "do_sample": ev.do_sample, "max_new_tokens": max_new_tokens,
-         "max_new_tokens_source": source,
-         "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stop_ids],
-         "batching": f"batches of {ev.batch_size}, left padding"}
+    d = {
+        "strategy": "sampling" if ev.do_sample else ("beam search" if ev.num_beams > 1 else "greedy"),
+        "num_beams": ev.num_beams,
+        "do_sample": ev.do_sample,
+        "max_new_tokens": max_new_tokens,
+        "max_new_tokens_source": source,
+        "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stop_ids],
+        "batching": f"batches of {ev.batch_size}, left padding",
+    }
     if ev.do_sample:
         d.update(temperature=ev.temperature, top_p=ev.top_p, seed=ev.sample_seed)
     return d
 
 
 def _prompt(cfg: Config, formatter) -> dict:
-    return {"template": "the tokenizer's chat template" if formatter.use_chat else "plain text",
-            "data.template": cfg.data.template, "instruction": cfg.data.instruction,
-            "prompt_template": cfg.data.prompt_template, "max_seq_length": cfg.model.max_seq_length,
-            "document_truncation": f"{cfg.data.truncation}: the document is cut (in tokens) so that the prompt "
-                                   f"plus max_new_tokens fit max_seq_length, the rule used in training",
-            "long_documents": long_documents(cfg)}
+    return {
+        "template": "the tokenizer's chat template" if formatter.use_chat else "plain text",
+        "data.template": cfg.data.template,
+        "instruction": cfg.data.instruction,
+        "prompt_template": cfg.data.prompt_template,
+        "max_seq_length": cfg.model.max_seq_length,
+        "document_truncation": f"{cfg.data.truncation}: the document is cut (in tokens) so that the prompt "
+        f"plus max_new_tokens fit max_seq_length, the rule used in training",
+        "long_documents": long_documents(cfg),
+    }
 
 
 def long_documents(cfg: Config) -> str:
@@ -232,18 +265,27 @@ def long_documents(cfg: Config) -> str:
         return "truncate: cut by data.truncation (document_truncation)"
     window = f"{ev.chunk_tokens} tokens" if ev.chunk_tokens else "the token budget"
     merge = f", merge prompt {ev.merge_instruction!r}" if ev.merge_instruction else ""
-    return (f"chunk: windows of {window} cut at line and sentence ends, {ev.chunk_overlap} tokens of overlap, each "
-            f"summarized, then the joined summaries in at most {ev.max_merge_rounds} merge rounds{merge} "
-            f"(at most {ev.max_chunks} windows per document)")
+    return (
+        f"chunk: windows of {window} cut at line and sentence ends, {ev.chunk_overlap} tokens of overlap, each "
+        f"summarized, then the joined summaries in at most {ev.max_merge_rounds} merge rounds{merge} "
+        f"(at most {ev.max_chunks} windows per document)"
+    )
 
 
 def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_source: str) -> dict:
     cfg = loaded.cfg
-    return {"model": str(loaded.info.path.resolve()), "weights": _weights_fingerprint(loaded.info.path),
-            "base_model": loaded.info.base, "backend": loaded.backend, "dtype": loaded.dtype,
-            "quantized": loaded.quantized, "data": source, "split": split,
-            "decoding": _decoding(cfg.eval, max_new_tokens, max_new_source, loaded.formatter.stop_ids, loaded.tokenizer),
-            "prompt": _prompt(cfg, loaded.formatter)}
+    return {
+        "model": str(loaded.info.path.resolve()),
+        "weights": _weights_fingerprint(loaded.info.path),
+        "base_model": loaded.info.base,
+        "backend": loaded.backend,
+        "dtype": loaded.dtype,
+        "quantized": loaded.quantized,
+        "data": source,
+        "split": split,
+        "decoding": _decoding(cfg.eval, max_new_tokens, max_new_source, loaded.formatter.stop_ids, loaded.tokenizer),
+        "prompt": _prompt(cfg, loaded.formatter),
+    }
 
 
 def check_settings(out: Path, settings: dict) -> None:
@@ -259,11 +301,15 @@ def check_settings(out: Path, settings: dict) -> None:
             # the model is known by its weights' content: a moved or copied model directory is the same model
             differs = sorted(k for k in set(old) | set(settings) if k != "model" and old.get(k) != settings.get(k))
             if differs and has_preds:
-                raise UserError(f"--output {out} holds predictions of a different evaluation (differs in: "
-                                f"{', '.join(differs)}); choose another --output, or delete {out} to start over")
+                raise UserError(
+                    f"--output {out} holds predictions of a different evaluation (differs in: "
+                    f"{', '.join(differs)}); choose another --output, or delete {out} to start over"
+                )
     elif has_preds:
-        raise UserError(f"--output {out} holds predictions but no {EVAL_SETTINGS}, so they cannot be matched to this "
-                        f"evaluation; choose another --output, or delete {out} to start over")
+        raise UserError(
+            f"--output {out} holds predictions but no {EVAL_SETTINGS}, so they cannot be matched to this "
+            f"evaluation; choose another --output, or delete {out} to start over"
+        )
     claim(out, "evaluation")
     write_json(p, settings)
 
@@ -277,15 +323,21 @@ def _ordered(rows: list[dict], path: Path) -> list[dict]:
     return [have[r["id"]] for r in rows]
 
 
-def example_diagnostics(rows: list[dict], model_rows: list[dict], base_rows: Optional[list[dict]], tokenizer: str
-                        ) -> dict[str, list[dict]]:
+def example_diagnostics(
+    rows: list[dict], model_rows: list[dict], base_rows: Optional[list[dict]], tokenizer: str
+) -> dict[str, list[dict]]:
     """Per-example statistics of the model's (and the base's) summaries and of the references, against the
     documents of `rows` (the data's order)."""
     docs, refs = [r["document"] for r in rows], [r["summary"] for r in rows]
 
     def of(pred_rows):
-        return diagnostics.corpus([p["prediction"] for p in pred_rows], docs, refs,
-                                  [p.get("hit_max_new_tokens") for p in pred_rows], tokenizer)
+        return diagnostics.corpus(
+            [p["prediction"] for p in pred_rows],
+            docs,
+            refs,
+            [p.get("hit_max_new_tokens") for p in pred_rows],
+            tokenizer,
+        )
 
     out = {"model": of(model_rows), "references": diagnostics.corpus(refs, docs, tokenizer=tokenizer)}
     if base_rows is not None:
@@ -293,17 +345,28 @@ def example_diagnostics(rows: list[dict], model_rows: list[dict], base_rows: Opt
     return out
 
 
-def evaluate_model(model, data=None, split: str = "test", output=None, limit: Optional[int] = None,
-                   compare_base: bool = False, backend: Optional[str] = None, base: Optional[str] = None,
-                   overrides: Optional[list[str]] = None, report: bool = True) -> EvalResult:
+def evaluate_model(
+    model,
+    data=None,
+    split: str = "test",
+    output=None,
+    limit: Optional[int] = None,
+    compare_base: bool = False,
+    backend: Optional[str] = None,
+    base: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    report: bool = True,
+) -> EvalResult:
     """Evaluate a saved model directory; the Python face of `llm-summarizer evaluate`."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: must be at least 1")
     # 1. The model directory, checked from its files before anything heavy.
     info = saved_model(model, base)
     if compare_base and info.kind == "merged" and not info.base:
-        raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
-                        f"(export_info.json base_model); pass --base /path/to/base/model")
+        raise UserError(
+            f"--compare-base: {info.path} is a merged model that does not record its base model "
+            f"(export_info.json base_model); pass --base /path/to/base/model"
+        )
     cfg = model_config(info, overrides)
     out = Path(output) if output else default_output(info, split)
     check_places([Place("--output", out, "evaluation")], [("--model", info.path), ("--data", data)])
@@ -320,14 +383,16 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
     if compare_base:
         if info.kind == "adapter":
             with loaded.base_model() as base_model:
-                stats["base"] = generate_missing(loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base",
-                                                 rouge)
+                stats["base"] = generate_missing(
+                    loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base", rouge
+                )
         else:
             base_loaded = load_base_for_generation(loaded)
             loaded.model = None
             gc.collect()
-            stats["base"] = generate_missing(base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base",
-                                             rouge)
+            stats["base"] = generate_missing(
+                base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base", rouge
+            )
             del base_loaded
     # 5. Scores with bootstrap intervals (paired for the difference), in the data's order.
     ev = cfg.eval
@@ -337,8 +402,9 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
     if compare_base:
         base_rows = _ordered(rows, out / BASE_PREDICTIONS)
         results["base"] = score_block(base_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge)
-        results["model_minus_base"] = paired_difference(model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed,
-                                                        rouge)
+        results["model_minus_base"] = paired_difference(
+            model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge
+        )
     # the statistics of each summary against its document (and of the references themselves), from the rows' own
     # documents: predictions written before the files carried them count the same
     diag = example_diagnostics(rows, model_rows, base_rows, rouge.tokenizer)
@@ -346,34 +412,53 @@ def evaluate_model(model, data=None, split: str = "test", output=None, limit: Op
         if name in diag:
             results[name]["diagnostics"] = diagnostics_block(diag[name], ev.bootstrap_samples, ev.bootstrap_seed)
     if "base" in diag:
-        results["diagnostics_model_minus_base"] = paired_diagnostics(diag["model"], diag["base"], ev.bootstrap_samples,
-                                                                     ev.bootstrap_seed)
-    results["references"] = {"diagnostics": diagnostics_block(diag["references"], ev.bootstrap_samples,
-                                                              ev.bootstrap_seed)}
+        results["diagnostics_model_minus_base"] = paired_diagnostics(
+            diag["model"], diag["base"], ev.bootstrap_samples, ev.bootstrap_seed
+        )
+    results["references"] = {
+        "diagnostics": diagnostics_block(diag["references"], ev.bootstrap_samples, ev.bootstrap_seed)
+    }
     settings = json.loads((out / EVAL_SETTINGS).read_text(encoding="utf-8"))
     metrics = {
         "model": loaded.describe(),
-        "data": {"source": source, "split": split, "examples": len(rows), "limit": limit,
-                 # how each summary was made: the document fit (whole), was cut (truncated) or chunked
-                 "summaries_by_method": dict(Counter(p.get("method") or ("truncated" if p.get("truncated_input")
-                                                                          else "whole") for p in model_rows))},
+        "data": {
+            "source": source,
+            "split": split,
+            "examples": len(rows),
+            "limit": limit,
+            # how each summary was made: the document fit (whole), was cut (truncated) or chunked
+            "summaries_by_method": dict(
+                Counter(p.get("method") or ("truncated" if p.get("truncated_input") else "whole") for p in model_rows)
+            ),
+        },
         "results": results,
-        "protocol": {**rouge.describe(), "split": split, "source": source, "examples": len(rows),
-                     "reference": f"the dataset's '{summary_col}' column (one reference per example)",
-                     "decoding": settings["decoding"], "prompt": settings["prompt"],
-                     "precision": loaded.dtype + (f", base loaded {loaded.quantized}" if loaded.quantized else ""),
-                     "diagnostics": diagnostics.protocol(rouge.tokenizer),
-                     "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed,
-                                   "interval": "95% percentile interval of the mean over resampled examples",
-                                   "paired": "model, base and their difference use the same resampled examples"}},
-        "generation": {k: {"reused": s.reused, "generated": s.generated, "seconds": round(s.seconds, 2)}
-                       for k, s in stats.items()},
+        "protocol": {
+            **rouge.describe(),
+            "split": split,
+            "source": source,
+            "examples": len(rows),
+            "reference": f"the dataset's '{summary_col}' column (one reference per example)",
+            "decoding": settings["decoding"],
+            "prompt": settings["prompt"],
+            "precision": loaded.dtype + (f", base loaded {loaded.quantized}" if loaded.quantized else ""),
+            "diagnostics": diagnostics.protocol(rouge.tokenizer),
+            "bootstrap": {
+                "resamples": ev.bootstrap_samples,
+                "seed": ev.bootstrap_seed,
+                "interval": "95% percentile interval of the mean over resampled examples",
+                "paired": "model, base and their difference use the same resampled examples",
+            },
+        },
+        "generation": {
+            k: {"reused": s.reused, "generated": s.generated, "seconds": round(s.seconds, 2)} for k, s in stats.items()
+        },
         "versions": package_versions(),
     }
     write_json(out / METRICS_FILE, metrics)
     # 6. The report.
     report_path = None
     if report:
-        report_path = write_eval_report(out, metrics, model_rows, base_rows, find_log_history(info),
-                                        train_metrics=info.metrics, diagnostics=diag)
+        report_path = write_eval_report(
+            out, metrics, model_rows, base_rows, find_log_history(info), train_metrics=info.metrics, diagnostics=diag
+        )
     return EvalResult(out, metrics, out / PREDICTIONS, out / BASE_PREDICTIONS if compare_base else None, report_path)

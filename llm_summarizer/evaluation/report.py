@@ -32,8 +32,17 @@ from . import diagnostics as D
 
 log = logging.getLogger("llm_summarizer.report")
 
-COLORS = {"base": "#9aa5b1", "model": "#1f77b4", "reference": "#2ca02c", "loss": "#d62728", "eval_loss": "#ff7f0e",
-          "rouge1": "#1f77b4", "rouge2": "#9467bd", "rougeL": "#2ca02c", "rougeLsum": "#17becf"}
+COLORS = {
+    "base": "#9aa5b1",
+    "model": "#1f77b4",
+    "reference": "#2ca02c",
+    "loss": "#d62728",
+    "eval_loss": "#ff7f0e",
+    "rouge1": "#1f77b4",
+    "rouge2": "#9467bd",
+    "rougeL": "#2ca02c",
+    "rougeLsum": "#17becf",
+}
 
 
 def _pyplot():
@@ -45,8 +54,16 @@ def _pyplot():
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt  # after the backend is chosen
 
-    plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False,
-                         "axes.grid": True, "grid.alpha": 0.3, "font.size": 10})
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "font.size": 10,
+        }
+    )
     return plt
 
 
@@ -72,8 +89,12 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
         xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)
         if ys:
             ax2.plot(xs, ys, "o-", color=COLORS.get(k), lw=1.5, ms=4, label=f"{ROUGE_LABELS[k]} (last {ys[-1]:.1f})")
-    ax2.set(title="ROUGE on generated validation summaries", ylabel="F1 x 100", ylim=(0, 100),
-            xlabel="training step" + (" (step 0: the base model)" if base and steps else ""))
+    ax2.set(
+        title="ROUGE on generated validation summaries",
+        ylabel="F1 x 100",
+        ylim=(0, 100),
+        xlabel="training step" + (" (step 0: the base model)" if base and steps else ""),
+    )
     if steps:
         ax2.legend(**below)
     else:
@@ -102,8 +123,16 @@ def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_
             hi = [100 * block[k]["ci95"][1] - v for v, k in zip(vals, keys)]
             err = [lo, hi]
         pos = x + (i - (len(series) - 1) / 2) * width
-        ax.bar(pos, vals, width * 0.92, color=color, label=label, yerr=err, capsize=3,
-               error_kw={"elinewidth": 1, "ecolor": "#333333"})
+        ax.bar(
+            pos,
+            vals,
+            width * 0.92,
+            color=color,
+            label=label,
+            yerr=err,
+            capsize=3,
+            error_kw={"elinewidth": 1, "ecolor": "#333333"},
+        )
         for p, v, k in zip(pos, vals, keys):
             top = v + (err[1][keys.index(k)] if err else 0)
             ax.text(p, top + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
@@ -125,8 +154,10 @@ def plot_lengths(path: Path, references: list[str], predictions: list[str], base
     plt = _pyplot()
     if plt is None or not references:
         return False
-    series = [("reference summaries", [len(t.split()) for t in references], COLORS["reference"]),
-              ("fine-tuned model", [len(t.split()) for t in predictions], COLORS["model"])]
+    series = [
+        ("reference summaries", [len(t.split()) for t in references], COLORS["reference"]),
+        ("fine-tuned model", [len(t.split()) for t in predictions], COLORS["model"]),
+    ]
     if base:
         series.append(("base model", [len(t.split()) for t in base], COLORS["base"]))
     hi = max(max(s[1]) for s in series if s[1]) + 1
@@ -150,8 +181,13 @@ def plot_coverage_density(path: Path, series: dict[str, list[dict]]) -> bool:
     (references, base model, fine-tuned); the series' mean as a large marker. Grusky et al. (2018) draw datasets
     this way: extractive summaries sit top right, abstractive ones bottom left."""
     plt = _pyplot()
-    pts = {name: [(p["coverage"], p["density"]) for p in per if p.get("coverage") is not None
-                  and p.get("density") is not None] for name, per in series.items() if per}
+    pts = {
+        name: [
+            (p["coverage"], p["density"]) for p in per if p.get("coverage") is not None and p.get("density") is not None
+        ]
+        for name, per in series.items()
+        if per
+    }
     pts = {k: v for k, v in pts.items() if v}
     if plt is None or not pts:
         return False
@@ -164,7 +200,8 @@ def plot_coverage_density(path: Path, series: dict[str, list[dict]]) -> bool:
         comp = D.values(series[name], "compression")
         color = colors.get(name, COLORS["model"])
         label = f"{name} (n={len(xy)}): mean coverage {100 * np.mean(xs):.0f}%, density {np.mean(ys):.1f}" + (
-            f", median compression {np.median(comp):.1f}" if comp else "")
+            f", median compression {np.median(comp):.1f}" if comp else ""
+        )
         ax.scatter(xs, ys, s=16, alpha=0.45, color=color, edgecolors="none", label=label)
         ax.scatter([np.mean(xs)], [np.mean(ys)], s=140, marker="X", color=color, edgecolors="black", linewidths=0.8)
     # density runs from 0 to the summary's length: a log-like axis that keeps 0, with plain-number ticks
@@ -172,11 +209,20 @@ def plot_coverage_density(path: Path, series: dict[str, list[dict]]) -> bool:
     ticks = [t for t in (0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= top * 1.5]
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlim(-0.02, 1.02)
-    ax.set(xlabel="extractive fragment coverage (share of summary words inside text copied from the document)",
-           ylabel="extractive fragment density (mean copied-fragment length)",
-           title="How summaries relate to their documents (Grusky et al. 2018)")
-    ax.text(0.01, 0.98, "top right: copies long pieces\nbottom left: writes anew\nX: the mean of each series",
-            transform=ax.transAxes, va="top", fontsize=8, color="#555555")
+    ax.set(
+        xlabel="extractive fragment coverage (share of summary words inside text copied from the document)",
+        ylabel="extractive fragment density (mean copied-fragment length)",
+        title="How summaries relate to their documents (Grusky et al. 2018)",
+    )
+    ax.text(
+        0.01,
+        0.98,
+        "top right: copies long pieces\nbottom left: writes anew\nX: the mean of each series",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+        color="#555555",
+    )
     ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -184,14 +230,24 @@ def plot_coverage_density(path: Path, series: dict[str, list[dict]]) -> bool:
     return True
 
 
-def diagnostics_section(columns: dict[str, Optional[dict]], diff: Optional[dict] = None,
-                        notes: Optional[dict] = None, warnings: Optional[list[str]] = None) -> list[str]:
+def diagnostics_section(
+    columns: dict[str, Optional[dict]],
+    diff: Optional[dict] = None,
+    notes: Optional[dict] = None,
+    warnings: Optional[list[str]] = None,
+) -> list[str]:
     table = D.markdown_table(columns, diff)
     if not table:
         return []
-    out = ["## Beyond ROUGE: each summary against its document", "",
-           "Copying (extractive fragment coverage and density, Grusky et al. 2018), words and numbers not in the "
-           "document, repetition, length and endings; definitions in the protocol below.", "", *table, ""]
+    out = [
+        "## Beyond ROUGE: each summary against its document",
+        "",
+        "Copying (extractive fragment coverage and density, Grusky et al. 2018), words and numbers not in the "
+        "document, repetition, length and endings; definitions in the protocol below.",
+        "",
+        *table,
+        "",
+    ]
     if notes:
         out += ["Values missing for some summaries: " + ", ".join(f"{k}: {v}" for k, v in notes.items()), ""]
     for w in warnings or ():
@@ -236,8 +292,13 @@ def _examples(rows: list[dict], n: int = 3) -> list[str]:
     picks = [("best", ranked[-1]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[0])][:n]
     out = ["## Examples (by ROUGE-L)", ""]
     for label, r in picks:
-        out += [f"**{label}** (id `{r['id']}`, ROUGE-L {100 * r.get('rougeL', 0):.1f})", "",
-                f"- reference: {_one_line(r['reference'])}", f"- generated: {_one_line(r['prediction'])}", ""]
+        out += [
+            f"**{label}** (id `{r['id']}`, ROUGE-L {100 * r.get('rougeL', 0):.1f})",
+            "",
+            f"- reference: {_one_line(r['reference'])}",
+            f"- generated: {_one_line(r['prediction'])}",
+            "",
+        ]
     return out
 
 
@@ -250,8 +311,10 @@ def _protocol_lines(proto: dict) -> list[str]:
     out = []
     for k, v in proto.items():
         if isinstance(v, dict):
-            out.append(f"- {k}: " + "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}"
-                                              for a, b in v.items()))
+            out.append(
+                f"- {k}: "
+                + "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}" for a, b in v.items())
+            )
         else:
             out.append(f"- {k}: {v}")
     return out
@@ -263,13 +326,19 @@ def _plots_md(made: dict) -> list[str]:
         if ok:
             out += [f"![{alt}]({PLOTS_DIR}/{name})", ""]
     if not any(ok for ok, _ in made.values()):
-        out += ["*(no plots: install matplotlib, e.g. `pip install -e \".[report]\"`, and rerun)*", ""]
+        out += ['*(no plots: install matplotlib, e.g. `pip install -e ".[report]"`, and rerun)*', ""]
     return out
 
 
-def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows: Optional[list[dict]] = None,
-                      log_history: Optional[list] = None, train_metrics: Optional[RunMetrics] = None,
-                      diagnostics: Optional[dict] = None) -> Path:
+def write_eval_report(
+    out_dir: Path,
+    metrics: dict,
+    rows: list[dict],
+    base_rows: Optional[list[dict]] = None,
+    log_history: Optional[list] = None,
+    train_metrics: Optional[RunMetrics] = None,
+    diagnostics: Optional[dict] = None,
+) -> Path:
     """report.md + plots/ for an evaluation (metrics as written by evaluate; `diagnostics`: per-example statistics
     by series, model / base / references)."""
     plots = Path(out_dir) / PLOTS_DIR
@@ -278,26 +347,46 @@ def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows:
     model, base = res["model"], res.get("base")
     made = {}
     if log_history:
-        made[CURVES_PNG] = (plot_training_curves(log_history, plots / CURVES_PNG, train_metrics.base if train_metrics else None),
-                            "training curves")
+        made[CURVES_PNG] = (
+            plot_training_curves(log_history, plots / CURVES_PNG, train_metrics.base if train_metrics else None),
+            "training curves",
+        )
     made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, model, base), "ROUGE base vs fine-tuned")
-    made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in rows],
-                                      [r["prediction"] for r in rows],
-                                      [r["prediction"] for r in base_rows] if base_rows else None), "summary lengths")
+    made[LENGTHS_PNG] = (
+        plot_lengths(
+            plots / LENGTHS_PNG,
+            [r["reference"] for r in rows],
+            [r["prediction"] for r in rows],
+            [r["prediction"] for r in base_rows] if base_rows else None,
+        ),
+        "summary lengths",
+    )
     diagnostics = diagnostics or {}
     if diagnostics:
-        made[COVERAGE_PNG] = (plot_coverage_density(plots / COVERAGE_PNG, {
-            "references": diagnostics.get("references") or [], "base model": diagnostics.get("base") or [],
-            "fine-tuned": diagnostics.get("model") or []}), "coverage vs density")
-    diag_cols = {"references": (res.get("references") or {}).get("diagnostics"),
-                 "base model": (base or {}).get("diagnostics"), "model": model.get("diagnostics")}
+        made[COVERAGE_PNG] = (
+            plot_coverage_density(
+                plots / COVERAGE_PNG,
+                {
+                    "references": diagnostics.get("references") or [],
+                    "base model": diagnostics.get("base") or [],
+                    "fine-tuned": diagnostics.get("model") or [],
+                },
+            ),
+            "coverage vs density",
+        )
+    diag_cols = {
+        "references": (res.get("references") or {}).get("diagnostics"),
+        "base model": (base or {}).get("diagnostics"),
+        "model": model.get("diagnostics"),
+    }
     d, m = metrics["data"], metrics["model"]
     t = model["throughput"]
     lines = [
         f"# Evaluation: {Path(m['path']).name} on {d['split']}",
         "",
         f"{d['examples']} examples from `{d['source']}`; model `{m['path']}` ({m['kind']}"
-        + (f", base `{m['base_model']}`" if m.get("base_model") else "") + f"), {m['backend']} backend, {m['dtype']}.",
+        + (f", base `{m['base_model']}`" if m.get("base_model") else "")
+        + f"), {m['backend']} backend, {m['dtype']}.",
         "",
         "## ROUGE F1 x 100 [bootstrap 95% interval]",
         "",
@@ -307,14 +396,18 @@ def write_eval_report(out_dir: Path, metrics: dict, rows: list[dict], base_rows:
         "## Lengths, truncation, speed",
         "",
         f"- words per summary: generated mean {model['lengths_words']['prediction'].get('mean')}, reference mean "
-        f"{model['lengths_words']['reference'].get('mean')}" + (f", base mean {base['lengths_words']['prediction'].get('mean')}" if base else ""),
+        f"{model['lengths_words']['reference'].get('mean')}"
+        + (f", base mean {base['lengths_words']['prediction'].get('mean')}" if base else ""),
         f"- generations stopped by max_new_tokens (no end of summary): {100 * model['hit_max_new_tokens_share']:.1f}%",
         f"- documents truncated to fit the token budget: {100 * model['truncated_input_share']:.1f}%",
         f"- empty summaries: {model['empty_predictions']}",
         f"- throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s",
         "",
-        *diagnostics_section({k: (v or {}).get("stats") for k, v in diag_cols.items()},
-                             res.get("diagnostics_model_minus_base"), (model.get("diagnostics") or {}).get("notes")),
+        *diagnostics_section(
+            {k: (v or {}).get("stats") for k, v in diag_cols.items()},
+            res.get("diagnostics_model_minus_base"),
+            (model.get("diagnostics") or {}).get("notes"),
+        ),
         *_examples(rows),
         "## Protocol",
         "",

@@ -49,23 +49,26 @@ _TOKENIZER_WORDS = {
 }
 _SPLIT_WORDS = {
     "regex": "newlines, and . ! ? followed by whitespace and a capital, digit or opening quote, except after an "
-             "abbreviation or an initial",
+    "abbreviation or an initial",
     "punkt": "newlines, and nltk's trained punkt sentence splitter",
     "newline": "newlines only",
 }
 
 # Scripts written without spaces between words.
-_NO_SPACE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f"
-                       "\u1780-\u17ff\U00020000-\U0002ebef]")
+_NO_SPACE = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\U00020000-\U0002ebef]"
+)
 _WORD = re.compile(r"[^\W_]+")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 
 _SENT_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9#\u0400-\u042f])|(?<=[。！？])\s*")
-_ABBREVIATIONS = frozenset("""
+_ABBREVIATIONS = frozenset(
+    """
 mr mrs ms dr prof sr jr st mt vs etc al fig figs eq eqs no nos vol pp ed eds approx dept inc ltd co corp gen
 col lt sgt capt rev est jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun
 e.g i.e cf viz ca
-""".split())
+""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,16 @@ class Protocol:
     lsum_split: str = "regex"
 
     def describe(self) -> dict:
-        return {"package": "rouge-score", "measure": "F1 (fmeasure)", "use_stemmer": True,
-                "tokenizer": self.tokenizer, "tokenizer_rule": _TOKENIZER_WORDS[self.tokenizer],
-                "rougeLsum_sentence_split": self.lsum_split, "rougeLsum_split_rule": _SPLIT_WORDS[self.lsum_split],
-                "aggregation": "mean over examples"}
+        return {
+            "package": "rouge-score",
+            "measure": "F1 (fmeasure)",
+            "use_stemmer": True,
+            "tokenizer": self.tokenizer,
+            "tokenizer_rule": _TOKENIZER_WORDS[self.tokenizer],
+            "rougeLsum_sentence_split": self.lsum_split,
+            "rougeLsum_split_rule": _SPLIT_WORDS[self.lsum_split],
+            "aggregation": "mean over examples",
+        }
 
 
 def _letters(texts: Iterable[str]) -> tuple[int, int, int]:
@@ -188,10 +197,14 @@ def word_tokens(text: str, tokenizer: str) -> list[str]:
 def _regex_split(para: str) -> list[str]:
     out, start = [], 0
     for m in _SENT_END.finditer(para):
-        before = para[start:m.start()]
+        before = para[start : m.start()]
         last = before.rsplit(None, 1)[-1] if before.split() else ""
         word = last.rstrip(".").lstrip("\"'([").lower()
-        if last.endswith(".") and last != "I." and (word in _ABBREVIATIONS or re.fullmatch(r"(?:[^\W\d_]\.)*[^\W\d_]", word)):
+        if (
+            last.endswith(".")
+            and last != "I."
+            and (word in _ABBREVIATIONS or re.fullmatch(r"(?:[^\W\d_]\.)*[^\W\d_]", word))
+        ):
             continue  # "Dr. Smith", "U.S. Army", "J. Smith": not a sentence end
         out.append(before)
         start = m.end()
@@ -210,9 +223,11 @@ def _punkt():
         try:
             return nltk.data.load("tokenizers/punkt/english.pickle")
         except (LookupError, OSError, ValueError):
-            raise LookupError("eval.rouge_lsum_split=punkt needs nltk's punkt data, which is not installed: run "
-                              "`python -m nltk.downloader punkt_tab` where a network is reachable, or use "
-                              "eval.rouge_lsum_split=regex") from None
+            raise LookupError(
+                "eval.rouge_lsum_split=punkt needs nltk's punkt data, which is not installed: run "
+                "`python -m nltk.downloader punkt_tab` where a network is reachable, or use "
+                "eval.rouge_lsum_split=regex"
+            ) from None
 
 
 def punkt_available() -> bool:
@@ -246,8 +261,9 @@ def score_pair(reference: str, prediction: str, protocol: Optional[Protocol] = N
     return {k: s[k].fmeasure for k in ROUGE_KEYS}
 
 
-def score_corpus(references: list[str], predictions: list[str], protocol: Optional[Protocol] = None
-                 ) -> tuple[dict[str, float], list[dict[str, float]]]:
+def score_corpus(
+    references: list[str], predictions: list[str], protocol: Optional[Protocol] = None
+) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Mean F1 per ROUGE type over examples, and the per-example scores (`auto` resolved on all references)."""
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
@@ -265,9 +281,14 @@ def empty_references(references: list[str], protocol: Protocol) -> int:
 def warn_empty_references(references: list[str], protocol: Protocol, split: str) -> int:
     n = empty_references(references, protocol)
     if n:
-        log.warning("%d of %d %sreferences have no ROUGE token under the %s tokenizer, so they score 0 whatever "
-                    "the model writes; set eval.rouge_tokenizer=unicode (or chars for Chinese, Japanese, Thai)",
-                    n, len(references), f"{split} " if split else "", protocol.tokenizer)
+        log.warning(
+            "%d of %d %sreferences have no ROUGE token under the %s tokenizer, so they score 0 whatever "
+            "the model writes; set eval.rouge_tokenizer=unicode (or chars for Chinese, Japanese, Thai)",
+            n,
+            len(references),
+            f"{split} " if split else "",
+            protocol.tokenizer,
+        )
     return n
 
 

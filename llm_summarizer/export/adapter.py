@@ -30,10 +30,29 @@ def _copy_adapter(loaded, dst: Path) -> str:
 def write(job: Job, write_metadata) -> None:
     """--format adapter"""
     job.meta["method"] = _copy_adapter(job.loaded, job.tmp)
-    res = run_worker({"action": "greedy-adapter", "model_dir": str(job.tmp), "base": job.info.base,
-                      "config": str(job.tmp / CONFIG_FILE), "dtype": job.loaded.dtype, "documents": job.docs,
-                      "max_new_tokens": job.max_new_tokens, "score": job.reference}, job.scratch,
-                     "loading the exported adapter")
-    job.check.update(compare(job.reference, res["texts"], job.docs, "the exported adapter (plain transformers + PEFT)",
-                             job.ref_logprobs, res["logprobs"], job.options.logprob_tolerance))
+    res = run_worker(
+        {
+            "action": "greedy-adapter",
+            "model_dir": str(job.tmp),
+            "base": job.info.base,
+            "config": str(job.tmp / CONFIG_FILE),
+            "dtype": job.loaded.dtype,
+            "documents": job.docs,
+            "max_new_tokens": job.max_new_tokens,
+            "score": job.reference,
+        },
+        job.scratch,
+        "loading the exported adapter",
+    )
+    job.check.update(
+        compare(
+            job.reference,
+            res["texts"],
+            job.docs,
+            "the exported adapter (plain transformers + PEFT)",
+            job.ref_logprobs,
+            res["logprobs"],
+            job.options.logprob_tolerance,
+        )
+    )
     job.check["summary"] = check_text(job.check, len(job.docs), "plain transformers + PEFT loads it", job.docs_source)

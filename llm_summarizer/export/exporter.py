@@ -87,22 +87,41 @@ def _preflight(fmt: str, info, target: Path, overwrite: bool, options: ExportOpt
     if options.dtype not in ("auto",) + DTYPES16:
         raise UserError(f"--dtype {options.dtype!r}: one of auto, {', '.join(DTYPES16)}")
     if info.kind not in FORMATS[fmt].sources:
-        raise UserError(f"{info.path} is already a merged model; --format {fmt} needs a LoRA adapter directory "
-                        f"(merged-4bit and gguf accept a merged model)")
+        raise UserError(
+            f"{info.path} is already a merged model; --format {fmt} needs a LoRA adapter directory "
+            f"(merged-4bit and gguf accept a merged model)"
+        )
     base = info.base if info.kind == "adapter" else info.base_recorded
-    check_places([Place("--output", target, "export", replaced=True)],
-                 [("the model directory", info.path), ("its base model", base if base and os.path.isdir(base) else None),
-                  ("--verify-data", options.verify_data)])
+    check_places(
+        [Place("--output", target, "export", replaced=True)],
+        [
+            ("the model directory", info.path),
+            ("its base model", base if base and os.path.isdir(base) else None),
+            ("--verify-data", options.verify_data),
+        ],
+    )
     if target.exists() and not overwrite:
-        raise UserError(f"--output {target} already exists; pass --overwrite to replace it (only once the new "
-                        f"export is complete and checked), or choose another --output")
+        raise UserError(
+            f"--output {target} already exists; pass --overwrite to replace it (only once the new "
+            f"export is complete and checked), or choose another --output"
+        )
     return FORMATS[fmt].preflight(options) if FORMATS[fmt].preflight else None
 
 
-def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None, base: Optional[str] = None,
-                 overrides: Optional[list[str]] = None, overwrite: bool = False, push_to_hub: Optional[bool] = None,
-                 hub_model_id: Optional[str] = None, hub_private: Optional[bool] = None,
-                 options: Optional[ExportOptions] = None, **option_values) -> ExportResult:
+def export_model(
+    model_dir,
+    fmt: str,
+    output=None,
+    backend: Optional[str] = None,
+    base: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    overwrite: bool = False,
+    push_to_hub: Optional[bool] = None,
+    hub_model_id: Optional[str] = None,
+    hub_private: Optional[bool] = None,
+    options: Optional[ExportOptions] = None,
+    **option_values,
+) -> ExportResult:
     """Export a saved model directory; the Python face of `llm-summarizer export`.
 
     Options are an ExportOptions or its fields as keywords (verify_examples=4, dtype="bfloat16", ...).
@@ -129,13 +148,34 @@ def export_model(model_dir, fmt: str, output=None, backend: Optional[str] = None
     # 3. The fixed documents.
     docs, docs_source = verification_documents(loaded.cfg, options.verify_examples, options.verify_data)
     base_model = info.base if info.kind == "adapter" else info.base_recorded
-    meta = {"format": fmt, "source": str(info.path.resolve()), "source_kind": info.kind,
-            "base_model": str(Path(base_model).resolve()) if base_model and os.path.isdir(base_model) else base_model,
-            "backend": loaded.backend, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": package_versions()}
+    meta = {
+        "format": fmt,
+        "source": str(info.path.resolve()),
+        "source_kind": info.kind,
+        "base_model": str(Path(base_model).resolve()) if base_model and os.path.isdir(base_model) else base_model,
+        "backend": loaded.backend,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+    }
     with atomic_directory(target, owner="export") as tmp, scratch_beside(target) as scratch:
-        job = Job(fmt, options, loaded, tmp, scratch, docs, docs_source, max_new, meta=meta, tools=tools,
-                  check={"documents": len(docs), "documents_source": docs_source, "max_new_tokens": max_new,
-                         "decoding": "greedy"})
+        job = Job(
+            fmt,
+            options,
+            loaded,
+            tmp,
+            scratch,
+            docs,
+            docs_source,
+            max_new,
+            meta=meta,
+            tools=tools,
+            check={
+                "documents": len(docs),
+                "documents_source": docs_source,
+                "max_new_tokens": max_new,
+                "decoding": "greedy",
+            },
+        )
         # 4. The source model's own greedy summaries of them: the reference every export must reproduce.
         _reference(job)
 
@@ -160,14 +200,27 @@ def _reference(job: Job) -> None:
     if job.info.kind == "adapter":
         n = len(job.docs)
         with progress.bar(n, f"export check: the adapter's summaries of {n} fixed documents", "summary") as b:
-            job.reference = [g.text for g in summarize_texts(loaded, job.docs, job.max_new_tokens,
-                                                             progress=lambda done, _t: b.update_to(done))]
+            job.reference = [
+                g.text
+                for g in summarize_texts(
+                    loaded, job.docs, job.max_new_tokens, progress=lambda done, _t: b.update_to(done)
+                )
+            ]
         with inference_mode(loaded.model, loaded.tokenizer, loaded.backend):
-            job.ref_logprobs = completion_logprobs(loaded.model, loaded.formatter, job.docs, job.reference,
-                                                   job.max_new_tokens)
+            job.ref_logprobs = completion_logprobs(
+                loaded.model, loaded.formatter, job.docs, job.reference, job.max_new_tokens
+            )
         return
     _write_metadata(job.scratch, loaded, job.fmt)
-    src = run_worker({"action": "greedy", "model_dir": str(job.info.path), "config": str(job.scratch / CONFIG_FILE),
-                      "documents": job.docs, "max_new_tokens": job.max_new_tokens}, job.scratch,
-                     "loading the source model")
+    src = run_worker(
+        {
+            "action": "greedy",
+            "model_dir": str(job.info.path),
+            "config": str(job.scratch / CONFIG_FILE),
+            "documents": job.docs,
+            "max_new_tokens": job.max_new_tokens,
+        },
+        job.scratch,
+        "loading the source model",
+    )
     job.reference, job.ref_logprobs = src["texts"], src["logprobs"]

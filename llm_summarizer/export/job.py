@@ -26,13 +26,36 @@ DTYPES16 = ("float16", "bfloat16")  # merged-16bit --dtype
 # measured: their limits are their neighbours', loosened below. A sound conversion of a larger model rounds less; a broken one (wrong
 # tokenizer, rope, weights) is off by whole nats with most top tokens changed.
 GGUF_LIMITS = {
-    "f32": (0.001, 0.99), "f16": (0.001, 0.99), "bf16": (0.002, 0.97), "q8_0": (0.01, 0.90),
-    "q6_k": (0.02, 0.85), "q5_k_m": (0.15, 0.8), "q5_1": (0.15, 0.8), "q5_0": (0.15, 0.8),
-    "q4_k_m": (0.15, 0.8), "q4_1": (0.5, 0.65), "q4_0": (0.5, 0.65), "q3_k_m": (1.0, 0.5), "q2_k": (2.0, 0.4),
+    "f32": (0.001, 0.99),
+    "f16": (0.001, 0.99),
+    "bf16": (0.002, 0.97),
+    "q8_0": (0.01, 0.90),
+    "q6_k": (0.02, 0.85),
+    "q5_k_m": (0.15, 0.8),
+    "q5_1": (0.15, 0.8),
+    "q5_0": (0.15, 0.8),
+    "q4_k_m": (0.15, 0.8),
+    "q4_1": (0.5, 0.65),
+    "q4_0": (0.5, 0.65),
+    "q3_k_m": (1.0, 0.5),
+    "q2_k": (2.0, 0.4),
 }
 # From the fewest bits to the most: a refused type names the first more precise one that passes.
-GGUF_PRECISION = ("q2_k", "q3_k_m", "q4_0", "q4_1", "q4_k_m", "q5_0", "q5_1", "q5_k_m", "q6_k", "q8_0", "bf16",
-                  "f16", "f32")
+GGUF_PRECISION = (
+    "q2_k",
+    "q3_k_m",
+    "q4_0",
+    "q4_1",
+    "q4_k_m",
+    "q5_0",
+    "q5_1",
+    "q5_k_m",
+    "q6_k",
+    "q8_0",
+    "bf16",
+    "f16",
+    "f32",
+)
 
 
 def option(default, help: str, kind=None, choices=None):
@@ -47,31 +70,48 @@ class ExportOptions:
     """How an export is made and checked: every field is a flag of `llm-summarizer export` (commands/export.py
     builds them from here), with its default and help."""
 
-    dtype: str = option("auto", "merged weights' dtype (default auto: the base's bfloat16/float16, float16 for a "
-                                "float32 base; the same on every machine)", choices=("auto",) + DTYPES16)
+    dtype: str = option(
+        "auto",
+        "merged weights' dtype (default auto: the base's bfloat16/float16, float16 for a "
+        "float32 base; the same on every machine)",
+        choices=("auto",) + DTYPES16,
+    )
     verify_examples: int = option(8, "fixed documents the export is checked on (default 8)")
-    verify_data: Optional[str] = option(None, "take those documents from this data source (default: the model's "
-                                              "validation data)")
+    verify_data: Optional[str] = option(
+        None, "take those documents from this data source (default: the model's validation data)"
+    )
     gguf_type: str = option("q8_0", f"GGUF type: {', '.join(GGUF_DIRECT + GGUF_QUANTIZED)} (default q8_0)")
-    llama_cpp: Optional[str] = option(None, "llama.cpp checkout holding convert_hf_to_gguf.py (default "
-                                            "$LLAMA_CPP_DIR)")
-    min_4bit_agreement: float = option(0.8, "merged-4bit: least mean ROUGE-L between its and the adapter's greedy "
-                                            "summaries (default 0.8)")
+    llama_cpp: Optional[str] = option(None, "llama.cpp checkout holding convert_hf_to_gguf.py (default $LLAMA_CPP_DIR)")
+    min_4bit_agreement: float = option(
+        0.8, "merged-4bit: least mean ROUGE-L between its and the adapter's greedy summaries (default 0.8)"
+    )
     max_gguf_kl: Optional[float] = option(
-        None, "gguf: largest mean KL divergence (nats per token) of llama.cpp's next-token distributions from the "
-              "merged model's, teacher-forced on the fixed documents' summaries (default: measured per type, q8_0 "
-              f"{GGUF_LIMITS['q8_0'][0]:g}, f16 {GGUF_LIMITS['f16'][0]:g})", kind=float)
+        None,
+        "gguf: largest mean KL divergence (nats per token) of llama.cpp's next-token distributions from the "
+        "merged model's, teacher-forced on the fixed documents' summaries (default: measured per type, q8_0 "
+        f"{GGUF_LIMITS['q8_0'][0]:g}, f16 {GGUF_LIMITS['f16'][0]:g})",
+        kind=float,
+    )
     min_gguf_top1: Optional[float] = option(
-        None, "gguf: least share of those positions where both put the same token first (default: measured per "
-              f"type, q8_0 {GGUF_LIMITS['q8_0'][1]:g}, f16 {GGUF_LIMITS['f16'][1]:g})", kind=float)
+        None,
+        "gguf: least share of those positions where both put the same token first (default: measured per "
+        f"type, q8_0 {GGUF_LIMITS['q8_0'][1]:g}, f16 {GGUF_LIMITS['f16'][1]:g})",
+        kind=float,
+    )
     # llama.cpp's greedy summaries against the merged model's (mean ROUGE-L) are recorded as an illustration; a
     # value here makes them a gate as well (one flipped token rewrites the rest of a greedy summary)
     min_gguf_agreement: Optional[float] = option(
-        None, "gguf: also require this mean ROUGE-L between llama.cpp's and the merged model's greedy summaries "
-              "(default: recorded, not required)", kind=float)
-    logprob_tolerance: float = option(0.1, "adapter and 16-bit export must score the adapter's summaries within "
-                                           "this many nats per token (default 0.1; 16-bit rounding gives about "
-                                           "0.002 in float16, 0.03 in bfloat16)")
+        None,
+        "gguf: also require this mean ROUGE-L between llama.cpp's and the merged model's greedy summaries "
+        "(default: recorded, not required)",
+        kind=float,
+    )
+    logprob_tolerance: float = option(
+        0.1,
+        "adapter and 16-bit export must score the adapter's summaries within "
+        "this many nats per token (default 0.1; 16-bit rounding gives about "
+        "0.002 in float16, 0.03 in bfloat16)",
+    )
 
     def check(self) -> None:
         if self.verify_examples < 1:
@@ -86,11 +126,17 @@ class ExportOptions:
         """(max mean KL, min top-1 agreement, where they come from) for a GGUF type: the flags where given
         (they hold for every type, so a refusal's suggestion meets them too), else the type's measured row."""
         kl, top1 = GGUF_LIMITS[gguf_type]
-        given = [f for f, v in (("--max-gguf-kl", self.max_gguf_kl), ("--min-gguf-top1", self.min_gguf_top1))
-                 if v is not None]
+        given = [
+            f
+            for f, v in (("--max-gguf-kl", self.max_gguf_kl), ("--min-gguf-top1", self.min_gguf_top1))
+            if v is not None
+        ]
         source = f"{gguf_type}'s measured limits" + (f", {' and '.join(given)} given" if given else "")
-        return (kl if self.max_gguf_kl is None else self.max_gguf_kl,
-                top1 if self.min_gguf_top1 is None else self.min_gguf_top1, source)
+        return (
+            kl if self.max_gguf_kl is None else self.max_gguf_kl,
+            top1 if self.min_gguf_top1 is None else self.min_gguf_top1,
+            source,
+        )
 
 
 @dataclass

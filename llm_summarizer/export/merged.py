@@ -31,9 +31,11 @@ def stored_dtype(path: Optional[str]) -> Optional[str]:
     return conf.get("dtype") or conf.get("torch_dtype")
 
 
-DTYPE_RULE = ("the base checkpoint's own 16-bit dtype (bfloat16 or float16); float16 for a float32 base or one that "
-              "does not record its dtype; --dtype overrides. The same on every machine: the CPU's or GPU's bfloat16 "
-              "support does not enter into it")
+DTYPE_RULE = (
+    "the base checkpoint's own 16-bit dtype (bfloat16 or float16); float16 for a float32 base or one that "
+    "does not record its dtype; --dtype overrides. The same on every machine: the CPU's or GPU's bfloat16 "
+    "support does not enter into it"
+)
 
 
 def merged_dtype(loaded, requested: str = "auto") -> tuple[str, str]:
@@ -43,8 +45,9 @@ def merged_dtype(loaded, requested: str = "auto") -> tuple[str, str]:
     stored = stored_dtype(loaded.info.base)
     if stored in DTYPES16:
         return stored, f"the base checkpoint is {stored}"
-    return "float16", (f"the base checkpoint is {stored}" if stored else "the base checkpoint records no dtype") + \
-        ", so float16 (the project's rule for float32 bases)"
+    return "float16", (
+        f"the base checkpoint is {stored}" if stored else "the base checkpoint records no dtype"
+    ) + ", so float16 (the project's rule for float32 bases)"
 
 
 def _written_dtype(dst: Path) -> Optional[str]:
@@ -64,8 +67,11 @@ def _recast(dst: Path, dtype: str) -> None:
     target = getattr(torch, dtype)
     for f in sorted(dst.glob("*.safetensors")):
         tensors = load_file(str(f))
-        save_file({k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}, str(f),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()},
+            str(f),
+            metadata={"format": "pt"},
+        )
     conf_path = dst / "config.json"
     conf = json.loads(conf_path.read_text(encoding="utf-8"))
     for key in ("dtype", "torch_dtype"):
@@ -93,12 +99,19 @@ def merge_16bit(loaded, dst: Path, scratch: Path, dtype: str) -> str:
     dst.mkdir(parents=True, exist_ok=True)
     if loaded.backend != "unsloth" or not torch.cuda.is_available():
         how = _peft_merge(loaded, dst, dtype)
-        return how + (" (Unsloth's CPU merge is the same PEFT merge with a hardware-dependent cast)"
-                      if loaded.backend == "unsloth" else "")
+        return how + (
+            " (Unsloth's CPU merge is the same PEFT merge with a hardware-dependent cast)"
+            if loaded.backend == "unsloth"
+            else ""
+        )
     try:
-        loaded.model.save_pretrained_merged(str(dst), loaded.tokenizer, save_method="merged_16bit",
-                                            temporary_location=str(scratch / "unsloth-buffers"),
-                                            safe_serialization=None)  # None pins safetensors on small machines
+        loaded.model.save_pretrained_merged(
+            str(dst),
+            loaded.tokenizer,
+            save_method="merged_16bit",
+            temporary_location=str(scratch / "unsloth-buffers"),
+            safe_serialization=None,
+        )  # None pins safetensors on small machines
         if not any((dst / w).is_file() for w in ("model.safetensors", "model.safetensors.index.json")):
             raise RuntimeError(f"no safetensors weights in {dst} after saving")
     except Exception as e:  # a fallback that says why, rather than no export at all
@@ -121,17 +134,39 @@ def merge_and_check(job: Job, dst: Path, write_metadata) -> None:
     job.meta["method"] = merge_16bit(job.loaded, dst, job.scratch, target)
     job.meta["dtype_rule"] = f"{target}: {why}. Rule: {DTYPE_RULE}"
     write_metadata(dst)
-    res = run_worker({"action": "greedy", "model_dir": str(dst), "config": str(dst / CONFIG_FILE),
-                      "documents": job.docs, "max_new_tokens": job.max_new_tokens, "score": job.reference},
-                     job.scratch, "loading the merged model")
-    job.check.update(compare(job.reference, res["texts"], job.docs, "the merged model (plain transformers "
-                             "AutoModelForCausalLM)", job.ref_logprobs, res["logprobs"], job.options.logprob_tolerance))
+    res = run_worker(
+        {
+            "action": "greedy",
+            "model_dir": str(dst),
+            "config": str(dst / CONFIG_FILE),
+            "documents": job.docs,
+            "max_new_tokens": job.max_new_tokens,
+            "score": job.reference,
+        },
+        job.scratch,
+        "loading the merged model",
+    )
+    job.check.update(
+        compare(
+            job.reference,
+            res["texts"],
+            job.docs,
+            "the merged model (plain transformers AutoModelForCausalLM)",
+            job.ref_logprobs,
+            res["logprobs"],
+            job.options.logprob_tolerance,
+        )
+    )
     job.meta["dtype"] = res["dtype"]
     job.merged_texts = res["texts"]
     if res["dtype"] != target:
         raise ExportFailed(f"the merged weights load as {res['dtype']}, expected {target}. Nothing was written.")
-    job.check["summary"] = check_text(job.check, len(job.docs), f"plain transformers AutoModelForCausalLM loads "
-                                      f"the merged weights ({res['dtype']})", job.docs_source)
+    job.check["summary"] = check_text(
+        job.check,
+        len(job.docs),
+        f"plain transformers AutoModelForCausalLM loads the merged weights ({res['dtype']})",
+        job.docs_source,
+    )
 
 
 def merged_source(job: Job, write_metadata) -> Path:

@@ -59,7 +59,8 @@ def worker(spec_path: str) -> int:
     if action == "quantize-4bit":
         # computing in the merged weights' own dtype: the same export from the same merge on any machine
         model = AutoModelForCausalLM.from_pretrained(
-            spec["model_dir"], quantization_config=nf4_config(getattr(torch, spec.get("dtype") or "float32")), **kw)
+            spec["model_dir"], quantization_config=nf4_config(getattr(torch, spec.get("dtype") or "float32")), **kw
+        )
         model.save_pretrained(spec["dest"], safe_serialization=True)
         AutoTokenizer.from_pretrained(spec["model_dir"]).save_pretrained(spec["dest"])
         out.write_text(json.dumps({"ok": True}), encoding="utf-8")
@@ -79,15 +80,30 @@ def worker(spec_path: str) -> int:
     fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
     n = len(spec["documents"])
     with progress.bar(n, f"export check: {action} in a separate process, {n} documents", "summary") as b:
-        gens = generate(model, tok, fmt, spec["documents"], cfg.eval, spec["max_new_tokens"], "transformers",
-                        progress=lambda done, _t: b.update_to(done))
+        gens = generate(
+            model,
+            tok,
+            fmt,
+            spec["documents"],
+            cfg.eval,
+            spec["max_new_tokens"],
+            "transformers",
+            progress=lambda done, _t: b.update_to(done),
+        )
     texts = [g.text for g in gens]
     scored = spec.get("score") or texts
-    out.write_text(json.dumps({"texts": texts, "dtype": str(model.dtype).replace("torch.", ""),
-                               "logprobs": completion_logprobs(model, fmt, spec["documents"], scored,
-                                                               spec["max_new_tokens"]),
-                               "transformers": metadata.version("transformers"),
-                               "unsloth_in_process": "unsloth" in sys.modules}), encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "texts": texts,
+                "dtype": str(model.dtype).replace("torch.", ""),
+                "logprobs": completion_logprobs(model, fmt, spec["documents"], scored, spec["max_new_tokens"]),
+                "transformers": metadata.version("transformers"),
+                "unsloth_in_process": "unsloth" in sys.modules,
+            }
+        ),
+        encoding="utf-8",
+    )
     return 0
 
 
@@ -119,8 +135,10 @@ def verification_documents(cfg, n: int, verify_data=None) -> tuple[list[str], st
             return [r["document"] for r in rows], f"first {len(rows)} rows of {source}"
         except UserError:
             continue
-    log.warning("the model's data files cannot be read here; checking the export on %d built-in documents",
-                min(n, len(BUILTIN_DOCUMENTS)))
+    log.warning(
+        "the model's data files cannot be read here; checking the export on %d built-in documents",
+        min(n, len(BUILTIN_DOCUMENTS)),
+    )
     return list(BUILTIN_DOCUMENTS[:n]), "built-in documents (the training data was not readable)"
 
 
@@ -133,7 +151,7 @@ def completion_logprobs(model, formatter, documents: list[str], summaries: list[
             prompt, _ = formatter.generation_prompt(doc, max_new_tokens)
             completion = formatter.completion_ids(summary)
             logits = model(input_ids=torch.tensor([prompt + completion], device=device)).logits
-            logits = logits[0, len(prompt) - 1: -1].float()
+            logits = logits[0, len(prompt) - 1 : -1].float()
             target = torch.tensor(completion, device=device)[:, None]
             out.append(torch.log_softmax(logits, -1).gather(-1, target)[:, 0].tolist())
     return out
@@ -147,7 +165,7 @@ def teacher_forced_logprobs(model, sequences: list[list[int]], starts: list[int]
     out = {}
     with torch.no_grad():
         for i, (ids, start) in enumerate(zip(sequences, starts)):
-            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, start - 1: -1].float()
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, start - 1 : -1].float()
             out[f"seq{i}"] = torch.log_softmax(logits, -1).cpu().contiguous()
     return out
 
@@ -168,8 +186,12 @@ def next_token_agreement(reference: list, other: list) -> dict:
         kls.extend(torch.nan_to_num(kl, nan=torch.inf, posinf=torch.inf).tolist())
         same += int((p.argmax(-1) == q.argmax(-1)).sum())
         n += p.shape[0]
-    return {"mean_kl": sum(kls) / max(1, n), "max_kl": max(kls, default=0.0), "top1_agreement": same / max(1, n),
-            "positions": n}
+    return {
+        "mean_kl": sum(kls) / max(1, n),
+        "max_kl": max(kls, default=0.0),
+        "top1_agreement": same / max(1, n),
+        "positions": n,
+    }
 
 
 def logprob_gaps(ref_lp: list, exp_lp: list) -> list[float]:
@@ -177,8 +199,9 @@ def logprob_gaps(ref_lp: list, exp_lp: list) -> list[float]:
     return [sum(abs(a - b) for a, b in zip(x, y)) / max(1, len(x)) for x, y in zip(ref_lp, exp_lp)]
 
 
-def compare(reference: list[str], exported: list[str], docs: list[str], what: str, ref_lp: list, exp_lp: list,
-            tolerance: float) -> dict:
+def compare(
+    reference: list[str], exported: list[str], docs: list[str], what: str, ref_lp: list, exp_lp: list, tolerance: float
+) -> dict:
     """The export must give the same greedy summaries as the adapter, and the same log-probabilities to the
     adapter's summaries (within `tolerance` nats per token, the 16-bit rounding of merged weights). A greedy
     summary may differ only where the adapter itself had a near-tie, which the second test shows."""
@@ -192,18 +215,27 @@ def compare(reference: list[str], exported: list[str], docs: list[str], what: st
             f"{what} does not behave like the adapter: {len(bad)} of {n} greedy summaries of fixed documents differ, "
             f"and its log-probabilities of the adapter's summaries differ by up to {worst:.3f} nats per token "
             f"(tolerance {tolerance}). Document {i} ({docs[i][:100]!r}...):\n  adapter: {reference[i]!r}\n"
-            f"  export:  {exported[i] if i < len(exported) else None!r}\nNothing was written.")
+            f"  export:  {exported[i] if i < len(exported) else None!r}\nNothing was written."
+        )
     if bad:
-        log.warning("%d of %d greedy summaries differ at near-ties (the export scores the adapter's summaries within "
-                    "%.4f nats/token of the adapter itself), e.g. adapter %r vs export %r", len(bad), n, worst,
-                    reference[bad[0]], exported[bad[0]])
+        log.warning(
+            "%d of %d greedy summaries differ at near-ties (the export scores the adapter's summaries within "
+            "%.4f nats/token of the adapter itself), e.g. adapter %r vs export %r",
+            len(bad),
+            n,
+            worst,
+            reference[bad[0]],
+            exported[bad[0]],
+        )
     return {"matched": n - len(bad), "max_logprob_diff_per_token": round(worst, 6), "logprob_tolerance": tolerance}
 
 
 def check_text(check: dict, n: int, loader: str, source: str) -> str:
-    text = (f"{loader} and reproduces the adapter's greedy summaries on {check['matched']}/{n} fixed documents "
-            f"({source}); it scores the adapter's summaries within {check['max_logprob_diff_per_token']:.4f} nats/token "
-            f"of the adapter (tolerance {check['logprob_tolerance']})")
+    text = (
+        f"{loader} and reproduces the adapter's greedy summaries on {check['matched']}/{n} fixed documents "
+        f"({source}); it scores the adapter's summaries within {check['max_logprob_diff_per_token']:.4f} nats/token "
+        f"of the adapter (tolerance {check['logprob_tolerance']})"
+    )
     if check["matched"] < n:
         text += f"; the other {n - check['matched']} differ only at near-ties"
     return text

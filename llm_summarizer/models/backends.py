@@ -34,8 +34,9 @@ def nf4_config(dtype) -> BitsAndBytesConfig:
     compute = dtype
     if compute == torch.float32 and torch.cuda.is_available():
         compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
 
 
 def cpu_4bit_ready() -> Optional[str]:
@@ -54,8 +55,10 @@ def cpu_4bit_ready() -> Optional[str]:
             version = metadata.version("bitsandbytes")
         except metadata.PackageNotFoundError:
             return "bitsandbytes is not installed"
-        return (f"bitsandbytes {version} cannot quantize to NF4 on the CPU ({type(e).__name__}: "
-                f"{(str(e).strip().splitlines() or [''])[0][:200]}); bitsandbytes 0.50 can")
+        return (
+            f"bitsandbytes {version} cannot quantize to NF4 on the CPU ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0][:200]}); bitsandbytes 0.50 can"
+        )
     return None
 
 
@@ -125,9 +128,14 @@ def _unsloth_load(spec: LoadSpec):
 
     with contextlib.redirect_stdout(sys.stderr):
         model, tok = FastLanguageModel.from_pretrained(
-            model_name=spec.name, max_seq_length=spec.max_seq_length, dtype=spec.dtype,
-            load_in_4bit=spec.load_in_4bit, load_in_8bit=spec.load_in_8bit,
-            trust_remote_code=spec.trust_remote_code, revision=spec.revision)
+            model_name=spec.name,
+            max_seq_length=spec.max_seq_length,
+            dtype=spec.dtype,
+            load_in_4bit=spec.load_in_4bit,
+            load_in_8bit=spec.load_in_8bit,
+            trust_remote_code=spec.trust_remote_code,
+            revision=spec.revision,
+        )
     _on_cpu_plain_4bit(model)
     return model, tok
 
@@ -143,10 +151,19 @@ def _unsloth_lora(model, cfg: Config):
     lo = cfg.lora
     loftq = _loftq(cfg)
     return FastLanguageModel.get_peft_model(
-        model, r=lo.r, target_modules=lo.target_modules, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-        bias=lo.bias, use_gradient_checkpointing=cfg.model.gradient_checkpointing, random_state=cfg.train.seed,
-        use_rslora=lo.use_rslora, init_lora_weights="loftq" if loftq else True, loftq_config=loftq or {},
-        **({"use_dora": True} if lo.use_dora else {}))
+        model,
+        r=lo.r,
+        target_modules=lo.target_modules,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        bias=lo.bias,
+        use_gradient_checkpointing=cfg.model.gradient_checkpointing,
+        random_state=cfg.train.seed,
+        use_rslora=lo.use_rslora,
+        init_lora_weights="loftq" if loftq else True,
+        loftq_config=loftq or {},
+        **({"use_dora": True} if lo.use_dora else {}),
+    )
 
 
 def _unsloth_mode(model, inference: bool) -> None:
@@ -187,9 +204,17 @@ def _transformers_lora(model, cfg: Config):
     lo = cfg.lora
     loftq = _loftq(cfg)
     peft_cfg = LoraConfig(
-        r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules, bias=lo.bias,
-        use_rslora=lo.use_rslora, use_dora=lo.use_dora, task_type="CAUSAL_LM",
-        init_lora_weights="loftq" if loftq else True, loftq_config=loftq or {})
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=lo.target_modules,
+        bias=lo.bias,
+        use_rslora=lo.use_rslora,
+        use_dora=lo.use_dora,
+        task_type="CAUSAL_LM",
+        init_lora_weights="loftq" if loftq else True,
+        loftq_config=loftq or {},
+    )
     torch.manual_seed(cfg.train.seed)
     return get_peft_model(model, peft_cfg)
 
@@ -214,8 +239,9 @@ class Backend:
 
 BACKENDS = {
     "unsloth": Backend("unsloth", _unsloth_load, _unsloth_lora, _unsloth_mode, loads_adapters=True),
-    "transformers": Backend("transformers", _transformers_load, _transformers_lora, _transformers_mode,
-                            loads_adapters=False),
+    "transformers": Backend(
+        "transformers", _transformers_load, _transformers_lora, _transformers_mode, loads_adapters=False
+    ),
 }
 
 
@@ -244,6 +270,7 @@ def apply_named_template(tokenizer, name: str):
     from unsloth.chat_templates import CHAT_TEMPLATES, get_chat_template
 
     if name not in CHAT_TEMPLATES:
-        raise UserError(f"data.template: unknown chat template {name!r}; known: auto, plain, "
-                        + ", ".join(sorted(CHAT_TEMPLATES)))
+        raise UserError(
+            f"data.template: unknown chat template {name!r}; known: auto, plain, " + ", ".join(sorted(CHAT_TEMPLATES))
+        )
     return get_chat_template(tokenizer, chat_template=name)

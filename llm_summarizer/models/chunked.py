@@ -72,18 +72,21 @@ def window_tokens(formatter, max_new_tokens: int, what: str = "model.max_seq_len
         raise UserError(
             f"{what}={formatter.max_seq_length} leaves no room for a document: the prompt takes "
             f"{formatter.template_tokens} tokens and the summary up to {max_new_tokens} (max_new_tokens). Raise "
-            f"model.max_seq_length, lower max_new_tokens, or set eval.chunk_tokens")
+            f"model.max_seq_length, lower max_new_tokens, or set eval.chunk_tokens"
+        )
     return budget
 
 
-def plan(documents: list[str], formatter, ev, max_new_tokens: int, names: Optional[list[str]] = None
-         ) -> tuple[int, list[_Doc]]:
+def plan(
+    documents: list[str], formatter, ev, max_new_tokens: int, names: Optional[list[str]] = None
+) -> tuple[int, list[_Doc]]:
     """The window size and the documents that need more than one window, with their windows; a UserError naming
     the document for an empty one, one that needs more than eval.max_chunks windows, or a budget with no room for
     a document. Cheap (tokenizing only): callers run it on every input before generating anything."""
     n = len(documents)
-    window = window_tokens(formatter, max_new_tokens,
-                           "model.max_seq_length" if not ev.chunk_tokens else "the window (eval.chunk_tokens)")
+    window = window_tokens(
+        formatter, max_new_tokens, "model.max_seq_length" if not ev.chunk_tokens else "the window (eval.chunk_tokens)"
+    )
     docs = []
     for i, doc in enumerate(documents):
         if not isinstance(doc, str) or not doc.strip():
@@ -96,14 +99,23 @@ def plan(documents: list[str], formatter, ev, max_new_tokens: int, names: Option
             raise UserError(
                 f"{_where(names, i, n)}: {len(starts)} tokens need {len(d.windows)} windows of at most {window} "
                 f"tokens, more than eval.max_chunks={ev.max_chunks} (each window is one generation). Raise "
-                f"eval.max_chunks, summarize a part of it, or set eval.long_documents=truncate")
+                f"eval.max_chunks, summarize a part of it, or set eval.long_documents=truncate"
+            )
         docs.append(d)
     return window, docs
 
 
-def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new_tokens: int,
-                   generate: Callable[[list[str], object, Callable], list], names: Optional[list[str]] = None,
-                   progress=None, on_done=None) -> list:
+def summarize_long(
+    documents: list[str],
+    formatter,
+    merge_formatter,
+    ev,
+    max_new_tokens: int,
+    generate: Callable[[list[str], object, Callable], list],
+    names: Optional[list[str]] = None,
+    progress=None,
+    on_done=None,
+) -> list:
     """Generated summaries of `documents`, in order; chunked ones carry `method="chunked"` and the `tree`.
 
     generate(texts, formatter, progress) -> list[Generated] runs one generation call (texts in, summaries out, in
@@ -122,7 +134,7 @@ def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new
             texts.append(doc)
             owners.append((i, -1))
         else:
-            texts += [doc[w.start:w.end] for w in d.windows]
+            texts += [doc[w.start : w.end] for w in d.windows]
             owners += [(i, k) for k in range(len(d.windows))]
     total = [len(texts)]
     done = [0]
@@ -133,6 +145,7 @@ def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new
         def report(d: int, _t: int) -> None:
             if progress:
                 progress(base + d, total[0])
+
         done[0] += k
         return report
 
@@ -146,8 +159,9 @@ def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new
                 on_done(i, g)
             continue
         w = chunked[i].windows[k]
-        first[i].append(Node(f"0.{k}", g.text, g.new_tokens, g.hit_max, w.tokens, span=(w.start, w.end),
-                             cut=g.truncated_input))
+        first[i].append(
+            Node(f"0.{k}", g.text, g.new_tokens, g.hit_max, w.tokens, span=(w.start, w.end), cut=g.truncated_input)
+        )
     for d in docs:
         d.rounds.append(first[d.index])
     # 2. merge rounds until each chunked document has one summary
@@ -173,9 +187,15 @@ def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new
                     # bounded: the joined summaries, cut to one window by data.truncation
                     parts = [(0, len(joined), merge_window, True)]
                     d.cut = True
-                    log.warning("%s: %d partial summaries (%d tokens) do not fit one window of %d tokens after %d "
-                                "merge round(s); the last round reads them cut by data.truncation",
-                                _where(names, d.index, n), len(pieces), len(starts), merge_window, r)
+                    log.warning(
+                        "%s: %d partial summaries (%d tokens) do not fit one window of %d tokens after %d "
+                        "merge round(s); the last round reads them cut by data.truncation",
+                        _where(names, d.index, n),
+                        len(pieces),
+                        len(starts),
+                        merge_window,
+                        r,
+                    )
                 else:
                     parts = [(w.start, w.end, w.tokens, False) for w in windows]
             entries = []
@@ -191,8 +211,17 @@ def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new
             nodes = []
             for k, (children, tokens, cut) in enumerate(entries):
                 g = last = next(gens)
-                nodes.append(Node(f"{r}.{k}", g.text, g.new_tokens, g.hit_max, tokens, children=children,
-                                  cut=cut or g.truncated_input))
+                nodes.append(
+                    Node(
+                        f"{r}.{k}",
+                        g.text,
+                        g.new_tokens,
+                        g.hit_max,
+                        tokens,
+                        children=children,
+                        cut=cut or g.truncated_input,
+                    )
+                )
             d.rounds.append(nodes)
             if len(nodes) > 1:
                 still.append(d)
@@ -207,11 +236,21 @@ def summarize_long(documents: list[str], formatter, merge_formatter, ev, max_new
 
 def describe_tree(d: _Doc, window: int, overlap: int, max_new_tokens: int) -> dict:
     merges = len(d.rounds) - 1
-    how = (f"chunked: {d.tokens} document tokens in {len(d.windows)} windows of at most {window} tokens "
-           f"({overlap} overlapping), each summarized, then {merges} merge round(s) over the joined summaries"
-           + ("; the last round read them cut to one window (data.truncation)" if d.cut else ""))
-    return {"how": how, "document_tokens": d.tokens, "windows": len(d.windows), "window_tokens": window,
-            "overlap_tokens": overlap, "merge_rounds": merges, "max_new_tokens": max_new_tokens, "cut": d.cut,
-            "generations": sum(len(r) for r in d.rounds),
-            "generated_tokens": sum(p.new_tokens for r in d.rounds for p in r),
-            "rounds": [[p.as_dict() for p in r] for r in d.rounds]}
+    how = (
+        f"chunked: {d.tokens} document tokens in {len(d.windows)} windows of at most {window} tokens "
+        f"({overlap} overlapping), each summarized, then {merges} merge round(s) over the joined summaries"
+        + ("; the last round read them cut to one window (data.truncation)" if d.cut else "")
+    )
+    return {
+        "how": how,
+        "document_tokens": d.tokens,
+        "windows": len(d.windows),
+        "window_tokens": window,
+        "overlap_tokens": overlap,
+        "merge_rounds": merges,
+        "max_new_tokens": max_new_tokens,
+        "cut": d.cut,
+        "generations": sum(len(r) for r in d.rounds),
+        "generated_tokens": sum(p.new_tokens for r in d.rounds for p in r),
+        "rounds": [[p.as_dict() for p in r] for r in d.rounds],
+    }

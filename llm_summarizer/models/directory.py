@@ -66,11 +66,15 @@ def _read_json(p: Path, what: str) -> dict:
 
 def _check_full_model_dir(p: Path, what: str) -> None:
     if not (p / "config.json").is_file():
-        raise UserError(f"{what}: {p} has no config.json (a full model) and no adapter_config.json (a LoRA "
-                        f"adapter); is it a model directory?")
+        raise UserError(
+            f"{what}: {p} has no config.json (a full model) and no adapter_config.json (a LoRA "
+            f"adapter); is it a model directory?"
+        )
     if not any((p / w).is_file() for w in FULL_WEIGHTS):
-        raise UserError(f"{what}: {p} has config.json but no weights ({', '.join(FULL_WEIGHTS[::2])}); "
-                        f"the save or copy did not finish")
+        raise UserError(
+            f"{what}: {p} has config.json but no weights ({', '.join(FULL_WEIGHTS[::2])}); "
+            f"the save or copy did not finish"
+        )
 
 
 def resolve_base(recorded: Optional[str], adapter_dir: Path, override: Optional[str], what: str) -> str:
@@ -84,8 +88,10 @@ def resolve_base(recorded: Optional[str], adapter_dir: Path, override: Optional[
             _check_full_model_dir(Path(p), f"--base {override}")
         return p
     if not recorded:
-        raise UserError(f"{what}: {adapter_dir / ADAPTER_CONFIG} names no base model (base_model_name_or_path); "
-                        f"pass --base /path/to/base/model")
+        raise UserError(
+            f"{what}: {adapter_dir / ADAPTER_CONFIG} names no base model (base_model_name_or_path); "
+            f"pass --base /path/to/base/model"
+        )
     rec = os.path.expanduser(recorded)
     candidates = [Path(rec)]
     if not os.path.isabs(rec):
@@ -95,9 +101,11 @@ def resolve_base(recorded: Optional[str], adapter_dir: Path, override: Optional[
             _check_full_model_dir(c, f"{what}: base model of the adapter")
             return str(c) if c == Path(rec) else str(c.resolve())
     if is_local_path(recorded):
-        raise UserError(f"{what}: {adapter_dir} is a LoRA adapter whose base model {recorded} is not found "
-                        f"(looked in: {', '.join(str(c) for c in candidates)}). Restore the base model there, "
-                        f"pass --base /path/to/base/model, or use a merged model directory")
+        raise UserError(
+            f"{what}: {adapter_dir} is a LoRA adapter whose base model {recorded} is not found "
+            f"(looked in: {', '.join(str(c) for c in candidates)}). Restore the base model there, "
+            f"pass --base /path/to/base/model, or use a merged model directory"
+        )
     return recorded  # a hub id; loading says what to do when it cannot be fetched
 
 
@@ -109,16 +117,27 @@ def describe_model_dir(path, base: Optional[str] = None, what: str = "--model") 
     if not p.is_dir():
         raise UserError(f"{what} {path}: is a file; expected a model directory (an adapter or a merged model)")
     cfg_yaml = p / CONFIG_FILE
-    metrics = RunMetrics.from_dict(_read_json(p / METRICS_FILE, what), f"{what} {p / METRICS_FILE}") \
-        if (p / METRICS_FILE).is_file() else None
+    metrics = (
+        RunMetrics.from_dict(_read_json(p / METRICS_FILE, what), f"{what} {p / METRICS_FILE}")
+        if (p / METRICS_FILE).is_file()
+        else None
+    )
     if (p / ADAPTER_CONFIG).is_file():
         ac = _read_json(p / ADAPTER_CONFIG, what)
         if not any((p / w).is_file() for w in ADAPTER_WEIGHTS):
-            raise UserError(f"{what} {path}: has adapter_config.json but no adapter weights "
-                            f"({' or '.join(ADAPTER_WEIGHTS)}); the save or copy did not finish")
+            raise UserError(
+                f"{what} {path}: has adapter_config.json but no adapter weights "
+                f"({' or '.join(ADAPTER_WEIGHTS)}); the save or copy did not finish"
+            )
         recorded = ac.get("base_model_name_or_path")
-        return ModelDir(p, "adapter", resolve_base(recorded, p, base, what), recorded,
-                        cfg_yaml if cfg_yaml.is_file() else None, metrics)
+        return ModelDir(
+            p,
+            "adapter",
+            resolve_base(recorded, p, base, what),
+            recorded,
+            cfg_yaml if cfg_yaml.is_file() else None,
+            metrics,
+        )
     _check_full_model_dir(p, f"{what} {path}")
     recorded = None
     if (p / EXPORT_INFO).is_file():
@@ -139,21 +158,29 @@ def check_architecture(model_path: str, what: str, trust_remote_code: bool = Fal
     conf = _read_json(p / "config.json", what)
     model_type = conf.get("model_type")
     if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and conf.get("auto_map")):
-        raise UserError(f"{what}: {p}/config.json has model_type {model_type!r}, which transformers "
-                        f"{_version('transformers')} does not know; use a supported causal LM (llama, qwen2, "
-                        f"mistral, gemma, phi3, ...) or upgrade transformers")
+        raise UserError(
+            f"{what}: {p}/config.json has model_type {model_type!r}, which transformers "
+            f"{_version('transformers')} does not know; use a supported causal LM (llama, qwen2, "
+            f"mistral, gemma, phi3, ...) or upgrade transformers"
+        )
     archs = conf.get("architectures") or []
     causal_arch = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
-    if (archs and not causal_arch) or (model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+    if (archs and not causal_arch) or (
+        model_type in CONFIG_MAPPING_NAMES and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
         archs = ", ".join(archs or [model_type])
-        raise UserError(f"{what}: {p} is a {archs}, not a causal language model (model_type {model_type}); "
-                        f"summarization here needs a decoder model (...ForCausalLM)")
+        raise UserError(
+            f"{what}: {p} is a {archs}, not a causal language model (model_type {model_type}); "
+            f"summarization here needs a decoder model (...ForCausalLM)"
+        )
     q = conf.get("quantization_config") or {}
     if q.get("quant_method") == "bitsandbytes" and not torch.cuda.is_available():
         why = "8-bit weights need a CUDA GPU" if q.get("load_in_8bit") else cpu_4bit_ready()
         if why:
-            raise UserError(f"{what}: {p} is stored quantized with bitsandbytes and this machine has no CUDA GPU "
-                            f"({why}). Use a 16-bit model directory on the CPU")
+            raise UserError(
+                f"{what}: {p} is stored quantized with bitsandbytes and this machine has no CUDA GPU "
+                f"({why}). Use a 16-bit model directory on the CPU"
+            )
 
 
 def _version(pkg: str) -> str:

@@ -96,10 +96,22 @@ class AdaptiveBatch:
         return self.size
 
 
-def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection, max_new_tokens: int,
-             backend: str, batch_size: Optional[int] = None, seed: int = 0, progress=None,
-             batch: Optional[AdaptiveBatch] = None, sort_by_length: bool = True, batching: Optional[str] = None,
-             on_done: Optional[Callable[[int, Generated], None]] = None) -> list[Generated]:
+def generate(
+    model,
+    tokenizer,
+    formatter,
+    documents: list[str],
+    ev: EvalSection,
+    max_new_tokens: int,
+    backend: str,
+    batch_size: Optional[int] = None,
+    seed: int = 0,
+    progress=None,
+    batch: Optional[AdaptiveBatch] = None,
+    sort_by_length: bool = True,
+    batching: Optional[str] = None,
+    on_done: Optional[Callable[[int, Generated], None]] = None,
+) -> list[Generated]:
     """Summaries for `documents`, in order. Rows are taken longest prompt first (an out-of-memory shows at once;
     less left padding to compute) and the results put back in the documents' order; an out-of-memory halves the
     batch and retries, and `batch` (when given) keeps the smaller size for the next call.
@@ -113,7 +125,9 @@ def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection,
     for d in documents:
         ids, truncated = formatter.generation_prompt(d, max_new_tokens)
         prompts.append((ids, truncated))
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0])) if sort_by_length else list(range(len(prompts)))
+    order = (
+        sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0])) if sort_by_length else list(range(len(prompts)))
+    )
     results: list[Optional[Generated]] = [None] * len(prompts)
     batch = batch or AdaptiveBatch(batch_size or ev.batch_size)
     stop = list(formatter.stop_ids)
@@ -122,8 +136,7 @@ def generate(model, tokenizer, formatter, documents: list[str], ev: EvalSection,
         if mode == "continuous" and sort_by_length and plain_greedy(model, ev) and plain_cache(model):
             _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, results, progress, on_done)
         else:
-            _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, seed, results, progress,
-                    on_done)
+            _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, seed, results, progress, on_done)
     return results  # type: ignore[return-value]
 
 
@@ -134,8 +147,13 @@ def _finish(tokenizer, toks: list[int], stop, truncated: bool) -> Generated:
             n, ended = k, True
             break
     text = tokenizer.decode(toks[:n], skip_special_tokens=True).strip()
-    return Generated(text=text, new_tokens=n, hit_max=not ended, truncated_input=truncated,
-                     method="truncated" if truncated else "whole")
+    return Generated(
+        text=text,
+        new_tokens=n,
+        hit_max=not ended,
+        truncated_input=truncated,
+        method="truncated" if truncated else "whole",
+    )
 
 
 def _oom_retry(e: RuntimeError, batch: AdaptiveBatch, bs: int) -> int:
@@ -144,8 +162,11 @@ def _oom_retry(e: RuntimeError, batch: AdaptiveBatch, bs: int) -> int:
         return 0
     torch.cuda.empty_cache()
     bs = batch.reduce() if batch.size == bs else max(1, bs // 2)
-    log.warning("generation ran out of memory; retrying with batch size %d (kept for the rest of this run; set "
-                "eval.batch_size to start there)", bs)
+    log.warning(
+        "generation ran out of memory; retrying with batch size %d (kept for the rest of this run; set "
+        "eval.batch_size to start there)",
+        bs,
+    )
     return bs
 
 
@@ -153,8 +174,14 @@ def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, s
     """Batches of `batch.size` rows through model.generate, each until its longest summary ends."""
     bs = batch.size
     device = next(model.parameters()).device
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, num_beams=ev.num_beams, do_sample=ev.do_sample,
-                      eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        num_beams=ev.num_beams,
+        do_sample=ev.do_sample,
+        eos_token_id=stop,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
     if ev.do_sample:
         gen_kwargs.update(temperature=ev.temperature, top_p=ev.top_p)
         torch.manual_seed(seed)
@@ -162,7 +189,7 @@ def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, s
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
     i = 0
     while i < len(order):
-        idx = order[i: i + bs]
+        idx = order[i : i + bs]
         inputs = tokenizer.pad({"input_ids": [prompts[j][0] for j in idx]}, return_tensors="pt", padding=True)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         try:
@@ -172,7 +199,7 @@ def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, s
             if not bs:
                 raise
             continue
-        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        new = out[:, inputs["input_ids"].shape[1] :].tolist()
         for j, toks in zip(idx, new):
             results[j] = _finish(tokenizer, toks, stop, prompts[j][1])
             if on_done:
@@ -183,12 +210,23 @@ def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, s
 
 
 # generation_config fields that change what greedy search picks; when one is set, model.generate's own loop runs
-_GREEDY_CHANGERS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
-                    "min_length": (None, 0), "min_new_tokens": (None, 0), "suppress_tokens": (None,),
-                    "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-                    "sequence_bias": (None,), "exponential_decay_length_penalty": (None,),
-                    "encoder_repetition_penalty": (None, 1.0), "guidance_scale": (None, 1.0),
-                    "watermarking_config": (None,), "renormalize_logits": (None, False)}
+_GREEDY_CHANGERS = {
+    "repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "encoder_repetition_penalty": (None, 1.0),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "renormalize_logits": (None, False),
+}
 
 
 def plain_greedy(model, ev: EvalSection) -> bool:
@@ -302,9 +340,13 @@ def _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, r
                     if live:
                         t_old, t_new = mask.shape[1], new_mask.shape[1]
                         t = max(t_old, t_new)
-                        kv = [(torch.cat([_left_pad(k0, t - t_old, 2), _left_pad(k1, t - t_new, 2)]),
-                               torch.cat([_left_pad(v0, t - t_old, 2), _left_pad(v1, t - t_new, 2)]))
-                              for (k0, v0), (k1, v1) in zip(kv, new_kv)]
+                        kv = [
+                            (
+                                torch.cat([_left_pad(k0, t - t_old, 2), _left_pad(k1, t - t_new, 2)]),
+                                torch.cat([_left_pad(v0, t - t_old, 2), _left_pad(v1, t - t_new, 2)]),
+                            )
+                            for (k0, v0), (k1, v1) in zip(kv, new_kv)
+                        ]
                         mask = torch.cat([_left_pad(mask, t - t_old, 1), _left_pad(new_mask, t - t_new, 1)])
                     else:
                         kv, mask = new_kv, new_mask
@@ -316,8 +358,13 @@ def _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, r
             step_ids = torch.tensor([[row.tokens[-1]] for row in live], device=device)
             positions = mask.sum(1, keepdim=True)
             step_mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            out = model(input_ids=step_ids, attention_mask=step_mask, position_ids=positions, past_key_values=cache,
-                        use_cache=True)
+            out = model(
+                input_ids=step_ids,
+                attention_mask=step_mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
         except RuntimeError as e:
             bs = _oom_retry(e, batch, bs)
             if not bs:
@@ -335,8 +382,9 @@ def _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, r
                 mask = mask.index_select(0, sel)
                 first = int(mask.any(0).int().argmax())  # columns no remaining row uses are dropped
                 mask = mask[:, first:]
-                kv = [(k.index_select(0, sel)[:, :, first:], v.index_select(0, sel)[:, :, first:])
-                      for k, v in _kv(cache)]
+                kv = [
+                    (k.index_select(0, sel)[:, :, first:], v.index_select(0, sel)[:, :, first:]) for k, v in _kv(cache)
+                ]
                 cache = _rebuilt(model, kv)
             else:
                 kv, mask, cache = [], None, None
@@ -362,10 +410,18 @@ def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
     return derive_max_new_tokens([], ev), "default (no lengths recorded; set eval.max_new_tokens)"
 
 
-def summarize_texts(loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None,
-                    batch_size: Optional[int] = None, model=None, progress=None,
-                    batch: Optional[AdaptiveBatch] = None, long_documents: Optional[str] = None,
-                    names: Optional[list[str]] = None, on_done=None) -> list[Generated]:
+def summarize_texts(
+    loaded: Loaded,
+    texts: list[str],
+    max_new_tokens: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    model=None,
+    progress=None,
+    batch: Optional[AdaptiveBatch] = None,
+    long_documents: Optional[str] = None,
+    names: Optional[list[str]] = None,
+    on_done=None,
+) -> list[Generated]:
     """Generated summaries (text, new_tokens, hit_max, truncated_input, method, tree), in order.
 
     A document over the token budget is chunked (windows, then merge rounds; `tree` says how) or cut by
@@ -377,18 +433,32 @@ def summarize_texts(loaded: Loaded, texts: list[str], max_new_tokens: Optional[i
     ev = loaded.cfg.eval
 
     def run(docs: list[str], formatter, report, done=None) -> list[Generated]:
-        return generate(model, loaded.tokenizer, formatter, list(docs), ev, n, loaded.backend, batch_size=batch_size,
-                        seed=ev.sample_seed, progress=report, batch=batch, on_done=done)
+        return generate(
+            model,
+            loaded.tokenizer,
+            formatter,
+            list(docs),
+            ev,
+            n,
+            loaded.backend,
+            batch_size=batch_size,
+            seed=ev.sample_seed,
+            progress=report,
+            batch=batch,
+            on_done=done,
+        )
 
     if (long_documents or ev.long_documents) != "chunk":
         return run(texts, loaded.formatter, progress, on_done)
     formatter, merge_formatter = chunk_formatters(loaded, n)
-    return summarize_long(list(texts), formatter, merge_formatter, ev, n, run, names=names, progress=progress,
-                          on_done=on_done)
+    return summarize_long(
+        list(texts), formatter, merge_formatter, ev, n, run, names=names, progress=progress, on_done=on_done
+    )
 
 
-def check_documents(loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None,
-                    names: Optional[list[str]] = None) -> None:
+def check_documents(
+    loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None, names: Optional[list[str]] = None
+) -> None:
     """With eval.long_documents=chunk, the refusals summarize_texts would give (an empty document, more windows
     than eval.max_chunks, no room for a document), for all `texts` at once and before anything is generated."""
     if loaded.cfg.eval.long_documents == "chunk":
@@ -411,8 +481,14 @@ def chunk_formatters(loaded: Loaded, max_new_tokens: int):
     return formatter, merge
 
 
-def summarize(model, texts: list[str], backend: Optional[str] = None, base: Optional[str] = None,
-              overrides: Optional[list[str]] = None, max_new_tokens: Optional[int] = None) -> list[str]:
+def summarize(
+    model,
+    texts: list[str],
+    backend: Optional[str] = None,
+    base: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    max_new_tokens: Optional[int] = None,
+) -> list[str]:
     """Summaries of `texts` by a saved model directory (or an already loaded Loaded); documents over the token
     budget are chunked or cut by eval.long_documents (pass e.g. overrides=["eval.long_documents=truncate"])."""
     loaded = model if isinstance(model, Loaded) else load_for_generation(model, backend, base, overrides)

@@ -39,8 +39,18 @@ log = logging.getLogger("llm_summarizer.models")
 
 GGUF_MAGIC = b"GGUF"
 # Tried in order for a pad token distinct from EOS (what the vocabulary has decides).
-PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|PAD_TOKEN|>", "<|endoftext|>",
-                  "<|reserved_special_token_0|>", "<|vision_pad|>", "<unk>", "<|unk|>")
+PAD_CANDIDATES = (
+    "<|finetune_right_pad_id|>",
+    "<|pad|>",
+    "<pad>",
+    "[PAD]",
+    "<|PAD_TOKEN|>",
+    "<|endoftext|>",
+    "<|reserved_special_token_0|>",
+    "<|vision_pad|>",
+    "<unk>",
+    "<|unk|>",
+)
 
 
 def is_gguf_name(name: str) -> bool:
@@ -64,8 +74,10 @@ def inspect(path: Path, what: str = "model.name") -> dict:
     with open(path, "rb") as f:
         head = f.read(4)
     if head != GGUF_MAGIC:
-        raise UserError(f"{what}: {path} is not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF'); "
-                        f"download it again, or point model.name at a model directory")
+        raise UserError(
+            f"{what}: {path} is not a GGUF file (it starts with {head!r}, a GGUF file with b'GGUF'); "
+            f"download it again, or point model.name at a model directory"
+        )
     from gguf import GGUFReader  # the gguf package: only needed for GGUF sources
 
     try:
@@ -74,8 +86,10 @@ def inspect(path: Path, what: str = "model.name") -> dict:
         types = Counter(t.tensor_type.name for t in reader.tensors)
         n_params = int(sum(int(t.n_elements) for t in reader.tensors))
     except Exception as e:  # a cut-off or damaged file fails in several ways inside the reader
-        raise UserError(f"{what}: {path} looks truncated or damaged ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable header'}); download it again") from None
+        raise UserError(
+            f"{what}: {path} looks truncated or damaged ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable header'}); download it again"
+        ) from None
     return {"architecture": arch, "tensor_types": dict(types), "parameters": n_params, "bytes": path.stat().st_size}
 
 
@@ -92,8 +106,9 @@ def end_of_turn_token(tokenizer) -> Optional[str]:
         return None
     marker = "\u2063ANSWER\u2063"
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
-                                              {"role": "assistant", "content": marker}], tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
     except Exception:  # a template that needs other roles: nothing to repair from it
         return None
     after = text.split(marker, 1)[-1]
@@ -126,8 +141,10 @@ def repair_decoder(tokenizer) -> list[str]:
 
     backend.decoder = decoders.ByteLevel()
     tokenizer.clean_up_tokenization_spaces = False  # a WordPiece clean-up; on byte-level BPE it removes spaces
-    return [f"tokenizer decoder {'+'.join(map(str, dec_types))} -> ByteLevel (a byte-level BPE vocabulary; "
-            f"llama.cpp's converter reads the SentencePiece-style chain as a SentencePiece vocabulary)"]
+    return [
+        f"tokenizer decoder {'+'.join(map(str, dec_types))} -> ByteLevel (a byte-level BPE vocabulary; "
+        f"llama.cpp's converter reads the SentencePiece-style chain as a SentencePiece vocabulary)"
+    ]
 
 
 def repair_special_tokens(tokenizer, config, generation_config) -> list[str]:
@@ -162,7 +179,9 @@ def converted_dir(path: Path, cache_dir, dtype: torch.dtype, digest: str) -> Pat
 
 
 def _complete(d: Path) -> bool:
-    return (d / GGUF_CONVERSION_FILE).is_file() and (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    return (
+        (d / GGUF_CONVERSION_FILE).is_file() and (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    )
 
 
 def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -> Path:
@@ -174,9 +193,11 @@ def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -
     if _complete(out):
         return out
     if not _supported(facts["architecture"]):
-        raise UserError(f"{what}: {path} is a {facts['architecture']!r} GGUF, which transformers "
-                        f"{metadata.version('transformers')} cannot convert (it reads llama, mistral, qwen2, "
-                        f"gemma, phi3 and a few more); use that model's original checkpoint instead")
+        raise UserError(
+            f"{what}: {path} is a {facts['architecture']!r} GGUF, which transformers "
+            f"{metadata.version('transformers')} cannot convert (it reads llama, mistral, qwen2, "
+            f"gemma, phi3 and a few more); use that model's original checkpoint instead"
+        )
     with cache_lock(out.parent / f".{out.name}.convert.lock"):  # not atomic_directory's own .{name}.lock
         if _complete(out):  # another run converted it while we waited
             return out
@@ -185,14 +206,25 @@ def materialize(path, cache_dir, dtype: torch.dtype, what: str = "model.name") -
         if out.exists():
             shutil.rmtree(out)
         t0 = time.time()
-        log.info("converting %s (%s, %s) into %s, %s; once, then reused", path, facts["architecture"],
-                 ", ".join(f"{n} {k}" for k, n in facts["tensor_types"].items()), out, dtype)
+        log.info(
+            "converting %s (%s, %s) into %s, %s; once, then reused",
+            path,
+            facts["architecture"],
+            ", ".join(f"{n} {k}" for k, n in facts["tensor_types"].items()),
+            out,
+            dtype,
+        )
         with atomic_directory(out) as tmp:
             changes = _convert(path, tmp, dtype, what)
-            record = {"source": str(path), "sha256": digest, **facts, "dtype": str(dtype).replace("torch.", ""),
-                      "converted_with": f"transformers {metadata.version('transformers')}, gguf "
-                                        f"{metadata.version('gguf')}",
-                      "changes": changes, "seconds": round(time.time() - t0, 1)}
+            record = {
+                "source": str(path),
+                "sha256": digest,
+                **facts,
+                "dtype": str(dtype).replace("torch.", ""),
+                "converted_with": f"transformers {metadata.version('transformers')}, gguf {metadata.version('gguf')}",
+                "changes": changes,
+                "seconds": round(time.time() - t0, 1),
+            }
             (tmp / GGUF_CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for c in changes:
             log.info("GGUF conversion changed: %s", c)
@@ -205,12 +237,15 @@ def _convert(path: Path, dst: Path, dtype: torch.dtype, what: str) -> list[str]:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     except Exception as e:  # an unsupported quantization type, a tokenizer transformers cannot rebuild, ...
-        raise UserError(f"{what}: transformers could not read {path} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:300] if str(e) else ''}); its quantization types or tokenizer "
-                        f"may not be supported by this transformers version") from None
+        raise UserError(
+            f"{what}: transformers could not read {path} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); its quantization types or tokenizer "
+            f"may not be supported by this transformers version"
+        ) from None
     # A GGUF-loaded model refuses save_pretrained: move its weights into a model built from the same config.
-    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
-                                     if k not in ("quantization_config", "_name_or_path")})
+    config = AutoConfig.for_model(
+        **{k: v for k, v in loaded.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+    )
     config.dtype = dtype
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -219,8 +254,10 @@ def _convert(path: Path, dst: Path, dtype: torch.dtype, what: str) -> list[str]:
         model.tie_weights()
         missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
-        raise UserError(f"{what}: the weights of {path} do not fit the model its config describes "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(
+            f"{what}: the weights of {path} do not fit the model its config describes "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     del loaded
     try:
         gen = GenerationConfig.from_model_config(model.config)

@@ -103,8 +103,16 @@ def resolve_model_path(cfg: Config, raw_splits=None) -> str:
         if raw_splits is None:
             raise UserError("model.name random:<shape> needs the training data to train its tokenizer")
         texts = [t for r in raw_splits["train"].rows for t in (r["document"], r["summary"])]
-        return str(random_init.build_random_model(shape, texts, cfg.model.cache_dir, seed=cfg.train.seed,
-                                                  max_positions=max(2048, cfg.model.max_seq_length), log=log.info))
+        return str(
+            random_init.build_random_model(
+                shape,
+                texts,
+                cfg.model.cache_dir,
+                seed=cfg.train.seed,
+                max_positions=max(2048, cfg.model.max_seq_length),
+                log=log.info,
+            )
+        )
     name = os.path.expanduser(cfg.model.name)
     if is_local_path(cfg.model.name):
         info = describe_model_dir(name, what="model.name")
@@ -131,8 +139,9 @@ def load_tokenizer(cfg: Config, raw_splits=None):
     """model.name's tokenizer, finished as training uses it (for the data preview)."""
     path = resolve_model_path(cfg, raw_splits)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code,
-                                            revision=cfg.model.revision)
+        tok = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision
+        )
     except OSError as e:
         raise _offline_hint(cfg, e) from None
     return finish_tokenizer(cfg, tok, cfg.model.backend)
@@ -145,14 +154,18 @@ def check_quantized_training(cfg: Config) -> None:
     if torch.cuda.is_available():
         return
     if cfg.model.load_in_8bit:
-        raise UserError("model.load_in_8bit=true needs a CUDA GPU; this machine has none. On the CPU use "
-                        "model.load_in_4bit=true (NF4, QLoRA) or model.load_in_8bit=false (32-bit weights).")
+        raise UserError(
+            "model.load_in_8bit=true needs a CUDA GPU; this machine has none. On the CPU use "
+            "model.load_in_4bit=true (NF4, QLoRA) or model.load_in_8bit=false (32-bit weights)."
+        )
     if cfg.model.load_in_4bit:
         why = cpu_4bit_ready()
         if why:
-            raise UserError(f"model.load_in_4bit=true: this machine has no CUDA GPU and {why}. Set "
-                            f"model.load_in_4bit=false to train in 32-bit on the CPU, or install bitsandbytes "
-                            f"0.50 (`bash scripts/setup_env.sh` pins it).")
+            raise UserError(
+                f"model.load_in_4bit=true: this machine has no CUDA GPU and {why}. Set "
+                f"model.load_in_4bit=false to train in 32-bit on the CPU, or install bitsandbytes "
+                f"0.50 (`bash scripts/setup_env.sh` pins it)."
+            )
 
 
 def add_lora(be, model, cfg: Config):
@@ -162,10 +175,13 @@ def add_lora(be, model, cfg: Config):
     except ValueError as e:
         if "not found in the base model" not in str(e) and "Target modules" not in str(e):
             raise
-        names = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
-                       - {"lm_head"})
-        raise UserError(f"lora.target_modules={cfg.lora.target_modules}: no such layer in {cfg.model.name}; its "
-                        f"linear layers are: {', '.join(names)} (or use lora.target_modules=all-linear)") from None
+        names = sorted(
+            {n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)} - {"lm_head"}
+        )
+        raise UserError(
+            f"lora.target_modules={cfg.lora.target_modules}: no such layer in {cfg.model.name}; its "
+            f"linear layers are: {', '.join(names)} (or use lora.target_modules=all-linear)"
+        ) from None
 
 
 def load_for_training(cfg: Config, raw_splits=None):
@@ -177,8 +193,16 @@ def load_for_training(cfg: Config, raw_splits=None):
     be = get_backend(m.backend)
     # Unsloth picks the dtype itself on a GPU; on a CPU it would pick bf16 on bf16 CPUs, so we say float32.
     dtype = None if be.name == "unsloth" and m.dtype == "auto" and torch.cuda.is_available() else prec.dtype
-    spec = LoadSpec(path, m.max_seq_length, dtype, m.load_in_4bit, m.load_in_8bit, m.trust_remote_code, m.revision,
-                    m.attn_implementation if be.name == "transformers" else None)
+    spec = LoadSpec(
+        path,
+        m.max_seq_length,
+        dtype,
+        m.load_in_4bit,
+        m.load_in_8bit,
+        m.trust_remote_code,
+        m.revision,
+        m.attn_implementation if be.name == "transformers" else None,
+    )
     try:
         model, tok = be.load(spec)
     except (OSError, RuntimeError) as e:
@@ -191,12 +215,24 @@ def load_for_training(cfg: Config, raw_splits=None):
         model.config.pad_token_id = tok.pad_token_id
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    info = {"base_model": cfg.model.name, "resolved_path": path, "backend": be.name,
-            "precision": prec.name, "trainable_params": trainable, "total_params": total}
+    info = {
+        "base_model": cfg.model.name,
+        "resolved_path": path,
+        "backend": be.name,
+        "precision": prec.name,
+        "trainable_params": trainable,
+        "total_params": total,
+    }
     if (Path(path) / GGUF_CONVERSION_FILE).is_file():  # where the weights came from, and what was repaired
         info["gguf"] = json.loads((Path(path) / GGUF_CONVERSION_FILE).read_text(encoding="utf-8"))
-    log.info("model: %s via %s, %s, %.2fM trainable of %.2fM parameters", path, be.name, prec.name,
-             trainable / 1e6, total / 1e6)
+    log.info(
+        "model: %s via %s, %s, %.2fM trainable of %.2fM parameters",
+        path,
+        be.name,
+        prec.name,
+        trainable / 1e6,
+        total / 1e6,
+    )
     return model, tok, info
 
 
@@ -232,16 +268,24 @@ class Loaded:
             yield self.model
 
     def describe(self) -> dict:
-        return {"path": str(self.info.path), "kind": self.info.kind, "base_model": self.info.base,
-                "backend": self.backend, "dtype": self.dtype, "quantized": self.quantized}
+        return {
+            "path": str(self.info.path),
+            "kind": self.info.kind,
+            "base_model": self.info.base,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "quantized": self.quantized,
+        }
 
 
 def _load_error(what: str, path: str, e: Exception) -> UserError:
     first = (str(e).strip().splitlines() or [""])[0][:400]
     hint = ""
     if isinstance(e, OSError) and not os.path.isdir(path):
-        hint = (" If this machine has no network access, use a local model directory "
-                "(pass --base /path/to/base/model for an adapter).")
+        hint = (
+            " If this machine has no network access, use a local model directory "
+            "(pass --base /path/to/base/model for an adapter)."
+        )
     elif "size mismatch" in str(e) or "not found in the base model" in str(e) or "Target modules" in str(e):
         hint = " The adapter does not fit this base model: it was trained on another one (pass the right --base)."
     return UserError(f"{what}: could not load {path} ({type(e).__name__}: {first}).{hint}")
@@ -271,8 +315,15 @@ def _adapter_with_base(info: ModelDir):
 def _load_weights(info: ModelDir, cfg: Config, backend_name: str, dtype, q4: bool, q8: bool):
     """The model of a saved directory (an adapter with its base, or a merged model) on one backend."""
     be = get_backend(backend_name)
-    spec = LoadSpec(str(info.path), cfg.model.max_seq_length, dtype, q4, q8, cfg.model.trust_remote_code,
-                    attn_implementation=cfg.model.attn_implementation if be.name == "transformers" else None)
+    spec = LoadSpec(
+        str(info.path),
+        cfg.model.max_seq_length,
+        dtype,
+        q4,
+        q8,
+        cfg.model.trust_remote_code,
+        attn_implementation=cfg.model.attn_implementation if be.name == "transformers" else None,
+    )
     if info.kind == "adapter" and be.loads_adapters:
         with _adapter_with_base(info) as name:
             spec.name = str(name)
@@ -316,15 +367,22 @@ def from_hub(name: str, what: str) -> str:
         path = snapshot_download(repo_id=name, repo_type="model")
     except Exception as e:  # offline, no such repository, no access: all the same to the user
         first = redact((str(e).strip().splitlines() or [""])[0][:300], env_secrets())
-        raise UserError(f"{what} {name}: not a local folder, and the hub id could not be downloaded "
-                        f"({type(e).__name__}: {first}). On a machine with network: `hf download {name} "
-                        f"--local-dir DIR` (a private repository needs HF_TOKEN), then pass {what} DIR") from None
+        raise UserError(
+            f"{what} {name}: not a local folder, and the hub id could not be downloaded "
+            f"({type(e).__name__}: {first}). On a machine with network: `hf download {name} "
+            f"--local-dir DIR` (a private repository needs HF_TOKEN), then pass {what} DIR"
+        ) from None
     log.info("%s %s: the hub repository's files, in %s", what, name, path)
     return path
 
 
-def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional[str] = None,
-                        overrides: Optional[list[str]] = None, info: Optional[ModelDir] = None) -> Loaded:
+def load_for_generation(
+    model_dir,
+    backend: Optional[str] = None,
+    base: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    info: Optional[ModelDir] = None,
+) -> Loaded:
     """Model + tokenizer + prompt formatter of a saved model directory, ready for `summarize_texts`.
 
     backend: "unsloth" or "transformers" (default: the backend the model was trained with).
@@ -353,14 +411,28 @@ def load_for_generation(model_dir, backend: Optional[str] = None, base: Optional
     if getattr(model.config, "pad_token_id", None) != tok.pad_token_id:
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
-    log.info("loaded %s (%s%s) on the %s backend, %s", info.path, info.kind,
-             f", base {info.base}" if info.kind == "adapter" else "", backend, str(dtype).replace("torch.", ""))
-    return Loaded(model, tok, Formatter(tok, cfg.data, cfg.model.max_seq_length), cfg, backend, info,
-                  str(dtype).replace("torch.", ""), "4bit" if q4 else "8bit" if q8 else stored)
+    log.info(
+        "loaded %s (%s%s) on the %s backend, %s",
+        info.path,
+        info.kind,
+        f", base {info.base}" if info.kind == "adapter" else "",
+        backend,
+        str(dtype).replace("torch.", ""),
+    )
+    return Loaded(
+        model,
+        tok,
+        Formatter(tok, cfg.data, cfg.model.max_seq_length),
+        cfg,
+        backend,
+        info,
+        str(dtype).replace("torch.", ""),
+        "4bit" if q4 else "8bit" if q8 else stored,
+    )
 
 
 def _stored_quantization(info: ModelDir) -> Optional[str]:
-    """"4bit" / "8bit" for a merged directory stored quantized with bitsandbytes (a merged-4bit export)."""
+    """ "4bit" / "8bit" for a merged directory stored quantized with bitsandbytes (a merged-4bit export)."""
     conf = info.path / "config.json"
     if info.kind != "merged" or not conf.is_file():
         return None
@@ -375,8 +447,10 @@ def load_base_for_generation(loaded: Loaded) -> Loaded:
     model's tokenizer and prompt format so both see identical prompts."""
     info = loaded.info
     if not info.base:
-        raise UserError(f"--compare-base: {info.path} is a merged model that does not record its base model "
-                        f"(export_info.json base_model); pass --base /path/to/base/model")
+        raise UserError(
+            f"--compare-base: {info.path} is a merged model that does not record its base model "
+            f"(export_info.json base_model); pass --base /path/to/base/model"
+        )
     if os.path.isdir(info.base):
         base_info = describe_model_dir(info.base, what="--base")
         check_architecture(info.base, "--base", loaded.cfg.model.trust_remote_code)
@@ -385,9 +459,16 @@ def load_base_for_generation(loaded: Loaded) -> Loaded:
     # quantized as the fine-tuned model was on loading; a directory stored in 4-bit (a merged-4bit export) has a
     # 16-bit base
     m = loaded.cfg.model
-    model = _load_weights(base_info, loaded.cfg, loaded.backend, inference_dtype(loaded.cfg),
-                          loaded.quantized == "4bit" and m.load_in_4bit, loaded.quantized == "8bit" and m.load_in_8bit)
+    model = _load_weights(
+        base_info,
+        loaded.cfg,
+        loaded.backend,
+        inference_dtype(loaded.cfg),
+        loaded.quantized == "4bit" and m.load_in_4bit,
+        loaded.quantized == "8bit" and m.load_in_8bit,
+    )
     model.config.pad_token_id = loaded.tokenizer.pad_token_id
     model.eval()
-    return Loaded(model, loaded.tokenizer, loaded.formatter, loaded.cfg, loaded.backend, base_info, loaded.dtype,
-                  loaded.quantized)
+    return Loaded(
+        model, loaded.tokenizer, loaded.formatter, loaded.cfg, loaded.backend, base_info, loaded.dtype, loaded.quantized
+    )

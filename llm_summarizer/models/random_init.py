@@ -23,18 +23,51 @@ from ..files import atomic_directory
 
 # Llama-3.2-1B / Qwen2.5-1.5B / Llama-3.1-8B shapes, with the vocabulary of the trained tokenizer.
 SHAPES: dict[str, dict] = {
-    "tiny": dict(arch="llama", hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True,
-                 rope_theta=10000.0, initializer_range=0.1),
-    "llama-1b": dict(arch="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                     num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=True,
-                     rope_theta=500000.0),
-    "qwen-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                      num_attention_heads=12, num_key_value_heads=2, vocab_size=32000, tie_word_embeddings=True,
-                      rope_theta=1000000.0),
-    "llama-8b": dict(arch="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                     num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False,
-                     rope_theta=500000.0),
+    "tiny": dict(
+        arch="llama",
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=2048,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        initializer_range=0.1,
+    ),
+    "llama-1b": dict(
+        arch="llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    ),
+    "qwen-1.5b": dict(
+        arch="qwen2",
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=32000,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+    ),
+    "llama-8b": dict(
+        arch="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+    ),
 }
 
 BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>"
@@ -78,8 +111,13 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        additional_special_tokens=CHAT_SPECIALS, model_max_length=131072,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=CHAT_SPECIALS,
+        model_max_length=131072,
     )
     return fast
 
@@ -91,15 +129,21 @@ def build_config(shape: str, vocab_size: int, bos_id: int, eos_id: int, pad_id: 
     # the logits near 2-3, so the loss cannot fall far and a CPU demo learns too slowly.
     spec.setdefault("initializer_range", 0.02)
     spec["vocab_size"] = vocab_size
-    common = dict(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
-                  max_position_embeddings=max_positions, torch_dtype="float32")
+    common = dict(
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        max_position_embeddings=max_positions,
+        torch_dtype="float32",
+    )
     if arch == "llama":
         return LlamaConfig(**spec, **common, rms_norm_eps=1e-5, hidden_act="silu", attention_bias=False)
     return Qwen2Config(**spec, **common, rms_norm_eps=1e-6, hidden_act="silu")
 
 
-def build_random_model(shape: str, texts: list[str], root: str | os.PathLike, seed: int = 0,
-                       max_positions: int = 8192, log=print) -> Path:
+def build_random_model(
+    shape: str, texts: list[str], root: str | os.PathLike, seed: int = 0, max_positions: int = 8192, log=print
+) -> Path:
     """Build (or reuse) the random-init model directory for `shape`, tokenizer trained on `texts`."""
     if shape not in SHAPES:
         raise UserError(f"model.name 'random:{shape}': unknown shape; known shapes: {', '.join(SHAPES)}")
@@ -119,6 +163,7 @@ def build_random_model(shape: str, texts: list[str], root: str | os.PathLike, se
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "random_init.json").write_text(json.dumps({"shape": shape, "seed": seed, "texts": len(texts),
-                                                         "texts_sha256": digest}, indent=2))
+        (tmp / "random_init.json").write_text(
+            json.dumps({"shape": shape, "seed": seed, "texts": len(texts), "texts_sha256": digest}, indent=2)
+        )
     return out

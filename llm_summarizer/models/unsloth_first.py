@@ -33,5 +33,6 @@ def import_unsloth():
             f"model.backend=unsloth needs the unsloth package, which is not importable{have}: {e}. Install it "
             f"with `bash scripts/setup_env.sh` in a checkout of llm_summarizer, or with `pip install --no-deps "
             f"-r requirements/unsloth.txt` (its pinned unsloth and unsloth_zoo) after this package's "
-            f"dependencies; or use model.backend=transformers (--backend transformers).") from None
+            f"dependencies; or use model.backend=transformers (--backend transformers)."
+        ) from None
     return unsloth

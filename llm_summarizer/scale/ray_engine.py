@@ -79,9 +79,11 @@ def check_reachable(address) -> None:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
             return
     except (OSError, ValueError) as e:
-        raise UserError(f"scale.address={address!r}: cannot connect to a Ray cluster there ({type(e).__name__}); start "
-                        f"one with `ray start --head`, use address auto for the one running on this machine, or null "
-                        f"for a local one") from None
+        raise UserError(
+            f"scale.address={address!r}: cannot connect to a Ray cluster there ({type(e).__name__}); start "
+            f"one with `ray start --head`, use address auto for the one running on this machine, or null "
+            f"for a local one"
+        ) from None
 
 
 def run_on_ray(cfg: Config, worker) -> dict:
@@ -104,22 +106,35 @@ def run_on_ray(cfg: Config, worker) -> dict:
         try:
             check_reachable(sc.address)
             try:
-                ray.init(address=sc.address, include_dashboard=False, log_to_driver=True,
-                         logging_level=logging.WARNING)
+                ray.init(address=sc.address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise UserError(f"scale.address={sc.address!r}: cannot connect to a Ray cluster "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); start one with `ray start "
-                                f"--head`, use address auto for the running one, or null for a local one") from None
+                raise UserError(
+                    f"scale.address={sc.address!r}: cannot connect to a Ray cluster "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); start one with `ray start "
+                    f"--head`, use address auto for the running one, or null for a local one"
+                ) from None
             box_name = f"llm-summarizer-fatal-{marker.name}"
             box = ray.remote(FatalBox).options(name=box_name, num_cpus=0).remote()
             trainer = TorchTrainer(
-                worker, train_loop_config={"cfg": config_to_dict(cfg), "marker": str(marker), "fatal_box": box_name},
-                scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=use_gpu,
-                                             resources_per_worker=dict(sc.resources_per_worker) or None),
-                run_config=RunConfig(name=cfg.output.run_name, storage_path=str(output_dir / "ray"),
-                                     failure_config=FailureConfig(max_failures=sc.max_failures)))
-            log.info("Ray: %d worker(s)%s, up to %d restart(s)", sc.num_workers, " on GPUs" if use_gpu else "",
-                     sc.max_failures)
+                worker,
+                train_loop_config={"cfg": config_to_dict(cfg), "marker": str(marker), "fatal_box": box_name},
+                scaling_config=ScalingConfig(
+                    num_workers=sc.num_workers,
+                    use_gpu=use_gpu,
+                    resources_per_worker=dict(sc.resources_per_worker) or None,
+                ),
+                run_config=RunConfig(
+                    name=cfg.output.run_name,
+                    storage_path=str(output_dir / "ray"),
+                    failure_config=FailureConfig(max_failures=sc.max_failures),
+                ),
+            )
+            log.info(
+                "Ray: %d worker(s)%s, up to %d restart(s)",
+                sc.num_workers,
+                " on GPUs" if use_gpu else "",
+                sc.max_failures,
+            )
             try:
                 trainer.fit()
             except ray.train.TrainingFailedError as e:
@@ -127,9 +142,11 @@ def run_on_ray(cfg: Config, worker) -> dict:
                 if fatal:  # one rank's own error, the others then failed waiting for it: that error is the news
                     _, code, message = fatal[0]
                     raise (UserError if code == EXIT_USER_ERROR else TrainingStopped)(message) from None
-                raise TrainingStopped(f"the Ray workers failed {sc.max_failures + 1 if sc.max_failures >= 0 else ''} "
-                                      f"time(s): {str(e).splitlines()[0][:500]}; the newest complete checkpoint in "
-                                      f"{output_dir} is kept: the same command resumes from it") from None
+                raise TrainingStopped(
+                    f"the Ray workers failed {sc.max_failures + 1 if sc.max_failures >= 0 else ''} "
+                    f"time(s): {str(e).splitlines()[0][:500]}; the newest complete checkpoint in "
+                    f"{output_dir} is kept: the same command resumes from it"
+                ) from None
             fatal = sorted(ray.get(box.get.remote()))
         finally:
             marker.unlink(missing_ok=True)

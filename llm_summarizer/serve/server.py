@@ -54,8 +54,14 @@ log = logging.getLogger("llm_summarizer.serve")
 _BYTES_PER_CHAR = 6
 _BODY_SLACK = 1 << 20
 
-_REASONS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-            500: "internal_error", 503: "busy"}
+_REASONS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    500: "internal_error",
+    503: "busy",
+}
 
 
 class Refusal(Exception):
@@ -85,8 +91,11 @@ class Summarizer:
         if not document.strip():
             raise Refusal(400, "the document is empty")
         if len(document) > self.max_chars:
-            raise Refusal(413, f"the document has {len(document)} characters; this server takes at most "
-                              f"{self.max_chars} (--max-chars)")
+            raise Refusal(
+                413,
+                f"the document has {len(document)} characters; this server takes at most "
+                f"{self.max_chars} (--max-chars)",
+            )
         return document
 
     def _one(self, model, document: str) -> dict:
@@ -96,12 +105,19 @@ class Summarizer:
             prompt_tokens = len(self.loaded.formatter.generation_prompt(document, self.max_new_tokens)[0])
             generated = g.new_tokens
         else:  # chunked (eval.long_documents): every window's and merge round's prompt, and all they generated
-            prompt_tokens = sum(p["input_tokens"] + self.loaded.formatter.template_tokens
-                                for r in g.tree["rounds"] for p in r)
+            prompt_tokens = sum(
+                p["input_tokens"] + self.loaded.formatter.template_tokens for r in g.tree["rounds"] for p in r
+            )
             generated = g.tree["generated_tokens"]
-        out = {"summary": g.text, "seconds": round(time.perf_counter() - t0, 3), "method": g.method,
-               "truncated_input": g.truncated_input, "hit_max_new_tokens": g.hit_max, "new_tokens": generated,
-               "prompt_tokens": prompt_tokens}
+        out = {
+            "summary": g.text,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "method": g.method,
+            "truncated_input": g.truncated_input,
+            "hit_max_new_tokens": g.hit_max,
+            "new_tokens": generated,
+            "prompt_tokens": prompt_tokens,
+        }
         if g.tree is not None:
             out["chunks"] = g.tree
         return out
@@ -137,9 +153,12 @@ class Queue:
         busy = self._turn.locked() or self.waiting > 0  # a released turn passes to a waiter, never a newcomer
         if busy and self.waiting >= self.max_waiting:
             after = max(1, math.ceil(retry_seconds * (self.waiting + 1)))
-            raise Refusal(503, f"the model is busy: {self.waiting} request(s) are already waiting "
-                              f"(--max-queue {self.max_waiting}); retry in about {after} s",
-                         headers={"Retry-After": str(after)})
+            raise Refusal(
+                503,
+                f"the model is busy: {self.waiting} request(s) are already waiting "
+                f"(--max-queue {self.max_waiting}); retry in about {after} s",
+                headers={"Retry-After": str(after)},
+            )
         self.waiting += 1
         try:
             await self._turn.acquire()
@@ -168,14 +187,15 @@ def _text(content, where: str, required: bool) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type", "text") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise Refusal(400, f"{where}.content[{j}]: only text parts are read ({{\"type\": \"text\", "
-                                  f"\"text\": \"...\"}}), got {kind!r}")
+                raise Refusal(
+                    400,
+                    f'{where}.content[{j}]: only text parts are read ({{"type": "text", "text": "..."}}), got {kind!r}',
+                )
             if not isinstance(part.get("text"), str):
                 raise Refusal(400, f"{where}.content[{j}].text must be a string")
             texts.append(part["text"])
         return "".join(texts)
-    raise Refusal(400, f"{where}.content must be a string or a list of text parts, not "
-                      f"{type(content).__name__}")
+    raise Refusal(400, f"{where}.content must be a string or a list of text parts, not {type(content).__name__}")
 
 
 def chat_document(body: dict) -> str:
@@ -210,8 +230,14 @@ def _chat_options(body: dict) -> tuple[bool, bool]:
 def _error(path: str, status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
     message = redact(message)
     if path.startswith("/v1/"):
-        body = {"error": {"message": message, "type": "server_error" if status >= 500 else "invalid_request_error",
-                          "code": _REASONS.get(status, str(status)), "param": None}}
+        body = {
+            "error": {
+                "message": message,
+                "type": "server_error" if status >= 500 else "invalid_request_error",
+                "code": _REASONS.get(status, str(status)),
+                "param": None,
+            }
+        }
     else:
         body = {"error": message}
     return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
@@ -220,8 +246,11 @@ def _error(path: str, status: int, message: str, headers: Optional[dict] = None)
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     path = request.url.path
     if exc.status_code == 404:
-        hint = "GET /v1/models, POST /v1/chat/completions" if path.startswith("/v1/") else \
-            "GET /, GET /health, POST /summarize, POST /v1/chat/completions"
+        hint = (
+            "GET /v1/models, POST /v1/chat/completions"
+            if path.startswith("/v1/")
+            else "GET /, GET /health, POST /summarize, POST /v1/chat/completions"
+        )
         message = f"no route {path}; try {hint}"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {path}; use {(exc.headers or {}).get('Allow', 'another method')}"
@@ -250,8 +279,14 @@ class _AccessLog:
             await self.app(scope, receive, send_status)
         finally:
             client = (scope.get("client") or ("-",))[0]
-            log.info("%s %s %s %s %.2f s", client, scope["method"], redact(scope["path"]), status[0],
-                     time.perf_counter() - t0)
+            log.info(
+                "%s %s %s %s %.2f s",
+                client,
+                scope["method"],
+                redact(scope["path"]),
+                status[0],
+                time.perf_counter() - t0,
+            )
 
 
 class _JSON400(H11Protocol):
@@ -259,13 +294,25 @@ class _JSON400(H11Protocol):
     text; ours is the same 400 as JSON, so every client reads errors one way."""
 
     def send_400_response(self, msg: str) -> None:
-        body = json.dumps({"error": "the request is not valid HTTP/1.1 (its request line or a header such as "
-                                    "Content-Length or Transfer-Encoding could not be read)"}).encode()
-        for event in (h11.Response(status_code=400, reason=b"Bad Request",
-                                   headers=[(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(body)).encode()),
-                                            (b"connection", b"close")]),
-                      h11.Data(data=body), h11.EndOfMessage()):
+        body = json.dumps(
+            {
+                "error": "the request is not valid HTTP/1.1 (its request line or a header such as "
+                "Content-Length or Transfer-Encoding could not be read)"
+            }
+        ).encode()
+        for event in (
+            h11.Response(
+                status_code=400,
+                reason=b"Bad Request",
+                headers=[
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            ),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 
@@ -278,32 +325,39 @@ class App:
         self.queue = Queue(max_queue)
         self.max_body = summarizer.max_chars * _BYTES_PER_CHAR + _BODY_SLACK
         self.server: Optional[uvicorn.Server] = None
-        routes = [Route("/", self.index, methods=["GET"]), Route("/index.html", self.index, methods=["GET"]),
-                  Route("/health", self.health, methods=["GET"]),
-                  Route("/summarize", self.summarize, methods=["POST"]),
-                  Route("/v1/models", self.models, methods=["GET"]),
-                  Route("/v1/models/{model:path}", self.model, methods=["GET"]),
-                  Route("/v1/chat/completions", self.chat, methods=["POST"])]
-        self.asgi = Starlette(routes=routes, middleware=[Middleware(_AccessLog)],
-                              exception_handlers={HTTPException: _http_error})
+        routes = [
+            Route("/", self.index, methods=["GET"]),
+            Route("/index.html", self.index, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/summarize", self.summarize, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+        ]
+        self.asgi = Starlette(
+            routes=routes, middleware=[Middleware(_AccessLog)], exception_handlers={HTTPException: _http_error}
+        )
 
     # -- plumbing ------------------------------------------------------------------------------------
     async def _body(self, request: Request) -> dict:
         n = request.headers.get("content-length")
         if n is not None and n.isdigit() and int(n) > self.max_body:
-            raise Refusal(413, f"the request body has {n} bytes; this server reads at most {self.max_body} "
-                              f"(--max-chars {self.s.max_chars})")
+            raise Refusal(
+                413,
+                f"the request body has {n} bytes; this server reads at most {self.max_body} "
+                f"(--max-chars {self.s.max_chars})",
+            )
         raw = bytearray()
         async for chunk in request.stream():  # a Content-Length body or a chunked one alike
             raw += chunk
             if len(raw) > self.max_body:
-                raise Refusal(413, f"the request body is over {self.max_body} bytes "
-                                  f"(--max-chars {self.s.max_chars})")
+                raise Refusal(413, f"the request body is over {self.max_body} bytes (--max-chars {self.s.max_chars})")
         try:
             body = json.loads(bytes(raw).decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise Refusal(400, "the body is not JSON; send {\"document\": \"...\"} with "
-                              "Content-Type: application/json") from None
+            raise Refusal(
+                400, 'the body is not JSON; send {"document": "..."} with Content-Type: application/json'
+            ) from None
         if not isinstance(body, dict):
             raise Refusal(400, "the body must be a JSON object")
         return body
@@ -335,9 +389,19 @@ class App:
 
     async def health(self, request: Request) -> Response:
         s, q = self.s, self.queue
-        return JSONResponse({"ok": True, "model": s.name, "compare_base": s.compare_base, "max_chars": s.max_chars,
-                             "max_new_tokens": s.max_new_tokens, "generating": q.generating, "waiting": q.waiting,
-                             "max_queue": q.max_waiting}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {
+                "ok": True,
+                "model": s.name,
+                "compare_base": s.compare_base,
+                "max_chars": s.max_chars,
+                "max_new_tokens": s.max_new_tokens,
+                "generating": q.generating,
+                "waiting": q.waiting,
+                "max_queue": q.max_waiting,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def summarize(self, request: Request) -> Response:
         async def work():
@@ -348,8 +412,12 @@ class App:
         return await self._answer(request, work)
 
     def _model_card(self) -> dict:
-        return {"id": self.s.name, "object": "model", "created": int(self.s.loaded.info.path.stat().st_mtime),
-                "owned_by": "llm-summarizer"}
+        return {
+            "id": self.s.name,
+            "object": "model",
+            "created": int(self.s.loaded.info.path.stat().st_mtime),
+            "owned_by": "llm-summarizer",
+        }
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card()]})
@@ -369,18 +437,35 @@ class App:
                 return _gone()
             ident, created = f"chatcmpl-{time.time_ns()}", int(time.time())
             finish = "length" if out["hit_max_new_tokens"] else "stop"
-            usage = {"prompt_tokens": out["prompt_tokens"], "completion_tokens": out["new_tokens"],
-                     "total_tokens": out["prompt_tokens"] + out["new_tokens"]}
+            usage = {
+                "prompt_tokens": out["prompt_tokens"],
+                "completion_tokens": out["new_tokens"],
+                "total_tokens": out["prompt_tokens"] + out["new_tokens"],
+            }
             if not stream:
-                return JSONResponse({
-                    "id": ident, "object": "chat.completion", "created": created, "model": self.s.name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out["summary"]},
-                                 "logprobs": None, "finish_reason": finish}],
-                    "usage": usage}, headers={"Cache-Control": "no-store"})
-            return StreamingResponse(_events(ident, created, self.s.name, out["summary"], finish,
-                                             usage if include_usage else None),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+                return JSONResponse(
+                    {
+                        "id": ident,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": self.s.name,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": out["summary"]},
+                                "logprobs": None,
+                                "finish_reason": finish,
+                            }
+                        ],
+                        "usage": usage,
+                    },
+                    headers={"Cache-Control": "no-store"},
+                )
+            return StreamingResponse(
+                _events(ident, created, self.s.name, out["summary"], finish, usage if include_usage else None),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
 
         return await self._answer(request, work)
 
@@ -393,12 +478,25 @@ def _gone() -> Response:
 async def _events(ident: str, created: int, model: str, text: str, finish: str, usage: Optional[dict]):
     """The OpenAI chunk sequence as server-sent events. Generation is not token-streamed, so the summary comes
     as one content chunk, after the role chunk and before the finish chunk (and the usage chunk when asked)."""
-    def chunk(choices, **extra):
-        return "data: " + json.dumps({"id": ident, "object": "chat.completion.chunk", "created": created,
-                                      "model": model, "choices": choices, **extra}, ensure_ascii=False) + "\n\n"
 
-    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                  "finish_reason": None}])
+    def chunk(choices, **extra):
+        return (
+            "data: "
+            + json.dumps(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": choices,
+                    **extra,
+                },
+                ensure_ascii=False,
+            )
+            + "\n\n"
+        )
+
+    yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
     yield chunk([{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
     yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
     if usage is not None:
@@ -430,8 +528,16 @@ class Served:
 def make_server(summarizer: Summarizer, host: str, port: int, max_queue: int) -> Served:
     """Bind host:port now (an OSError says why not) and prepare the server; nothing is served before run()."""
     app = App(summarizer, max_queue)
-    config = uvicorn.Config(app.asgi, http=_JSON400, ws="none", lifespan="off", loop="asyncio",
-                            log_config=None, access_log=False, server_header=False)
+    config = uvicorn.Config(
+        app.asgi,
+        http=_JSON400,
+        ws="none",
+        lifespan="off",
+        loop="asyncio",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=config.backlog)
     # uvicorn's own loggers: problems only, in our log format (its start-up lines would repeat our URL line)

@@ -25,7 +25,7 @@ def scalar_name(key: str) -> str:
     if key.startswith(EVAL_PREFIX):
         return "eval/" + plain_name(key)
     if key.startswith("test_"):
-        return "test/" + key[len("test_"):]
+        return "test/" + key[len("test_") :]
     return "train/" + key
 
 
@@ -46,13 +46,27 @@ def evaluation_values(metrics: dict) -> dict[str, float]:
     stats = lambda block: ((block or {}).get("diagnostics") or {}).get("stats") or {}  # noqa: E731
     values.update({f"{split}/{k}": v["mean"] for k, v in stats(res["model"]).items() if v.get("mean") is not None})
     if "model_minus_base" in res:
-        values.update({f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v})
+        values.update(
+            {f"{split}/base_{k}": v["f1"] for k, v in res["base"].items() if isinstance(v, dict) and "f1" in v}
+        )
         values.update({f"{split}/gain_{k}": v["diff"] for k, v in res["model_minus_base"].items()})
-        values.update({f"{split}/base_{k}": v["mean"] for k, v in stats(res["base"]).items() if v.get("mean") is not None})
-        values.update({f"{split}/gain_{k}": v["diff"] for k, v in (res.get("diagnostics_model_minus_base") or {}).items()
-                       if v.get("diff") is not None})
-    values.update({f"{split}/references_{k}": v["mean"] for k, v in stats(res.get("references")).items()
-                   if v.get("mean") is not None})
+        values.update(
+            {f"{split}/base_{k}": v["mean"] for k, v in stats(res["base"]).items() if v.get("mean") is not None}
+        )
+        values.update(
+            {
+                f"{split}/gain_{k}": v["diff"]
+                for k, v in (res.get("diagnostics_model_minus_base") or {}).items()
+                if v.get("diff") is not None
+            }
+        )
+    values.update(
+        {
+            f"{split}/references_{k}": v["mean"]
+            for k, v in stats(res.get("references")).items()
+            if v.get("mean") is not None
+        }
+    )
     values[f"{split}/examples"] = float(metrics["data"]["examples"])
     return values
 

@@ -63,13 +63,16 @@ def check_server(uri: str) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     try:
-        socket.create_connection((u.hostname or "", u.port or (443 if u.scheme == "https" else 80)),
-                                 timeout=SERVER_WAIT_S).close()
+        socket.create_connection(
+            (u.hostname or "", u.port or (443 if u.scheme == "https" else 80)), timeout=SERVER_WAIT_S
+        ).close()
     except OSError as e:
-        raise UserError(f"tracking.mlflow_tracking_uri {redact(uri)}: the MLflow server does not answer "
-                        f"({e.strerror or type(e).__name__}). Start it or fix the address, use a local store "
-                        f"(tracking.mlflow_tracking_uri=sqlite:///mlflow.db), or leave mlflow out of "
-                        f"tracking.report_to") from None
+        raise UserError(
+            f"tracking.mlflow_tracking_uri {redact(uri)}: the MLflow server does not answer "
+            f"({e.strerror or type(e).__name__}). Start it or fix the address, use a local store "
+            f"(tracking.mlflow_tracking_uri=sqlite:///mlflow.db), or leave mlflow out of "
+            f"tracking.report_to"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -80,9 +83,11 @@ def _server_errors(uri: str):
         if not uri.startswith(("http:", "https:")) or isinstance(e, UserError):
             raise
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"tracking.mlflow_tracking_uri {redact(uri)}: the MLflow server refused or failed the run's "
-                        f"start ({type(e).__name__}: {redact(first)}). Check the address and the server's log, or "
-                        f"leave mlflow out of tracking.report_to") from None
+        raise UserError(
+            f"tracking.mlflow_tracking_uri {redact(uri)}: the MLflow server refused or failed the run's "
+            f"start ({type(e).__name__}: {redact(first)}). Check the address and the server's log, or "
+            f"leave mlflow out of tracking.report_to"
+        ) from None
 
 
 def mlflow_uri(cfg, output_dir: Path) -> str:
@@ -128,7 +133,7 @@ class MlflowTracker(Tracker):
             flat = _flatten(run_config(cfg))
             params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flat.items()]
             for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=params[i:i + 100])
+                client.log_batch(run_id, params=params[i : i + 100])
             client.log_batch(run_id, tags=[RunTag("llm_summarizer.output_dir", str(self.output_dir))])
         self.client, self.run_id = client, run_id
         self._info = {"tracking_uri": redact(uri), "run_id": run_id, "experiment": t.project}
@@ -137,7 +142,7 @@ class MlflowTracker(Tracker):
         ts = int(time.time() * 1000)
         finite = [Metric(k, v, ts, step) for k, v in values.items() if math.isfinite(v)]
         for i in range(0, len(finite), 500):
-            self.client.log_batch(self.run_id, metrics=finite[i:i + 500])
+            self.client.log_batch(self.run_id, metrics=finite[i : i + 500])
 
     def close(self, failed):
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
@@ -163,6 +168,9 @@ def log_evaluation(training: RunMetrics, evaluation) -> Optional[dict]:
     values = evaluation_values(m)
     ts = int(time.time() * 1000)
     client = MlflowClient(tracking_uri=uri)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)],
-                     tags=[RunTag(f"llm_summarizer.evaluation.{split}", str(Path(evaluation.output_dir).resolve()))])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)],
+        tags=[RunTag(f"llm_summarizer.evaluation.{split}", str(Path(evaluation.output_dir).resolve()))],
+    )
     return {"run_id": run_id, "tracking_uri": uri, "keys": sorted(values)}

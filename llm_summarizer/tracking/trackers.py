@@ -45,9 +45,11 @@ def check_installed(cfg: Config) -> None:
         needed += ["sqlalchemy", "alembic"]  # MLflow's SQLite store (mlflow-skinny leaves them out)
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"tracking.report_to={cfg.tracking.report_to} needs {', '.join(missing)}, not installed: "
-                        f"pip install {' '.join(missing)}  (or pip install -e '.[trackers]'), "
-                        "or remove the tracker from tracking.report_to")
+        raise UserError(
+            f"tracking.report_to={cfg.tracking.report_to} needs {', '.join(missing)}, not installed: "
+            f"pip install {' '.join(missing)}  (or pip install -e '.[trackers]'), "
+            "or remove the tracker from tracking.report_to"
+        )
     for name in cfg.tracking.report_to:
         if name in TRACKERS:
             tracker_class(name).preflight(cfg)  # in seconds, before the model loads
@@ -122,9 +124,12 @@ class Trackers:
         if self.closed:
             return
         step = metrics.train.global_step or 0
-        blocks = {f"{name}/{k}": float(v) for name, block in (("base", metrics.base), ("final", metrics.final),
-                                                               ("references", metrics.references))
-                  for k, v in (block or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        blocks = {
+            f"{name}/{k}": float(v)
+            for name, block in (("base", metrics.base), ("final", metrics.final), ("references", metrics.references))
+            for k, v in (block or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.log({k: v for k, v in blocks.items() if k.startswith("final/")}, step)
         for t in self.trackers:
             t.summary(blocks)

@@ -56,8 +56,9 @@ def can_reach(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def decide_wandb_mode(setting: str, environ=None, has_key: Callable[[], bool] = None,
-                      reachable: Callable[[], bool] = None) -> tuple[str, Optional[str]]:
+def decide_wandb_mode(
+    setting: str, environ=None, has_key: Callable[[], bool] = None, reachable: Callable[[], bool] = None
+) -> tuple[str, Optional[str]]:
     """(mode, why offline): the config's choice, else WANDB_MODE, else online only with a key and a server."""
     environ = os.environ if environ is None else environ
     has_key = has_key or (lambda: has_wandb_key(environ))
@@ -117,10 +118,20 @@ class WandbTracker(Tracker):
         wandb_dir = self.output_dir / WANDB_DIR
         if mode != "disabled":
             wandb_dir.mkdir(parents=True, exist_ok=True)
-        kwargs = dict(project=t.project, entity=t.entity, name=t.run_name or cfg.output.run_name,
-                      tags=list(t.tags) or None, group=t.group, notes=t.notes, job_type="train",
-                      config=run_config(cfg), id=run_id, resume="allow", dir=str(self.output_dir),
-                      reinit="create_new")  # leaves wandb.run alone: libraries that poke at it (TRL) stay out
+        kwargs = dict(
+            project=t.project,
+            entity=t.entity,
+            name=t.run_name or cfg.output.run_name,
+            tags=list(t.tags) or None,
+            group=t.group,
+            notes=t.notes,
+            job_type="train",
+            config=run_config(cfg),
+            id=run_id,
+            resume="allow",
+            dir=str(self.output_dir),
+            reinit="create_new",
+        )  # leaves wandb.run alone: libraries that poke at it (TRL) stay out
         run, mode, why = start_run(mode, why, kwargs, "could not start an online run")
         run.define_metric(STEP_KEY)
         run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
@@ -131,8 +142,12 @@ class WandbTracker(Tracker):
             log.info("W&B: %s", run.url)
         elif mode == "offline":
             self._info["sync_command"] = sync_command(wandb_dir, run.id)
-            log.warning("W&B: logging offline: %s. The run is saved under %s; upload it later with:\n    %s",
-                        why, wandb_dir, self._info["sync_command"])
+            log.warning(
+                "W&B: logging offline: %s. The run is saved under %s; upload it later with:\n    %s",
+                why,
+                wandb_dir,
+                self._info["sync_command"],
+            )
 
     def log(self, values, step):
         self.run.log({**values, STEP_KEY: step})
@@ -150,11 +165,18 @@ class WandbTracker(Tracker):
             return
         final = metrics.final or {}
         art = wandb.Artifact(
-            name=f"{self.cfg.output.run_name}-adapter", type="model",
+            name=f"{self.cfg.output.run_name}-adapter",
+            type="model",
             description=f"LoRA adapter fine-tuned from {self.cfg.model.name} to summarize (llm_summarizer)",
-            metadata=redact({"base_model": self.cfg.model.name, "backend": self.cfg.model.backend,
-                             "global_step": metrics.train.global_step,
-                             **{f"final_{k}": v for k, v in final.items()}}))
+            metadata=redact(
+                {
+                    "base_model": self.cfg.model.name,
+                    "backend": self.cfg.model.backend,
+                    "global_step": metrics.train.global_step,
+                    **{f"final_{k}": v for k, v in final.items()},
+                }
+            ),
+        )
         art.add_dir(str(model_dir))
         self.run.log_artifact(art, aliases=["latest", "final"])
         log.info("W&B: final adapter logged as artifact %s (type model)", art.name)
@@ -196,21 +218,35 @@ def log_evaluation(training: RunMetrics, evaluation, table_rows: int = 200) -> O
     split = m["data"]["split"]
     out_dir = Path(evaluation.output_dir)
     (out_dir / WANDB_DIR).mkdir(parents=True, exist_ok=True)
-    kwargs = dict(project=known.get("project"), entity=known.get("entity"), id=known["run_id"], resume="allow",
-                  dir=str(out_dir), reinit="create_new")
+    kwargs = dict(
+        project=known.get("project"),
+        entity=known.get("entity"),
+        id=known["run_id"],
+        resume="allow",
+        dir=str(out_dir),
+        reinit="create_new",
+    )
     run, mode, why = start_run(mode, why, kwargs, "could not reach the run online")
     res = m["results"]
     values = evaluation_values(m)
-    values.update({f"{split}/{k}_ci95_low": v["ci95"][0] for k, v in res["model"].items()
-                   if isinstance(v, dict) and "ci95" in v})
+    values.update(
+        {f"{split}/{k}_ci95_low": v["ci95"][0] for k, v in res["model"].items() if isinstance(v, dict) and "ci95" in v}
+    )
     run.summary.update(values)
     base = {r["id"]: r for r in _rows(evaluation.base_predictions)}
     table = wandb.Table(columns=EVAL_TABLE_COLUMNS)
     for r in _rows(evaluation.predictions)[:table_rows]:
         b = base.get(r["id"], {})
         diag = r.get("diagnostics") or {}  # the model's statistics of this summary (none in older files)
-        table.add_data(str(r["id"]), r["reference"], r["prediction"], b.get("prediction"), r.get("rougeL"),
-                       b.get("rougeL"), *[diag.get(k) for k in DIAGNOSTIC_KEYS])
+        table.add_data(
+            str(r["id"]),
+            r["reference"],
+            r["prediction"],
+            b.get("prediction"),
+            r.get("rougeL"),
+            b.get("rougeL"),
+            *[diag.get(k) for k in DIAGNOSTIC_KEYS],
+        )
     run.log({f"{split}/predictions": table})
     run.finish()
     info = {"mode": mode, "run_id": run.id, "project": known.get("project"), "keys": sorted(values)}
@@ -219,6 +255,11 @@ def log_evaluation(training: RunMetrics, evaluation, table_rows: int = 200) -> O
         log.info("W&B: %s scores and predictions added to the training run %s", split, run.url)
     else:
         info["sync_command"] = sync_command(out_dir / WANDB_DIR, run.id)
-        log.info("W&B: %s scores added to the training run %s offline (%s); upload with:\n    %s",
-                 split, run.id, why, info["sync_command"])
+        log.info(
+            "W&B: %s scores added to the training run %s offline (%s); upload with:\n    %s",
+            split,
+            run.id,
+            why,
+            info["sync_command"],
+        )
     return info

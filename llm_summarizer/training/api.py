@@ -36,9 +36,18 @@ from .summary import summary_lines
 
 
 class TrainerClass:
-    def __init__(self, model=None, tokenizer=None, dataset_train=None, dataset_val=None, max_seq_length: int = 2048,
-                 out_model_name: str = "summarizer", fine_tuned_model_dir: Optional[str] = None,
-                 config: Optional[Config] = None, overrides: Optional[list[str]] = None):
+    def __init__(
+        self,
+        model=None,
+        tokenizer=None,
+        dataset_train=None,
+        dataset_val=None,
+        max_seq_length: int = 2048,
+        out_model_name: str = "summarizer",
+        fine_tuned_model_dir: Optional[str] = None,
+        config: Optional[Config] = None,
+        overrides: Optional[list[str]] = None,
+    ):
         if config is None:
             base = [f"model.max_seq_length={max_seq_length}", f"output.run_name={out_model_name}"]
             if fine_tuned_model_dir:
@@ -87,8 +96,10 @@ class TrainerClass:
             if self.tokenizer is None:
                 raise ValueError("TrainerClass: pass the tokenizer together with the model")
             self.tokenizer = finish_tokenizer(self.cfg, self.tokenizer, self.cfg.model.backend)
-            info = {"base_model": getattr(self.model.config, "_name_or_path", "in-memory"),
-                    "backend": self.cfg.model.backend}
+            info = {
+                "base_model": getattr(self.model.config, "_name_or_path", "in-memory"),
+                "backend": self.cfg.model.backend,
+            }
         self.session = build_session(self.cfg, self.model, self.tokenizer, info, raw, resume_from=self._resume_from)
 
     def Start_Training(self, trainer=None):  # noqa: N802 - the name users of the original script know

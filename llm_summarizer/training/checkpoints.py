@@ -44,10 +44,14 @@ def write_manifest(ckpt: Path, world_size: int = 1) -> dict:
     the number of ranks that trained it."""
     t0 = time.perf_counter()
     files = {str(p.relative_to(ckpt)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in _files(ckpt)}
-    manifest = {"format": 1, "written_by": f"llm_summarizer {__version__}", "world_size": int(world_size),
-                "files": files,
-                "hash_seconds": round(time.perf_counter() - t0, 4),
-                "bytes": sum(f["size"] for f in files.values())}
+    manifest = {
+        "format": 1,
+        "written_by": f"llm_summarizer {__version__}",
+        "world_size": int(world_size),
+        "files": files,
+        "hash_seconds": round(time.perf_counter() - t0, 4),
+        "bytes": sum(f["size"] for f in files.values()),
+    }
     write_json(ckpt / CHECKPOINT_MANIFEST, manifest)
     return manifest
 
@@ -116,9 +120,11 @@ def check_world_size(path: Path, world_size: int, allow_change: bool) -> None:
     streams and the batch each step averages depend on it."""
     ws = checkpoint_world_size(path)
     if ws != world_size and not allow_change:
-        raise UserError(f"{path} was trained by {ws} rank(s) and this run has {world_size}: resuming would change "
-                        f"the batches and random streams of the rest of the run. Launch {ws} rank(s), or set "
-                        f"scale.allow_world_size_change=true to continue anyway (train.resume=never starts afresh)")
+        raise UserError(
+            f"{path} was trained by {ws} rank(s) and this run has {world_size}: resuming would change "
+            f"the batches and random streams of the rest of the run. Launch {ws} rank(s), or set "
+            f"scale.allow_world_size_change=true to continue anyway (train.resume=never starts afresh)"
+        )
 
 
 def find_resume_checkpoint(output_dir: Path, verify: bool = True) -> tuple[Optional[Path], list[tuple[Path, str]]]:
@@ -132,8 +138,10 @@ def find_resume_checkpoint(output_dir: Path, verify: bool = True) -> tuple[Optio
     return None, skipped
 
 
-UNVERIFIED_HINT = ("to resume from it anyway, set train.verify_checkpoints=false (its tensors still load with torch's "
-                   "weights_only=True, which runs no code)")
+UNVERIFIED_HINT = (
+    "to resume from it anyway, set train.verify_checkpoints=false (its tensors still load with torch's "
+    "weights_only=True, which runs no code)"
+)
 
 
 def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Optional[Path]:
@@ -143,18 +151,25 @@ def resolve_resume(resume: str, output_dir: Path, verify: bool = True) -> Option
         t0 = time.perf_counter()
         ckpt, skipped = find_resume_checkpoint(output_dir, verify)
         for p, why in skipped:
-            log.warning("skipping checkpoint %s: %s%s", p, why, f"; {UNVERIFIED_HINT}" if CHECKPOINT_MANIFEST in why else "")
+            log.warning(
+                "skipping checkpoint %s: %s%s", p, why, f"; {UNVERIFIED_HINT}" if CHECKPOINT_MANIFEST in why else ""
+            )
         if ckpt is not None:
-            log.info("resuming from %s (verified against its manifest in %.2f s)" if verify else "resuming from %s",
-                     ckpt, time.perf_counter() - t0)
+            log.info(
+                "resuming from %s (verified against its manifest in %.2f s)" if verify else "resuming from %s",
+                ckpt,
+                time.perf_counter() - t0,
+            )
         return ckpt
     p = Path(resume)
     if not p.is_dir():
         raise UserError(f"train.resume: checkpoint directory not found: {p}")
     problem = checkpoint_problem(p, verify)
     if problem:
-        raise UserError(f"train.resume: {p} is not a complete checkpoint ({problem}); use train.resume=auto to "
-                        f"pick the newest complete one" + (f", or, {UNVERIFIED_HINT}" if CHECKPOINT_MANIFEST in problem else ""))
+        raise UserError(
+            f"train.resume: {p} is not a complete checkpoint ({problem}); use train.resume=auto to "
+            f"pick the newest complete one" + (f", or, {UNVERIFIED_HINT}" if CHECKPOINT_MANIFEST in problem else "")
+        )
     return p
 
 
@@ -166,15 +181,26 @@ def check_adapter_shape(resume: Path, lora, auto: bool) -> None:
         saved = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # not an adapter checkpoint (or unreadable: the manifest check names that)
-    wanted = {"r": ("lora.r", lora.r), "lora_alpha": ("lora.alpha", lora.alpha),
-              "use_dora": ("lora.use_dora", lora.use_dora)}
-    diffs = [f"{key}={saved[k]} there, {value} here" for k, (key, value) in wanted.items()
-             if k in saved and saved[k] != value]
+    wanted = {
+        "r": ("lora.r", lora.r),
+        "lora_alpha": ("lora.alpha", lora.alpha),
+        "use_dora": ("lora.use_dora", lora.use_dora),
+    }
+    diffs = [
+        f"{key}={saved[k]} there, {value} here"
+        for k, (key, value) in wanted.items()
+        if k in saved and saved[k] != value
+    ]
     if diffs:
-        how = ("set train.resume=never or another output.dir to start afresh" if auto else
-               "give a checkpoint of this run, or set the LoRA settings it was written with")
-        raise UserError(f"train.resume: {resume} holds a LoRA adapter of another shape ({'; '.join(diffs)}), which "
-                        f"cannot continue as this run: {how}")
+        how = (
+            "set train.resume=never or another output.dir to start afresh"
+            if auto
+            else "give a checkpoint of this run, or set the LoRA settings it was written with"
+        )
+        raise UserError(
+            f"train.resume: {resume} holds a LoRA adapter of another shape ({'; '.join(diffs)}), which "
+            f"cannot continue as this run: {how}"
+        )
 
 
 def staging_root(run_dir) -> Path:
@@ -208,11 +234,17 @@ def publish_checkpoint(trainer, staging: Path, run_dir: Path) -> Path:
     if state_file.exists():
         text = state_file.read_text().replace(str(staging), str(run_dir))
         state_file.write_text(text)
-    write_manifest(src, trainer.args.world_size)  # last: a checkpoint is what its manifest says, or it is not resumed from
+    write_manifest(
+        src, trainer.args.world_size
+    )  # last: a checkpoint is what its manifest says, or it is not resumed from
     replace_directory(src, dst)  # the same step may be saved again after a resume
     # Whatever else the save wrote beside the checkpoint (TRL's README) goes with the staging area.
     shutil.rmtree(staging, ignore_errors=True)
     if trainer.args.should_save:
-        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=trainer.args.save_total_limit,
-                           best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=trainer.args.save_total_limit,
+            best_model_checkpoint=trainer.state.best_model_checkpoint,
+            use_mtime=True,
+        )
     return dst

@@ -27,8 +27,10 @@ def oom_advice(cfg: Config) -> str:
     m, t = cfg.model, cfg.train
     tips = []
     if t.per_device_train_batch_size > 1:
-        tips.append(f"train.per_device_train_batch_size={max(1, t.per_device_train_batch_size // 2)} with "
-                    f"train.gradient_accumulation_steps={t.gradient_accumulation_steps * 2} (same effective batch)")
+        tips.append(
+            f"train.per_device_train_batch_size={max(1, t.per_device_train_batch_size // 2)} with "
+            f"train.gradient_accumulation_steps={t.gradient_accumulation_steps * 2} (same effective batch)"
+        )
     if not m.load_in_4bit:
         tips.append("model.load_in_4bit=true (QLoRA)")
     if m.max_seq_length > 1024:
@@ -39,8 +41,10 @@ def oom_advice(cfg: Config) -> str:
         tips.append(f"eval.batch_size={max(1, cfg.eval.batch_size // 2)} (generation for ROUGE)")
     if not tips:
         tips.append("a smaller model, or lora.r below " + str(cfg.lora.r))
-    return ("the GPU ran out of memory. The last complete checkpoint is kept and a rerun resumes from it. "
-            "Try: " + "; ".join(tips) + ".")
+    return (
+        "the GPU ran out of memory. The last complete checkpoint is kept and a rerun resumes from it. "
+        "Try: " + "; ".join(tips) + "."
+    )
 
 
 class RunLock:
@@ -60,9 +64,11 @@ class RunLock:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             finally:
                 os.close(fd)
-            raise UserError(f"output directory {self.path.parent} is in use by another run (process {holder}). "
-                            f"Wait for it to finish, stop it, or set output.dir / output.run_name to another "
-                            f"directory.") from None
+            raise UserError(
+                f"output directory {self.path.parent} is in use by another run (process {holder}). "
+                f"Wait for it to finish, stop it, or set output.dir / output.run_name to another "
+                f"directory."
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         os.fsync(fd)
@@ -94,13 +100,21 @@ def training_errors(cfg: Config, where: Path, resume_from: Optional[Path] = None
         if is_oom(e):
             raise TrainingStopped(oom_advice(cfg)) from None
         if is_disk_full(e, where):
-            raise TrainingStopped(disk_full_message(
-                where, e, kept="nothing was replaced: the previous checkpoints and the final model directory are as "
-                "they were", then="rerun to resume (or set output.dir / output.model_dir elsewhere)")) from None
+            raise TrainingStopped(
+                disk_full_message(
+                    where,
+                    e,
+                    kept="nothing was replaced: the previous checkpoints and the final model directory are as "
+                    "they were",
+                    then="rerun to resume (or set output.dir / output.model_dir elsewhere)",
+                )
+            ) from None
         if resume_from is not None and isinstance(e, pickle.UnpicklingError):
             first = (str(e).strip().splitlines() or [""])[0][:300]
-            raise UserError(f"train.resume: a file of {resume_from} holds more than tensors, and torch's weights_only "
-                            f"loader refused it without running it ({first}). It was not written by this project as "
-                            f"it is: delete that checkpoint (the previous one is then used) or set "
-                            f"train.resume=never") from None
+            raise UserError(
+                f"train.resume: a file of {resume_from} holds more than tensors, and torch's weights_only "
+                f"loader refused it without running it ({first}). It was not written by this project as "
+                f"it is: delete that checkpoint (the previous one is then used) or set "
+                f"train.resume=never"
+            ) from None
         raise

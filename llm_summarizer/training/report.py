@@ -49,7 +49,9 @@ def _final_predictions(output_dir: Path, step: Optional[int]) -> tuple[list[dict
     if not final.is_file() and step is not None:
         final = d / f"step-{step}.jsonl"
     if not final.is_file():
-        steps = sorted(d.glob("step-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else -1)
+        steps = sorted(
+            d.glob("step-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]) if p.stem.split("-")[1].isdigit() else -1
+        )
         final = steps[-1] if steps else final
     return (read(final) if final.is_file() else []), (read(d / "base.jsonl") if (d / "base.jsonl").is_file() else [])
 
@@ -84,11 +86,20 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
     if final:
         made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, final, base), "ROUGE base vs fine-tuned")
     if final_rows:
-        made[LENGTHS_PNG] = (plot_lengths(plots / LENGTHS_PNG, [r["reference"] for r in final_rows],
-                                          [r["prediction"] for r in final_rows],
-                                          [r["prediction"] for r in base_rows] if base_rows else None), "summary lengths")
-    series = {"references": _diagnostics_of(_reference_rows(output_dir)), "base model": _diagnostics_of(base_rows),
-              "fine-tuned": _diagnostics_of(final_rows)}
+        made[LENGTHS_PNG] = (
+            plot_lengths(
+                plots / LENGTHS_PNG,
+                [r["reference"] for r in final_rows],
+                [r["prediction"] for r in final_rows],
+                [r["prediction"] for r in base_rows] if base_rows else None,
+            ),
+            "summary lengths",
+        )
+    series = {
+        "references": _diagnostics_of(_reference_rows(output_dir)),
+        "base model": _diagnostics_of(base_rows),
+        "fine-tuned": _diagnostics_of(final_rows),
+    }
     if any(series.values()):
         made[COVERAGE_PNG] = (plot_coverage_density(plots / COVERAGE_PNG, series), "coverage vs density")
     data = metrics.data
@@ -104,18 +115,27 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
     if final:
         lines += ["## ROUGE F1 x 100 on generated validation summaries", "", *_rouge_table(final, base), ""]
     lines += _plots_md(made)
-    lines += diagnostics_section({"references": metrics.references, "base model": base, "fine-tuned": final},
-                                 (metrics.final_vs_base or {}).get("diagnostics_model_minus_base"),
-                                 warnings=D.warnings(final, base, metrics.references))
+    lines += diagnostics_section(
+        {"references": metrics.references, "base model": base, "fine-tuned": final},
+        (metrics.final_vs_base or {}).get("diagnostics_model_minus_base"),
+        warnings=D.warnings(final, base, metrics.references),
+    )
     lines += ["## Data", ""]
     for role, s in data.items():
         if isinstance(s, dict):
-            lines.append(f"- {role}: {s.get('rows')} rows from `{s.get('source')}`, {s.get('truncated', 0)} documents "
-                         f"truncated, summary tokens mean {(s.get('summary_tokens') or {}).get('mean')}")
-    lines += ["", "## Key settings", "",
-              f"- learning rate {t.learning_rate} ({t.lr_scheduler_type}), batch {t.per_device_train_batch_size} x "
-              f"{t.gradient_accumulation_steps} accumulation, optimizer {t.optim}, seed {t.seed}",
-              f"- max_seq_length {cfg.model.max_seq_length}, document truncation `{cfg.data.truncation}`", ""]
+            lines.append(
+                f"- {role}: {s.get('rows')} rows from `{s.get('source')}`, {s.get('truncated', 0)} documents "
+                f"truncated, summary tokens mean {(s.get('summary_tokens') or {}).get('mean')}"
+            )
+    lines += [
+        "",
+        "## Key settings",
+        "",
+        f"- learning rate {t.learning_rate} ({t.lr_scheduler_type}), batch {t.per_device_train_batch_size} x "
+        f"{t.gradient_accumulation_steps} accumulation, optimizer {t.optim}, seed {t.seed}",
+        f"- max_seq_length {cfg.model.max_seq_length}, document truncation `{cfg.data.truncation}`",
+        "",
+    ]
     if final_rows:
         lines += _examples(final_rows)
     proto = metrics.eval_protocol

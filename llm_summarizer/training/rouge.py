@@ -41,8 +41,15 @@ def pick_subset(n_rows: int, n: int, seed: int) -> list[int]:
 class RougeEvaluator:
     """Generate + score on a fixed subset of a split. Holds no trainer state of its own."""
 
-    def __init__(self, cfg: Config, tokenizer, formatter, dataset, summary_token_lengths: list[int],
-                 out_dir: Optional[Path] = None):
+    def __init__(
+        self,
+        cfg: Config,
+        tokenizer,
+        formatter,
+        dataset,
+        summary_token_lengths: list[int],
+        out_dir: Optional[Path] = None,
+    ):
         self.cfg = cfg
         self.tok = tokenizer
         self.formatter = formatter
@@ -54,8 +61,9 @@ class RougeEvaluator:
         self.protocol = protocol_for(self.references, cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
         warn_empty_references(self.references, self.protocol, "validation")
         # what the data teaches: the references against their own documents, once (pure string work)
-        self.reference_diagnostics = diagnostics.corpus(self.references, self.documents,
-                                                        tokenizer=self.protocol.tokenizer)
+        self.reference_diagnostics = diagnostics.corpus(
+            self.references, self.documents, tokenizer=self.protocol.tokenizer
+        )
         self.reference_means = diagnostics.means(self.reference_diagnostics)
         self._references_written = False
         self.out_dir = out_dir
@@ -71,16 +79,26 @@ class RougeEvaluator:
         n = len(self.documents)
         mine = distributed.shard(n)  # several ranks: each generates its share, every rank gets all the texts
         with progress.bar(len(mine), f"ROUGE: {n} validation summaries ({tag or f'step {step}'})", "summary") as b:
-            local = generate(model, self.tok, self.formatter, [self.documents[i] for i in mine], self.cfg.eval,
-                             self.max_new_tokens, self.cfg.model.backend, seed=self.cfg.eval.sample_seed,
-                             batch=self.batch, progress=lambda done, _total: b.update_to(done))
+            local = generate(
+                model,
+                self.tok,
+                self.formatter,
+                [self.documents[i] for i in mine],
+                self.cfg.eval,
+                self.max_new_tokens,
+                self.cfg.model.backend,
+                seed=self.cfg.eval.sample_seed,
+                batch=self.batch,
+                progress=lambda done, _total: b.update_to(done),
+            )
         sharded = distributed.distributed() and distributed.initialized()  # the same answer on every rank
         gens = distributed.unshard(distributed.gather(local), n) if sharded else local
         preds = [g.text for g in gens]
         means, per = score_corpus(self.references, preds, self.protocol)
         t_diag = time.perf_counter()
-        diag = diagnostics.corpus(preds, self.documents, self.references, [g.hit_max for g in gens],
-                                  self.protocol.tokenizer)
+        diag = diagnostics.corpus(
+            preds, self.documents, self.references, [g.hit_max for g in gens], self.protocol.tokenizer
+        )
         diag_seconds = time.perf_counter() - t_diag
         seconds = time.perf_counter() - t0
         self.total_seconds += seconds
@@ -96,10 +114,19 @@ class RougeEvaluator:
         metrics["rouge_examples"] = len(gens)
         name = tag or f"step-{step}"
         self.last_pass = name
-        samples = [{"step": step, "tag": name, "id": self.ids[i], "document": self.documents[i][:500],
-                    "reference": self.references[i], "prediction": gens[i].text, **per[i],
-                    **diagnostics.flat(diag[i])}
-                   for i in range(min(len(gens), self.cfg.eval.log_samples))]
+        samples = [
+            {
+                "step": step,
+                "tag": name,
+                "id": self.ids[i],
+                "document": self.documents[i][:500],
+                "reference": self.references[i],
+                "prediction": gens[i].text,
+                **per[i],
+                **diagnostics.flat(diag[i]),
+            }
+            for i in range(min(len(gens), self.cfg.eval.log_samples))
+        ]
         if distributed.is_main():  # written once, whatever the number of ranks
             if self.out_dir is not None:
                 self._write(name, gens, per, samples, diag)
@@ -112,9 +139,21 @@ class RougeEvaluator:
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for rid, ref, g, s, x in zip(self.ids, self.references, gens, per, diag):
-                f.write(json.dumps({"id": rid, "reference": ref, "prediction": g.text, "new_tokens": g.new_tokens,
-                                    "hit_max_new_tokens": g.hit_max, **s, "diagnostics": x},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": rid,
+                            "reference": ref,
+                            "prediction": g.text,
+                            "new_tokens": g.new_tokens,
+                            "hit_max_new_tokens": g.hit_max,
+                            **s,
+                            "diagnostics": x,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         if not self._references_written:  # the same subset at every pass: once per run (the report's reference points)
             self._references_written = True
             with open(d / REFERENCES_FILE, "w", encoding="utf-8") as f:
@@ -153,13 +192,21 @@ def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
     if evaluator is None:
         return {}
     ev = cfg.eval
-    return {**evaluator.protocol.describe(), "split": "validation", "examples": len(evaluator.documents), "subset_seed": ev.sample_seed,
-            "decoding": {"num_beams": ev.num_beams, "do_sample": ev.do_sample,
-                         "max_new_tokens": evaluator.max_new_tokens,
-                         **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {})},
-            "reference": "the dataset's summary column (one reference per example)",
-            "eval_loss_rows": "the same subset" if ev.loss_rows == "rouge_subset" else "the whole validation split",
-            "diagnostics": diagnostics.protocol(evaluator.protocol.tokenizer)}
+    return {
+        **evaluator.protocol.describe(),
+        "split": "validation",
+        "examples": len(evaluator.documents),
+        "subset_seed": ev.sample_seed,
+        "decoding": {
+            "num_beams": ev.num_beams,
+            "do_sample": ev.do_sample,
+            "max_new_tokens": evaluator.max_new_tokens,
+            **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {}),
+        },
+        "reference": "the dataset's summary column (one reference per example)",
+        "eval_loss_rows": "the same subset" if ev.loss_rows == "rouge_subset" else "the whole validation split",
+        "diagnostics": diagnostics.protocol(evaluator.protocol.tokenizer),
+    }
 
 
 def _read_predictions(path: Path) -> dict:
@@ -168,8 +215,9 @@ def _read_predictions(path: Path) -> dict:
     return {r["id"]: r for r in (json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip())}
 
 
-def compare_with_base(cfg: Config, evaluator: Optional[RougeEvaluator], output_dir: Path, final_pass: Optional[str],
-                      n_examples: int = 2) -> Optional[dict]:
+def compare_with_base(
+    cfg: Config, evaluator: Optional[RougeEvaluator], output_dir: Path, final_pass: Optional[str], n_examples: int = 2
+) -> Optional[dict]:
     """Fine-tuned minus untrained ROUGE on the same validation examples, with paired bootstrap 95% intervals,
     and a few examples side by side (document, reference, base, fine-tuned), from eval_predictions/."""
     if evaluator is None or not final_pass:
@@ -182,19 +230,37 @@ def compare_with_base(cfg: Config, evaluator: Optional[RougeEvaluator], output_d
     ev = cfg.eval
     diff = paired_difference([final[i] for i in ids], [base[i] for i in ids], ev.bootstrap_samples, ev.bootstrap_seed)
     with_diag = [i for i in ids if "diagnostics" in final[i] and "diagnostics" in base[i]]
-    diag_diff = paired_diagnostics([final[i]["diagnostics"] for i in with_diag],
-                                   [base[i]["diagnostics"] for i in with_diag], ev.bootstrap_samples,
-                                   ev.bootstrap_seed) if with_diag else None
+    diag_diff = (
+        paired_diagnostics(
+            [final[i]["diagnostics"] for i in with_diag],
+            [base[i]["diagnostics"] for i in with_diag],
+            ev.bootstrap_samples,
+            ev.bootstrap_seed,
+        )
+        if with_diag
+        else None
+    )
     docs = dict(zip(evaluator.ids, evaluator.documents))
     # the examples shown: the largest gains first, so a reader sees what training changed
     shown = sorted(ids, key=lambda i: final[i]["rougeL"] - base[i]["rougeL"], reverse=True)[:n_examples]
-    return {"examples": len(ids), "model_minus_base": diff,
-            **({"diagnostics_model_minus_base": diag_diff} if diag_diff else {}),
-            "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed, "paired": True},
-            "side_by_side": [{"id": i, "document": docs[i][:400], "reference": final[i]["reference"],
-                              "base": base[i]["prediction"], "fine_tuned": final[i]["prediction"],
-                              "rougeL_base": base[i]["rougeL"], "rougeL_fine_tuned": final[i]["rougeL"]}
-                             for i in shown]}
+    return {
+        "examples": len(ids),
+        "model_minus_base": diff,
+        **({"diagnostics_model_minus_base": diag_diff} if diag_diff else {}),
+        "bootstrap": {"resamples": ev.bootstrap_samples, "seed": ev.bootstrap_seed, "paired": True},
+        "side_by_side": [
+            {
+                "id": i,
+                "document": docs[i][:400],
+                "reference": final[i]["reference"],
+                "base": base[i]["prediction"],
+                "fine_tuned": final[i]["prediction"],
+                "rougeL_base": base[i]["rougeL"],
+                "rougeL_fine_tuned": final[i]["rougeL"],
+            }
+            for i in shown
+        ],
+    }
 
 
 def truncate_samples(output_dir: Path, resume_from: Path) -> None:
@@ -203,6 +269,7 @@ def truncate_samples(output_dir: Path, resume_from: Path) -> None:
     if not p.exists():
         return
     step = checkpoint_step(resume_from)
-    keep = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip() and
-            (json.loads(l).get("step") or 0) <= step]
+    keep = [
+        l for l in p.read_text(encoding="utf-8").splitlines() if l.strip() and (json.loads(l).get("step") or 0) <= step
+    ]
     p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")

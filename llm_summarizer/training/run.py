@@ -127,8 +127,12 @@ class Startup(TrainerCallback):
         return out
 
 
-def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = True,
-        reporter: Optional[TrialReporter] = None) -> RunResult:
+def run(
+    cfg: Config,
+    extra_callbacks: Optional[list] = None,
+    take_lock: bool = True,
+    reporter: Optional[TrialReporter] = None,
+) -> RunResult:
     """The whole training story, one named step per call. Raises UserError on bad input. `take_lock=False`: the
     launching process (the Ray driver) holds the run lock for all ranks. `reporter`: this run is a trial of
     `llm-summarizer tune` (the train command of a trial process passes it)."""
@@ -140,8 +144,9 @@ def run(cfg: Config, extra_callbacks: Optional[list] = None, take_lock: bool = T
         startup.mark("data_read")
         model, tokenizer, model_info = load_model(cfg, raw)
         startup.mark("model_load")
-        session = build_session(cfg, model, tokenizer, model_info, raw, [*(extra_callbacks or []), startup], t_start,
-                                resume_from, reporter)
+        session = build_session(
+            cfg, model, tokenizer, model_info, raw, [*(extra_callbacks or []), startup], t_start, resume_from, reporter
+        )
         session.startup = startup
         startup.mark("tokenize_and_trainer")
         result = train_and_save(session)
@@ -192,8 +197,11 @@ def check_output_paths(cfg: Config) -> Path:
 
 
 def run_places(cfg: Config) -> list[Place]:
-    return [Place("output.dir", cfg.output_dir, "run"), Place("output.model_dir", cfg.model_dir, "model", replaced=True),
-            Place("model.cache_dir", Path(cfg.model.cache_dir), "cache")]
+    return [
+        Place("output.dir", cfg.output_dir, "run"),
+        Place("output.model_dir", cfg.model_dir, "model", replaced=True),
+        Place("model.cache_dir", Path(cfg.model.cache_dir), "cache"),
+    ]
 
 
 def run_sources(cfg: Config) -> list[tuple[str, str]]:
@@ -231,9 +239,17 @@ def prepare_output(cfg: Config) -> Optional[Path]:
     return Path(resume) if resume is not None else None
 
 
-def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, extra_callbacks=None,
-                  t_start: Optional[float] = None, resume_from: Optional[Path] = None,
-                  reporter: Optional[TrialReporter] = None) -> Session:
+def build_session(
+    cfg: Config,
+    model,
+    tokenizer,
+    model_info: dict,
+    raw: dict,
+    extra_callbacks=None,
+    t_start: Optional[float] = None,
+    resume_from: Optional[Path] = None,
+    reporter: Optional[TrialReporter] = None,
+) -> Session:
     """The one session builder (run(), TrainerClass, the bench and each Ray worker through run()): token ids, the
     ROUGE evaluator and the callbacks, the trainer, the trackers."""
     prepared = tokenized(cfg, tokenizer, raw)
@@ -243,11 +259,13 @@ def build_session(cfg: Config, model, tokenizer, model_info: dict, raw: dict, ex
     callbacks += list(extra_callbacks or [])
     callbacks += [reporter] if reporter is not None else []
     callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips))  # last: sees final grads
-    trainer = build_trainer(cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"],
-                            rouge_evaluator=evaluator)
+    trainer = build_trainer(
+        cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"], rouge_evaluator=evaluator
+    )
     trackers = attach_trackers(cfg, trainer, evaluator, resume_from)
-    return Session(cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time(), trackers,
-                   resume_from)
+    return Session(
+        cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time(), trackers, resume_from
+    )
 
 
 def tokenized(cfg: Config, tokenizer, raw: dict):
@@ -256,8 +274,9 @@ def tokenized(cfg: Config, tokenizer, raw: dict):
     with distributed.main_first():
         prepared = prepare(cfg, tokenizer, raw, cache_dir=cfg.output_dir / DATA_CACHE_DIR)
     if distributed.is_main():
-        log.info(length_line("train", prepared_report(prepared.formatter, prepared.splits["train"],
-                                                      prepared.stats["train"])))
+        log.info(
+            length_line("train", prepared_report(prepared.formatter, prepared.splits["train"], prepared.stats["train"]))
+        )
     return prepared
 
 
@@ -265,14 +284,23 @@ def rouge_evaluator(cfg: Config, tokenizer, prepared) -> Optional[RougeEvaluator
     """ROUGE on generated validation summaries, when eval.rouge and there is a validation split."""
     if not (cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"])):
         return None
-    return RougeEvaluator(cfg, tokenizer, prepared.formatter, prepared.splits["validation"],
-                          prepared.stats["train"].completion_tokens, out_dir=cfg.output_dir)
+    return RougeEvaluator(
+        cfg,
+        tokenizer,
+        prepared.formatter,
+        prepared.splits["validation"],
+        prepared.stats["train"].completion_tokens,
+        out_dir=cfg.output_dir,
+    )
 
 
 def early_stopping(cfg: Config) -> list:
-    return [early_stopping_callback(es.metric, es.patience, es.min_delta,
-                                    cfg.greater_is_better(es.metric, es.greater_is_better))
-            for es in cfg.train.early_stopping]
+    return [
+        early_stopping_callback(
+            es.metric, es.patience, es.min_delta, cfg.greater_is_better(es.metric, es.greater_is_better)
+        )
+        for es in cfg.train.early_stopping
+    ]
 
 
 def attach_trackers(cfg: Config, trainer, evaluator, resume_from: Optional[Path]) -> Trackers:
@@ -297,8 +325,11 @@ def train_and_save(s: Session) -> RunResult:
             s.startup.mark("base_rouge")
         train_out = train(s)
         metrics = score_and_save(s, base, train_out)
-    report = write_training_report(cfg, cfg.output_dir, metrics, list(trainer.state.log_history)) \
-        if cfg.output.report and distributed.is_main() else None
+    report = (
+        write_training_report(cfg, cfg.output_dir, metrics, list(trainer.state.log_history))
+        if cfg.output.report and distributed.is_main()
+        else None
+    )
     distributed.barrier()  # nobody reads the final model before it is complete
     return RunResult(cfg.output_dir, cfg.model_dir, metrics, s.resume_from, list(trainer.state.log_history), report)
 
@@ -323,8 +354,9 @@ def score_and_save(s: Session, base: Optional[dict], train_out: TrainOutput) -> 
     cfg, evaluator = s.cfg, s.evaluator
     final = final_rouge(cfg, evaluator, s.trainer)
     distributed.barrier()  # rank 0 wrote the predictions compare_with_base reads
-    comparison = compare_with_base(cfg, evaluator, cfg.output_dir, evaluator.last_pass if evaluator else None) \
-        if base else None
+    comparison = (
+        compare_with_base(cfg, evaluator, cfg.output_dir, evaluator.last_pass if evaluator else None) if base else None
+    )
     metrics = run_metrics(s, base, final, train_out)
     metrics.final_vs_base = comparison or None
     if distributed.is_main():
@@ -359,21 +391,31 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
     """metrics.json of the final model: ROUGE before and after, the training numbers, data, protocol."""
     trainer, evaluator = s.trainer, s.evaluator
     train = TrainFigures(
-        global_step=trainer.state.global_step, train_loss=train_out.training_loss,
-        train_runtime_s=train_out.metrics.get("train_runtime"), best_checkpoint=trainer.state.best_model_checkpoint,
+        global_step=trainer.state.global_step,
+        train_loss=train_out.training_loss,
+        train_runtime_s=train_out.metrics.get("train_runtime"),
+        best_checkpoint=trainer.state.best_model_checkpoint,
         best_metric=trainer.state.best_metric,
         rouge_callback_s=round(evaluator.total_seconds, 2) if evaluator else None,
         rouge_callback_share=_share(evaluator, train_out),
-        resumed_from=str(s.resume_from) if s.resume_from else None, world_size=trainer.args.world_size,
-        startup=s.startup.report() if s.startup is not None else None, **speed_and_memory(trainer, train_out))
+        resumed_from=str(s.resume_from) if s.resume_from else None,
+        world_size=trainer.args.world_size,
+        startup=s.startup.report() if s.startup is not None else None,
+        **speed_and_memory(trainer, train_out),
+    )
     reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
     return RunMetrics(
-        base=base, final=final, train=train, data=s.prepared.report(), eval_protocol=eval_protocol(s.cfg, evaluator),
+        base=base,
+        final=final,
+        train=train,
+        data=s.prepared.report(),
+        eval_protocol=eval_protocol(s.cfg, evaluator),
         # what the data teaches: the references' own statistics on the same examples
         references=evaluator.reference_means if evaluator is not None else None,
         tune={"trial": reporter.number, "pruned_at_step": reporter.pruned_at} if reporter is not None else None,
         # W&B run id and URL (online), sync command (offline), ...
-        tracking=(s.trackers.info() or None) if s.trackers is not None else None)
+        tracking=(s.trackers.info() or None) if s.trackers is not None else None,
+    )
 
 
 def speed_and_memory(trainer, train_out) -> dict:
@@ -382,12 +424,15 @@ def speed_and_memory(trainer, train_out) -> dict:
     runtime = train_out.metrics.get("train_runtime")
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's counter, this process's steps only
     if torch.cuda.is_available():
-        peak, what = torch.cuda.max_memory_allocated() / 1024 ** 3, "CUDA memory allocated"
+        peak, what = torch.cuda.max_memory_allocated() / 1024**3, "CUDA memory allocated"
     else:
-        peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, "process RSS"
-    return {"train_tokens": int(tokens) if tokens else None,
-            "train_tokens_per_s": round(tokens / runtime, 1) if tokens and runtime else None,
-            "peak_memory_gib": round(peak, 3), "peak_memory_of": what}
+        peak, what = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, "process RSS"
+    return {
+        "train_tokens": int(tokens) if tokens else None,
+        "train_tokens_per_s": round(tokens / runtime, 1) if tokens and runtime else None,
+        "peak_memory_gib": round(peak, 3),
+        "peak_memory_of": what,
+    }
 
 
 def _share(evaluator, train_out) -> Optional[float]:
@@ -405,8 +450,9 @@ def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional
         return json.loads(path.read_text())
     if evaluator is None or not cfg.eval.base_eval:
         return None
-    log.info("scoring the untrained model on %d validation examples (ROUGE on generated summaries)",
-             len(evaluator.documents))
+    log.info(
+        "scoring the untrained model on %d validation examples (ROUGE on generated summaries)", len(evaluator.documents)
+    )
     base = rouge_block(evaluator.run(model, step=0, tag="base"))
     if distributed.is_main():
         write_json(path, base)
@@ -429,9 +475,15 @@ def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: RunMetri
         tokenizer.save_pretrained(str(tmp))
         (tmp / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
         write_json(tmp / METRICS_FILE, metrics.to_dict())
-        write_json(tmp / RUN_INFO_FILE, {
-            "seed": cfg.train.seed, "split_seed": cfg.data.split_seed, "model": model_info,
-            "versions": package_versions(), "git_commit": git_commit(),
-            "wall_time_s": round(time.time() - t_start, 1),
-        })
+        write_json(
+            tmp / RUN_INFO_FILE,
+            {
+                "seed": cfg.train.seed,
+                "split_seed": cfg.data.split_seed,
+                "model": model_info,
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+                "wall_time_s": round(time.time() - t_start, 1),
+            },
+        )
         write_model_card(tmp / MODEL_CARD, cfg, metrics, model_info)

@@ -45,22 +45,35 @@ class EarlyStopping(TrainerCallback, ExportableState):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return control
         improved = self.best is None or (
-            value > self.best + self.min_delta if self.greater else value < self.best - self.min_delta)
+            value > self.best + self.min_delta if self.greater else value < self.best - self.min_delta
+        )
         if improved:
             self.best, self.bad_evals = value, 0
         else:
             self.bad_evals += 1
             if self.bad_evals >= self.patience:
-                log.info("early stopping at step %d: %s did not improve by more than %g for %d evaluations (best %.4f)",
-                         state.global_step, self.metric, self.min_delta, self.patience, self.best)
+                log.info(
+                    "early stopping at step %d: %s did not improve by more than %g for %d evaluations (best %.4f)",
+                    state.global_step,
+                    self.metric,
+                    self.min_delta,
+                    self.patience,
+                    self.best,
+                )
                 self.stopped_at = state.global_step
                 control.should_training_stop = True
         return control
 
     def state(self) -> dict:
-        return {"args": {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
-                         "greater_is_better": self.greater},
-                "attributes": {"best": self.best, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at}}
+        return {
+            "args": {
+                "metric": self.metric,
+                "patience": self.patience,
+                "min_delta": self.min_delta,
+                "greater_is_better": self.greater,
+            },
+            "attributes": {"best": self.best, "bad_evals": self.bad_evals, "stopped_at": self.stopped_at},
+        }
 
 
 class NonFiniteGuard(TrainerCallback, ExportableState):
@@ -80,16 +93,25 @@ class NonFiniteGuard(TrainerCallback, ExportableState):
             self.skipped += 1
             for p in model.parameters():
                 p.grad = None  # the optimizer leaves parameters without a gradient untouched
-            log.warning("non-finite gradient in %s at step %d: skipped this optimizer step (%d of %d allowed)",
-                        bad, step, self.skipped, self.max_skips)
+            log.warning(
+                "non-finite gradient in %s at step %d: skipped this optimizer step (%d of %d allowed)",
+                bad,
+                step,
+                self.skipped,
+                self.max_skips,
+            )
             return control
-        extra = (f" after skipping {self.skipped} step(s) (train.max_nonfinite_skips={self.max_skips})"
-                 if self.policy == "skip" else "")
+        extra = (
+            f" after skipping {self.skipped} step(s) (train.max_nonfinite_skips={self.max_skips})"
+            if self.policy == "skip"
+            else ""
+        )
         raise TrainingStopped(
             f"non-finite loss or gradient at step {step} (first in {bad}){extra}. Training stopped; the last "
             f"complete checkpoint in {args.output_dir} is kept and a rerun resumes from it. Try a lower "
             f"train.learning_rate, train.max_grad_norm, or train.precision=fp32/bf16 instead of fp16; "
-            f"or train.on_nonfinite=skip with train.max_nonfinite_skips=N to skip such steps.")
+            f"or train.on_nonfinite=skip with train.max_nonfinite_skips=N to skip such steps."
+        )
 
     def state(self) -> dict:
         return {"args": {"policy": self.policy, "max_skips": self.max_skips}, "attributes": {"skipped": self.skipped}}

@@ -12,18 +12,23 @@ from .run import RunResult
 def summary_lines(result: RunResult, where: str = "") -> list[str]:
     """The end-of-run summary the train command prints; `where` names the engine (" on Ray (2 workers)")."""
     m = result.metrics
-    lines = ["", f"== llm_summarizer: training finished{where}",
-             f"   steps:           {m.train.global_step} (train loss {m.train.train_loss:.4f})",
-             f"   ROUGE base:      {format_rouge(m.base)}",
-             f"   ROUGE final:     {format_rouge(m.final)}",
-             f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
-             f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)"]
+    lines = [
+        "",
+        f"== llm_summarizer: training finished{where}",
+        f"   steps:           {m.train.global_step} (train loss {m.train.train_loss:.4f})",
+        f"   ROUGE base:      {format_rouge(m.base)}",
+        f"   ROUGE final:     {format_rouge(m.final)}",
+        f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
+        f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)",
+    ]
     if result.report is not None:
         lines.append(f"   report:          {result.report}  (plots in {result.report.parent / 'plots'}/)")
     if result.wall_s is not None:
         train_s = m.train.train_runtime_s
-        lines.append(f"   wall time:       {_minutes(result.wall_s)}"
-                     + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else ""))
+        lines.append(
+            f"   wall time:       {_minutes(result.wall_s)}"
+            + (f" (training {_minutes(train_s)}, evaluations inside it included)" if train_s else "")
+        )
     t = m.train
     st = t.startup or {}
     if st.get("to_first_step_s") is not None:
@@ -34,21 +39,29 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
         lines.append(f"   speed, memory:   {speed}peak {t.peak_memory_gib:.2f} GiB ({t.peak_memory_of})")
     cmp = m.final_vs_base
     if cmp:
-        lines += ["", f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
-                      f"(ROUGE F1 x 100, paired bootstrap 95% interval)"]
+        lines += [
+            "",
+            f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
+            f"(ROUGE F1 x 100, paired bootstrap 95% interval)",
+        ]
         for k, d in cmp["model_minus_base"].items():
             lo, hi = d["ci95"]
             verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-            lines.append(f"   {k:<10} {100 * m.base[k]:6.2f} -> {100 * m.final[k]:6.2f}   "
-                         f"{100 * d['diff']:+6.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]  {verdict}")
+            lines.append(
+                f"   {k:<10} {100 * m.base[k]:6.2f} -> {100 * m.final[k]:6.2f}   "
+                f"{100 * d['diff']:+6.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]  {verdict}"
+            )
     lines += diagnostics_lines(m)
     if cmp:
         for i, ex in enumerate(cmp["side_by_side"], 1):
-            lines += ["", f"== example {i} (validation id {ex['id']})",
-                      f"   document:   {_one_line(ex['document'], 300)}",
-                      f"   reference:  {_one_line(ex['reference'])}",
-                      f"   base:       {_one_line(ex['base'])}",
-                      f"   fine-tuned: {_one_line(ex['fine_tuned'])}"]
+            lines += [
+                "",
+                f"== example {i} (validation id {ex['id']})",
+                f"   document:   {_one_line(ex['document'], 300)}",
+                f"   reference:  {_one_line(ex['reference'])}",
+                f"   base:       {_one_line(ex['base'])}",
+                f"   fine-tuned: {_one_line(ex['fine_tuned'])}",
+            ]
     return lines
 
 
@@ -60,16 +73,25 @@ def diagnostics_lines(m: RunMetrics) -> list[str]:
         return []
     cmp = m.final_vs_base or {}
     n = m.examples
-    out = ["", "== beyond ROUGE: each summary against its document (" + (f"{n} validation examples, " if n else "")
-           + "mean per summary; fine-tuned - base with paired bootstrap 95% interval)"]
+    out = [
+        "",
+        "== beyond ROUGE: each summary against its document ("
+        + (f"{n} validation examples, " if n else "")
+        + "mean per summary; fine-tuned - base with paired bootstrap 95% interval)",
+    ]
     out += diagnostics.lines(blocks, cmp.get("diagnostics_model_minus_base"), "fine-tuned - base")
     out += [f"   warning: {w}" for w in diagnostics.warnings(m.final, m.base, m.references)]
     return out
 
 
-STARTUP_NAMES = {"imports_s": "imports", "data_read_s": "reading data", "model_load_s": "model load",
-                 "tokenize_and_trainer_s": "tokenizing + trainer", "base_rouge_s": "base ROUGE",
-                 "first_step_s": "first step"}
+STARTUP_NAMES = {
+    "imports_s": "imports",
+    "data_read_s": "reading data",
+    "model_load_s": "model load",
+    "tokenize_and_trainer_s": "tokenizing + trainer",
+    "base_rouge_s": "base ROUGE",
+    "first_step_s": "first step",
+}
 
 
 def _minutes(seconds: float) -> str:

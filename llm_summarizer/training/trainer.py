@@ -48,8 +48,12 @@ def resolve_optim(cfg: Config) -> str:
     if not ("8bit" in optim or optim.startswith("paged_")) or torch.cuda.is_available():
         return optim
     if cfg.model.backend == "unsloth":
-        log.warning("train.optim=%s: Unsloth's CPU backend runs bitsandbytes' optimizers on a GPU only and trains "
-                    "with AdamW instead (model.backend=transformers runs %s on the CPU)", optim, optim)
+        log.warning(
+            "train.optim=%s: Unsloth's CPU backend runs bitsandbytes' optimizers on a GPU only and trains "
+            "with AdamW instead (model.backend=transformers runs %s on the CPU)",
+            optim,
+            optim,
+        )
         return "adamw_torch"
     why = cpu_8bit_optim_ready()
     if why:
@@ -69,8 +73,10 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
         if is_rouge(name) and not cfg.eval.rouge:
             raise UserError(f"{name} is a ROUGE metric but eval.rouge=false; enable eval.rouge or use eval_loss")
     if (cfg.train.load_best_model_at_end or cfg.train.early_stopping) and not has_validation:
-        raise UserError("train.load_best_model_at_end / train.early_stopping need a validation split "
-                        "(data.validation or data.validation_size > 0)")
+        raise UserError(
+            "train.load_best_model_at_end / train.early_stopping need a validation split "
+            "(data.validation or data.validation_size > 0)"
+        )
 
 
 def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
@@ -83,15 +89,21 @@ def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
     managed = managed_args(cfg) if managed is None else managed
     for key in extra:
         if "token" in key.lower() and key not in fields - {"hub_token"}:
-            raise UserError(f"train.extra_args.{key}: tokens are read from the environment (HF_TOKEN, "
-                            f"WANDB_API_KEY) or --env-file, never from a config that is saved beside the model")
+            raise UserError(
+                f"train.extra_args.{key}: tokens are read from the environment (HF_TOKEN, "
+                f"WANDB_API_KEY) or --env-file, never from a config that is saved beside the model"
+            )
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields), n=3)
-            raise UserError(f"train.extra_args.{key}: not a field of TRL's SFTConfig"
-                            + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise UserError(
+                f"train.extra_args.{key}: not a field of TRL's SFTConfig"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
         if key in managed:
-            raise UserError(f"train.extra_args.{key}: llm_summarizer sets this SFTConfig field itself (from its "
-                            f"config keys, e.g. train.* and eval.*); set it there, not in extra_args")
+            raise UserError(
+                f"train.extra_args.{key}: llm_summarizer sets this SFTConfig field itself (from its "
+                f"config keys, e.g. train.* and eval.*); set it there, not in extra_args"
+            )
         wanted = _plain_types(types[key])
         value = extra[key]
         if wanted and not any(_fits(value, t) for t in wanted):
@@ -129,8 +141,14 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         raise UserError(f"train.extra_args {extra}: TRL's SFTConfig refused them: {e}") from None
 
 
-def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str],
-               optim: Optional[str] = None) -> dict:
+def sft_kwargs(
+    cfg: Config,
+    prec: Precision,
+    output_dir: Path,
+    has_validation: bool,
+    report_to: list[str],
+    optim: Optional[str] = None,
+) -> dict:
     """SFTConfig's arguments from the config; `optim` given skips resolve_optim (its probe and warnings)."""
     t = cfg.train
     eval_strategy = t.eval_strategy if has_validation else "no"
@@ -160,8 +178,7 @@ def sft_kwargs(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
         data_seed=t.seed,
         load_best_model_at_end=t.load_best_model_at_end and has_validation,
         # Only when it picks the best checkpoint: transformers looks the metric up at every save otherwise.
-        metric_for_best_model=eval_name(metric)
-        if t.load_best_model_at_end and has_validation else None,
+        metric_for_best_model=eval_name(metric) if t.load_best_model_at_end and has_validation else None,
         greater_is_better=greater_is_better(cfg),
         bf16=prec.bf16,
         fp16=prec.fp16,
@@ -187,16 +204,31 @@ def ddp_kwargs(cfg: Config, ranks: Optional[bool] = None) -> dict:
     `ranks` overrides the question "is this process one of several?"."""
     if not (distributed.distributed() if ranks is None else ranks):
         return {}
-    return {"use_cpu": not torch.cuda.is_available(), "ddp_find_unused_parameters": False,
-            "ddp_timeout": cfg.scale.timeout_s}
+    return {
+        "use_cpu": not torch.cuda.is_available(),
+        "ddp_find_unused_parameters": False,
+        "ddp_timeout": cfg.scale.timeout_s,
+    }
 
 
 # SFTConfig fields this project relies on without setting them in sft_kwargs: the resume point is passed to
 # train(), the hub push is ours (hub.py), the dataset columns and the loss mask are what data/tokenize.py builds,
 # the save format and gradient checkpointing come from the backend, length grouping is our sampler's, and
 # train.warmup_ratio reaches SFTConfig through warmup_steps.
-RELIED_ON = frozenset({"warmup_ratio", "resume_from_checkpoint", "push_to_hub", "hub_model_id", "hub_token", "dataset_text_field",
-                       "assistant_only_loss", "save_safetensors", "gradient_checkpointing", "group_by_length"})
+RELIED_ON = frozenset(
+    {
+        "warmup_ratio",
+        "resume_from_checkpoint",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_token",
+        "dataset_text_field",
+        "assistant_only_loss",
+        "save_safetensors",
+        "gradient_checkpointing",
+        "group_by_length",
+    }
+)
 
 
 def managed_args(cfg: Config) -> frozenset:
@@ -264,8 +296,13 @@ class SummarizationTrainer(SFTTrainer):
     def _load_optimizer_and_scheduler(self, checkpoint):
         # Several CPU ranks: transformers maps the optimizer state onto args.device, which is "cpu:<rank>" there
         # and which torch.load cannot restore to; the state belongs in CPU memory anyway.
-        if checkpoint is None or torch.cuda.is_available() or self.args.world_size <= 1 or self.is_fsdp_enabled \
-                or self.is_deepspeed_enabled:
+        if (
+            checkpoint is None
+            or torch.cuda.is_available()
+            or self.args.world_size <= 1
+            or self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+        ):
             return super()._load_optimizer_and_scheduler(checkpoint)
         opt, sched = Path(checkpoint) / "optimizer.pt", Path(checkpoint) / "scheduler.pt"
         if opt.is_file() and sched.is_file():
@@ -276,15 +313,20 @@ class SummarizationTrainer(SFTTrainer):
         # group_by_length: transformers' grouping with an order seeded per epoch (EpochSeededLengthGroupedSampler),
         # the lengths read from Arrow (transformers reads every row to get them).
         ds = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or not isinstance(ds, datasets.Dataset) \
-                or "input_ids" not in ds.column_names:
+        if (
+            self.args.train_sampling_strategy != "group_by_length"
+            or not isinstance(ds, datasets.Dataset)
+            or "input_ids" not in ds.column_names
+        ):
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return EpochSeededLengthGroupedSampler(token_lengths(ds), self.args.train_batch_size *
-                                               self.args.gradient_accumulation_steps, seed)
+        return EpochSeededLengthGroupedSampler(
+            token_lengths(ds), self.args.train_batch_size * self.args.gradient_accumulation_steps, seed
+        )
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.rouge_evaluator is not None and metric_key_prefix == "eval":
             m = self.rouge_evaluator.run(self.model, step=self.state.global_step)
@@ -293,15 +335,17 @@ class SummarizationTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.loss_from_logits:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         labels = inputs.pop("labels")
         inputs["use_cache"] = False
         outputs = model(**inputs)
         logits = outputs.logits[:, :-1, :].float()
         target = labels[:, 1:].to(logits.device)
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum")
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         n = num_items_in_batch if num_items_in_batch is not None else (target != -100).sum()
         loss = loss / torch.as_tensor(n, device=loss.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -317,13 +361,28 @@ def eval_loss_rows(cfg: Config, validation):
     return validation.select(pick_subset(len(validation), cfg.eval.num_samples, cfg.eval.sample_seed))
 
 
-def build_trainer(cfg: Config, model, tokenizer, prepared, output_dir: Path, callbacks: list,
-                  report_to: list[str], rouge_evaluator=None) -> SummarizationTrainer:
+def build_trainer(
+    cfg: Config,
+    model,
+    tokenizer,
+    prepared,
+    output_dir: Path,
+    callbacks: list,
+    report_to: list[str],
+    rouge_evaluator=None,
+) -> SummarizationTrainer:
     has_val = "validation" in prepared.splits and len(prepared.splits["validation"]) > 0
     check_metric(cfg, has_val)
     args = sft_config(cfg, pick_precision(cfg), output_dir, has_val, report_to)
     train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
     eval_ds = eval_loss_rows(cfg, prepared.splits["validation"]).select_columns(TRAIN_COLUMNS) if has_val else None
-    return SummarizationTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                processing_class=tokenizer, callbacks=callbacks, rouge_evaluator=rouge_evaluator,
-                                loss_from_logits=cfg.model.backend == "transformers" and not torch.cuda.is_available())
+    return SummarizationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        rouge_evaluator=rouge_evaluator,
+        loss_from_logits=cfg.model.backend == "transformers" and not torch.cuda.is_available(),
+    )

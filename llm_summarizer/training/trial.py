@@ -25,8 +25,9 @@ def make_pruner(spec: dict):
     import optuna
 
     if spec["kind"] == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec["n_startup_trials"],
-                                           n_warmup_steps=spec["n_warmup_steps"])
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec["n_startup_trials"], n_warmup_steps=spec["n_warmup_steps"]
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -43,8 +44,9 @@ class TrialReporter(TrainerCallback):
             # optuna (the tune extra) only in a tune trial
             import optuna
 
-            study = optuna.load_study(study_name=spec["study"], storage=spec["storage"],
-                                      pruner=make_pruner(spec["pruner"]))
+            study = optuna.load_study(
+                study_name=spec["study"], storage=spec["storage"], pruner=make_pruner(spec["pruner"])
+            )
             self.trial = optuna.trial.Trial(study, spec["trial_id"])
             self.number = self.trial.number
 

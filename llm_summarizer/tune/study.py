@@ -65,8 +65,10 @@ def check_space(cfg: Config, config_arg: Optional[str], overrides: list[str]) ->
     """Every searched key exists and takes the distribution's values: checked as overrides, before any trial."""
     space = cfg.tune.space
     if not space:
-        raise UserError("tune.space is empty: name the config keys to search, e.g. tune.space={train.learning_rate: "
-                        "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}")
+        raise UserError(
+            "tune.space is empty: name the config keys to search, e.g. tune.space={train.learning_rate: "
+            "{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}"
+        )
     for key, p in space.items():
         if key.startswith(("tune.", "output.")):
             raise UserError(f"tune.space.{key}: the study's own settings and output folders cannot be searched")
@@ -99,15 +101,23 @@ def pruner_spec(cfg: Config) -> dict:
 
 def make_study(cfg: Config, storage: str, name: str) -> optuna.Study:
     try:
-        study = optuna.create_study(study_name=name, storage=storage, pruner=make_pruner(pruner_spec(cfg)),
-                                    direction="maximize", load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            pruner=make_pruner(pruner_spec(cfg)),
+            direction="maximize",
+            load_if_exists=True,
+        )
     except Exception as e:  # an unreachable database, a bad URL: named by type only (the URL may hold a password)
-        raise UserError(f"tune.storage: cannot open the study database ({type(e).__name__}); check the URL, that "
-                        f"the database server answers, and that its driver is installed") from None
+        raise UserError(
+            f"tune.storage: cannot open the study database ({type(e).__name__}); check the URL, that "
+            f"the database server answers, and that its driver is installed"
+        ) from None
     # Seeded by tune.seed and the trials already in the study: a resumed driver does not draw the same
     # start-up parameters again.
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.tune.seed + len(study.get_trials(deepcopy=False)),
-                                               n_startup_trials=cfg.tune.n_startup_trials)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=cfg.tune.seed + len(study.get_trials(deepcopy=False)), n_startup_trials=cfg.tune.n_startup_trials
+    )
     return study
 
 
@@ -117,11 +127,18 @@ def requeue_orphans(study: optuna.Study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"run_dir": t.user_attrs.get("run_dir"),
-                                                  "retries": int(t.user_attrs.get("retries", 0)),
-                                                  "retry_of": t.number})
-        log.warning("tune: trial %d was running when the last driver stopped; queued again (it resumes from its "
-                    "checkpoints)", t.number)
+        study.enqueue_trial(
+            t.params,
+            user_attrs={
+                "run_dir": t.user_attrs.get("run_dir"),
+                "retries": int(t.user_attrs.get("retries", 0)),
+                "retry_of": t.number,
+            },
+        )
+        log.warning(
+            "tune: trial %d was running when the last driver stopped; queued again (it resumes from its checkpoints)",
+            t.number,
+        )
         n += 1
     return n
 
@@ -148,8 +165,11 @@ def run_trial(cmd: list[str], env: dict, log_path: Path) -> int:
 
 def finished(study: optuna.Study) -> list:
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return [t for t in study.get_trials(deepcopy=False) if t.state in done or
-            (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("final"))]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in done or (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("final"))
+    ]
 
 
 def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_trials: int) -> dict:
@@ -171,19 +191,38 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
             retries = int(trial.user_attrs.get("retries", 0))
             trial.set_user_attr("run_dir", str(run_dir))
             trial.set_user_attr("retries", retries)
-            trial_overrides = [*overrides, *(f"{k}={format_value(v)}" for k, v in params.items()),
-                               f"output.dir={run_dir / 'outputs'}", f"output.model_dir={run_dir / 'fine_tuned'}",
-                               f"output.run_name={name}-trial-{trial.number:03d}", f"tracking.group={name}",
-                               f"tracking.run_name={name}-trial-{trial.number:03d}", "output.push_to_hub=false",
-                               # the storage URL may hold a password: the trial gets it in its environment only,
-                               # never in its saved config.yaml or model card
-                               "tune.storage=null"]
-            cmd = [sys.executable, "-m", "llm_summarizer", "train", *(["--config", config_arg] if config_arg else []),
-                   *trial_overrides]
+            trial_overrides = [
+                *overrides,
+                *(f"{k}={format_value(v)}" for k, v in params.items()),
+                f"output.dir={run_dir / 'outputs'}",
+                f"output.model_dir={run_dir / 'fine_tuned'}",
+                f"output.run_name={name}-trial-{trial.number:03d}",
+                f"tracking.group={name}",
+                f"tracking.run_name={name}-trial-{trial.number:03d}",
+                "output.push_to_hub=false",
+                # the storage URL may hold a password: the trial gets it in its environment only,
+                # never in its saved config.yaml or model card
+                "tune.storage=null",
+            ]
+            cmd = [
+                sys.executable,
+                "-m",
+                "llm_summarizer",
+                "train",
+                *(["--config", config_arg] if config_arg else []),
+                *trial_overrides,
+            ]
             env = dict(os.environ)
-            env[TRIAL_ENV] = json.dumps({"storage": storage, "study": name, "trial_id": trial._trial_id,
-                                         "trial_number": trial.number,
-                                         "metric": metric, "pruner": pruner_spec(cfg)})
+            env[TRIAL_ENV] = json.dumps(
+                {
+                    "storage": storage,
+                    "study": name,
+                    "trial_id": trial._trial_id,
+                    "trial_number": trial.number,
+                    "metric": metric,
+                    "pruner": pruner_spec(cfg),
+                }
+            )
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
             print(f"[tune] trial {trial.number} ({len(finished(study)) + 1}/{n_trials}): {shown}", flush=True)
             t0 = time.time()
@@ -209,18 +248,23 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
             if rc == EXIT_USER_ERROR:
                 trial.set_user_attr("final", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                raise UserError(f"tune: trial {trial.number} stopped with a user error (every trial would): "
-                                f"{tail}; its log: {run_dir / 'train.log'}")
+                raise UserError(
+                    f"tune: trial {trial.number} stopped with a user error (every trial would): "
+                    f"{tail}; its log: {run_dir / 'train.log'}"
+                )
             if rc == EXIT_TRAINING_STOPPED or retries >= cfg.tune.max_retries:
                 trial.set_user_attr("final", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 print(f"[tune] trial {trial.number}: failed (exit code {rc}): {tail}; the study goes on", flush=True)
                 continue
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(params, user_attrs={"run_dir": str(run_dir), "retries": retries + 1,
-                                                    "retry_of": trial.number})
-            print(f"[tune] trial {trial.number}: its process ended with exit code {rc}; retrying from its "
-                  f"checkpoints", flush=True)
+            study.enqueue_trial(
+                params, user_attrs={"run_dir": str(run_dir), "retries": retries + 1, "retry_of": trial.number}
+            )
+            print(
+                f"[tune] trial {trial.number}: its process ended with exit code {rc}; retrying from its checkpoints",
+                flush=True,
+            )
         return write_summary(study, cfg, folder, metric, config_arg, overrides)
 
 
@@ -241,9 +285,17 @@ def _log_tail(path: Path) -> str:
 def write_summary(study: optuna.Study, cfg: Config, folder: Path, metric: str, config_arg, overrides) -> dict:
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     keys = list(cfg.tune.space)
-    rows = [{"trial": t.number, "state": t.state.name.lower(), metric: t.value,
-             **{k: t.params.get(k) for k in keys}, "seconds": t.user_attrs.get("seconds"),
-             "run_dir": t.user_attrs.get("run_dir")} for t in trials]
+    rows = [
+        {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            metric: t.value,
+            **{k: t.params.get(k) for k in keys},
+            "seconds": t.user_attrs.get("seconds"),
+            "run_dir": t.user_attrs.get("run_dir"),
+        }
+        for t in trials
+    ]
     with open(folder / TRIALS_CSV, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
         w.writeheader()
@@ -254,10 +306,14 @@ def write_summary(study: optuna.Study, cfg: Config, folder: Path, metric: str, c
         best = study.best_trial
         run_dir = Path(best.user_attrs["run_dir"])
         shutil.copyfile(run_dir / "fine_tuned" / CONFIG_FILE, folder / BEST_CONFIG)
-        summary["best"] = {"trial": best.number, metric: best.value, "params": best.params,
-                           "model_dir": str(run_dir / "fine_tuned"), "config": str(folder / BEST_CONFIG),
-                           "evaluate": f"llm-summarizer evaluate --model {shlex.quote(str(run_dir / 'fine_tuned'))} "
-                                       f"--compare-base"}
+        summary["best"] = {
+            "trial": best.number,
+            metric: best.value,
+            "params": best.params,
+            "model_dir": str(run_dir / "fine_tuned"),
+            "config": str(folder / BEST_CONFIG),
+            "evaluate": f"llm-summarizer evaluate --model {shlex.quote(str(run_dir / 'fine_tuned'))} --compare-base",
+        }
     write_json(folder / SUMMARY_JSON, summary)
     write_text(folder / "summary.txt", "\n".join(summary_lines(summary, keys)) + "\n")
     return summary
@@ -266,18 +322,29 @@ def write_summary(study: optuna.Study, cfg: Config, folder: Path, metric: str, c
 def summary_lines(summary: dict, keys: list[str]) -> list[str]:
     metric = summary["metric"]
     head = ["trial", "state", metric, *keys, "seconds"]
-    table = [[str(r["trial"]), r["state"], "" if r[metric] is None else f"{r[metric]:.4f}",
-              *(format_value(r[k]) if r[k] is not None else "" for k in keys),
-              "" if r["seconds"] is None else f"{r['seconds']:.0f}"] for r in summary["trials"]]
+    table = [
+        [
+            str(r["trial"]),
+            r["state"],
+            "" if r[metric] is None else f"{r[metric]:.4f}",
+            *(format_value(r[k]) if r[k] is not None else "" for k in keys),
+            "" if r["seconds"] is None else f"{r['seconds']:.0f}",
+        ]
+        for r in summary["trials"]
+    ]
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     lines = ["", f"== llm_summarizer tune: study {summary['study']}, {len(table)} trial(s)"]
     lines += ["   " + "  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["   " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
     b = summary["best"]
     if b:
-        lines += ["", f"   best: trial {b['trial']}, {metric}={b[metric]:.4f}",
-                  f"   its resolved config: {b['config']}", f"   its model:           {b['model_dir']}",
-                  f"   evaluate it:         {b['evaluate']}"]
+        lines += [
+            "",
+            f"   best: trial {b['trial']}, {metric}={b[metric]:.4f}",
+            f"   its resolved config: {b['config']}",
+            f"   its model:           {b['model_dir']}",
+            f"   evaluate it:         {b['evaluate']}",
+        ]
     else:
         lines += ["", "   no trial completed"]
     return lines

@@ -16,10 +16,33 @@ import pytest
 
 from ..conftest import ROOT, run_cli
 
-RUN_FIELDS = ("backend", "device", "versions", "precision", "effective", "model_stats", "steps_measured",
-              "micro_batches", "tokens_all", "tokens_nonpad", "padding_share", "train_s", "tokens_per_s_all",
-              "tokens_per_s_nonpad", "s_per_step", "step_s", "model_flops", "ceiling_tflops", "mfu",
-              "peak_memory_gib", "train_wall_s", "eval_s", "rouge_s", "rouge_share", "loss_check")
+RUN_FIELDS = (
+    "backend",
+    "device",
+    "versions",
+    "precision",
+    "effective",
+    "model_stats",
+    "steps_measured",
+    "micro_batches",
+    "tokens_all",
+    "tokens_nonpad",
+    "padding_share",
+    "train_s",
+    "tokens_per_s_all",
+    "tokens_per_s_nonpad",
+    "s_per_step",
+    "step_s",
+    "model_flops",
+    "ceiling_tflops",
+    "mfu",
+    "peak_memory_gib",
+    "train_wall_s",
+    "eval_s",
+    "rouge_s",
+    "rouge_share",
+    "loss_check",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +51,32 @@ def smoke(tmp_path_factory, models_dir):
     md = tmp / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nwhat a user wrote before\n")
     out = tmp / "result.json"
-    r = run_cli("bench", "--shape", "tiny", "--data", "demo", "--steps", "4", "--warmup-steps", "1", "--rounds", "1",
-                "--threads", "1",
-                "--val-rows", "12", "--out", out, "--markdown", md, f"model.cache_dir={models_dir}",
-                "eval.num_samples=2", "eval.max_new_tokens=8", "train.logging_steps=1", timeout=600)
+    r = run_cli(
+        "bench",
+        "--shape",
+        "tiny",
+        "--data",
+        "demo",
+        "--steps",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--val-rows",
+        "12",
+        "--out",
+        out,
+        "--markdown",
+        md,
+        f"model.cache_dir={models_dir}",
+        "eval.num_samples=2",
+        "eval.max_new_tokens=8",
+        "train.logging_steps=1",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text()), md, out, r
 
@@ -76,7 +121,8 @@ def test_bench_json_has_every_field_with_sane_values(smoke):
     u, t = (res["backends"][b] for b in ("unsloth", "transformers"))
     for key in ("tokens_per_s_nonpad", "s_per_step", "peak_memory_gib", "mfu"):
         assert res["ratios_unsloth_over_transformers"][key] == pytest.approx(
-            u[key]["median"] / t[key]["median"], rel=1e-3)
+            u[key]["median"] / t[key]["median"], rel=1e-3
+        )
     assert "unsloth/transformers" in r.stdout
 
 
@@ -98,13 +144,19 @@ def test_bench_appends_one_row_and_keeps_what_was_there(smoke):
     assert md.read_text() == text + row + "\n"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "3", "--warmup-steps", "3"], "--steps (3) must be larger than --warmup-steps (3)"),
-    (["--backends", "unsloth,jax"], "--backends: unknown jax"),
-    (["--data", "no-such-dataset"], "--data no-such-dataset: no "),
-    (["--floors", "data,speed"], "--floors: unknown part(s) speed; use all or any of data, generation, training, startup"),
-    (["--floors", "all", "--data-rows", "0"], "--data-rows and --gen-rows must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "3", "--warmup-steps", "3"], "--steps (3) must be larger than --warmup-steps (3)"),
+        (["--backends", "unsloth,jax"], "--backends: unknown jax"),
+        (["--data", "no-such-dataset"], "--data no-such-dataset: no "),
+        (
+            ["--floors", "data,speed"],
+            "--floors: unknown part(s) speed; use all or any of data, generation, training, startup",
+        ),
+        (["--floors", "all", "--data-rows", "0"], "--data-rows and --gen-rows must be at least 1"),
+    ],
+)
 def test_bench_rejects_bad_arguments(argv, message, capsys, tmp_path):
     from llm_summarizer.commands.bench import main
 
@@ -174,8 +226,14 @@ def test_padding_free_and_packed_batches_have_the_loss_of_their_examples_one_by_
     packed row) equals the token-weighted loss of its examples run one at a time. The transformers backend,
     in a process without Unsloth (whose CPU backend turns both switches off)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny tensors: one thread is faster on a shared CPU
-    r = subprocess.run([sys.executable, "-c", PADDING_FREE_CHECK, str(models_dir), str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", PADDING_FREE_CHECK, str(models_dir), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
     pf = res["padding_free"]
@@ -195,16 +253,41 @@ def test_padding_free_and_packed_batches_have_the_loss_of_their_examples_one_by_
 
 # -- floors: ours against the plainest way of doing the same work, in one run -------------------------------
 
+
 @pytest.fixture(scope="module")
 def floors(tmp_path_factory, models_dir):
     tmp = tmp_path_factory.mktemp("floors")
     md = tmp / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\nkept as it was\n")
     out = tmp / "floors.json"
-    r = run_cli("bench", "--floors", "all", "--shape", "tiny", "--data", "demo", "--steps", "3", "--warmup-steps", "1",
-                "--data-rows", "300", "--gen-rows", "8", "--val-rows", "16", "--out", out, "--markdown", md,
-                f"model.cache_dir={models_dir}", "eval.max_new_tokens=8", "eval.batch_size=4", "eval.num_samples=4",
-                timeout=900)
+    r = run_cli(
+        "bench",
+        "--floors",
+        "all",
+        "--shape",
+        "tiny",
+        "--data",
+        "demo",
+        "--steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--data-rows",
+        "300",
+        "--gen-rows",
+        "8",
+        "--val-rows",
+        "16",
+        "--out",
+        out,
+        "--markdown",
+        md,
+        f"model.cache_dir={models_dir}",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=4",
+        "eval.num_samples=4",
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text()), md, r
 
@@ -255,8 +338,14 @@ def test_floors_startup_part_splits_the_seconds_to_the_first_step(floors):
     s = floors[0]["startup"]
     assert s["exit_codes"] == {"import": 0, "help": 0, "print_config": 0, "train": 0}
     parts = {k: v for k, v in s["split"].items() if k != "to_first_step_s"}
-    assert set(parts) == {"imports_s", "data_read_s", "model_load_s", "tokenize_and_trainer_s", "base_rouge_s",
-                          "first_step_s"}
+    assert set(parts) == {
+        "imports_s",
+        "data_read_s",
+        "model_load_s",
+        "tokenize_and_trainer_s",
+        "base_rouge_s",
+        "first_step_s",
+    }
     assert all(v >= 0 for v in parts.values())
     assert s["to_first_step_s"] == pytest.approx(sum(parts.values()), abs=0.1)
     assert s["to_first_step_s"] < s["train_command_s"]  # the command goes on: final ROUGE, save
@@ -271,7 +360,11 @@ def test_floors_rows_land_in_one_floors_table(floors):
     assert "## Floors" in text and text.count("| date | device | model · data | part |") == 1
     rows = [l for l in text.splitlines() if l.startswith(f"| {res['date']} |")]
     assert [r_.split(" | ")[3].split(" (")[0] for r_ in rows] == [
-        "data preparation", "generation", "training", "start-up to the first step"]
+        "data preparation",
+        "generation",
+        "training",
+        "start-up to the first step",
+    ]
     assert f"**{res['training']['ratio']:.2f}x**" in rows[2]
     assert f"= {100 * res['generation']['diagnostics_share_of_pass']:.2f}% of it" in rows[1]
     assert "full result:" in r.stdout

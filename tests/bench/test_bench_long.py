@@ -26,12 +26,36 @@ def test_smoke_on_the_tiny_model(tiny_run, tmp_path):
     shared_dataset("qmsum"), shared_dataset("dialogsum")
     bench = bench_module()
     md = tmp_path / "BENCHMARKS.md"
-    md.write_text(f"# B\n\n## Long documents\n\n{bench.START}\n{bench.END}\n\n## Floors\n\n"
-                  "<!-- floors rows: llm-summarizer bench --floors appends below -->\n")
-    rc = bench.main(["--model", str(tiny_run.model_dir), "--data-root", str(SHARED_DATA), "--work", str(tmp_path / "w"),
-                     "--meetings", "2", "--batching-meetings", "1", "--rouge-rows", "6", "--evaluate-rows", "6",
-                     "--bootstrap", "100", "--markdown", str(md), "eval.max_new_tokens=6", "eval.chunk_tokens=200",
-                     "eval.max_chunks=2000", "model.max_seq_length=256"])
+    md.write_text(
+        f"# B\n\n## Long documents\n\n{bench.START}\n{bench.END}\n\n## Floors\n\n"
+        "<!-- floors rows: llm-summarizer bench --floors appends below -->\n"
+    )
+    rc = bench.main(
+        [
+            "--model",
+            str(tiny_run.model_dir),
+            "--data-root",
+            str(SHARED_DATA),
+            "--work",
+            str(tmp_path / "w"),
+            "--meetings",
+            "2",
+            "--batching-meetings",
+            "1",
+            "--rouge-rows",
+            "6",
+            "--evaluate-rows",
+            "6",
+            "--bootstrap",
+            "100",
+            "--markdown",
+            str(md),
+            "eval.max_new_tokens=6",
+            "eval.chunk_tokens=200",
+            "eval.max_chunks=2000",
+            "model.max_seq_length=256",
+        ]
+    )
     assert rc == 0
     r = json.loads((tmp_path / "w" / "long.json").read_text())
     q = r["quality"]

@@ -14,8 +14,12 @@ def _jsonl(path, rows):
     return path
 
 
-REFS = ["the cat sat on the mat", "a storm closed the harbour for two days", "prices rose three percent in may",
-        "the team won the final after extra time"]
+REFS = [
+    "the cat sat on the mat",
+    "a storm closed the harbour for two days",
+    "prices rose three percent in may",
+    "the team won the final after extra time",
+]
 
 
 def test_score_a_file_and_pair_it_with_a_base(tmp_path):
@@ -73,10 +77,16 @@ def test_score_measures_each_summary_against_its_document(tmp_path, capsys):
     from llm_summarizer.commands.score import main
     from llm_summarizer.evaluation import diagnostics as D
 
-    docs = ["all day long the cat sat on the mat near the door", "in May a storm closed the harbour for two days",
-            "after a long winter prices rose three percent in may", "on sunday the team won the final after extra time"]
-    copies = _jsonl(tmp_path / "copies.jsonl", [{"id": i, "document": d, "reference": r, "prediction": d}
-                                                for i, (d, r) in enumerate(zip(docs, REFS))])
+    docs = [
+        "all day long the cat sat on the mat near the door",
+        "in May a storm closed the harbour for two days",
+        "after a long winter prices rose three percent in may",
+        "on sunday the team won the final after extra time",
+    ]
+    copies = _jsonl(
+        tmp_path / "copies.jsonl",
+        [{"id": i, "document": d, "reference": r, "prediction": d} for i, (d, r) in enumerate(zip(docs, REFS))],
+    )
     # the base file has no documents: measured against the file's own, matched by id
     base = _jsonl(tmp_path / "base.jsonl", [{"id": i, "reference": r, "prediction": r} for i, r in enumerate(REFS)])
     out = tmp_path / "s.json"
@@ -88,9 +98,12 @@ def test_score_measures_each_summary_against_its_document(tmp_path, capsys):
     assert stats["coverage"]["mean"] == 1.0 and stats["lead_copy"]["mean"] == 1.0
     assert stats["density"]["mean"] == pytest.approx(sum(len(d.split()) for d in docs) / 4)
     assert m["references"]["diagnostics"]["stats"]["coverage"]["mean"] == pytest.approx(
-        D.means(D.corpus(REFS, docs))["coverage"])
-    assert m["base"]["diagnostics"]["stats"]["coverage"]["mean"] == m["references"]["diagnostics"]["stats"][
-        "coverage"]["mean"]  # the base's predictions are the references
+        D.means(D.corpus(REFS, docs))["coverage"]
+    )
+    assert (
+        m["base"]["diagnostics"]["stats"]["coverage"]["mean"]
+        == m["references"]["diagnostics"]["stats"]["coverage"]["mean"]
+    )  # the base's predictions are the references
     assert m["diagnostics_file_minus_base"]["density"]["diff"] > 0
     assert "each summary against its document" in printed and "file - base" in printed
     assert re.search(r"lead copy +0\.0% +100\.0% +0\.0% +\+100\.00 pts", printed), printed

@@ -92,8 +92,9 @@ def test_a_long_document_is_chunked_with_its_tree_in_the_json_output(tiny_run, t
     # the same document summarized alone, and cut instead of chunked
     assert summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl") == 0
     assert json.loads(capsys.readouterr().out)["summary"] == long_row["summary"]  # deterministic
-    assert summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl",
-                          "eval.long_documents=truncate") == 0
+    assert (
+        summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl", "eval.long_documents=truncate") == 0
+    )
     cut = json.loads(capsys.readouterr().out)
     assert cut["method"] == "truncated" and cut["truncated_input"] and "chunks" not in cut
 

@@ -44,7 +44,7 @@ def test_windows_end_at_turns_fit_the_budget_and_overlap_by_whole_turns():
     for w in windows:
         assert w.tokens <= 50 and w.tokens == sum(1 for s in starts if w.start <= s < w.end)
     for w in windows[:-1]:
-        assert "\n" in text[w.end - 1: w.end + 1]  # a window ends with a whole turn (the line break on either side)
+        assert "\n" in text[w.end - 1 : w.end + 1]  # a window ends with a whole turn (the line break on either side)
     for a, b in zip(windows, windows[1:]):
         repeated = sum(1 for s in starts if b.start <= s < a.end)
         assert 0 < repeated <= 12
@@ -65,7 +65,7 @@ def test_no_lines_then_sentences_then_words_then_tokens():
     starts = list(range(0, 4000, 5))
     w = split_windows(blob, starts, 100, 10)
     covered(blob, w)
-    assert [x.tokens for x in w] == [100] * 8 and "".join(blob[x.start:x.end] for x in w) == blob
+    assert [x.tokens for x in w] == [100] * 8 and "".join(blob[x.start : x.end] for x in w) == blob
 
 
 def test_an_early_boundary_does_not_make_a_run_of_tiny_windows():
@@ -88,7 +88,7 @@ def test_real_tokenizer_windows_reencode_to_their_count_and_fit(tokenizer):
     windows = split_windows(text, starts, 120, 20)
     covered(text, windows)
     for w in windows:
-        assert len(tokenizer(text[w.start:w.end], add_special_tokens=False)["input_ids"]) <= 120
+        assert len(tokenizer(text[w.start : w.end], add_special_tokens=False)["input_ids"]) <= 120
 
 
 def test_a_one_mib_document_is_cut_in_seconds(tokenizer):
@@ -133,8 +133,16 @@ def test_length_report_percentiles_policies_and_the_length_that_fits_95(tokenize
 def test_data_command_prints_the_length_report(tmp_path, models_dir, capsys):
     from llm_summarizer.commands.data import main
 
-    rc = main(["--config", "tiny", f"model.cache_dir={models_dir}", "model.max_seq_length=128",
-               "--output", str(tmp_path / "out")])
+    rc = main(
+        [
+            "--config",
+            "tiny",
+            f"model.cache_dir={models_dir}",
+            "model.max_seq_length=128",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "== train: token lengths against the budget (model.max_seq_length 128" in out
@@ -152,5 +160,5 @@ def test_qmsum_meetings_need_many_windows_at_the_demo_budget(tokenizer):
     covered(row["document"], windows)
     doc = row["document"]
     assert len(windows) > 10 and all(doc[w.end] in " \n" or doc[w.end - 1] == "\n" for w in windows[:-1])  # no word cut
-    at_turns = sum("\n" in doc[w.end - 1: w.end + 1] for w in windows[:-1])
+    at_turns = sum("\n" in doc[w.end - 1 : w.end + 1] for w in windows[:-1])
     assert at_turns >= 2 * len(windows) // 3  # mostly whole turns; a long turn is cut at a sentence end

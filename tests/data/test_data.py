@@ -85,14 +85,16 @@ def test_shared_data_budget_never_cuts_summary(tokenizer, name):
     by_id = {r["id"]: r for r in raw["train"].rows}
     for ex in prep.splits["train"]:
         assert len(ex["input_ids"]) <= max_len
-        comp = ex["input_ids"][ex["prompt_len"]:]
+        comp = ex["input_ids"][ex["prompt_len"] :]
         assert tokenizer.decode(comp[:-1]) == by_id[ex["id"]]["summary"].strip()
 
 
 def test_head_tail_and_drop_policies(tokenizer, tmp_path):
     long_doc = " ".join(f"word{i}" for i in range(400))
-    p = write_jsonl(tmp_path / "t.jsonl", [{"document": long_doc, "summary": "short summary."},
-                                            {"document": "a tiny doc", "summary": "tiny."}])
+    p = write_jsonl(
+        tmp_path / "t.jsonl",
+        [{"document": long_doc, "summary": "short summary."}, {"document": "a tiny doc", "summary": "tiny."}],
+    )
     for policy, kept, truncated in (("head", 2, 1), ("head_tail", 2, 1), ("drop", 1, 0)):
         cfg = cfg_for(p, "model.max_seq_length=64", f"data.truncation={policy}")
         prep = TK.prepare(cfg, tokenizer, R.load_raw_splits(cfg))
@@ -106,8 +108,10 @@ def test_head_tail_and_drop_policies(tokenizer, tmp_path):
 
 
 def test_summary_longer_than_budget_is_dropped(tokenizer, tmp_path):
-    p = write_jsonl(tmp_path / "t.jsonl", [{"document": "doc", "summary": " ".join(["long"] * 200)},
-                                            {"document": "doc two", "summary": "fine."}])
+    p = write_jsonl(
+        tmp_path / "t.jsonl",
+        [{"document": "doc", "summary": " ".join(["long"] * 200)}, {"document": "doc two", "summary": "fine."}],
+    )
     cfg = cfg_for(p, "model.max_seq_length=64")
     prep = TK.prepare(cfg, tokenizer, R.load_raw_splits(cfg))
     assert prep.stats["train"].dropped == {"summary_too_long": 1}
@@ -131,8 +135,14 @@ def test_bad_rows_dropped_by_reason(tmp_path):
     raw = R.load_raw_splits(cfg_for(p))
     tr = raw["train"]
     assert [r["id"] for r in tr.rows] == ["a"]
-    assert dict(tr.dropped) == {"empty_document": 2, "null_document": 1, "not_a_string_document": 1,
-                                "null_summary": 1, "duplicate_document": 1, "empty_summary": 1}
+    assert dict(tr.dropped) == {
+        "empty_document": 2,
+        "null_document": 1,
+        "not_a_string_document": 1,
+        "null_summary": 1,
+        "duplicate_document": 1,
+        "empty_summary": 1,
+    }
     assert tr.dropped_examples["empty_document"] == [1, 2]
 
 
@@ -147,7 +157,9 @@ def test_bad_rows_error_policy_names_file_and_rows(tmp_path):
 
 def test_missing_column_names_existing_columns(tmp_path):
     p = write_jsonl(tmp_path / "cols.jsonl", [{"body": "x", "abstract_text": "y"}])
-    with pytest.raises(DataError, match=r"cols.jsonl: could not find the document and summary columns among: body, abstract_text"):
+    with pytest.raises(
+        DataError, match=r"cols.jsonl: could not find the document and summary columns among: body, abstract_text"
+    ):
         R.load_raw_splits(cfg_for(p))
     with pytest.raises(DataError, match=r"column\(s\) 'text' not found; the file has columns: body, abstract_text"):
         R.load_raw_splits(cfg_for(p, "data.document_column=text", "data.summary_column=abstract_text"))
@@ -155,12 +167,15 @@ def test_missing_column_names_existing_columns(tmp_path):
     assert raw["train"].rows[0]["document"] == "x"
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "is empty"),
-    (b'{"document": "a", "summary": "b"}\n{"document": "c", "summ', r"line 2: invalid JSON.*cut off"),
-    (b'{"document": "caf\xe9", "summary": "b"}\n', r"line 1: not valid UTF-8"),
-    (b"\x00\x01\x02binary", "looks binary"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "is empty"),
+        (b'{"document": "a", "summary": "b"}\n{"document": "c", "summ', r"line 2: invalid JSON.*cut off"),
+        (b'{"document": "caf\xe9", "summary": "b"}\n', r"line 1: not valid UTF-8"),
+        (b"\x00\x01\x02binary", "looks binary"),
+    ],
+)
 def test_malformed_files_clear_error(tmp_path, content, match):
     p = tmp_path / "f.jsonl"
     p.write_bytes(content)
@@ -210,8 +225,9 @@ def test_column_autodetect(tmp_path):
 
 
 def test_seeded_split_when_only_train(tmp_path):
-    cfg = load_config("tiny",
-                      ["data.validation=null", "data.test=null", "data.validation_size=0.1", "data.test_size=20"])
+    cfg = load_config(
+        "tiny", ["data.validation=null", "data.test=null", "data.validation_size=0.1", "data.test_size=20"]
+    )
     a = R.load_raw_splits(cfg)
     b = R.load_raw_splits(cfg)
     assert len(a["validation"].rows) == 120 and len(a["test"].rows) == 20 and len(a["train"].rows) == 1060
@@ -231,7 +247,7 @@ def test_chatml_template_through_unsloth(tokenizer, tmp_path):
     ex = prep.splits["train"][0]
     text = tok.decode(ex["input_ids"])
     assert text.count("<|im_start|>user") == 1 and "<|im_start|>assistant" in text
-    comp = ex["input_ids"][ex["prompt_len"]:]
+    comp = ex["input_ids"][ex["prompt_len"] :]
     assert comp[-1] == tok.eos_token_id and comp.count(tok.eos_token_id) == 1
     assert ex["summary"] in tok.decode(comp)
 
@@ -248,10 +264,13 @@ def test_tokenization_is_cached(tokenizer, tmp_path):
 
 
 def test_preview_command_shows_sizes_and_rendered_example(tmp_path, models_dir):
-    r = run_cli("data", "--config", "tiny", "--output", tmp_path / "processed",
-                f"model.cache_dir={models_dir}", timeout=300)
+    r = run_cli(
+        "data", "--config", "tiny", "--output", tmp_path / "processed", f"model.cache_dir={models_dir}", timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "== train: 1200 rows" in r.stdout and "== validation: 100 rows" in r.stdout and "== test: 100 rows" in r.stdout
+    assert (
+        "== train: 1200 rows" in r.stdout and "== validation: 100 rows" in r.stdout and "== test: 100 rows" in r.stdout
+    )
     assert "[[" in r.stdout and "<|end_of_text|>]]" in r.stdout and "Summary:" in r.stdout
     assert (tmp_path / "processed" / "train.jsonl").exists()
     stats = json.loads((tmp_path / "processed" / "data_stats.json").read_text())
@@ -309,5 +328,6 @@ def test_batched_tokenization_with_the_real_tokenizer(smollm2_conversion, name):
     rows = [json.loads(l) for l in (shared_dataset(name) / "train.jsonl").read_text().splitlines()[:300]]
     f = Formatter(tok, load_config("demo").data, 256)
     docs, summaries = [r["document"] for r in rows], [r["summary"] for r in rows]
-    assert f.use_chat and [(None if ex is None else ex["input_ids"], st) for ex, st in f.examples(docs, summaries)] \
-        == _row_by_row(f, docs, summaries)
+    assert f.use_chat and [
+        (None if ex is None else ex["input_ids"], st) for ex, st in f.examples(docs, summaries)
+    ] == _row_by_row(f, docs, summaries)

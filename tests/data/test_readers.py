@@ -18,9 +18,11 @@ from llm_summarizer.data import readers
 from llm_summarizer.data.readers import COLUMN_PAIRS, pick_columns, read_bounded, read_file, read_source
 from llm_summarizer.errors import DataError, UserError
 
-ROWS = [{"id": "a1", "document": "First document, with a comma.", "summary": "First."},
-        {"id": "a2", "document": 'Second "quoted" document\nover two lines.', "summary": "Second."},
-        {"id": "a3", "document": "Dritte Zeile: Grüße aus Zürich 東京.", "summary": "Third."}]
+ROWS = [
+    {"id": "a1", "document": "First document, with a comma.", "summary": "First."},
+    {"id": "a2", "document": 'Second "quoted" document\nover two lines.', "summary": "Second."},
+    {"id": "a3", "document": "Dritte Zeile: Grüße aus Zürich 東京.", "summary": "Third."},
+]
 
 
 def write_jsonl(p: Path, rows, newline="\n") -> Path:
@@ -58,6 +60,7 @@ def data_error(path_or_fn, match: str | None = None) -> str:
 
 # -- formats -------------------------------------------------------------------------------------------------------
 
+
 def make(fmt: str, d: Path) -> Path:
     if fmt == "jsonl":
         return write_jsonl(d / "t.jsonl", ROWS)
@@ -81,8 +84,9 @@ def make(fmt: str, d: Path) -> Path:
     return d / "t.json"
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "json-list", "json-wrapped", "json-columns", "json-lines", "csv", "tsv",
-                                 "parquet", "CSV-upper"])
+@pytest.mark.parametrize(
+    "fmt", ["jsonl", "json-list", "json-wrapped", "json-columns", "json-lines", "csv", "tsv", "parquet", "CSV-upper"]
+)
 def test_every_format_gives_the_same_rows(tmp_path, fmt):
     p = make(fmt, tmp_path)
     split = read(p)
@@ -144,6 +148,7 @@ def test_values_are_kept_as_their_type(tmp_path):
 
 # -- columns -------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("doc,summ", COLUMN_PAIRS)
 def test_each_known_column_pair_is_found(tmp_path, doc, summ):
     p = write_jsonl(tmp_path / "t.jsonl", [{"meta": "m", doc: "the document", summ: "the summary"}])
@@ -158,33 +163,44 @@ def test_the_earlier_pair_wins_when_several_match():
 
 
 def test_named_columns_are_used(tmp_path):
-    assert pick_columns(["body", "tldr", "key"], DataSection(document_column="body", summary_column="tldr",
-                                                             id_column="key"), "f") == ("body", "tldr", "key")
+    assert pick_columns(
+        ["body", "tldr", "key"], DataSection(document_column="body", summary_column="tldr", id_column="key"), "f"
+    ) == ("body", "tldr", "key")
     # one named, the other found among the pairs that have it
-    assert pick_columns(["source", "target", "summary"], DataSection(summary_column="target"), "f")[:2] == \
-        ("source", "target")
-    assert pick_columns(["text", "summary", "target"], DataSection(document_column="text",
-                                                                   summary_column="target"), "f")[:2] == ("text", "target")
+    assert pick_columns(["source", "target", "summary"], DataSection(summary_column="target"), "f")[:2] == (
+        "source",
+        "target",
+    )
+    assert pick_columns(
+        ["text", "summary", "target"], DataSection(document_column="text", summary_column="target"), "f"
+    )[:2] == ("text", "target")
 
 
 def test_id_columns_are_found_or_numbered(tmp_path):
     assert pick_columns(["document", "summary", "doc_id"], DataSection(), "f")[2] == "doc_id"
     assert pick_columns(["document", "summary"], DataSection(), "f")[2] is None
-    assert [r["id"] for r in read(write_jsonl(tmp_path / "t.jsonl", [{"document": "d", "summary": "s"}] * 2)).rows] \
-        == ["train-0", "train-1"]
+    assert [r["id"] for r in read(write_jsonl(tmp_path / "t.jsonl", [{"document": "d", "summary": "s"}] * 2)).rows] == [
+        "train-0",
+        "train-1",
+    ]
 
 
 def test_a_named_column_that_is_missing_names_it_and_the_columns_there(tmp_path):
     p = write_jsonl(tmp_path / "t.jsonl", ROWS)
     msg = data_error(lambda: read(p, document_column="body", id_column="key"))
-    assert msg == (f"data file {p}: column(s) 'body', 'key' not found; the file has columns: id, document, summary. "
-                   f"Set data.document_column / data.summary_column.")
+    assert msg == (
+        f"data file {p}: column(s) 'body', 'key' not found; the file has columns: id, document, summary. "
+        f"Set data.document_column / data.summary_column."
+    )
 
 
 def test_no_known_pair_names_the_columns_there(tmp_path):
     p = write_delimited(tmp_path / "t.csv", [{"question": "q", "answer": "a"}])
-    data_error(lambda: read(p), f"data file {p}: could not find the document and summary columns among: question, "
-                                f"answer. Set data.document_column and data.summary_column.")
+    data_error(
+        lambda: read(p),
+        f"data file {p}: could not find the document and summary columns among: question, "
+        f"answer. Set data.document_column and data.summary_column.",
+    )
     # a named document column with no pair for it
     data_error(lambda: read(p, document_column="question"), "could not find the document and summary columns")
 
@@ -196,6 +212,7 @@ def test_the_columns_are_looked_for_in_more_than_the_first_row(tmp_path):
 
 # -- bad files -----------------------------------------------------------------------------------------------------
 
+
 def test_missing_unsupported_and_empty_sources(tmp_path):
     data_error(lambda: read(tmp_path / "nope.jsonl"), f"data file not found: {tmp_path / 'nope.jsonl'}")
     (tmp_path / "t.txt").write_text("x")
@@ -204,8 +221,7 @@ def test_missing_unsupported_and_empty_sources(tmp_path):
     data_error(lambda: read(tmp_path / "empty"), "holds no .jsonl, .json, .csv, .tsv, .parquet files")
 
 
-@pytest.mark.parametrize("name,content", [("e.jsonl", b""), ("e.json", b"  \n\n"), ("e.csv", b"\n"),
-                                          ("e.tsv", b"")])
+@pytest.mark.parametrize("name,content", [("e.jsonl", b""), ("e.json", b"  \n\n"), ("e.csv", b"\n"), ("e.tsv", b"")])
 def test_an_empty_file_is_named(tmp_path, name, content):
     (tmp_path / name).write_bytes(content)
     assert data_error(tmp_path / name) == f"data file {tmp_path / name} is empty"
@@ -245,8 +261,9 @@ def test_a_jsonl_line_that_is_not_an_object(tmp_path):
     data_error(p, f"data file {p}, line 2: expected a JSON object per line, got list")
 
 
-@pytest.mark.parametrize("text", ['"just a string"', '[1, 2]', '{"document": "d", "summary": ["s", "t"]}',
-                                  '{"a": [1], "b": [1, 2]}'])
+@pytest.mark.parametrize(
+    "text", ['"just a string"', "[1, 2]", '{"document": "d", "summary": ["s", "t"]}', '{"a": [1], "b": [1, 2]}']
+)
 def test_json_that_is_not_a_list_of_objects(tmp_path, text):
     p = tmp_path / "x.json"
     p.write_text(text)
@@ -291,6 +308,7 @@ def test_parquet_empty_or_not_parquet(tmp_path):
 
 # -- bounded reading -----------------------------------------------------------------------------------------------
 
+
 def test_read_bounded_returns_the_bytes_up_to_the_limit(tmp_path):
     p = tmp_path / "f"
     data = b"x" * 10_000  # more than the 8 KiB looked at first
@@ -303,7 +321,8 @@ def test_read_bounded_refuses_a_file_over_the_limit(tmp_path):
     p = tmp_path / "big.jsonl"
     p.write_bytes(b"a" * ((1 << 20) + 1))
     assert data_error(lambda: read_bounded(p, 1 << 20, "data file")) == (
-        f"data file {p} is larger than 1 MiB, the most read at once; split it into smaller files")
+        f"data file {p} is larger than 1 MiB, the most read at once; split it into smaller files"
+    )
 
 
 def test_a_data_file_over_the_limit_is_refused(tmp_path, monkeypatch):

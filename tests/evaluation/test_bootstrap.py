@@ -27,7 +27,7 @@ def rows_with_overlap(n: int = 40) -> list[dict]:
     """References of 8-16 words; predictions share a varying part of them, plus words of their own."""
     rows = []
     for i in range(n):
-        ref = WORDS[i % 5: i % 5 + 8 + i % 9]
+        ref = WORDS[i % 5 : i % 5 + 8 + i % 9]
         keep = ref[: (i * 7) % len(ref) + 1]
         rows.append({"reference": " ".join(ref), "prediction": " ".join(keep + ["meanwhile", "officials"][: i % 3])})
     return rows
@@ -83,11 +83,24 @@ def test_one_example_has_a_zero_width_interval_at_its_score():
 
 
 def test_the_rest_of_the_block_describes_the_rows():
-    rows = [{"reference": "one two three four", "prediction": "one two", "gen_seconds": 1.0, "new_tokens": 3,
-             "hit_max_new_tokens": True, "truncated_input": False},
-            {"reference": "five six", "prediction": "  ", "gen_seconds": 3.0, "new_tokens": 5},
-            {"reference": "seven eight nine", "prediction": "seven eight nine ten eleven", "gen_seconds": 0.0,
-             "new_tokens": 0, "truncated_input": True}]
+    rows = [
+        {
+            "reference": "one two three four",
+            "prediction": "one two",
+            "gen_seconds": 1.0,
+            "new_tokens": 3,
+            "hit_max_new_tokens": True,
+            "truncated_input": False,
+        },
+        {"reference": "five six", "prediction": "  ", "gen_seconds": 3.0, "new_tokens": 5},
+        {
+            "reference": "seven eight nine",
+            "prediction": "seven eight nine ten eleven",
+            "gen_seconds": 0.0,
+            "new_tokens": 0,
+            "truncated_input": True,
+        },
+    ]
     block = score_block(rows, 50, 0, P)
     assert block["examples"] == 3 and block["empty_predictions"] == 1
     assert block["lengths_words"]["prediction"] == {"mean": 2.33, "median": 2, "p95": 5, "min": 0, "max": 5}
@@ -104,6 +117,7 @@ def test_without_timings_there_is_no_throughput():
 
 
 # -- paired differences --------------------------------------------------------------------------------------------
+
 
 def test_the_same_predictions_differ_by_exactly_zero():
     rows = rows_with_overlap()
@@ -130,7 +144,7 @@ def test_pairing_removes_the_spread_between_examples():
     # the model writes one more right word on every example: a small gain on each, next to examples whose scores
     # spread far more. Unpaired, the two intervals overlap; paired, the gain is clear.
     base = [{"reference": " ".join(WORDS[:10]), "prediction": " ".join(WORDS[:k])} for k in range(1, 10)]
-    model = [{"reference": r["reference"], "prediction": " ".join(WORDS[:k + 1])} for k, r in enumerate(base, 1)]
+    model = [{"reference": r["reference"], "prediction": " ".join(WORDS[: k + 1])} for k, r in enumerate(base, 1)]
     gains = [m - b for m, b in zip(per_example(model, "rouge1"), per_example(base, "rouge1"))]
     diff = paired_difference(model, base, 500, 0, P)["rouge1"]
     lo, hi = diff["ci95"]
@@ -143,12 +157,16 @@ def test_pairing_removes_the_spread_between_examples():
 
 # -- the statistics beside ROUGE -----------------------------------------------------------------------------------
 
-DOCS = ["The city council approved a budget of 12 million dollars for schools on Monday after a long debate.",
-        "Heavy rain flooded roads in the north; officials closed two bridges and opened shelters for residents.",
-        "A new library opened downtown with 40000 books and a children's reading room funded by donations."]
-SUMMARIES = ["The council approved a 12 million dollar school budget.",
-             "Rain flooded northern roads and 3 bridges closed, said Mayor Smith.",
-             ""]
+DOCS = [
+    "The city council approved a budget of 12 million dollars for schools on Monday after a long debate.",
+    "Heavy rain flooded roads in the north; officials closed two bridges and opened shelters for residents.",
+    "A new library opened downtown with 40000 books and a children's reading room funded by donations.",
+]
+SUMMARIES = [
+    "The council approved a 12 million dollar school budget.",
+    "Rain flooded northern roads and 3 bridges closed, said Mayor Smith.",
+    "",
+]
 
 
 def test_diagnostics_block_means_and_intervals_over_the_examples_with_a_value():

@@ -38,7 +38,8 @@ def test_fragments_by_hand():
     # "the cat" copied, "lay" new, "on the mat" copied: coverage 5/6, density (2^2 + 3^2)/6, compression 6/6
     assert D.fragments(doc, "the cat lay on the mat".split()) == [(0, 0, 2), (3, 3, 3)]
     assert D.fragment_stats(doc, "the cat lay on the mat".split()) == pytest.approx(
-        {"coverage": 5 / 6, "density": 13 / 6, "compression": 1.0})
+        {"coverage": 5 / 6, "density": 13 / 6, "compression": 1.0}
+    )
     # a tie: "x y" twice in the document; the earliest place is kept (a later run must be longer to replace it)
     assert D.fragments("x y z x y".split(), "x y".split()) == [(0, 0, 2)]
     # a repeated phrase in the summary is two fragments of the same document span
@@ -70,8 +71,10 @@ def test_fragments_equal_the_published_loop_and_the_identities_hold():
 
 
 def test_one_summary_all_statistics():
-    doc = ("Kestrel Media, a media company based in Leeds, said on Tuesday that its revenue rose 4 percent to "
-           "1,000 million dollars. Chief executive Tom Becker said the result was due to a weak currency.")
+    doc = (
+        "Kestrel Media, a media company based in Leeds, said on Tuesday that its revenue rose 4 percent to "
+        "1,000 million dollars. Chief executive Tom Becker said the result was due to a weak currency."
+    )
     summary = "Kestrel Media revenue rose 4.0 percent to 1000 million dollars, said Tom Becker in Paris in 2024."
     x = D.example(summary, doc, "Kestrel Media revenue rose 4 percent.", hit_max_new_tokens=False)
     assert x["unsupported"] == {"numbers": ["2024"], "names": ["Paris"]}  # 4.0 = 4 and 1000 = 1,000 are there
@@ -88,8 +91,15 @@ def test_one_summary_all_statistics():
 
 
 def test_numbers_and_names_follow_the_stated_rules():
-    assert D.numbers("1,000 and 3.0 and 3.50 and 007, Person1, GPT4, COVID-19 and 2,5") == \
-        {"1000", "3", "3.5", "7", "19", "2", "5"}
+    assert D.numbers("1,000 and 3.0 and 3.50 and 007, Person1, GPT4, COVID-19 and 2,5") == {
+        "1000",
+        "3",
+        "3.5",
+        "7",
+        "19",
+        "2",
+        "5",
+    }
     # capitalised words not opening a sentence; "She" opens one, "Monday" does not
     assert D.name_like("Talks resumed with Acme on Monday. She agreed: Bob left.") == ["Acme", "Monday"]
     # DialogSum's speaker tags are in the document, so they are not unsupported
@@ -111,7 +121,9 @@ def test_russian_and_chinese():
     assert z["length_ratio"] == pytest.approx(8 / 6)
     # under rouge-score's ASCII tokenizer Chinese has no tokens at all: a note, not a division by zero
     assert D.example("公司宣布降低价格。", zh_doc, tokenizer="default")["notes"] == [
-        "summary has no default tokens", "document has no default tokens"]
+        "summary has no default tokens",
+        "document has no default tokens",
+    ]
 
 
 def test_empty_summaries_and_documents_have_no_value_and_a_note():
@@ -130,8 +142,9 @@ def test_empty_summaries_and_documents_have_no_value_and_a_note():
 
 def test_end_of_run_words():
     refs = {"density": 1.5, "coverage": 0.7}
-    words = D.warnings({"density": 12.0, "coverage": 0.98, "unsupported_numbers": 0.5},
-                       {"unsupported_numbers": 0.1}, refs)
+    words = D.warnings(
+        {"density": 12.0, "coverage": 0.98, "unsupported_numbers": 0.5}, {"unsupported_numbers": 0.1}, refs
+    )
     assert len(words) == 2
     assert "copies much more than the references do" in words[0] and "12.0" in words[0] and "1.5" in words[0]
     assert "more numbers that are not in the document than the base model: 0.50 per summary against 0.10" in words[1]
@@ -165,22 +178,41 @@ def test_evaluate_module_loads_offline_and_equals_score(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    rows = [{"id": 1, "document": "Revenue rose 4 percent to 1,000 dollars in Leeds, Acme said.",
-             "reference": "Acme revenue rose 4 percent.", "prediction": "Acme revenue rose 5 percent in Paris.",
-             "hit_max_new_tokens": False},
-            {"id": 2, "document": "Компания Рога снизила цены на 15 процентов.", "reference": "Рога снизила цены.",
-             "prediction": "Компания Рога снизила цены на 15 процентов.", "hit_max_new_tokens": True},
-            {"id": 3, "document": "The storm closed the harbour for two days.", "reference": "A storm shut the port.",
-             "prediction": "", "hit_max_new_tokens": False}]
+    rows = [
+        {
+            "id": 1,
+            "document": "Revenue rose 4 percent to 1,000 dollars in Leeds, Acme said.",
+            "reference": "Acme revenue rose 4 percent.",
+            "prediction": "Acme revenue rose 5 percent in Paris.",
+            "hit_max_new_tokens": False,
+        },
+        {
+            "id": 2,
+            "document": "Компания Рога снизила цены на 15 процентов.",
+            "reference": "Рога снизила цены.",
+            "prediction": "Компания Рога снизила цены на 15 процентов.",
+            "hit_max_new_tokens": True,
+        },
+        {
+            "id": 3,
+            "document": "The storm closed the harbour for two days.",
+            "reference": "A storm shut the port.",
+            "prediction": "",
+            "hit_max_new_tokens": False,
+        },
+    ]
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "s.json"
     assert score.main([str(f), "--output", str(out), "--bootstrap-samples", "100"]) == 0
     cli = json.loads(out.read_text())["results"]["model"]
     metric = evaluate.load(str(D.EVALUATE_MODULE))
-    got = metric.compute(predictions=[r["prediction"] for r in rows], references=[r["reference"] for r in rows],
-                         documents=[r["document"] for r in rows],
-                         hit_max_new_tokens=[r["hit_max_new_tokens"] for r in rows])
+    got = metric.compute(
+        predictions=[r["prediction"] for r in rows],
+        references=[r["reference"] for r in rows],
+        documents=[r["document"] for r in rows],
+        hit_max_new_tokens=[r["hit_max_new_tokens"] for r in rows],
+    )
     assert got["rouge_tokenizer"] == "unicode"  # Russian in the references: any language
     for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         assert got[k] == pytest.approx(cli[k]["f1"], abs=1e-12)
@@ -191,8 +223,9 @@ def test_evaluate_module_loads_offline_and_equals_score(tmp_path, monkeypatch):
 
 
 def test_one_summary_for_a_page():
-    shown = D.for_display("Acme sold 5 ships to Oslo.", "Acme, the shipyard, sold 4 ships to Bergen last year.",
-                          hit_max_new_tokens=True)
+    shown = D.for_display(
+        "Acme sold 5 ships to Oslo.", "Acme, the shipyard, sold 4 ships to Bergen last year.", hit_max_new_tokens=True
+    )
     assert shown["tokenizer"] == "default" and shown["unsupported"] == {"numbers": ["5"], "names": ["Oslo"]}
     assert shown["shown"]["cut_by_max_new_tokens"] == "100.0%" and shown["values"]["length_ratio"] is None
     assert shown["labels"]["coverage"].startswith("extractive fragment coverage")

@@ -52,7 +52,8 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
             se = statistics.pstdev(values) / len(values) ** 0.5
             assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.5, abs=1e-9), (name, k, lo, hi, se)
         assert block["hit_max_new_tokens_share"] == pytest.approx(
-            sum(r["hit_max_new_tokens"] for r in rows) / len(rows))
+            sum(r["hit_max_new_tokens"] for r in rows) / len(rows)
+        )
         assert block["throughput"]["examples_per_s"] > 0 and block["throughput"]["generated_tokens_per_s"] > 0
     diff = m["results"]["model_minus_base"]
     for k in KEYS:
@@ -68,8 +69,9 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
     for name, rows in blocks.items():
         for r in rows:
             assert r["document"] == docs[r["id"]]
-            assert r["diagnostics"] == D.example(r["prediction"], r["document"], r["reference"],
-                                                 r["hit_max_new_tokens"], "default")
+            assert r["diagnostics"] == D.example(
+                r["prediction"], r["document"], r["reference"], r["hit_max_new_tokens"], "default"
+            )
         stats[name] = {r["id"]: r["diagnostics"] for r in rows}
         for k in ("coverage", "density", "novel_2gram", "unsupported_numbers", "length_ratio"):
             s = m["results"][name]["diagnostics"]["stats"][k]
@@ -78,8 +80,9 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
             assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
     dd = m["results"]["diagnostics_model_minus_base"]["density"]
     both = [i for i in refs if stats["model"][i]["density"] is not None and stats["base"][i]["density"] is not None]
-    assert dd["diff"] == pytest.approx(sum(stats["model"][i]["density"] - stats["base"][i]["density"] for i in both)
-                                       / len(both), abs=1e-12)
+    assert dd["diff"] == pytest.approx(
+        sum(stats["model"][i]["density"] - stats["base"][i]["density"] for i in both) / len(both), abs=1e-12
+    )
     assert dd["ci95"][0] <= dd["diff"] <= dd["ci95"][1]
     ref_cov = m["results"]["references"]["diagnostics"]["stats"]["coverage"]["mean"]
     assert ref_cov == pytest.approx(D.means(D.corpus(list(refs.values()), [docs[i] for i in refs]))["coverage"])
@@ -101,7 +104,9 @@ def test_metrics_equal_rouge_recomputed_from_predictions_with_base(tiny_run, tmp
     assert "## Beyond ROUGE: each summary against its document" in report and "| change [95% CI] |" in report
     # a rerun finds every prediction written: nothing generated, identical numbers (seeded bootstrap)
     again = evaluate_model(tiny_run.model_dir, data=TEST, output=out, limit=12, compare_base=True, report=False)
-    assert again.metrics["generation"]["model"]["generated"] == 0 and again.metrics["generation"]["base"]["generated"] == 0
+    assert (
+        again.metrics["generation"]["model"]["generated"] == 0 and again.metrics["generation"]["base"]["generated"] == 0
+    )
     assert again.metrics["results"] == m["results"]
 
 
@@ -163,8 +168,20 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_run, tmp_path,
     assert calls == [] and res.metrics["generation"]["model"]["reused"] == 12
     # other decoding settings never get mixed into the same predictions file
     capsys.readouterr()
-    rc = main(["--model", str(tiny_run.model_dir), "--data", str(TEST), "--output", str(out), "--limit", "12",
-               "--no-report", "eval.max_new_tokens=5"])
+    rc = main(
+        [
+            "--model",
+            str(tiny_run.model_dir),
+            "--data",
+            str(TEST),
+            "--output",
+            str(out),
+            "--limit",
+            "12",
+            "--no-report",
+            "eval.max_new_tokens=5",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "holds predictions of a different evaluation" in err and "decoding" in err
     assert (out / "predictions.jsonl").read_text() == final
@@ -199,8 +216,21 @@ def test_bad_model_directories_are_one_clear_message(tiny_run, tmp_path, capsys)
     assert "base model" in err and "not found" in err and "--base" in err
     # --base points the adapter at its base; the user's directory is not modified
     real_base = json.loads((tiny_run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    rc = main(["--model", str(moved), "--base", real_base, "--data", str(TEST), "--output", str(tmp_path / "ok"),
-               "--limit", "2", "--no-report"])
+    rc = main(
+        [
+            "--model",
+            str(moved),
+            "--base",
+            real_base,
+            "--data",
+            str(TEST),
+            "--output",
+            str(tmp_path / "ok"),
+            "--limit",
+            "2",
+            "--no-report",
+        ]
+    )
     assert rc == 0 and len(read_jsonl(tmp_path / "ok" / "predictions.jsonl")) == 2
     assert _tree(moved) == before
     bert = tmp_path / "bert"
@@ -222,8 +252,9 @@ def test_tiny_run_leaves_report_and_plots(tiny_run):
     final, base = tiny_run.metrics.final, tiny_run.metrics.base
     assert f"| ROUGE-L | {100 * base['rougeL']:.2f} | {100 * final['rougeL']:.2f} |" in report
     refs = tiny_run.metrics.references
-    assert f"| {100 * refs['coverage']:.1f}% | {100 * base['coverage']:.1f}% | {100 * final['coverage']:.1f}% |" \
-        in report
+    assert (
+        f"| {100 * refs['coverage']:.1f}% | {100 * base['coverage']:.1f}% | {100 * final['coverage']:.1f}% |" in report
+    )
     assert len(read_jsonl(out / "eval_predictions" / "references.jsonl")) == tiny_run.metrics.final["rouge_examples"]
     for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png", "coverage_density.png"):
         assert f"](plots/{png})" in report

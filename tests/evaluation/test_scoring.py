@@ -14,7 +14,10 @@ def test_rouge_known_values():
     assert s["rougeL"] == pytest.approx(0.5)
     assert s["rougeLsum"] == pytest.approx(1.0)
     assert split_sentences("First one. Second one! Third?\nFourth") == "First one.\nSecond one!\nThird?\nFourth"
-    assert split_sentences("Prices rose approx. three percent. then fell") == "Prices rose approx. three percent. then fell"
+    assert (
+        split_sentences("Prices rose approx. three percent. then fell")
+        == "Prices rose approx. three percent. then fell"
+    )
     means, per = score_corpus(["a b c", "x y"], ["a b c", "z"])
     assert means["rouge1"] == pytest.approx(0.5) and per[1]["rouge1"] == 0.0
 
@@ -46,8 +49,14 @@ def test_auto_picks_by_the_references_and_keeps_english_as_published():
     assert resolve_tokenizer("auto", [SAME["russian"], "An English one."]) == "unicode"
     assert resolve_tokenizer("auto", [SAME["chinese"]]) == "chars"
     # English with one accented name among many words stays on rouge-score's tokenizer
-    assert resolve_tokenizer("auto", ["Renée presented the results of the survey to the board."] * 2
-                             + ["The committee approved the budget for the next three years of work."] * 20) == "default"
+    assert (
+        resolve_tokenizer(
+            "auto",
+            ["Renée presented the results of the survey to the board."] * 2
+            + ["The committee approved the budget for the next three years of work."] * 20,
+        )
+        == "default"
+    )
     assert resolve_tokenizer("auto", [SAME["french"]]) == "unicode"
     # English gets exactly rouge-score's numbers under auto (comparable with published results)
     ref, pred = "the runner was running to the station", "the runners were run near a station"
@@ -68,7 +77,11 @@ def test_unicode_words_keep_accents_and_a_partial_match_is_partial():
 def test_lsum_split_keeps_abbreviations_and_initials_together():
     text = "Dr. Smith met the U.S. Army on Jan. 5. They talked for an hour. So did I. Then we left."
     assert split_sentences(text).split("\n") == [
-        "Dr. Smith met the U.S. Army on Jan. 5.", "They talked for an hour.", "So did I.", "Then we left."]
+        "Dr. Smith met the U.S. Army on Jan. 5.",
+        "They talked for an hour.",
+        "So did I.",
+        "Then we left.",
+    ]
     assert split_sentences("See e.g. The Guide. It helps.").split("\n") == ["See e.g. The Guide.", "It helps."]
     assert split_sentences("第一句。第二句！第三句").split("\n") == ["第一句。", "第二句！", "第三句"]
     assert split_sentences("One. Two.", "newline") == "One. Two."

@@ -46,7 +46,14 @@ def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(tiny_r
     res = export_model(tiny_run.model_dir, "merged-16bit", output=out, verify_examples=4)
     assert res.output_dir == out
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "config.yaml", "README.md", "export_info.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "config.yaml",
+        "README.md",
+        "export_info.json",
+    } <= names
     assert "adapter_config.json" not in names and not hidden(tmp_path)
     info = json.loads((out / "export_info.json").read_text())
     # The demo base is float32: the project's rule gives float16 on every machine (CPU bf16 support or not).
@@ -61,8 +68,12 @@ def test_merged_16bit_reloads_with_plain_transformers_and_matches_adapter(tiny_r
     n = default_max_new_tokens(loaded)[0]
     adapter = [g.text for g in summarize_texts(loaded, docs, n)]
     (tmp_path / "docs.json").write_text(json.dumps(docs))
-    r = subprocess.run([sys.executable, "-c", PLAIN, str(out), str(tmp_path / "docs.json"), str(n)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(out), str(tmp_path / "docs.json"), str(n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     plain = json.loads(r.stdout.strip().splitlines()[-1])
     assert plain["unsloth"] is False and plain["dtype"] == "torch.float16"
@@ -94,14 +105,28 @@ def test_merged_dtype_is_the_same_whatever_the_cpu_says_about_bfloat16(tiny_run,
     here = cpu_bf16_supported()
     other = "0" if here else "1"
     env = {"UNSLOTH_CPU_BF16": other}
-    probe = subprocess.run([sys.executable, "-c", "import unsloth;" + BF16_ANSWER], capture_output=True, text=True,
-                           env={**os.environ, **env}, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import unsloth;" + BF16_ANSWER],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
     assert probe.stdout.strip().splitlines()[-1] == str(not here), probe.stderr[-2000:]
     outs = {}
     for answer, extra in ((here, {}), (not here, env)):
         out = tmp_path / f"bf16-{answer}"
-        r = run_cli("export", tiny_run.model_dir, "--format", "merged-16bit", "--output", out,
-                    "--verify-examples", "2", env=extra)
+        r = run_cli(
+            "export",
+            tiny_run.model_dir,
+            "--format",
+            "merged-16bit",
+            "--output",
+            out,
+            "--verify-examples",
+            "2",
+            env=extra,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         info = json.loads((out / "export_info.json").read_text())
         assert info["dtype"] == "float16", (answer, info)
@@ -174,7 +199,9 @@ def test_export_that_differs_from_the_adapter_fails_and_leaves_nothing(tiny_run,
     monkeypatch.setattr(merged, "merge_16bit", broken_merge)
     out = tmp_path / "merged"
     capsys.readouterr()
-    rc = export_cmd.main([str(tiny_run.model_dir), "--format", "merged-16bit", "--output", str(out), "--verify-examples", "2"])
+    rc = export_cmd.main(
+        [str(tiny_run.model_dir), "--format", "merged-16bit", "--output", str(out), "--verify-examples", "2"]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "does not behave like the adapter" in err and "Nothing was written" in err
     diff = float(err.split("differ by up to ")[1].split()[0])
@@ -207,8 +234,14 @@ def test_gguf_without_llama_cpp_says_what_to_install(tiny_run, tmp_path, monkeyp
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
-    for k, v in {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1",
-                 "PIP_FIND_LINKS": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}.items():
+    for k, v in {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_FIND_LINKS": "",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "2",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)  # a model cache (data/models) without an unpacked converter
     before = sorted(p.name for p in tiny_run.model_dir.parent.iterdir())
@@ -263,7 +296,9 @@ def test_merged_4bit_where_bitsandbytes_cannot_quantize_writes_nothing(tiny_run,
     rc = export_cmd.main([str(tiny_run.model_dir), "--format", "merged-4bit", "--output", str(tmp_path / "q")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert "cannot quantize to NF4 on the CPU" in err and "--format merged-16bit" in err and "Nothing was written" in err
+    assert (
+        "cannot quantize to NF4 on the CPU" in err and "--format merged-16bit" in err and "Nothing was written" in err
+    )
     assert not (tmp_path / "q").exists() and not hidden(tmp_path)
 
 
@@ -291,7 +326,10 @@ def test_push_without_token_or_network_fails_clearly_and_leaks_no_secret(tmp_pat
     from llm_summarizer.errors import UserError
     from llm_summarizer.training.run import run
 
-    secrets = {"HF_TOKEN": "hf_SECRETtoken0123456789abcdef", "WANDB_API_KEY": "0123456789abcdef0123456789abcdef0123abcd"}
+    secrets = {
+        "HF_TOKEN": "hf_SECRETtoken0123456789abcdef",
+        "WANDB_API_KEY": "0123456789abcdef0123456789abcdef0123abcd",
+    }
     for k, v in secrets.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -302,10 +340,22 @@ def test_push_without_token_or_network_fails_clearly_and_leaks_no_secret(tmp_pat
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
-        cfg = load_config("tiny", tiny_overrides(
-            tmp_path, models_dir, **{"train.max_steps": 2, "train.eval_steps": 2, "train.save_steps": 2,
-                                     "train.logging_steps": 1, "eval.num_samples": 2, "output.push_to_hub": "true",
-                                     "output.hub_model_id": "someone/demo-summarizer"}))
+        cfg = load_config(
+            "tiny",
+            tiny_overrides(
+                tmp_path,
+                models_dir,
+                **{
+                    "train.max_steps": 2,
+                    "train.eval_steps": 2,
+                    "train.save_steps": 2,
+                    "train.logging_steps": 1,
+                    "eval.num_samples": 2,
+                    "output.push_to_hub": "true",
+                    "output.hub_model_id": "someone/demo-summarizer",
+                },
+            ),
+        )
         with pytest.raises(UserError) as e:
             run(cfg)
     finally:

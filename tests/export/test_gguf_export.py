@@ -29,7 +29,9 @@ def test_default_gguf_export_passes_the_next_token_check_of_its_type(gguf_export
     v = info["verification"]
     assert v["gguf_runtime"].startswith("llama-cpp-python ") and v["documents"] == 8
     nt = v["gguf_next_token"]
-    assert (nt["max_mean_kl"], nt["min_top1_agreement"]) == GGUF_LIMITS["q8_0"] and nt["limits"] == "q8_0's measured limits"
+    assert (nt["max_mean_kl"], nt["min_top1_agreement"]) == GGUF_LIMITS["q8_0"] and nt[
+        "limits"
+    ] == "q8_0's measured limits"
     # q8_0 rounds the weights: a divergence that is measured (not zero) and within what the type is allowed
     assert 0 < nt["mean_kl"] <= nt["max_mean_kl"] and nt["max_kl"] >= nt["mean_kl"], nt
     assert nt["min_top1_agreement"] <= nt["top1_agreement"] <= 1 and nt["positions"] >= 8 * 5, nt
@@ -48,8 +50,19 @@ def test_a_refused_type_names_the_more_precise_type_that_passes(real_run, gguf_e
 
     out = tmp_path / "export"
     capsys.readouterr()
-    rc = export_cmd.main([str(real_run.model_dir), "--format", "gguf", "--output", str(out), "--verify-examples", "2",
-                          "--max-gguf-kl", "0.0001"])
+    rc = export_cmd.main(
+        [
+            str(real_run.model_dir),
+            "--format",
+            "gguf",
+            "--output",
+            str(out),
+            "--verify-examples",
+            "2",
+            "--max-gguf-kl",
+            "0.0001",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert "--gguf-type q8_0 changes the merged model's next-token distributions more than allowed" in err

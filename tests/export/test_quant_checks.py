@@ -58,8 +58,9 @@ def test_a_broken_file_with_nan_logits_fails_any_limit():
 def test_passes_and_describe_name_the_measure_and_the_limit():
     s = {"mean_kl": 0.08, "max_kl": 0.9, "top1_agreement": 0.931, "positions": 480}
     assert not passes(s, 0.05, 0.9) and not passes(s, 0.1, 0.95) and passes(s, 0.1, 0.9)
-    assert describe("q8_0", s, 0.05, 0.95) == ("q8_0: mean KL 0.0800 nats/token (> 0.05), top token the same at "
-                                               "93.1% of 480 positions (< 95%)")
+    assert describe("q8_0", s, 0.05, 0.95) == (
+        "q8_0: mean KL 0.0800 nats/token (> 0.05), top token the same at 93.1% of 480 positions (< 95%)"
+    )
 
 
 def test_every_gguf_type_has_measured_limits_and_a_place_in_the_precision_order():
@@ -88,9 +89,14 @@ def test_limits_come_from_the_table_unless_given():
     assert (kl, top1) == (0.5, GGUF_LIMITS["q4_k_m"][1]) and "--max-gguf-kl given" in source
 
 
-@pytest.mark.parametrize("field,value,flag", [("max_gguf_kl", -0.1, "--max-gguf-kl -0.1"),
-                                               ("min_gguf_top1", 1.5, "--min-gguf-top1 1.5"),
-                                               ("min_gguf_agreement", -1.0, "--min-gguf-agreement -1.0")])
+@pytest.mark.parametrize(
+    "field,value,flag",
+    [
+        ("max_gguf_kl", -0.1, "--max-gguf-kl -0.1"),
+        ("min_gguf_top1", 1.5, "--min-gguf-top1 1.5"),
+        ("min_gguf_agreement", -1.0, "--min-gguf-agreement -1.0"),
+    ],
+)
 def test_out_of_range_limits_are_refused_by_name(field, value, flag):
     with pytest.raises(UserError, match=flag):
         ExportOptions(**{field: value}).check()

@@ -52,8 +52,9 @@ def first_words(text):
 def test_tree_covers_the_document_and_each_merge_names_what_it_read(formatter):
     gen = Recorder(first_words)
     seen = []
-    out = summarize_long([LONG, DOCS[40]], formatter, formatter, ev(chunk_overlap=16), 16, gen,
-                         progress=lambda d, t: seen.append((d, t)))
+    out = summarize_long(
+        [LONG, DOCS[40]], formatter, formatter, ev(chunk_overlap=16), 16, gen, progress=lambda d, t: seen.append((d, t))
+    )
     short, long_ = out[1], out[0]
     assert short.method == "whole" and short.tree is None and short.text == first_words(DOCS[40])
     tree = long_.tree
@@ -62,7 +63,7 @@ def test_tree_covers_the_document_and_each_merge_names_what_it_read(formatter):
     assert first[0]["span"][0] == 0 and first[-1]["span"][1] == len(LONG)
     for a, b in zip(first, first[1:]):
         assert b["span"][0] <= a["span"][1]  # no gap between windows
-        assert a["summary"] == first_words(LONG[a["span"][0]:a["span"][1]])  # each window summarized alone
+        assert a["summary"] == first_words(LONG[a["span"][0] : a["span"][1]])  # each window summarized alone
     for prev, cur in zip(tree["rounds"], tree["rounds"][1:]):
         read = [c for node in cur for c in node["from"]]
         assert set(read) == {p["id"] for p in prev}  # every partial summary is read by a merge

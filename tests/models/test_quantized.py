@@ -16,8 +16,16 @@ TEST = ROOT / "data" / "demo" / "test.jsonl"
 LAYERS = 14  # the tiny model's 2 decoder layers x 7 projections, each a bitsandbytes Linear4bit in NF4
 
 # A short QLoRA run of the tiny model: the base in NF4, a ROUGE pass between training steps (step 4), one checkpoint.
-QLORA = {"model.load_in_4bit": "true", "train.max_steps": 8, "train.warmup_steps": 2, "train.logging_steps": 2,
-         "train.eval_steps": 4, "train.save_steps": 8, "eval.num_samples": 2, "eval.base_eval": "false"}
+QLORA = {
+    "model.load_in_4bit": "true",
+    "train.max_steps": 8,
+    "train.warmup_steps": 2,
+    "train.logging_steps": 2,
+    "train.eval_steps": 4,
+    "train.save_steps": 8,
+    "eval.num_samples": 2,
+    "eval.base_eval": "false",
+}
 
 
 def linear4bit(model) -> int:
@@ -73,6 +81,7 @@ def qlora_unsloth(tmp_path_factory, models_dir):
 
 def optimizer_state_dtypes(checkpoint) -> set:
     """The dtypes of a checkpoint's optimizer state tensors (bitsandbytes nests its 8-bit state in a dict)."""
+
     def tensors(x):
         if torch.is_tensor(x):
             yield x
@@ -100,8 +109,11 @@ def test_qlora_on_the_unsloth_backend_trains_an_nf4_base(qlora_unsloth):
         return
     assert run_info["model"]["precision"] == "fp32"
     # Unsloth's CPU trainer replaces bitsandbytes' optimizers with AdamW: said once, and so it is in the checkpoint
-    assert [w for w in warnings if w.startswith("train.optim=adamw_8bit: Unsloth's CPU backend runs bitsandbytes' "
-                                                "optimizers on a GPU only")], warnings
+    assert [
+        w
+        for w in warnings
+        if w.startswith("train.optim=adamw_8bit: Unsloth's CPU backend runs bitsandbytes' optimizers on a GPU only")
+    ], warnings
     assert torch.uint8 not in dtypes
 
 
@@ -174,11 +186,17 @@ print(json.dumps({"layers": seen, "quantized": loaded.quantized, "generation_lay
 def test_qlora_on_the_transformers_backend(tmp_path, models_dir):
     """bitsandbytes + PEFT through TRL's trainer on the CPU (its own process: this backend never imports Unsloth),
     then generation on the 4-bit base."""
-    overrides = tiny_overrides(tmp_path, models_dir, **QLORA, **{"model.backend": "transformers",
-                                                                 "train.optim": "adamw_8bit"})
+    overrides = tiny_overrides(
+        tmp_path, models_dir, **QLORA, **{"model.backend": "transformers", "train.optim": "adamw_8bit"}
+    )
     docs = [r["document"] for r in read_jsonl(TEST)[:2]]
-    r = subprocess.run([sys.executable, "-c", TRANSFORMERS_QLORA, json.dumps(overrides), json.dumps(docs)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", TRANSFORMERS_QLORA, json.dumps(overrides), json.dumps(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["unsloth"] is False
@@ -237,8 +255,10 @@ def test_8bit_optimizer_where_bitsandbytes_cannot_falls_back_and_says_why(bnb_wi
         assert resolve_optim(cfg) == "adamw_torch"
     finally:
         logger.removeHandler(warnings)
-    assert any(m.startswith("train.optim=adamw_8bit: bitsandbytes cannot run 8-bit optimizers on the CPU")
-               for m in warnings.messages), warnings.messages
+    assert any(
+        m.startswith("train.optim=adamw_8bit: bitsandbytes cannot run 8-bit optimizers on the CPU")
+        for m in warnings.messages
+    ), warnings.messages
 
 
 def test_8bit_loading_on_a_cpu_names_the_alternatives(models_dir):

@@ -30,13 +30,23 @@ def closed_port() -> int:
 
 # -- paths ---------------------------------------------------------------------------------------------------------
 
+
 def test_every_path_is_made_absolute_against_the_drivers_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "local-model").mkdir()
-    cfg = load_config(None, ["output.dir=runs/o", "output.model_dir=ft", "model.cache_dir=~/models",
-                             "model.name=local-model", "data.train=data/train.jsonl",
-                             "data.validation={path: ./data/val.jsonl, limit: 5}", "data.test={name: org/dataset}"])
+    cfg = load_config(
+        None,
+        [
+            "output.dir=runs/o",
+            "output.model_dir=ft",
+            "model.cache_dir=~/models",
+            "model.name=local-model",
+            "data.train=data/train.jsonl",
+            "data.validation={path: ./data/val.jsonl, limit: 5}",
+            "data.test={name: org/dataset}",
+        ],
+    )
     a = ray_engine.absolute(cfg)
     assert a.output.dir == str(tmp_path / "runs" / "o") and a.output.model_dir == str(tmp_path / "ft")
     assert a.model.cache_dir == str(tmp_path / "home" / "models")
@@ -52,12 +62,15 @@ def test_defaults_and_hub_names_stay_what_they_mean(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["output.run_name=r1", "model.name=org/some-model"])
     a = ray_engine.absolute(cfg)
-    assert a.output.dir == str(tmp_path / "outputs" / "r1") and a.output.model_dir == str(tmp_path / "fine_tuned" / "r1")
+    assert a.output.dir == str(tmp_path / "outputs" / "r1") and a.output.model_dir == str(
+        tmp_path / "fine_tuned" / "r1"
+    )
     assert a.model.name == "org/some-model"  # no folder of that name here: a hub id, not a path
     assert a.model.cache_dir == str(tmp_path / "data" / "models")  # the schema's default, relative to here
 
 
 # -- the cluster address -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("address", [None, "auto", "local"])
 def test_addresses_that_name_no_host_are_not_dialled(address):
@@ -71,9 +84,11 @@ def test_an_address_that_does_not_answer_is_refused_in_seconds(form):
     with pytest.raises(UserError) as e:
         ray_engine.check_reachable(address)
     assert time.monotonic() - start < 5
-    assert str(e.value) == (f"scale.address={address!r}: cannot connect to a Ray cluster there (ConnectionRefusedError); "
-                            f"start one with `ray start --head`, use address auto for the one running on this machine, "
-                            f"or null for a local one")
+    assert str(e.value) == (
+        f"scale.address={address!r}: cannot connect to a Ray cluster there (ConnectionRefusedError); "
+        f"start one with `ray start --head`, use address auto for the one running on this machine, "
+        f"or null for a local one"
+    )
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:head", "headnode", "127.0.0.1:", "ray://"])
@@ -93,6 +108,7 @@ def test_an_address_that_answers_is_accepted(form):
 
 # -- the marker ----------------------------------------------------------------------------------------------------
 
+
 def fake_base_model(p: Path) -> Path:
     """A model directory as far as the driver looks (config and weight names; it loads nothing)."""
     p.mkdir()
@@ -103,11 +119,21 @@ def fake_base_model(p: Path) -> Path:
 
 def test_the_driver_writes_the_marker_under_the_run_lock_and_removes_it(tmp_path, monkeypatch):
     port = closed_port()
-    cfg = load_config(None, [f"model.name={fake_base_model(tmp_path / 'base')}", "model.load_in_4bit=false",
-                             f"data.train={DEMO / 'train.jsonl'}", f"data.validation={DEMO / 'validation.jsonl'}",
-                             f"output.dir={tmp_path / 'o'}", f"output.model_dir={tmp_path / 'ft'}",
-                             f"model.cache_dir={tmp_path / 'cache'}", "scale.engine=ray", "scale.num_workers=2",
-                             f"scale.address=127.0.0.1:{port}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={fake_base_model(tmp_path / 'base')}",
+            "model.load_in_4bit=false",
+            f"data.train={DEMO / 'train.jsonl'}",
+            f"data.validation={DEMO / 'validation.jsonl'}",
+            f"output.dir={tmp_path / 'o'}",
+            f"output.model_dir={tmp_path / 'ft'}",
+            f"model.cache_dir={tmp_path / 'cache'}",
+            "scale.engine=ray",
+            "scale.num_workers=2",
+            f"scale.address=127.0.0.1:{port}",
+        ],
+    )
     seen = {}
     real_check = ray_engine.check_reachable
 
@@ -135,10 +161,18 @@ def test_the_driver_writes_the_marker_under_the_run_lock_and_removes_it(tmp_path
 def test_bad_data_is_refused_before_any_marker_or_cluster(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"document": "d", "summary": "s"}\n{"document": \n')
-    cfg = load_config(None, [f"model.name={fake_base_model(tmp_path / 'base')}", f"data.train={bad}",
-                             f"output.dir={tmp_path / 'o'}", f"output.model_dir={tmp_path / 'ft'}",
-                             f"model.cache_dir={tmp_path / 'cache'}", "scale.engine=ray",
-                             f"scale.address=127.0.0.1:{closed_port()}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={fake_base_model(tmp_path / 'base')}",
+            f"data.train={bad}",
+            f"output.dir={tmp_path / 'o'}",
+            f"output.model_dir={tmp_path / 'ft'}",
+            f"model.cache_dir={tmp_path / 'cache'}",
+            "scale.engine=ray",
+            f"scale.address=127.0.0.1:{closed_port()}",
+        ],
+    )
     with pytest.raises(UserError, match=f"data file {bad}, line 2: invalid JSON"):
         ray_engine.run_on_ray(cfg, worker=None)
     assert not list((tmp_path / "o").glob(".ray-driver-*"))

@@ -54,8 +54,24 @@ class _Server:
         self.log = self.log_dir / f"stderr-{self.starts}.log"
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llm_summarizer", "serve", "--model", str(self.model_dir), "--compare-base",
-                 "--port", "0", "--max-chars", "5000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "llm_summarizer",
+                    "serve",
+                    "--model",
+                    str(self.model_dir),
+                    "--compare-base",
+                    "--port",
+                    "0",
+                    "--max-chars",
+                    "5000",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         self.url, deadline = None, time.time() + 300
         while time.time() < deadline and self.url is None:
             line = self.proc.stdout.readline()
@@ -98,9 +114,10 @@ def test_api_answers_concurrent_requests_each_with_its_own_summary(server):
         answers = list(pool.map(lambda d: _post(server + "/summarize", {"document": d}), DOCS[:3] * 2))
     for d, (status, body) in zip(DOCS[:3] * 2, answers):
         assert status == 200 and body["summary"] == alone[d]  # greedy: the same answer, whatever ran beside it
-    status, chat = _post(server + "/v1/chat/completions",
-                         {"model": "x", "messages": [{"role": "system", "content": "ignored"},
-                                                     {"role": "user", "content": DOCS[0]}]})
+    status, chat = _post(
+        server + "/v1/chat/completions",
+        {"model": "x", "messages": [{"role": "system", "content": "ignored"}, {"role": "user", "content": DOCS[0]}]},
+    )
     assert status == 200 and chat["choices"][0]["message"]["content"] == one["summary"]
     with urllib.request.urlopen(server + "/health", timeout=30) as r:
         assert json.loads(r.read())["ok"] is True
@@ -130,9 +147,14 @@ def test_too_many_windows_is_a_400_with_the_reason(tiny_run):
 
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server):
     server = server.url
-    cases = [(b"{not json", True, 400, "not JSON"), ({"text": "x"}, False, 400, "'document' must be a string"),
-             ({"document": "   "}, False, 400, "empty"), ({"document": "word " * 2000}, False, 413, "at most 5000"),
-             ([1, 2], False, 400, "JSON object"), ({"messages": []}, False, 400, None)]
+    cases = [
+        (b"{not json", True, 400, "not JSON"),
+        ({"text": "x"}, False, 400, "'document' must be a string"),
+        ({"document": "   "}, False, 400, "empty"),
+        ({"document": "word " * 2000}, False, 413, "at most 5000"),
+        ([1, 2], False, 400, "JSON object"),
+        ({"messages": []}, False, 400, None),
+    ]
     for body, raw, code, words in cases:
         path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/summarize"
         status, answer = _post(server + path, body, raw=raw)
@@ -145,6 +167,7 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_serving(server):
 
 def test_the_official_openai_client_lists_the_model_chats_and_streams(server):
     import openai  # the official client, from the test extra
+
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=SECRET_KEY, max_retries=0, timeout=300)
     assert [m.id for m in client.models.list()] == [server.model_dir.name]
     messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": DOCS[3]}]
@@ -153,8 +176,11 @@ def test_the_official_openai_client_lists_the_model_chats_and_streams(server):
     assert text and text == _post(server.url + "/summarize", {"document": DOCS[3]})[1]["summary"]
     u = plain.usage
     assert u.prompt_tokens > 0 and u.completion_tokens > 0 and u.total_tokens == u.prompt_tokens + u.completion_tokens
-    chunks = list(client.chat.completions.create(model=server.model_dir.name, messages=messages, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=server.model_dir.name, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
     deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert len(chunks) >= 3 and "".join(deltas) == text  # the same answer, as server-sent events
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
@@ -210,10 +236,15 @@ def _raw(url: str, data: bytes, close_after: float | None = None):
 
 
 def _http(method: str, path: str, body: bytes = b"", headers: str = "") -> bytes:
-    length = "" if "content-length" in headers.lower() or "transfer-encoding" in headers.lower() else \
-        f"Content-Length: {len(body)}\r\n"
-    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}{length}"
-            f"Content-Type: application/json\r\n\r\n").encode() + body
+    length = (
+        ""
+        if "content-length" in headers.lower() or "transfer-encoding" in headers.lower()
+        else f"Content-Length: {len(body)}\r\n"
+    )
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}{length}"
+        f"Content-Type: application/json\r\n\r\n"
+    ).encode() + body
 
 
 def test_malformed_requests_and_hang_ups_get_json_4xx_and_no_traceback(server):
@@ -225,12 +256,22 @@ def test_malformed_requests_and_hang_ups_get_json_4xx_and_no_traceback(server):
     doc = json.dumps({"document": DOCS[5]}).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (doc[:40], doc[40:])) + b"0\r\n\r\n"
     status, _, body = _raw(url, _http("POST", "/summarize", chunked, "Transfer-Encoding: chunked\r\n"))
-    assert status == 200 and json.loads(body)["summary"] == _post(url + "/summarize", {"document": DOCS[5]})[1]["summary"]
-    for content, words in (([{"type": "text", "text": 5}], "messages[0].content[0].text must be a string"),
-                           (42, "messages[0].content must be a string or a list of text parts"),
-                           ([{"type": "image_url", "image_url": {"url": "x"}}], "only text parts")):
-        status, _, body = _raw(url, _http("POST", "/v1/chat/completions",
-                                          json.dumps({"messages": [{"role": "user", "content": content}]}).encode()))
+    assert (
+        status == 200 and json.loads(body)["summary"] == _post(url + "/summarize", {"document": DOCS[5]})[1]["summary"]
+    )
+    for content, words in (
+        ([{"type": "text", "text": 5}], "messages[0].content[0].text must be a string"),
+        (42, "messages[0].content must be a string or a list of text parts"),
+        ([{"type": "image_url", "image_url": {"url": "x"}}], "only text parts"),
+    ):
+        status, _, body = _raw(
+            url,
+            _http(
+                "POST",
+                "/v1/chat/completions",
+                json.dumps({"messages": [{"role": "user", "content": content}]}).encode(),
+            ),
+        )
         err = json.loads(body)["error"]
         assert status == 400 and words in err["message"] and err["type"] == "invalid_request_error", body
     for method, path in (("PUT", "/summarize"), ("DELETE", "/summarize"), ("DELETE", "/v1/chat/completions")):
@@ -281,8 +322,9 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_waiting_are_served(ti
                 until(lambda h: h["waiting"] == 1)
                 status, headers, answer = _request(url + "/summarize", body)
                 assert status == 503 and int(headers["Retry-After"]) >= 1 and "--max-queue 1" in answer["error"]
-                status, _, answer = _request(url + "/v1/chat/completions",
-                                             {"messages": [{"role": "user", "content": DOCS[0]}]})
+                status, _, answer = _request(
+                    url + "/v1/chat/completions", {"messages": [{"role": "user", "content": DOCS[0]}]}
+                )
                 assert status == 503 and answer["error"]["code"] == "busy" and answer["error"]["message"]
             results = [first.result(), second.result()]
         assert [s for s, _ in results] == [200, 200] and results[0][1]["summary"] == results[1][1]["summary"]
@@ -304,9 +346,17 @@ async def _in_browser(chromium: str, url: str, document: str, profile) -> dict:
     import aiohttp  # its websocket client speaks the DevTools protocol
 
     proc = await asyncio.create_subprocess_exec(
-        chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        chromium,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--remote-debugging-port=0",
+        f"--user-data-dir={profile}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         ws_url = None
         while ws_url is None:
@@ -320,7 +370,7 @@ async def _in_browser(chromium: str, url: str, document: str, profile) -> dict:
             async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
                 target = next(t for t in await r.json() if t["type"] == "page")
             async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                ids = iter(range(1, 10 ** 6))
+                ids = iter(range(1, 10**6))
 
                 async def call(method, **params):
                     i = next(ids)
@@ -338,7 +388,8 @@ async def _in_browser(chromium: str, url: str, document: str, profile) -> dict:
                 await call("Page.navigate", url=url + "/")
                 for _ in range(200):
                     if await js("document.readyState") == "complete" and await js(
-                            "document.getElementById('model').textContent") not in ("…", None):
+                        "document.getElementById('model').textContent"
+                    ) not in ("…", None):
                         break
                     await asyncio.sleep(0.1)
                 await js(f"document.getElementById('document').value = {json.dumps(document)}")
@@ -348,9 +399,10 @@ async def _in_browser(chromium: str, url: str, document: str, profile) -> dict:
                         if await js("document.getElementById('summary').textContent"):
                             break
                     await asyncio.sleep(0.1)
-                return {k: await js(f"document.getElementById('{k}').textContent")
-                        for k in ("model", "summary", "summary-meta", "base", "error")} | {
-                    "base_hidden": await js("document.getElementById('base-card').hidden")}
+                return {
+                    k: await js(f"document.getElementById('{k}').textContent")
+                    for k in ("model", "summary", "summary-meta", "base", "error")
+                } | {"base_hidden": await js("document.getElementById('base-card').hidden")}
     finally:
         proc.kill()
         await proc.wait()

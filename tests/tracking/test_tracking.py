@@ -25,13 +25,16 @@ from llm_summarizer.config import load_config
 
 from ..conftest import ROOT, read_jsonl, tiny_overrides
 
-FAKE_SECRETS = {"WANDB_API_KEY": "fake-wandb-key-8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
-                "HF_TOKEN": "hf_fakeHubToken9Zq8Yx7Wv6Ut5Sr4"}
+FAKE_SECRETS = {
+    "WANDB_API_KEY": "fake-wandb-key-8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
+    "HF_TOKEN": "hf_fakeHubToken9Zq8Yx7Wv6Ut5Sr4",
+}
 HIDDEN_KEYS = ("_step", "_runtime", "_timestamp", "train/global_step")
 SAMPLES = "eval/rouge_samples"  # the samples table's key
 
 
 # -- W&B's run file, read with its own protobuf classes ------------------------------------------
+
 
 def wandb_records(path: Path):
     """Records of a .wandb file: a 7-byte header (':W&B', magic, version), then LevelDB-log chunks
@@ -46,11 +49,11 @@ def wandb_records(path: Path):
         if left < header:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + header])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + header])
         if kind == 0:  # zero padding up to the end of the block
             pos += left
             continue
-        payload, pos = data[pos + header:pos + header + length], pos + header + length
+        payload, pos = data[pos + header : pos + header + length], pos + header + length
         if kind == 2:
             parts = payload
             continue
@@ -76,7 +79,9 @@ class WandbRun:
             if kind == "run":
                 self.run = r.run
             elif kind == "history":
-                self.history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+                self.history.append(
+                    {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+                )
             elif kind == "stats":
                 self.stats.append({i.key: json.loads(i.value_json) for i in r.stats.item})
             elif kind == "artifact":
@@ -84,12 +89,16 @@ class WandbRun:
             elif kind == "exit":
                 self.exit_code = r.exit.exit_code
             elif kind == "summary":
-                self.summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                                     for i in r.summary.update})
+                self.summary.update(
+                    {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.summary.update}
+                )
         # a SIGKILLed process can leave a file without even its run record (W&B's service never flushed it)
         self.run_id = run_dir.name.rsplit("-", 1)[1]
-        self.config = {} if self.run is None else {
-            i.key: json.loads(i.value_json) for i in self.run.config.update if i.key != "_wandb"}
+        self.config = (
+            {}
+            if self.run is None
+            else {i.key: json.loads(i.value_json) for i in self.run.config.update if i.key != "_wandb"}
+        )
 
     def scalars(self) -> dict[str, list[tuple[int, float]]]:
         """key -> [(train/global_step, value)] for every scalar logged (not the samples table)."""
@@ -118,10 +127,16 @@ def wandb_runs(output_dir: Path) -> list[WandbRun]:
 
 # -- one tracked run shared by the tests below -------------------------------------------------
 
+
 def tracker_env(tmp: Path) -> dict:
     """No W&B server (a closed local port), fake secrets, W&B's own folders under tmp."""
-    return {**FAKE_SECRETS, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_DATA_DIR": str(tmp / "wandb-data"),
-            "WANDB_CACHE_DIR": str(tmp / "wandb-cache"), "WANDB_CONFIG_DIR": str(tmp / "wandb-config")}
+    return {
+        **FAKE_SECRETS,
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+        "WANDB_DATA_DIR": str(tmp / "wandb-data"),
+        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+        "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+    }
 
 
 class _Collect(logging.Handler):
@@ -146,18 +161,38 @@ def tracked(tmp_path_factory, models_dir):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         for k, v in tracker_env(tmp).items():
             mp.setenv(k, v)
-        cfg = load_config("tiny", tiny_overrides(tmp, models_dir, **{
-            "train.max_steps": 20, "train.eval_steps": 10, "train.save_steps": 20, "train.logging_steps": 5,
-            "tracking.report_to": "[wandb,tensorboard,mlflow]", "tracking.log_model": "true",
-            "tracking.tags": "[demo,ci]", "tracking.group": "tiny-runs", "tracking.notes": "a CPU test run",
-            "tracking.run_name": "tiny-tracked"}))
+        cfg = load_config(
+            "tiny",
+            tiny_overrides(
+                tmp,
+                models_dir,
+                **{
+                    "train.max_steps": 20,
+                    "train.eval_steps": 10,
+                    "train.save_steps": 20,
+                    "train.logging_steps": 5,
+                    "tracking.report_to": "[wandb,tensorboard,mlflow]",
+                    "tracking.log_model": "true",
+                    "tracking.tags": "[demo,ci]",
+                    "tracking.group": "tiny-runs",
+                    "tracking.notes": "a CPU test run",
+                    "tracking.run_name": "tiny-tracked",
+                },
+            ),
+        )
         try:
             result = run(cfg)
         finally:
             logger.removeHandler(handler)
     (wrun,) = wandb_runs(cfg.output_dir)
-    return {"tmp": tmp, "cfg": cfg, "result": result, "wandb": wrun, "log": handler.messages,
-            "metrics": json.loads((cfg.model_dir / "metrics.json").read_text())}
+    return {
+        "tmp": tmp,
+        "cfg": cfg,
+        "result": result,
+        "wandb": wrun,
+        "log": handler.messages,
+        "metrics": json.loads((cfg.model_dir / "metrics.json").read_text()),
+    }
 
 
 def test_wandb_goes_offline_once_with_the_sync_command(tracked):
@@ -181,7 +216,12 @@ def test_wandb_run_has_config_names_and_system_metrics(tracked):
     wrun, cfg = tracked["wandb"], tracked["cfg"]
     r = wrun.run
     assert (r.project, r.display_name, r.run_group, r.notes, r.job_type) == (
-        "llm_summarizer", "tiny-tracked", "tiny-runs", "a CPU test run", "train")
+        "llm_summarizer",
+        "tiny-tracked",
+        "tiny-runs",
+        "a CPU test run",
+        "train",
+    )
     assert list(r.tags) == ["demo", "ci"]
     assert wrun.config == json.loads(json.dumps(config_to_dict(cfg)))  # the resolved config, section by section
     assert wrun.stats and any("proc.memory.rssMB" in s for s in wrun.stats), "system metrics were not sampled"
@@ -190,10 +230,28 @@ def test_wandb_run_has_config_names_and_system_metrics(tracked):
 def test_wandb_history_holds_every_trainer_log_and_the_base_scores(tracked):
     wrun, result, metrics = tracked["wandb"], tracked["result"], tracked["metrics"]
     logged = wrun.scalars()
-    for key in ("train/loss", "train/learning_rate", "train/grad_norm", "eval/loss", "eval/rouge1", "eval/rouge2",
-                "eval/rougeL", "eval/rougeLsum", "eval/gen_len_mean", "eval/gen_hit_max_frac", "eval/coverage",
-                "eval/density", "eval/compression", "eval/novel_1gram", "eval/novel_4gram", "eval/repeated_3gram",
-                "eval/unsupported_numbers", "eval/lead_copy", "eval/length_ratio", "eval/cut_by_max_new_tokens"):
+    for key in (
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "eval/loss",
+        "eval/rouge1",
+        "eval/rouge2",
+        "eval/rougeL",
+        "eval/rougeLsum",
+        "eval/gen_len_mean",
+        "eval/gen_hit_max_frac",
+        "eval/coverage",
+        "eval/density",
+        "eval/compression",
+        "eval/novel_1gram",
+        "eval/novel_4gram",
+        "eval/repeated_3gram",
+        "eval/unsupported_numbers",
+        "eval/lead_copy",
+        "eval/length_ratio",
+        "eval/cut_by_max_new_tokens",
+    ):
         assert key in logged, (key, sorted(logged))
     n = 0
     for h in result.log_history:
@@ -225,12 +283,13 @@ def test_wandb_samples_table_is_one_table_growing_with_each_evaluation(tracked):
     on_disk = read_jsonl(cfg.output_dir / "rouge_samples.jsonl")
     assert len(rows) == len(on_disk) == 3 * cfg.eval.log_samples
     for r, d in zip(rows, on_disk):
-        assert {k: r[k] for k in ("step", "tag", "id", "document", "reference", "prediction")} == \
-               {k: d[k] for k in ("step", "tag", "id", "document", "reference", "prediction")}
+        assert {k: r[k] for k in ("step", "tag", "id", "document", "reference", "prediction")} == {
+            k: d[k] for k in ("step", "tag", "id", "document", "reference", "prediction")
+        }
         for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "coverage", "density", "unsupported_numbers"):
             assert r[k] == pytest.approx(d[k])
     assert all(0.0 <= r["coverage"] <= 1.0 for r in rows if r["coverage"] is not None)
-    assert [r["tag"] for r in rows[::cfg.eval.log_samples]] == ["base", "step-10", "step-20"]
+    assert [r["tag"] for r in rows[:: cfg.eval.log_samples]] == ["base", "step-10", "step-20"]
 
 
 def test_final_adapter_is_a_wandb_artifact(tracked):
@@ -242,18 +301,36 @@ def test_final_adapter_is_a_wandb_artifact(tracked):
     blob = (cfg.model_dir / "adapter_model.safetensors").read_bytes()
     assert entries["adapter_model.safetensors"].digest == base64.b64encode(hashlib.md5(blob).digest()).decode()
     meta = json.loads(art.metadata)
-    assert meta["base_model"] == "random:tiny" and meta["final_rougeL"] == pytest.approx(tracked["metrics"]["final"]["rougeL"])
+    assert meta["base_model"] == "random:tiny" and meta["final_rougeL"] == pytest.approx(
+        tracked["metrics"]["final"]["rougeL"]
+    )
 
 
-def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_model(tracked, tmp_path, monkeypatch,
-                                                                                     capsys):
+def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_model(
+    tracked, tmp_path, monkeypatch, capsys
+):
     from llm_summarizer.commands.evaluate import main
 
     for k, v in tracker_env(tmp_path).items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "ev"
-    assert main(["--model", str(tracked["cfg"].model_dir), "--data", str(ROOT / "data/demo/test.jsonl"),
-                 "--limit", "6", "--compare-base", "--output", str(out), "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tracked["cfg"].model_dir),
+                "--data",
+                str(ROOT / "data/demo/test.jsonl"),
+                "--limit",
+                "6",
+                "--compare-base",
+                "--output",
+                str(out),
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "metrics.json").read_text())["results"]
     printed = capsys.readouterr().out  # the statistics beside ROUGE, the change with its paired interval
     d = res["diagnostics_model_minus_base"]["density"]
@@ -285,8 +362,23 @@ def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_
     assert got.tags["llm_summarizer.evaluation.test"] == str(out.resolve())
     # --no-tracking leaves both alone
     out2 = tmp_path / "ev2"
-    assert main(["--model", str(tracked["cfg"].model_dir), "--data", str(ROOT / "data/demo/test.jsonl"),
-                 "--limit", "2", "--output", str(out2), "--no-report", "--no-tracking"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(tracked["cfg"].model_dir),
+                "--data",
+                str(ROOT / "data/demo/test.jsonl"),
+                "--limit",
+                "2",
+                "--output",
+                str(out2),
+                "--no-report",
+                "--no-tracking",
+            ]
+        )
+        == 0
+    )
     assert not (out2 / "wandb").exists()
 
 
@@ -334,21 +426,38 @@ def test_no_secret_from_the_environment_in_any_written_file(tracked):
 
 # -- a killed run, resumed ---------------------------------------------------------------------
 
+
 def test_killed_and_resumed_run_continues_the_same_wandb_run(tmp_path, models_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from llm_summarizer.training.run import run
 
-    over = tiny_overrides(tmp_path, models_dir, **{
-        "eval.rouge": "false", "eval.base_eval": "false", "train.eval_strategy": "'no'",
-        "train.metric_for_best_model": "eval_loss", "train.max_steps": 30,
-        "train.save_steps": 10, "train.logging_steps": 5, "train.save_total_limit": "null",
-        "tracking.report_to": "[wandb,tensorboard]"})
+    over = tiny_overrides(
+        tmp_path,
+        models_dir,
+        **{
+            "eval.rouge": "false",
+            "eval.base_eval": "false",
+            "train.eval_strategy": "'no'",
+            "train.metric_for_best_model": "eval_loss",
+            "train.max_steps": 30,
+            "train.save_steps": 10,
+            "train.logging_steps": 5,
+            "train.save_total_limit": "null",
+            "tracking.report_to": "[wandb,tensorboard]",
+        },
+    )
     env = {**os.environ, **tracker_env(tmp_path), "WANDB_MODE": "offline"}
     env.pop("WANDB_SERVICE", None)  # its own W&B service, as a separate command would have, not this process's
     out = tmp_path / "outputs"
-    proc = subprocess.Popen([sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny", *over],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny", *over],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600
     while not (out / "checkpoint-20" / "trainer_state.json").exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -387,16 +496,21 @@ def test_killed_and_resumed_run_continues_the_same_wandb_run(tmp_path, models_di
 
 # -- decisions without a run -------------------------------------------------------------------
 
+
 def test_wandb_mode_decision():
     from llm_summarizer.tracking.wandb_tracker import decide_wandb_mode
 
     yes, no = (lambda: True), (lambda: False)
     boom = lambda: pytest.fail("must not be asked")  # noqa: E731
     assert decide_wandb_mode("auto", {}, has_key=no, reachable=boom) == (
-        "offline", "no W&B API key (set WANDB_API_KEY, run `wandb login`, or add a Colab secret)")
+        "offline",
+        "no W&B API key (set WANDB_API_KEY, run `wandb login`, or add a Colab secret)",
+    )
     assert decide_wandb_mode("auto", {}, has_key=yes, reachable=no) == ("offline", "api.wandb.ai cannot be reached")
-    assert decide_wandb_mode("auto", {"WANDB_BASE_URL": "https://wandb.example.org"}, has_key=yes, reachable=no)[1] \
+    assert (
+        decide_wandb_mode("auto", {"WANDB_BASE_URL": "https://wandb.example.org"}, has_key=yes, reachable=no)[1]
         == "wandb.example.org cannot be reached"
+    )
     assert decide_wandb_mode("auto", {}, has_key=yes, reachable=yes) == ("online", None)
     assert decide_wandb_mode("auto", {"WANDB_MODE": "offline"}, has_key=boom, reachable=boom)[0] == "offline"
     assert decide_wandb_mode("auto", {"WANDB_MODE": "disabled"}, has_key=boom, reachable=boom)[0] == "disabled"
@@ -419,16 +533,29 @@ def test_wandb_key_found_in_env_or_netrc(tmp_path):
 def test_redact_removes_secrets():
     from llm_summarizer.redaction import REDACTED, env_secrets, redact
 
-    env = {"HF_TOKEN": "hf_abcdefghijklmnop", "WANDB_API_KEY": "0123456789abcdef", "PATH": "/usr/bin:/bin",
-           "MLFLOW_TRACKING_PASSWORD": "pw-123456789", "SHORT_TOKEN": "abc", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "HF_TOKEN": "hf_abcdefghijklmnop",
+        "WANDB_API_KEY": "0123456789abcdef",
+        "PATH": "/usr/bin:/bin",
+        "MLFLOW_TRACKING_PASSWORD": "pw-123456789",
+        "SHORT_TOKEN": "abc",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     secrets = env_secrets(env)
     assert set(secrets) == {"hf_abcdefghijklmnop", "0123456789abcdef", "pw-123456789"}
-    got = redact({"model": {"name": "org/model", "hub_token": "anything", "max_new_tokens": 128},
-                  "data": {"path": "s3://user:pw@bucket/x.jsonl", "note": "uses hf_abcdefghijklmnop here"},
-                  "list": ["0123456789abcdef", 1, None]}, secrets)
-    assert got == {"model": {"name": "org/model", "hub_token": REDACTED, "max_new_tokens": 128},
-                   "data": {"path": f"s3://{REDACTED}@bucket/x.jsonl", "note": f"uses {REDACTED} here"},
-                   "list": [REDACTED, 1, None]}
+    got = redact(
+        {
+            "model": {"name": "org/model", "hub_token": "anything", "max_new_tokens": 128},
+            "data": {"path": "s3://user:pw@bucket/x.jsonl", "note": "uses hf_abcdefghijklmnop here"},
+            "list": ["0123456789abcdef", 1, None],
+        },
+        secrets,
+    )
+    assert got == {
+        "model": {"name": "org/model", "hub_token": REDACTED, "max_new_tokens": 128},
+        "data": {"path": f"s3://{REDACTED}@bucket/x.jsonl", "note": f"uses {REDACTED} here"},
+        "list": [REDACTED, 1, None],
+    }
 
 
 def test_model_card_links_the_wandb_run_only_when_online(tmp_path):
@@ -455,8 +582,14 @@ def test_mlflow_file_store_from_config(tmp_path, monkeypatch):
     from llm_summarizer.tracking import base, trackers
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = load_config("tiny", [f"output.dir={tmp_path / 'out'}", "tracking.report_to=mlflow",
-                                                   f"tracking.mlflow_tracking_uri={tmp_path / 'mlruns'}"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"output.dir={tmp_path / 'out'}",
+            "tracking.report_to=mlflow",
+            f"tracking.mlflow_tracking_uri={tmp_path / 'mlruns'}",
+        ],
+    )
     with trackers.start_trackers(cfg) as t:
         t.log(base.scalars({"loss": 2.5, "eval_rougeL": 0.25}), step=7)
         t.finish(None, RunMetrics.from_dict({"final": {"rougeL": 0.25}, "train": {"global_step": 7}}))

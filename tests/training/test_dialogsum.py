@@ -14,11 +14,22 @@ def test_dialogsum_rouge_rises(tmp_path, models_dir):
     from llm_summarizer.training.run import run
 
     root = shared_dataset("dialogsum")
-    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir) + [
-        f"data.train={root / 'train.jsonl'}", f"data.validation={root / 'validation.jsonl'}", "data.test=null",
-        "data.instruction=Summarize the dialogue.", "model.max_seq_length=384",
-        "train.max_steps=250", "train.eval_steps=125", "train.save_steps=250", "eval.num_samples=24",
-        "train.learning_rate=1e-2"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path, models_dir)
+        + [
+            f"data.train={root / 'train.jsonl'}",
+            f"data.validation={root / 'validation.jsonl'}",
+            "data.test=null",
+            "data.instruction=Summarize the dialogue.",
+            "model.max_seq_length=384",
+            "train.max_steps=250",
+            "train.eval_steps=125",
+            "train.save_steps=250",
+            "eval.num_samples=24",
+            "train.learning_rate=1e-2",
+        ],
+    )
     res = run(cfg)
     m = json.loads((res.model_dir / "metrics.json").read_text())
     assert m["data"]["train"]["rows"] >= 1990

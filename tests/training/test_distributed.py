@@ -34,20 +34,44 @@ def free_port() -> int:
 
 
 def overrides(out: Path, models_dir: Path, batch: int, steps: int = STEPS, **extra) -> list[str]:
-    o = {"model.cache_dir": models_dir, "output.dir": out / "outputs", "output.model_dir": out / "fine_tuned",
-         "data.train": f"{{path: {DEMO / 'train.jsonl'}, limit: 96}}",
-         "data.validation": f"{{path: {DEMO / 'validation.jsonl'}, limit: 16}}", "data.test": "null",
-         "train.max_steps": steps, "train.per_device_train_batch_size": batch, "train.sampling": "random",
-         "train.save_steps": 4, "train.eval_steps": 6, "train.logging_steps": 1, "train.save_total_limit": 10,
-         "train.learning_rate": 1e-3, "eval.num_samples": 8, "eval.max_new_tokens": 8, "eval.log_samples": 8,
-         "output.report": "false"}
+    o = {
+        "model.cache_dir": models_dir,
+        "output.dir": out / "outputs",
+        "output.model_dir": out / "fine_tuned",
+        "data.train": f"{{path: {DEMO / 'train.jsonl'}, limit: 96}}",
+        "data.validation": f"{{path: {DEMO / 'validation.jsonl'}, limit: 16}}",
+        "data.test": "null",
+        "train.max_steps": steps,
+        "train.per_device_train_batch_size": batch,
+        "train.sampling": "random",
+        "train.save_steps": 4,
+        "train.eval_steps": 6,
+        "train.logging_steps": 1,
+        "train.save_total_limit": 10,
+        "train.learning_rate": 1e-3,
+        "eval.num_samples": 8,
+        "eval.max_new_tokens": 8,
+        "eval.log_samples": 8,
+        "output.report": "false",
+    }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
 
 
 def torchrun(out: Path, models_dir: Path, **kw) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-            "-m", "llm_summarizer", "train", "--config", "tiny", *overrides(out, models_dir, 4, **kw)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "llm_summarizer",
+        "train",
+        "--config",
+        "tiny",
+        *overrides(out, models_dir, 4, **kw),
+    ]
 
 
 def env() -> dict:
@@ -69,12 +93,18 @@ def max_diff(a: dict, b: dict) -> float:
 def runs(tmp_path_factory, models_dir):
     tmp = tmp_path_factory.mktemp("ddp")
     # the tiny model built once beforehand, as a user's first run would have
-    one = subprocess.run([sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny",
-                          *overrides(tmp / "one", models_dir, 8)], cwd=ROOT, env=env(), capture_output=True,
-                         text=True, timeout=900)
+    one = subprocess.run(
+        [sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny", *overrides(tmp / "one", models_dir, 8)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(torchrun(tmp / "two", models_dir), cwd=ROOT, env=env(), capture_output=True, text=True,
-                         timeout=900)
+    two = subprocess.run(
+        torchrun(tmp / "two", models_dir), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900
+    )
     assert two.returncode == 0, two.stderr[-5000:]
     return {"one": tmp / "one", "two": tmp / "two", "tmp": tmp, "log": two.stderr}
 
@@ -89,8 +119,14 @@ def test_two_ranks_train_disjoint_halves_of_each_global_batch(runs):
 
 def test_two_ranks_on_the_transformers_backend_give_the_same_adapter(runs, models_dir):
     out = runs["tmp"] / "two-transformers"
-    r = subprocess.run(torchrun(out, models_dir, **{"model.backend": "transformers"}), cwd=ROOT, env=env(),
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        torchrun(out, models_dir, **{"model.backend": "transformers"}),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-5000:]
     m = json.loads((out / "fine_tuned" / "metrics.json").read_text())
     assert m["train"]["world_size"] == 2
@@ -130,8 +166,9 @@ def test_a_rank_killed_mid_run_then_the_same_command_ends_with_the_uninterrupted
 
     out = runs["tmp"] / "killed"
     cmd = torchrun(out, models_dir)
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 600
     killed = None
     while time.time() < deadline and p.poll() is None:
@@ -157,14 +194,23 @@ def test_a_rank_killed_mid_run_then_the_same_command_ends_with_the_uninterrupted
 
 # -- Ray Train: the train command as the driver of 2 CPU workers ------------------------------------------
 
+
 def ray_run(out: Path, models_dir: Path, **extra) -> list[str]:
     """Relative data and output paths, run from `out`: the driver must make them absolute for the workers."""
     out.mkdir(parents=True, exist_ok=True)
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731
-    o = overrides(Path("."), models_dir, 4, **{
-        "data.train": f"{{path: {rel(DEMO / 'train.jsonl')}, limit: 96}}",
-        "data.validation": f"{{path: {rel(DEMO / 'validation.jsonl')}, limit: 16}}",
-        "scale.engine": "ray", "scale.num_workers": 2, **extra})
+    o = overrides(
+        Path("."),
+        models_dir,
+        4,
+        **{
+            "data.train": f"{{path: {rel(DEMO / 'train.jsonl')}, limit: 96}}",
+            "data.validation": f"{{path: {rel(DEMO / 'validation.jsonl')}, limit: 16}}",
+            "scale.engine": "ray",
+            "scale.num_workers": 2,
+            **extra,
+        },
+    )
     return [sys.executable, "-m", "llm_summarizer", "train", "--config", "tiny", *o]
 
 
@@ -195,8 +241,9 @@ def test_ray_a_killed_worker_restarts_the_group_and_ends_with_the_uninterrupted_
 
     out = runs["tmp"] / "ray-killed"
     cmd = ray_run(out, models_dir, **{"scale.max_failures": 1})
-    p = subprocess.Popen(cmd, cwd=out, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=out, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline, killed = time.time() + 600, None
     while time.time() < deadline and p.poll() is None and killed is None:
         if (out / "outputs" / "checkpoint-8" / "checkpoint_manifest.json").exists():
@@ -233,6 +280,18 @@ def test_ray_settings_that_cannot_work_are_one_message(tmp_path, capsys, models_
     assert main(["--config", "tiny", "scale.num_workers=2", f"output.dir={tmp_path / 'o'}"]) == 2
     assert "scale.num_workers=2 needs scale.engine=ray" in capsys.readouterr().err
     pytest.importorskip("ray.train", reason="Ray Train is not installed")
-    assert main(["--config", "tiny", "scale.engine=ray", "scale.address=127.0.0.1:1", f"model.cache_dir={models_dir}",
-                 f"output.dir={tmp_path / 'o'}", f"output.model_dir={tmp_path / 'm'}"]) == 2
+    assert (
+        main(
+            [
+                "--config",
+                "tiny",
+                "scale.engine=ray",
+                "scale.address=127.0.0.1:1",
+                f"model.cache_dir={models_dir}",
+                f"output.dir={tmp_path / 'o'}",
+                f"output.model_dir={tmp_path / 'm'}",
+            ]
+        )
+        == 2
+    )
     assert "scale.address='127.0.0.1:1': cannot connect to a Ray cluster" in capsys.readouterr().err

@@ -24,8 +24,14 @@ from llm_summarizer.training.checkpoints import checkpoint_problem
 
 from ..conftest import ROOT, run_cli, tiny_overrides
 
-QUICK = {"train.max_steps": 6, "train.save_steps": 2, "train.eval_strategy": "no", "eval.rouge": "false",
-         "train.logging_steps": 1, "output.report": "false"}
+QUICK = {
+    "train.max_steps": 6,
+    "train.save_steps": 2,
+    "train.eval_strategy": "no",
+    "eval.rouge": "false",
+    "train.logging_steps": 1,
+    "output.report": "false",
+}
 
 
 @pytest.fixture
@@ -66,8 +72,9 @@ class FillAt(TrainerCallback):
 
 
 def tree_digest(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def adapter(d: Path) -> dict:
@@ -97,7 +104,8 @@ def uninterrupted(tmp_path_factory, models_dir):
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_a_rerun_ends_as_uninterrupted(
-        small_disk, models_dir, uninterrupted):
+    small_disk, models_dir, uninterrupted
+):
     from llm_summarizer.training.run import run
 
     out = small_disk / "run"
@@ -223,8 +231,9 @@ def resume_log(out: Path, models_dir: Path, caplog, **extra):
     return result, caplog.text
 
 
-def test_a_flipped_bit_in_the_newest_checkpoint_is_named_and_the_previous_one_used(two_checkpoints, models_dir,
-                                                                                   caplog, uninterrupted):
+def test_a_flipped_bit_in_the_newest_checkpoint_is_named_and_the_previous_one_used(
+    two_checkpoints, models_dir, caplog, uninterrupted
+):
     w = two_checkpoints / "checkpoint-4" / "adapter_model.safetensors"
     flip_a_bit(w, w.stat().st_size - 100)  # inside a tensor's data: the file still opens
     assert checkpoint_problem(two_checkpoints / "checkpoint-4").startswith("adapter_model.safetensors changed")
@@ -278,8 +287,14 @@ def test_a_planted_pickle_never_runs(two_checkpoints, models_dir, caplog, tmp_pa
 
 def test_a_checkpoint_without_a_manifest_is_not_trusted_unless_asked(two_checkpoints, models_dir, caplog):
     (two_checkpoints / "checkpoint-4" / MANIFEST).unlink()
-    r = run_cli("train", "--config", "tiny", *tiny_overrides(two_checkpoints.parent, models_dir, **{
-        **QUICK, "train.resume": two_checkpoints / "checkpoint-4"}))
+    r = run_cli(
+        "train",
+        "--config",
+        "tiny",
+        *tiny_overrides(
+            two_checkpoints.parent, models_dir, **{**QUICK, "train.resume": two_checkpoints / "checkpoint-4"}
+        ),
+    )
     assert r.returncode == 2 and "no checkpoint_manifest.json" in r.stderr
     assert "train.verify_checkpoints=false" in r.stderr and "Traceback" not in r.stderr
     result, _ = resume_log(two_checkpoints, models_dir, caplog, **{"train.verify_checkpoints": "false"})

@@ -55,14 +55,26 @@ def test_summarize_and_evaluate_on_the_real_model(real_run, tmp_path, capsys):
     from llm_summarizer.commands.summarize import main as summarize_main
 
     src = tmp_path / "dialogue.txt"
-    src.write_text("#Person1#: Did you book the table for tonight?\n#Person2#: Yes, at seven, for four people.\n"
-                   "#Person1#: Great, I'll tell the others.\n")
+    src.write_text(
+        "#Person1#: Did you book the table for tonight?\n#Person2#: Yes, at seven, for four people.\n"
+        "#Person1#: Great, I'll tell the others.\n"
+    )
     capsys.readouterr()
     assert summarize_main(["--model", str(real_run.model_dir), str(src)]) == 0
     out = capsys.readouterr().out.strip()
     assert out and "<|" not in out and len(out.split()) < 80, out
-    rc = evaluate_main(["--model", str(real_run.model_dir), "--split", "test", "--compare-base",
-                        "--output", str(tmp_path / "ev"), "--no-report"])
+    rc = evaluate_main(
+        [
+            "--model",
+            str(real_run.model_dir),
+            "--split",
+            "test",
+            "--compare-base",
+            "--output",
+            str(tmp_path / "ev"),
+            "--no-report",
+        ]
+    )
     assert rc == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["data"]["examples"] == 8 and "model_minus_base" in m["results"]

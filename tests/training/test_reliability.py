@@ -22,7 +22,9 @@ QUIET = ["eval.rouge=false", "eval.base_eval=false", "train.eval_strategy=no"]
 
 
 def tree_digest(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def cli_main(argv, extra_callbacks=None):
@@ -77,8 +79,9 @@ def test_checkpoint_interrupted_mid_write_is_never_visible(tmp_path, models_dir,
                 raise Killed()
         return real_save(obj, f, *a, **k)
 
-    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir, **{
-        "train.max_steps": 20, "train.save_steps": 10}) + QUIET)
+    cfg = load_config(
+        "tiny", tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 20, "train.save_steps": 10}) + QUIET
+    )
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(Killed):
         run(cfg)
@@ -96,10 +99,30 @@ def test_checkpoint_interrupted_mid_write_is_never_visible(tmp_path, models_dir,
 
 @pytest.mark.slow
 def test_kill_resume_soak_short(tmp_path, models_dir):
-    r = subprocess.run([sys.executable, "scripts/kill_resume_soak.py", "--kills", "3", "--steps", "30",
-                        "--save-steps", "5", "--eval-steps", "15", "--workdir", str(tmp_path),
-                        "--models-dir", str(models_dir), "--report", str(tmp_path / "report.json")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "scripts/kill_resume_soak.py",
+            "--kills",
+            "3",
+            "--steps",
+            "30",
+            "--save-steps",
+            "5",
+            "--eval-steps",
+            "15",
+            "--workdir",
+            str(tmp_path),
+            "--models-dir",
+            str(models_dir),
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["ok"] and rep["kills_landed"] == 3
@@ -113,8 +136,10 @@ def test_kill_resume_soak_short(tmp_path, models_dir):
 
 
 def test_nonfinite_gradient_stops_keeping_last_checkpoint(tmp_path, models_dir, capsys):
-    rc = cli_main(demo_args(tmp_path, models_dir, *QUIET, **{"train.max_steps": 10, "train.save_steps": 2}),
-                  extra_callbacks=[NaNGradAt({5})])
+    rc = cli_main(
+        demo_args(tmp_path, models_dir, *QUIET, **{"train.max_steps": 10, "train.save_steps": 2}),
+        extra_callbacks=[NaNGradAt({5})],
+    )
     err = capsys.readouterr().err
     assert rc == 3
     assert "non-finite loss or gradient at step 5" in err and "Traceback" not in err
@@ -130,14 +155,22 @@ def test_nonfinite_gradient_skip_policy(tmp_path, models_dir):
 
     from llm_summarizer.training.run import run
 
-    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir, **{
-        "train.max_steps": 8, "train.save_steps": 100}) + QUIET + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=2"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 8, "train.save_steps": 100})
+        + QUIET
+        + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=2"],
+    )
     res = run(cfg, extra_callbacks=[NaNGradAt({3, 6})])
     assert res.metrics.train.global_step == 8
     w = load_file(str(res.model_dir / "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in w.values())
-    cfg3 = load_config("tiny", tiny_overrides(tmp_path / "b", models_dir, **{
-        "train.max_steps": 8}) + QUIET + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=1"])
+    cfg3 = load_config(
+        "tiny",
+        tiny_overrides(tmp_path / "b", models_dir, **{"train.max_steps": 8})
+        + QUIET
+        + ["train.on_nonfinite=skip", "train.max_nonfinite_skips=1"],
+    )
     from llm_summarizer.errors import TrainingStopped
 
     with pytest.raises(TrainingStopped, match=r"at step 6 .*after skipping 1 step"):
@@ -147,8 +180,10 @@ def test_nonfinite_gradient_skip_policy(tmp_path, models_dir):
 def test_out_of_memory_gives_advice(tmp_path, models_dir, capsys):
     import torch
 
-    rc = cli_main(demo_args(tmp_path, models_dir, *QUIET, "model.max_seq_length=2048", **{"train.max_steps": 6}),
-                  extra_callbacks=[RaiseAt(2, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))])
+    rc = cli_main(
+        demo_args(tmp_path, models_dir, *QUIET, "model.max_seq_length=2048", **{"train.max_steps": 6}),
+        extra_callbacks=[RaiseAt(2, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))],
+    )
     err = capsys.readouterr().err
     assert rc == 3 and "Traceback" not in err
     assert "ran out of memory" in err
@@ -225,15 +260,18 @@ def make_model_dir(d: Path, config: dict, weights=True, adapter=None) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case,expect", [
-    ("missing", "directory not found"),
-    ("file", "is a file; expected a model directory"),
-    ("no_config", "has no config.json"),
-    ("no_weights", "has config.json but no weights"),
-    ("unknown_arch", "model_type 'quantum_llm'"),
-    ("not_causal", "is a BertForSequenceClassification, not a causal language model"),
-    ("adapter_without_base", "is a LoRA adapter whose base model /nonexistent/base is not found"),
-])
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("missing", "directory not found"),
+        ("file", "is a file; expected a model directory"),
+        ("no_config", "has no config.json"),
+        ("no_weights", "has config.json but no weights"),
+        ("unknown_arch", "model_type 'quantum_llm'"),
+        ("not_causal", "is a BertForSequenceClassification, not a causal language model"),
+        ("adapter_without_base", "is a LoRA adapter whose base model /nonexistent/base is not found"),
+    ],
+)
 def test_bad_model_dirs_exit_2_and_touch_nothing(tmp_path, case, expect, capsys):
     d = tmp_path / "model"
     if case == "file":
@@ -251,8 +289,7 @@ def test_bad_model_dirs_exit_2_and_touch_nothing(tmp_path, case, expect, capsys)
     out = tmp_path / "outputs"
     claim(out, "run")  # an earlier run's folder, with a file of the user's beside
     (out / "keep.txt").write_text("mine")
-    rc = cli_main(["--config", "tiny", f"model.name={d}", f"output.dir={out}",
-                   f"output.model_dir={tmp_path / 'ft'}"])
+    rc = cli_main(["--config", "tiny", f"model.name={d}", f"output.dir={out}", f"output.model_dir={tmp_path / 'ft'}"])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["keep.txt"]
@@ -284,11 +321,21 @@ def test_huge_single_row_and_binary_data(tmp_path, models_dir):
     from llm_summarizer.models.loading import load_tokenizer
 
     big = tmp_path / "big.jsonl"
-    rows = [{"document": "word " * 300_000, "summary": "a short summary."},
-            {"document": "a normal document.", "summary": "normal."}]
+    rows = [
+        {"document": "word " * 300_000, "summary": "a short summary."},
+        {"document": "a normal document.", "summary": "normal."},
+    ]
     big.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = load_config("tiny", [f"data.train={big}", "data.validation=null", "data.test=null",
-                                                   "data.validation_size=0", f"model.cache_dir={models_dir}"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"data.train={big}",
+            "data.validation=null",
+            "data.test=null",
+            "data.validation_size=0",
+            f"model.cache_dir={models_dir}",
+        ],
+    )
     raw = R.load_raw_splits(cfg)
     prep = TK.prepare(cfg, load_tokenizer(cfg, R.load_raw_splits(load_config("tiny"))), raw)
     assert prep.stats["train"].truncated == 1
@@ -310,13 +357,33 @@ def test_fuzz_configs_never_crash(tmp_path):
     from llm_summarizer.commands.train import main
 
     sections = ["model", "lora", "data", "train", "eval", "output", "tracking", "modle", ""]
-    keys = ["name", "r", "alpha", "max_steps", "learning_rate", "target_modules", "train", "report_to", "x",
-            "load_in_4bit", "load_in_8bit", "truncation", "resume", "early_stopping", "validation_size"]
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                        st.text(max_size=12), st.lists(st.text(max_size=5), max_size=3))
+    keys = [
+        "name",
+        "r",
+        "alpha",
+        "max_steps",
+        "learning_rate",
+        "target_modules",
+        "train",
+        "report_to",
+        "x",
+        "load_in_4bit",
+        "load_in_8bit",
+        "truncation",
+        "resume",
+        "early_stopping",
+        "validation_size",
+    ]
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**6), 10**6),
+        st.floats(allow_nan=True),
+        st.text(max_size=12),
+        st.lists(st.text(max_size=5), max_size=3),
+    )
     values = st.recursive(scalars, lambda c: st.dictionaries(st.sampled_from(keys), c, max_size=3), max_leaves=6)
-    configs = st.one_of(st.dictionaries(st.sampled_from(sections), values, max_size=4), scalars,
-                        st.text(max_size=40))
+    configs = st.one_of(st.dictionaries(st.sampled_from(sections), values, max_size=4), scalars, st.text(max_size=40))
     p = tmp_path / "fuzz.yaml"
 
     @settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
@@ -345,10 +412,17 @@ def test_fuzz_data_files_never_crash(tmp_path):
         st.builds(lambda n: good[:n], st.integers(0, len(good))),
         st.builds(lambda i, b: good[:i] + b + good[i:], st.integers(0, len(good)), st.binary(max_size=20)),
         st.builds(lambda t: t.encode("utf-8", "surrogatepass"), st.text(max_size=200)),
-        st.builds(lambda o: json.dumps(o).encode(), st.recursive(
-            st.one_of(st.none(), st.integers(), st.text(max_size=8)),
-            lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.sampled_from(
-                ["document", "summary", "id", "text"]), c, max_size=3)), max_leaves=8)),
+        st.builds(
+            lambda o: json.dumps(o).encode(),
+            st.recursive(
+                st.one_of(st.none(), st.integers(), st.text(max_size=8)),
+                lambda c: st.one_of(
+                    st.lists(c, max_size=3),
+                    st.dictionaries(st.sampled_from(["document", "summary", "id", "text"]), c, max_size=3),
+                ),
+                max_leaves=8,
+            ),
+        ),
     )
 
     @settings(max_examples=200, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
@@ -356,8 +430,9 @@ def test_fuzz_data_files_never_crash(tmp_path):
     def check(content, suffix):
         f = tmp_path / f"fuzz{suffix}"
         f.write_bytes(content)
-        cfg = load_config("tiny", [f"data.train={f}", "data.validation=null", "data.test=null",
-                                                       "data.validation_size=0"])
+        cfg = load_config(
+            "tiny", [f"data.train={f}", "data.validation=null", "data.test=null", "data.validation_size=0"]
+        )
         try:
             R.load_raw_splits(cfg)
         except UserError as e:
@@ -375,8 +450,10 @@ def test_secrets_never_written(tmp_path, models_dir, monkeypatch):
     envf.write_text("# tokens\nexport HF_TOKEN='hf_secretTOKEN0123456789'\n")
     monkeypatch.setenv("WANDB_API_KEY", secrets["WANDB_API_KEY"])
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    rc = cli_main(["--env-file", str(envf)] + demo_args(tmp_path / "run", models_dir, **{"train.max_steps": 4,
-                                                                                          "train.save_steps": 2}))
+    rc = cli_main(
+        ["--env-file", str(envf)]
+        + demo_args(tmp_path / "run", models_dir, **{"train.max_steps": 4, "train.save_steps": 2})
+    )
     assert rc == 0
     assert os.environ.get("HF_TOKEN") == secrets["HF_TOKEN"]
     monkeypatch.delenv("HF_TOKEN")

@@ -15,8 +15,12 @@ def independent_rouge(reference: str, prediction: str) -> dict:
 
     sc = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
     # the documented protocol: a sentence ends at . ! ? followed by whitespace and a capital, digit or opening quote
-    nl = lambda t: "\n".join(s.strip() for line in t.strip().split("\n")
-                             for s in re.split(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9#])", line.strip()) if s.strip())
+    nl = lambda t: "\n".join(
+        s.strip()
+        for line in t.strip().split("\n")
+        for s in re.split(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9#])", line.strip())
+        if s.strip()
+    )
     return {k: v.fmeasure for k, v in sc.score(nl(reference), nl(prediction)).items()}
 
 
@@ -51,11 +55,15 @@ def test_samples_file_records_examples_per_evaluation(tiny_run):
 def test_same_losses_with_and_without_rouge_callback(tmp_path, models_dir):
     from llm_summarizer.training.run import run
 
-    common = ["train.max_steps=12", "train.logging_steps=1", "train.eval_steps=4", "train.save_steps=100",
-              "eval.base_eval=false"]
+    common = [
+        "train.max_steps=12",
+        "train.logging_steps=1",
+        "train.eval_steps=4",
+        "train.save_steps=100",
+        "eval.base_eval=false",
+    ]
     a = run(load_config("tiny", tiny_overrides(tmp_path / "a", models_dir) + common))
-    b = run(load_config("tiny",
-                        tiny_overrides(tmp_path / "b", models_dir) + common + ["eval.rouge=false"]))
+    b = run(load_config("tiny", tiny_overrides(tmp_path / "b", models_dir) + common + ["eval.rouge=false"]))
     la = [(h["step"], h["loss"]) for h in a.log_history if "loss" in h]
     lb = [(h["step"], h["loss"]) for h in b.log_history if "loss" in h]
     assert len(la) == 12 and [s for s, _ in la] == [s for s, _ in lb]
@@ -68,14 +76,26 @@ def test_early_stopping_on_rouge(tmp_path, models_dir):
     from llm_summarizer.training.run import run
 
     # A learning rate this small leaves ROUGE where it is, so patience runs out.
-    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir) + [
-        "train.learning_rate=1e-12", "train.max_steps=60", "train.eval_steps=5", "train.save_steps=5",
-        "eval.base_eval=false", "eval.num_samples=8",
-        "train.early_stopping=[{metric: eval_rougeL, patience: 2, min_delta: 0.01}]"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path, models_dir)
+        + [
+            "train.learning_rate=1e-12",
+            "train.max_steps=60",
+            "train.eval_steps=5",
+            "train.save_steps=5",
+            "eval.base_eval=false",
+            "eval.num_samples=8",
+            "train.early_stopping=[{metric: eval_rougeL, patience: 2, min_delta: 0.01}]",
+        ],
+    )
     res = run(cfg)
     assert res.metrics.train.global_step == 15  # first eval sets the best, two more without improvement
-    state = json.loads(sorted(cfg.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
-                       .joinpath("trainer_state.json").read_text())
+    state = json.loads(
+        sorted(cfg.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+        .joinpath("trainer_state.json")
+        .read_text()
+    )
     es = state["stateful_callbacks"]["EarlyStopping_eval_rougeL"]
     es = es[0] if isinstance(es, list) else es
     assert es["attributes"]["bad_evals"] == 2
@@ -86,9 +106,19 @@ def test_load_best_model_at_end_keeps_best_rouge_weights(tmp_path, models_dir):
 
     from llm_summarizer.training.run import run
 
-    cfg = load_config("tiny", tiny_overrides(tmp_path, models_dir) + [
-        "train.max_steps=40", "train.eval_steps=10", "train.save_steps=10", "train.save_total_limit=1",
-        "train.load_best_model_at_end=true", "train.learning_rate=2e-2", "eval.base_eval=false"])
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path, models_dir)
+        + [
+            "train.max_steps=40",
+            "train.eval_steps=10",
+            "train.save_steps=10",
+            "train.save_total_limit=1",
+            "train.load_best_model_at_end=true",
+            "train.learning_rate=2e-2",
+            "eval.base_eval=false",
+        ],
+    )
     res = run(cfg)
     curve = {h["step"]: h["eval_rougeL"] for h in res.log_history if "eval_rougeL" in h}
     best_step = max(curve, key=lambda s: (curve[s], -s))
@@ -148,7 +178,11 @@ def test_out_of_memory_of_any_device_is_recognised():
     from llm_summarizer.faults import is_oom
 
     assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
-                               "you tried to allocate 8589934592 bytes"))
+    assert is_oom(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 8589934592 bytes"
+        )
+    )
     assert is_oom(RuntimeError("MPS backend out of memory (MPS allocated: 1.2 GB)"))
     assert not is_oom(RuntimeError("expected scalar type Float but found Half"))

@@ -10,9 +10,17 @@ from llm_summarizer.config import load_config
 
 from ..conftest import ROOT, read_jsonl, run_cli, tiny_overrides
 
-FINAL_FILES = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-               "config.yaml", "metrics.json", "run_info.json", "README.md",
-               ".llm_summarizer.json"}  # files.OWNER_FILE: what the folder is, so a later run may replace it
+FINAL_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "config.yaml",
+    "metrics.json",
+    "run_info.json",
+    "README.md",
+    ".llm_summarizer.json",
+}  # files.OWNER_FILE: what the folder is, so a later run may replace it
 
 
 def final_file_set(d: Path) -> set:
@@ -77,8 +85,11 @@ def test_run_reports_training_tokens_per_second_and_peak_memory(tiny_run):
 
     t = json.loads((tiny_run.model_dir / "metrics.json").read_text())["train"]
     cfg = yaml.safe_load((tiny_run.model_dir / "config.yaml").read_text())
-    seen = cfg["train"]["max_steps"] * cfg["train"]["per_device_train_batch_size"] * cfg["train"][
-        "gradient_accumulation_steps"]
+    seen = (
+        cfg["train"]["max_steps"]
+        * cfg["train"]["per_device_train_batch_size"]
+        * cfg["train"]["gradient_accumulation_steps"]
+    )
     # every example trained has some tokens and at most max_seq_length of them
     assert 8 * seen <= t["train_tokens"] <= cfg["model"]["max_seq_length"] * seen
     assert t["train_tokens_per_s"] == pytest.approx(t["train_tokens"] / t["train_runtime_s"], rel=0.01)
@@ -125,9 +136,21 @@ def test_demo_logs_rouge_at_every_evaluation(tiny_run):
     evals = [h for h in tiny_run.log_history if "eval_loss" in h]
     assert len(evals) >= 3
     for h in evals:
-        for k in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len_mean",
-                  "eval_gen_hit_max_frac", "eval_rouge_seconds", "eval_coverage", "eval_density",
-                  "eval_novel_2gram", "eval_unsupported_numbers", "eval_lead_copy", "eval_diagnostics_seconds"):
+        for k in (
+            "eval_rouge1",
+            "eval_rouge2",
+            "eval_rougeL",
+            "eval_rougeLsum",
+            "eval_gen_len_mean",
+            "eval_gen_hit_max_frac",
+            "eval_rouge_seconds",
+            "eval_coverage",
+            "eval_density",
+            "eval_novel_2gram",
+            "eval_unsupported_numbers",
+            "eval_lead_copy",
+            "eval_diagnostics_seconds",
+        ):
             assert k in h, (k, h)
     ckpts = sorted(tiny_run.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
@@ -150,9 +173,17 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
 
     # 40 training rows = 5 steps per epoch: the run stops and resumes in the third epoch, where the
     # batch order is no longer the one drawn at start-up
-    base = ["eval.rouge=false", "eval.base_eval=false", "train.eval_strategy=no", "train.max_steps=20",
-            "train.save_steps=6", "train.save_total_limit=null", "train.logging_steps=1", "data.train.limit=40",
-            f"train.sampling={sampling}"]
+    base = [
+        "eval.rouge=false",
+        "eval.base_eval=false",
+        "train.eval_strategy=no",
+        "train.max_steps=20",
+        "train.save_steps=6",
+        "train.save_total_limit=null",
+        "train.logging_steps=1",
+        "data.train.limit=40",
+        f"train.sampling={sampling}",
+    ]
     full = run(load_config("tiny", tiny_overrides(tmp_path / "full", models_dir) + base))
     cfg = load_config("tiny", tiny_overrides(tmp_path / "cut", models_dir) + base)
     first = run(cfg, extra_callbacks=[StopAt(12)])
@@ -191,17 +222,28 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
 
 def test_explicit_resume_path_must_be_a_complete_checkpoint(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
-    r = run_cli("train", "--config", "tiny", f"train.resume={tmp_path / 'checkpoint-5'}",
-                f"output.dir={tmp_path / 'out'}", timeout=120)
+    r = run_cli(
+        "train",
+        "--config",
+        "tiny",
+        f"train.resume={tmp_path / 'checkpoint-5'}",
+        f"output.dir={tmp_path / 'out'}",
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "is not a complete checkpoint (trainer_state.json missing or empty)" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_transformers_backend_same_file_set(tmp_path, models_dir):
-    r = run_cli("train", "--config", "tiny", "model.backend=transformers",
-                *tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 20, "train.eval_steps": 10}),
-                timeout=900)
+    r = run_cli(
+        "train",
+        "--config",
+        "tiny",
+        "model.backend=transformers",
+        *tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 20, "train.eval_steps": 10}),
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     d = tmp_path / "fine_tuned"
     assert final_file_set(d) == FINAL_FILES
@@ -218,9 +260,9 @@ def test_transformers_backend_same_file_set(tmp_path, models_dir):
 def test_trainer_class_api(tmp_path, models_dir):
     from llm_summarizer.trainer_class import TrainerClass
 
-    tc = TrainerClass.from_config("tiny",
-                                  tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 10,
-                                                                          "eval.base_eval": "false"}))
+    tc = TrainerClass.from_config(
+        "tiny", tiny_overrides(tmp_path, models_dir, **{"train.max_steps": 10, "eval.base_eval": "false"})
+    )
     trainer = tc.trainer()
     assert type(trainer).__name__ == "SummarizationTrainer"
     result = tc.Start_Training(trainer)
@@ -238,10 +280,23 @@ def test_trainer_class_with_model_and_datasets(tmp_path, models_dir):
     model, tok, _ = load_for_training(cfg, R.load_raw_splits(cfg))
     train_rows = read_jsonl(ROOT / "data/demo/train.jsonl")[:200]
     val_rows = read_jsonl(ROOT / "data/demo/validation.jsonl")[:20]
-    tc = TrainerClass(model, tok, train_rows, val_rows, max_seq_length=256, out_model_name="api",
-                      fine_tuned_model_dir=str(tmp_path / "ft"),
-                      overrides=[f"output.dir={tmp_path / 'out'}", "train.max_steps=6", "train.eval_steps=3",
-                                 "train.save_steps=3", "eval.num_samples=4", "train.optim=adamw_torch"])
+    tc = TrainerClass(
+        model,
+        tok,
+        train_rows,
+        val_rows,
+        max_seq_length=256,
+        out_model_name="api",
+        fine_tuned_model_dir=str(tmp_path / "ft"),
+        overrides=[
+            f"output.dir={tmp_path / 'out'}",
+            "train.max_steps=6",
+            "train.eval_steps=3",
+            "train.save_steps=3",
+            "eval.num_samples=4",
+            "train.optim=adamw_torch",
+        ],
+    )
     trainer = tc.trainer()
     tc.Start_Training(trainer)
     assert final_file_set(tmp_path / "ft") == FINAL_FILES
@@ -249,8 +304,13 @@ def test_trainer_class_with_model_and_datasets(tmp_path, models_dir):
 
 
 def test_default_config_offline_says_what_to_do():
-    r = run_cli("train", "--config", "configs/default.yaml", timeout=600,
-                env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    r = run_cli(
+        "train",
+        "--config",
+        "configs/default.yaml",
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     assert "--config tiny" in r.stderr and "model.name=/path/to/local/model" in r.stderr
     assert "Traceback" not in r.stderr
@@ -264,16 +324,25 @@ def test_extra_args_reach_sftconfig_and_bad_keys_are_named(tmp_path, models_dir)
     cfg = load_config("tiny", [f"output.dir={tmp_path}", "train.extra_args={adam_beta2: 0.95, neftune_noise_alpha: 5}"])
     args = sft_config(cfg, pick_precision(cfg), tmp_path, True, ["none"])
     assert args.adam_beta2 == 0.95 and args.neftune_noise_alpha == 5
-    for extra, words in (("{adam_beta3: 0.9}", "not a field of TRL's SFTConfig; did you mean adam_beta2"),
-                         ("{learning_rate: 0.1}", "sets this SFTConfig field itself"),
-                         ("{hub_token: hf_abc}", "tokens are read from the environment"),
-                         ("{adam_beta2: fast}", "'fast' is str; SFTConfig expects float")):
+    for extra, words in (
+        ("{adam_beta3: 0.9}", "not a field of TRL's SFTConfig; did you mean adam_beta2"),
+        ("{learning_rate: 0.1}", "sets this SFTConfig field itself"),
+        ("{hub_token: hf_abc}", "tokens are read from the environment"),
+        ("{adam_beta2: fast}", "'fast' is str; SFTConfig expects float"),
+    ):
         cfg = load_config("tiny", [f"output.dir={tmp_path}", f"train.extra_args={extra}"])
         with pytest.raises(UserError, match=words):
             sft_config(cfg, pick_precision(cfg), tmp_path, True, ["none"])
     # through the command: exit 2, one message, before any model is loaded or anything is written
     out = tmp_path / "cli"
-    r = run_cli("train", "--config", "tiny", f"model.cache_dir={models_dir}", f"output.dir={out}",
-                f"output.model_dir={tmp_path / 'ft'}", "train.extra_args={adam_beta3: 0.9}")
+    r = run_cli(
+        "train",
+        "--config",
+        "tiny",
+        f"model.cache_dir={models_dir}",
+        f"output.dir={out}",
+        f"output.model_dir={tmp_path / 'ft'}",
+        "train.extra_args={adam_beta3: 0.9}",
+    )
     assert r.returncode == 2 and "train.extra_args.adam_beta3" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "ft").exists() and not list(out.glob("checkpoint-*"))

@@ -17,17 +17,35 @@ from ..conftest import DEMO, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
-SPACE = ("tune.space={train.learning_rate: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}, "
-         "lora.r: {type: categorical, choices: [4, 8]}}")
+SPACE = (
+    "tune.space={train.learning_rate: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}, "
+    "lora.r: {type: categorical, choices: [4, 8]}}"
+)
 
 
 def tune_args(folder: Path, models_dir: Path, trials: int, *extra) -> list[str]:
-    return ["--config", "tiny", "--trials", str(trials), SPACE, f"tune.dir={folder}", f"model.cache_dir={models_dir}",
-            f"data.train={{path: {DEMO / 'train.jsonl'}, limit: 400}}",
-            f"data.validation={{path: {DEMO / 'validation.jsonl'}, limit: 16}}", "data.test=null",
-            "train.max_steps=90", "train.eval_steps=30", "train.save_steps=30", "train.logging_steps=30",
-            "eval.num_samples=8", "eval.max_new_tokens=24", "output.report=false", "tune.n_startup_trials=2",
-            "tune.prune_startup_trials=1", *extra]
+    return [
+        "--config",
+        "tiny",
+        "--trials",
+        str(trials),
+        SPACE,
+        f"tune.dir={folder}",
+        f"model.cache_dir={models_dir}",
+        f"data.train={{path: {DEMO / 'train.jsonl'}, limit: 400}}",
+        f"data.validation={{path: {DEMO / 'validation.jsonl'}, limit: 16}}",
+        "data.test=null",
+        "train.max_steps=90",
+        "train.eval_steps=30",
+        "train.save_steps=30",
+        "train.logging_steps=30",
+        "eval.num_samples=8",
+        "eval.max_new_tokens=24",
+        "output.report=false",
+        "tune.n_startup_trials=2",
+        "tune.prune_startup_trials=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +103,21 @@ def test_rerunning_the_finished_study_adds_nothing(study, models_dir):
     assert json.loads((folder / "summary.json").read_text())["trials"] == before
 
 
-@pytest.mark.parametrize("space, message", [
-    ("tune.space={train.learnin_rate: {type: float, low: 0.001, high: 0.01}}",
-     "tune.space.train.learnin_rate (value 0.001): "),
-    ("tune.space={lora.r: {type: int, low: 16, high: 8}}", "tune.space.lora.r: low (16.0) must be below high (8.0)"),
-    ("tune.space={train.learning_rate: {type: float, low: 0, high: 0.1, log: true}}", "log=true needs low > 0"),
-    ("tune.space={}", "tune.space is empty"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (
+            "tune.space={train.learnin_rate: {type: float, low: 0.001, high: 0.01}}",
+            "tune.space.train.learnin_rate (value 0.001): ",
+        ),
+        (
+            "tune.space={lora.r: {type: int, low: 16, high: 8}}",
+            "tune.space.lora.r: low (16.0) must be below high (8.0)",
+        ),
+        ("tune.space={train.learning_rate: {type: float, low: 0, high: 0.1, log: true}}", "log=true needs low > 0"),
+        ("tune.space={}", "tune.space is empty"),
+    ],
+)
 def test_a_bad_search_space_is_one_message_before_any_trial(tmp_path, space, message, capsys):
     from llm_summarizer.commands.tune import main
 
@@ -106,8 +132,9 @@ def test_a_killed_tune_driver_resumes_the_study_and_its_running_trial(tmp_path, 
 
     folder = tmp_path / "study"
     cmd = [sys.executable, "-m", "llm_summarizer", "tune", *tune_args(folder, models_dir, 2, "tune.pruner=none")]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     ckpt = folder / "trial-000" / "outputs" / "checkpoint-30" / "checkpoint_manifest.json"
     deadline = time.time() + 600
     while time.time() < deadline and p.poll() is None and not ckpt.exists():

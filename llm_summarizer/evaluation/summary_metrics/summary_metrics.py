@@ -68,20 +68,32 @@ class SummaryMetrics(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
             codebase_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
             reference_urls=["https://aclanthology.org/N18-1065/", "https://aclanthology.org/W04-1013/"],
         )
 
-    def _compute(self, predictions, references, documents=None, hit_max_new_tokens=None, rouge_tokenizer="auto",
-                 lsum_split="regex", per_example=False):
+    def _compute(
+        self,
+        predictions,
+        references,
+        documents=None,
+        hit_max_new_tokens=None,
+        rouge_tokenizer="auto",
+        lsum_split="regex",
+        per_example=False,
+    ):
         protocol = scoring.protocol_for(references, rouge_tokenizer, lsum_split)
         means, per_rouge = scoring.score_corpus(list(references), list(predictions), protocol)
-        per = diagnostics.corpus(list(predictions), documents, list(references), hit_max_new_tokens,
-                                 protocol.tokenizer)
-        out = {**{k: float(v) for k, v in means.items()}, **diagnostics.means(per),
-               "rouge_tokenizer": protocol.tokenizer, "notes": diagnostics.note_counts(per)}
+        per = diagnostics.corpus(list(predictions), documents, list(references), hit_max_new_tokens, protocol.tokenizer)
+        out = {
+            **{k: float(v) for k, v in means.items()},
+            **diagnostics.means(per),
+            "rouge_tokenizer": protocol.tokenizer,
+            "notes": diagnostics.note_counts(per),
+        }
         if per_example:
             out["per_example"] = [{**r, **d} for r, d in zip(per_rouge, per)]
         return out
