@@ -372,7 +372,8 @@ class EvalSection(_Section):
     rouge_tokenizer: Literal["auto", "default", "unicode", "chars"] = Field(
         "auto",
         description="ROUGE tokens: default = rouge-score's (ASCII only, as published English results), unicode = "
-        "words of any script, chars = one token per CJK/Thai character; auto = default when under 0.5% of the references' letters are "
+        "words of any script, chars = one token per CJK/Thai character; auto = default when under 0.5% of the "
+        "references' letters are "
         "non-ASCII, chars when a third of their letters are CJK/Thai, else unicode",
     )
     rouge_lsum_split: Literal["regex", "punkt", "newline"] = Field(

@@ -1,7 +1,8 @@
 """Push a model directory (adapter or merged weights, with its model card) to the Hugging Face Hub.
 
     HF_TOKEN=hf_... llm-summarizer train --config my.yaml output.push_to_hub=true output.hub_model_id=you/my-summarizer
-    HF_TOKEN=hf_... llm-summarizer export fine_tuned/my-run --format merged-16bit --push-to-hub --hub-model-id you/my-summarizer
+    HF_TOKEN=hf_... llm-summarizer export fine_tuned/my-run --format merged-16bit \
+        --push-to-hub --hub-model-id you/my-summarizer
 
 The token is read from the environment (HF_TOKEN, or HUGGING_FACE_HUB_TOKEN), or from a login done
 earlier with `hf auth login`. It is handed to the hub client only: never logged, never written to any

@@ -24,12 +24,12 @@ GENERATION_KEYS = ("gen_len_mean", "gen_hit_max_frac", "rouge_examples")
 
 
 def plain_name(name: str) -> str:
-    """ "eval_rougeL" -> "rougeL"; a plain name is returned as it is."""
+    """The plain name of a logged one ("eval_rougeL" -> "rougeL"); a plain name is returned as it is."""
     return name.removeprefix(EVAL_PREFIX)
 
 
 def eval_name(name: str) -> str:
-    """ "rougeL" -> "eval_rougeL", the name the trainer logs it under; "eval_rougeL" is returned as it is."""
+    """The name the trainer logs a metric under ("rougeL" -> "eval_rougeL"); "eval_rougeL" is returned as it is."""
     return name if name.startswith(EVAL_PREFIX) else EVAL_PREFIX + name
 
 
@@ -43,7 +43,7 @@ def higher_is_better(name: str) -> bool:
 
 
 def format_rouge(block: Optional[dict]) -> str:
-    """ "rouge1=0.3312 rouge2=0.1101 ..." of a block of scores; "n/a" for none."""
+    """A block of scores on one line ("rouge1=0.3312 rouge2=0.1101 ..."); "n/a" for none."""
     if not block:
         return "n/a"
     return " ".join(f"{k}={block[k]:.4f}" for k in ROUGE_KEYS if k in block)

@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/bench_features.py                      # CPU: every variant, transformers backend
     .venv/bin/python scripts/bench_features.py --backends unsloth,transformers --variants padded,group_by_length
-    .venv/bin/python scripts/bench_features.py --variant batch8:train.per_device_train_batch_size=8,train.gradient_accumulation_steps=1
+    .venv/bin/python scripts/bench_features.py \
+        --variant batch8:train.per_device_train_batch_size=8,train.gradient_accumulation_steps=1
     .venv/bin/python scripts/bench_features.py -- --shape llama-1b --data dialogsum --steps 30   # GPU
 
 Each round runs `python -m llm_summarizer bench --rounds 1` once per variant (the variant's config

@@ -35,8 +35,8 @@ INSTRUCTIONS = {
 ANCHORS = {
     "dialogsum": "BART-large fine-tuned on all 12.5k training dialogues (Chen et al. 2021, DialogSum): ROUGE-1/2/L "
     "47.36 / 21.23 / 44.88, scored against all three test references on the full 500-dialogue test set",
-    "scitldr": "BART and CATTS fine-tuned on SciTLDR-A (Cachola et al. 2020, results table of the paper), scored as the "
-    "maximum over each paper's 2-4 test TLDRs on the full 618-paper test set (not restated here)",
+    "scitldr": "BART and CATTS fine-tuned on SciTLDR-A (Cachola et al. 2020, results table of the paper), scored as "
+    "the maximum over each paper's 2-4 test TLDRs on the full 618-paper test set (not restated here)",
 }
 
 

@@ -7,8 +7,8 @@ the per-type limits of `llm-summarizer export --format gguf` (llm_summarizer/exp
 The export's own check, one type after another on one merge: the adapter summarizes the fixed documents
 greedily and is merged once (float16 for a float32 base, as merged-16bit does); each type is converted by
 llama.cpp (k-quants quantized from f16) and run by llama-cpp-python on the same teacher-forced token ids as
-the merged model in float32; then its greedy summaries are compared with the merged model's (float32 too). Prints one JSON
-line per type, then a Markdown table.
+the merged model in float32; then its greedy summaries are compared with the merged model's (float32 too).
+Prints one JSON line per type, then a Markdown table.
 """
 
 from __future__ import annotations

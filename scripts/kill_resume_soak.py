@@ -3,8 +3,8 @@
     .venv/bin/python scripts/kill_resume_soak.py --kills 30            # the long soak (tens of minutes)
     .venv/bin/python scripts/kill_resume_soak.py --kills 3 --steps 40  # the short version the suite runs
 
-Runs the ready config `tiny` (the 2-layer model; shortened by the flags) once uninterrupted, then again in a separate output
-directory, killing the process with SIGKILL N times: at random moments, and every third kill just as
+Runs the ready config `tiny` (the 2-layer model; shortened by the flags) once uninterrupted, then again in a
+separate output directory, killing the process with SIGKILL N times: at random moments, and every third kill just as
 a checkpoint is being written (when its staging directory appears). After the last kill the run
 resumes and finishes. Whenever the interrupted run reaches its end (also before the last kill, after
 which it starts over), its final adapter must match the uninterrupted one within --tol, and every logged

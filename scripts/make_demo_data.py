@@ -126,7 +126,8 @@ def earnings(r: random.Random) -> tuple[str, str]:
     pct, amount, driver = r.randint(2, 40), r.randint(10, 990), r.choice(DRIVERS)
     verb = "rose" if up else "fell"
     facts = [
-        f"{co}, a {sector} company based in {city}, said on {r.choice(WEEKDAYS)} that its quarterly revenue {verb} {pct} percent to {amount} million dollars.",
+        f"{co}, a {sector} company based in {city}, said on {r.choice(WEEKDAYS)} that its quarterly revenue "
+        f"{verb} {pct} percent to {amount} million dollars.",
         f"Chief executive {ceo} said the result was mainly due to {driver}.",
     ]
     noise = [
@@ -145,7 +146,8 @@ def match(r: random.Random) -> tuple[str, str]:
         goals_b = goals_a - 1
     scorer, minute = r.choice(PEOPLE), r.randint(5, 89)
     facts = [
-        f"{team_a} beat {team_b} {goals_a}-{goals_b} on {r.choice(WEEKDAYS)} in front of {r.randint(5, 60)} thousand fans.",
+        f"{team_a} beat {team_b} {goals_a}-{goals_b} on {r.choice(WEEKDAYS)} "
+        f"in front of {r.randint(5, 60)} thousand fans.",
         f"{scorer} scored the decisive goal in the {minute}th minute.",
     ]
     noise = [

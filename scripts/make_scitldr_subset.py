@@ -1,6 +1,7 @@
 """Write data/scitldr/: the small SciTLDR subset the demo trains on (Apache-2.0, attribution in its README).
 
-    python scripts/make_scitldr_subset.py --source ../shared/data/scitldr      # -> data/scitldr/{train,validation,test}.jsonl
+    python scripts/make_scitldr_subset.py --source ../shared/data/scitldr
+    # -> data/scitldr/{train,validation,test}.jsonl
 
 The source is SciTLDR-A as JSONL with id/document/summary per line (the first reference TLDR); this
 keeps the first --train/--validation/--test rows of each split in source order, verbatim.

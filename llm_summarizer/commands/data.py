@@ -7,7 +7,8 @@
 Sizes per split, rows dropped and documents truncated by reason (with the first row numbers), token
 statistics and a histogram, the token lengths of documents and summaries against the budget (percentiles,
 the rows and tokens each data.truncation policy cuts, the model.max_seq_length that fits 95% of the examples,
-the documents over the generation budget and the windows eval.long_documents=chunk would read), rendered examples with the loss-carrying tokens in [[...]], and what kind of
+the documents over the generation budget and the windows eval.long_documents=chunk would read), rendered
+examples with the loss-carrying tokens in [[...]], and what kind of
 summaries the references are: each against its document (extractive fragment coverage and density, novel
 n-grams, numbers and names not in the document, lead copy; evaluation/diagnostics.py), so you see whether
 the data teaches copying or rewriting. --output writes the processed splits as JSONL with data_stats.json.

@@ -1,7 +1,8 @@
 """Search hyperparameters on ROUGE: llm-summarizer tune --config NAME_OR_FILE --trials N [key=value ...]
 
     llm-summarizer tune --config tiny --trials 8 \
-        'tune.space={train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}, lora.r: {type: categorical, choices: [8, 16, 32]}}'
+        'tune.space={train.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true},
+                    lora.r: {type: categorical, choices: [8, 16, 32]}}'
     llm-summarizer tune --config my.yaml --trials 20          # the space in my.yaml's tune section
     optuna-dashboard sqlite:///outputs/summarizer-tune/study.db  # watch it (pip install optuna-dashboard)
 

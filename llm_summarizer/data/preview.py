@@ -24,7 +24,8 @@ def _histogram(values: list[int], bins: int = 8, width: int = 30) -> list[str]:
     for b in range(0, (hi - lo) // step + 1):
         c = counts.get(b, 0)
         lines.append(
-            f"    {lo + b * step:>6}-{lo + (b + 1) * step - 1:<6} {'#' * max(1 if c else 0, round(c / top * width)):<{width}} {c}"
+            f"    {lo + b * step:>6}-{lo + (b + 1) * step - 1:<6} "
+            f"{'#' * max(1 if c else 0, round(c / top * width)):<{width}} {c}"
         )
     return lines
 
@@ -53,7 +54,8 @@ def preview_text(prepared: PreparedData, tokenizer, n_examples: int = 1) -> str:
         if s["dropped"]:
             for reason, n in s["dropped"].items():
                 lines.append(
-                    f"   dropped {n} row(s): {reason.replace('_', ' ')} (first rows: {s['dropped_first_rows'].get(reason)})"
+                    f"   dropped {n} row(s): {reason.replace('_', ' ')} "
+                    f"(first rows: {s['dropped_first_rows'].get(reason)})"
                 )
         lines.append(
             f"   truncated documents: {s['truncated']} (policy {prepared.formatter.data.truncation}, "

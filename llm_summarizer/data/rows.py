@@ -142,7 +142,8 @@ def load_raw_splits(cfg: Config) -> dict[str, RawSplit]:
         train.rows = [train.rows[i] for i in keep]
         if len(train.rows) == 0:
             raise DataError(
-                "data.train: no rows left after holding out validation/test; lower data.validation_size / data.test_size"
+                "data.train: no rows left after holding out validation/test; "
+                "lower data.validation_size / data.test_size"
             )
     if not splits["train"].rows:
         raise DataError(

@@ -3,8 +3,9 @@
 Hub-style YAML front matter (base_model, library_name, tags, datasets, metrics, model-index with the
 ROUGE scores), then what a reader needs to trust and use the model: ROUGE against the base model, how the
 summaries relate to their documents (copying, numbers and names not in the document, length, endings:
-diagnostics.py) beside the references' own values, the training data, the key hyperparameters, the evaluation protocol, the W&B run link when there is one,
-and how to run it. Nothing secret goes in: the card is built from the config, metrics and run info only.
+diagnostics.py) beside the references' own values, the training data, the key hyperparameters, the evaluation
+protocol, the W&B run link when there is one, and how to run it. Nothing secret goes in: the card is built from
+the config, metrics and run info only.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ DTYPES16 = ("float16", "bfloat16")  # merged-16bit --dtype
 # 8 documents, 185 positions (BENCHMARKS.md, "GGUF export checks"): each limit is about 3x the measured KL and 2.5x
 # the measured share of flipped top tokens, and more bits never get looser limits: q5_k_m (measured 0.072, 84.3%,
 # worse than q4_k_m on this model) keeps q4_k_m's, a 2x margin. q5_1, q5_0, q4_1, q3_k_m and q2_k were not
-# measured: their limits are their neighbours', loosened below. A sound conversion of a larger model rounds less; a broken one (wrong
-# tokenizer, rope, weights) is off by whole nats with most top tokens changed.
+# measured: their limits are their neighbours', loosened below. A sound conversion of a larger model rounds less;
+# a broken one (wrong tokenizer, rope, weights) is off by whole nats with most top tokens changed.
 GGUF_LIMITS = {
     "f32": (0.001, 0.99),
     "f16": (0.001, 0.99),

@@ -432,7 +432,7 @@ def load_for_generation(
 
 
 def _stored_quantization(info: ModelDir) -> Optional[str]:
-    """ "4bit" / "8bit" for a merged directory stored quantized with bitsandbytes (a merged-4bit export)."""
+    """Says "4bit" or "8bit" for a merged directory stored quantized by bitsandbytes (a merged-4bit export)."""
     conf = info.path / "config.json"
     if info.kind != "merged" or not conf.is_file():
         return None

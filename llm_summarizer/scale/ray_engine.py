@@ -7,7 +7,8 @@ converted into the cache, the run lock taken (for all workers; they do not take 
 into output.dir that every worker must find (output.dir must be storage every node sees). Workers report
 our own failures back instead of raising them: a user error (exit 2) or a stopped training (exit 3) on a
 worker goes to a small actor the driver created (FatalBox) and the worker returns, so Ray does not retry a
-run that would fail the same way, and the driver exits with our code and message. A worker that dies (a lost node, SIGKILL, a crash) makes
+run that would fail the same way, and the driver exits with our code and message. A worker that dies (a lost
+node, SIGKILL, a crash) makes
 Ray restart the worker group, up to scale.max_failures times; each restart resumes from the project's
 newest complete checkpoint, like a rerun of the command. Nothing secret goes into Ray's job metadata: no
 runtime_env environment (a local cluster's workers inherit the driver's environment); the resolved config
