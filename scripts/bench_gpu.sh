@@ -27,6 +27,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/gpu_env.sh
 OUT=${OUT:-outputs/bench/gpu}
+WORK=${WORK:-${TMPDIR:-/tmp}/bench_gpu}  # run directories and logs of the stages (not brought back)
 BUDGET=${BUDGET:-560}
 SHAPE=${SHAPE:-llama-1b}
 STEPS=${STEPS:-40}
@@ -42,7 +43,8 @@ read -r -a extra <<< "${EXTRA:-}"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(lora qlora anchor generation)
 mkdir -p "$OUT"
-rm -f /tmp/anchor-*.json /tmp/generation-*.json "$OUT/failed.log"
+mkdir -p "$WORK"
+rm -f "$WORK"/anchor-*.json "$WORK"/generation-*.json "$OUT/failed.log"
 
 gpu_env_install || exit 1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -77,7 +79,7 @@ bench() {  # bench NAME ESTIMATED_SECONDS ARGS...
   fits "$name" "$need" || return
   "$PY" -m llm_summarizer bench --shape "$SHAPE" --data "$DATA" --steps "$STEPS" --warmup-steps "$WARMUP" \
     --rounds "$ROUNDS" --out "$OUT/bench-$SHAPE-$name.json" --markdown "$OUT/rows.md" \
-    --work-dir "/tmp/bench-$name" "$@" "${extra[@]}" || failed "$name" /tmp/bench-"$name"/*.log
+    --work-dir "$WORK/bench-$name" "$@" "${extra[@]}" || failed "$name" "$WORK/bench-$name"/*.log
 }
 
 anchor() {  # the raw loop, one process per backend (Unsloth must not be imported by the transformers one)
@@ -85,11 +87,11 @@ anchor() {  # the raw loop, one process per backend (Unsloth must not be importe
   local b
   for b in unsloth transformers; do
     "$PY" scripts/bench_anchor.py --backend $b --shape "$SHAPE" --data "$DATA" --modes lora,qlora --seq "$ANCHOR_SEQ" \
-      --steps $((WARMUP + 10)) --warmup "$WARMUP" --out "/tmp/anchor-$b.json" > "/tmp/anchor-$b.log" 2>&1 \
-      || failed "anchor $b" "/tmp/anchor-$b.log"
-    grep '^{"anchor"' "/tmp/anchor-$b.log"
+      --steps $((WARMUP + 10)) --warmup "$WARMUP" --out "$WORK/anchor-$b.json" > "$WORK/anchor-$b.log" 2>&1 \
+      || failed "anchor $b" "$WORK/anchor-$b.log"
+    grep '^{"anchor"' "$WORK/anchor-$b.log"
   done
-  merge "$OUT/anchor.json" /tmp/anchor-unsloth.json /tmp/anchor-transformers.json
+  merge "$OUT/anchor.json" "$WORK/anchor-unsloth.json" "$WORK/anchor-transformers.json"
 }
 
 generation() {  # the generation floors of each backend at one eval batch size
@@ -97,12 +99,12 @@ generation() {  # the generation floors of each backend at one eval batch size
   local b
   for b in unsloth transformers; do
     "$PY" -m llm_summarizer bench --floors generation --backends $b --shape "$SHAPE" --data "$DATA" \
-      --gen-rows $((GEN_BATCH * 2)) --out "/tmp/generation-$b.json" --markdown "$OUT/floors.md" \
-      --work-dir "/tmp/bench-generation-$b" "eval.batch_size=$GEN_BATCH" "${extra[@]}" \
-      > "/tmp/generation-$b.log" 2>&1 || failed "generation $b" "/tmp/generation-$b.log"
-    tail -n 12 "/tmp/generation-$b.log"
+      --gen-rows $((GEN_BATCH * 2)) --out "$WORK/generation-$b.json" --markdown "$OUT/floors.md" \
+      --work-dir "$WORK/bench-generation-$b" "eval.batch_size=$GEN_BATCH" "${extra[@]}" \
+      > "$WORK/generation-$b.log" 2>&1 || failed "generation $b" "$WORK/generation-$b.log"
+    tail -n 12 "$WORK/generation-$b.log"
   done
-  merge "$OUT/generation.json" /tmp/generation-unsloth.json /tmp/generation-transformers.json
+  merge "$OUT/generation.json" "$WORK/generation-unsloth.json" "$WORK/generation-transformers.json"
 }
 
 for stage in "${stages[@]}"; do
@@ -114,9 +116,9 @@ for stage in "${stages[@]}"; do
     features)
       fits features 300 || continue
       "$PY" scripts/bench_features.py --backends unsloth,transformers --rounds 1 \
-        --variants padded,group_by_length,padding_free,padding_free+flex --out-dir /tmp/bench-features -- \
+        --variants padded,group_by_length,padding_free,padding_free+flex --out-dir "$WORK/bench-features" -- \
         --shape "$SHAPE" --data "$DATA" --steps 20 --warmup-steps 4 eval.num_samples=8 "${extra[@]}"
-      cp /tmp/bench-features/summary.md "$OUT/features.md" 2>/dev/null
+      cp "$WORK/bench-features/summary.md" "$OUT/features.md" 2>/dev/null
       ;;
     *) echo "unknown stage $stage (lora, qlora, anchor, generation, features)" >&2 ;;
   esac

@@ -1,16 +1,18 @@
 # The GPU machine's Python, shared by scripts/bench_gpu.sh and scripts/gpu_check.sh (sourced, not run).
 #
 #   source scripts/gpu_env.sh
-#   gpu_env_install                  # .whl/*.whl -> /tmp/site once, on PYTHONPATH (no network there)
+#   gpu_env_install                  # .whl/*.whl -> $GPU_SITE once, on PYTHONPATH (no network there)
 #   gpu_env_check MODULE...          # torch + CUDA + these imports, all missing ones named at once; 1 if any
 #
 # The GPU image has torch, transformers, peft, accelerate and triton; what it lacks travels as wheels built by
-# scripts/bench_gpu_prepare.sh (pure Python, or for Python 3.12), installed with --no-deps into /tmp/site so
-# that the image's own packages stay as they are. On a CPU (a dry run) the project's .venv is used instead.
+# scripts/bench_gpu_prepare.sh (pure Python, or for Python 3.12), installed with --no-deps into GPU_SITE (default
+# $TMPDIR/site, else /tmp/site) so that the image's own packages stay as they are. On a CPU (a dry run) the project's
+# .venv is used instead.
 # Sets PY (the interpreter every stage runs) and exports the offline settings.
 
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 REQUIRE_GPU=${REQUIRE_GPU:-1}
+GPU_SITE=${GPU_SITE:-${TMPDIR:-/tmp}/site}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -18,11 +20,11 @@ gpu_env_install() {
   # found, not imported: unsloth_zoo refuses to be imported before unsloth
   if [ -d .whl ] && ! "$PY" -c "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ('unsloth_zoo', 'trl'))))"; then
     local t0=$SECONDS
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      || { echo "gpu_env: installing .whl/ into /tmp/site failed" >&2; return 1; }
-    echo "gpu_env: installed $(ls .whl/*.whl | wc -l) wheels into /tmp/site in $((SECONDS - t0)) s"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$GPU_SITE" .whl/*.whl \
+      || { echo "gpu_env: installing .whl/ into $GPU_SITE failed" >&2; return 1; }
+    echo "gpu_env: installed $(ls .whl/*.whl | wc -l) wheels into $GPU_SITE in $((SECONDS - t0)) s"
   fi
-  [ -d /tmp/site ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  [ -d "$GPU_SITE" ] && export PYTHONPATH="$PYTHONPATH:$GPU_SITE"
   return 0
 }
 
