@@ -6,7 +6,9 @@
   the bottom modules (config, errors, files, ...); a module imports only from its own layer or below;
 - unsloth is imported in one place (models/unsloth_first.py);
 - library modules define their classes at module level (the per-metric early stopping classes are made
-  with type(), for the reason written beside it).
+  with type(), for the reason written beside it);
+- only the command layer prints to standard output; a library module returns what it found (or takes a `say`
+  callable, as the tune driver does) and may write progress to standard error.
 """
 
 import ast
@@ -190,3 +192,26 @@ def test_every_import_inside_a_function_says_why():
                     continue
                 silent.append(f"{p.relative_to(PKG.parent)}:{first}: {lines[first - 1].strip()}")
     assert not silent, "in-function imports without a reason beside them:\n" + "\n".join(silent)
+
+
+# The class API's training entry prints the end-of-run summary, as the original script did: it is a command for
+# the users of that class, in the training package because the class is.
+PRINTS_ALLOWED = {"llm_summarizer.training.api"}
+
+
+def test_only_the_command_layer_prints_to_standard_output():
+    printing = []
+    for n, p in modules().items():
+        if n.startswith("llm_summarizer.commands") or n in PRINTS_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "print"
+                and not any(k.arg == "file" for k in node.keywords)
+            ):
+                printing.append(f"{p.relative_to(PKG.parent)}:{node.lineno}")
+    assert not printing, "library modules printing to standard output (return it, or take a `say`):\n" + "\n".join(
+        printing
+    )

@@ -60,7 +60,7 @@ from ..models.generation import derive_max_new_tokens, generate, inference_mode
 from ..models.loading import load_for_training
 from ..training.rouge import RougeEvaluator
 from ..training.run import build_session
-from .harness import bench_config, child_env, prepare_run
+from .harness import Written, bench_config, child_env, prepare_run
 from .measure import StepClock, device_name
 
 # ---------------------------------------------------------------------------------------------------------
@@ -415,7 +415,7 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_floors(args) -> dict:
+def run_floors(args) -> Written:
     parts = args.floors_parts
     data, out, work, model_dir, shape = prepare_run(args, "floors-")
     cfg = bench_config(args, data, model_dir, work / "child")
@@ -476,9 +476,7 @@ def run_floors(args) -> dict:
     lines = floors_rows(result)
     if args.markdown:
         append_floor_rows(Path(args.markdown), lines)
-    print("\n".join(lines))
-    print(f"\nfull result: {out}")
-    return result
+    return Written(result, out, work)
 
 
 FLOORS_MARKER = "<!-- floors rows: llm-summarizer bench --floors appends below -->"

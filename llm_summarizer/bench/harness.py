@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..config import Config, config_to_dict, load_config
 from ..data.rows import load_raw_splits
@@ -21,10 +21,18 @@ from ..errors import UserError
 from ..files import write_json
 from ..models.loading import resolve_model_path
 from ..paths import Place, check_places, claim
-from .results import append_row, render_summary
+from .results import append_row
 
 BACKENDS = ("unsloth", "transformers")
 DATA_PATH_VAR = "LLM_SUMMARIZER_DATA_PATH"  # directories holding named datasets (<name>/train.jsonl), ':'-separated
+
+
+class Written(NamedTuple):
+    """What a bench run wrote: its result, the JSON file it is in, and the folder of its runs' logs."""
+
+    result: dict
+    out: Path
+    work: Path
 
 
 def resolve_data(spec: str) -> tuple[Path, Optional[Path], str]:
@@ -184,7 +192,8 @@ def child_env(threads: Optional[int]) -> dict:
     return env
 
 
-def bench(args) -> dict:
+def bench(args) -> Written:
+    """The rounds of runs, their aggregate written to the result file (and the Markdown row); the command prints it."""
     data, out, work, model_dir, shape = prepare_run(args)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     runs, configs, failures = [], {}, []
@@ -243,10 +252,4 @@ def bench(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     if args.markdown:
         append_row(Path(args.markdown), result)
-    print(render_summary(result, out))
-    if failures:
-        raise RuntimeError(
-            f"{len(failures)} run(s) failed ({', '.join(f['failed'] for f in failures)}); "
-            f"the others are in {out}; logs in {work}"
-        )
-    return result
+    return Written(result, out, work)

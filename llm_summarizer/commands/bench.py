@@ -130,13 +130,24 @@ def run(args) -> int:
         if args.data_rows < 1 or args.gen_rows < 1:
             raise UserError("--data-rows and --gen-rows must be at least 1")
         # after the arguments are checked: the bench loads the ML stack
-        from ..bench.floors import run_floors
+        from ..bench.floors import floors_rows, run_floors
 
-        run_floors(args)
+        done = run_floors(args)
+        print("\n".join(floors_rows(done.result)))
+        print(f"\nfull result: {done.out}")
         return 0
-    from ..bench.harness import bench  # the parent only builds the model; each run is a child process
+    # after the arguments are checked, as above; the parent only builds the model, each run is a child process
+    from ..bench.harness import bench
+    from ..bench.results import render_summary
 
-    bench(args)
+    done = bench(args)
+    print(render_summary(done.result, done.out))
+    failures = done.result["failures"]
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} run(s) failed ({', '.join(f['failed'] for f in failures)}); "
+            f"the others are in {done.out}; logs in {done.work}"
+        )
     return 0
 
 

@@ -51,7 +51,7 @@ def run(args, cfg) -> int:
             raise
         raise UserError("tune needs Optuna: pip install 'llm_summarizer[tune]' (or pip install optuna)") from None
     trial_overrides = [o for o in args.overrides if not o.startswith("tune.")]
-    summary = run_study(cfg, args.config, trial_overrides, args.trials)
+    summary = run_study(cfg, args.config, trial_overrides, args.trials, say=lambda line: print(line, flush=True))
     print("\n".join(summary_lines(summary, list(cfg.tune.space))))
     return 0
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import optuna
 
@@ -172,7 +172,15 @@ def finished(study: optuna.Study) -> list:
     ]
 
 
-def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_trials: int) -> dict:
+def _quiet(line: str) -> None:
+    pass
+
+
+def run_study(
+    cfg: Config, config_arg: Optional[str], overrides: list[str], n_trials: int, say: Callable[[str], None] = _quiet
+) -> dict:
+    """Runs the study to n_trials finished trials and returns its summary; `say` gets one line per trial event
+    (started, its value, pruned, failed, retried): the tune command prints them."""
     folder = tune_dir(cfg)
     check_places([Place("tune.dir", folder, "tune")], run_sources(cfg))
     check_space(cfg, config_arg, overrides)
@@ -224,7 +232,7 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
                 }
             )
             shown = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
-            print(f"[tune] trial {trial.number} ({len(finished(study)) + 1}/{n_trials}): {shown}", flush=True)
+            say(f"[tune] trial {trial.number} ({len(finished(study)) + 1}/{n_trials}): {shown}")
             t0 = time.time()
             rc = run_trial(cmd, env, run_dir / "train.log")
             seconds = round(time.time() - t0, 1)
@@ -235,14 +243,14 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
                 pruned = (m.tune or {}).get("pruned_at_step")
                 if pruned is not None:
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    print(f"[tune] trial {trial.number}: pruned at step {pruned} ({seconds:.0f} s)", flush=True)
+                    say(f"[tune] trial {trial.number}: pruned at step {pruned} ({seconds:.0f} s)")
                 elif value is None:
                     trial.set_user_attr("final", True)
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    print(f"[tune] trial {trial.number}: no {metric} in its metrics.json (eval.rouge off?)", flush=True)
+                    say(f"[tune] trial {trial.number}: no {metric} in its metrics.json (eval.rouge off?)")
                 else:
                     study.tell(trial, float(value))
-                    print(f"[tune] trial {trial.number}: {metric}={value:.4f} ({seconds:.0f} s)", flush=True)
+                    say(f"[tune] trial {trial.number}: {metric}={value:.4f} ({seconds:.0f} s)")
                 continue
             tail = _log_tail(run_dir / "train.log")
             if rc == EXIT_USER_ERROR:
@@ -255,16 +263,13 @@ def run_study(cfg: Config, config_arg: Optional[str], overrides: list[str], n_tr
             if rc == EXIT_TRAINING_STOPPED or retries >= cfg.tune.max_retries:
                 trial.set_user_attr("final", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                print(f"[tune] trial {trial.number}: failed (exit code {rc}): {tail}; the study goes on", flush=True)
+                say(f"[tune] trial {trial.number}: failed (exit code {rc}): {tail}; the study goes on")
                 continue
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(
                 params, user_attrs={"run_dir": str(run_dir), "retries": retries + 1, "retry_of": trial.number}
             )
-            print(
-                f"[tune] trial {trial.number}: its process ended with exit code {rc}; retrying from its checkpoints",
-                flush=True,
-            )
+            say(f"[tune] trial {trial.number}: its process ended with exit code {rc}; retrying from its checkpoints")
         return write_summary(study, cfg, folder, metric, config_arg, overrides)
 
 

@@ -78,6 +78,12 @@ def test_three_trials_values_are_their_runs_rouge(study):
     assert any(t["eval_rougeL"] > 0.05 for t in summary["trials"] if t["state"] == "complete")  # trials learned
     with open(folder / "trials.csv", newline="") as f:
         assert [row["trial"] for row in csv.DictReader(f)] == ["0", "1", "2"]
+    for t in summary["trials"]:  # the command says as it goes which trial started and how it ended
+        assert f"[tune] trial {t['trial']} (" in r.stdout
+        assert (
+            f"[tune] trial {t['trial']}: " + ("pruned at step" if t["state"] == "pruned" else "eval_rougeL=")
+            in r.stdout
+        )
 
 
 def test_the_best_trial_config_loads_and_the_summary_names_how_to_evaluate_it(study):
