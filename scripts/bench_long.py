@@ -138,32 +138,13 @@ def quality(loaded_for, meetings: list[dict], samples: int, seed: int) -> dict:
 
 # -- batching: continuous vs sorted static vs plain generate ---------------------------------------------------
 def plain_generate(loaded, docs: list[str], max_new: int, bs: int) -> list[str]:
-    """The floor: model.generate over left-padded batches in the given order, greedy, the same stop tokens."""
-    from llm_summarizer.models.generation import inference_mode
+    """The floor: model.generate over left-padded batches in the given order, greedy, the same stop tokens (the
+    bench's floor, llm_summarizer.bench.floors.plain_generate)."""
+    from llm_summarizer.bench.floors import plain_generate as floor  # the ML stack, once the arguments are read
 
-    tok, fmt, stop = loaded.tokenizer, loaded.formatter, list(loaded.formatter.stop_ids)
-    device = next(loaded.model.parameters()).device
-    texts = []
-    with inference_mode(loaded.model, tok, loaded.backend):
-        for i in range(0, len(docs), bs):
-            ids = [fmt.generation_prompt(d, max_new)[0] for d in docs[i : i + bs]]
-            batch = {k: v.to(device) for k, v in tok.pad({"input_ids": ids}, return_tensors="pt", padding=True).items()}
-            gen = loaded.model.generate(
-                **batch,
-                max_new_tokens=max_new,
-                do_sample=False,
-                num_beams=1,
-                eos_token_id=stop,
-                pad_token_id=tok.pad_token_id,
-                use_cache=True,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-            for toks in gen[:, batch["input_ids"].shape[1] :].tolist():
-                n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
-                texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
-    return texts
+    fmt = loaded.formatter
+    prompts = [fmt.generation_prompt(d, max_new)[0] for d in docs]
+    return floor(loaded.model, loaded.tokenizer, prompts, max_new, list(fmt.stop_ids), loaded.backend, bs)[0]
 
 
 def three_ways(loaded, docs: list[str], max_new: int) -> dict:

@@ -180,6 +180,37 @@ def data_floor(cfg, tok, train_split, n_rows: int) -> dict:
     }
 
 
+def plain_generate(
+    model, tok, prompts: list[list[int]], max_new: int, stop: list[int], backend: str, bs: int
+) -> tuple[list[str], int, int]:
+    """The floor our generation figures are ratios of: model.generate over left-padded batches of `prompts` (token
+    ids) in the given order, greedy, our stop tokens. Returns the texts, the new tokens and the pad tokens."""
+    texts, new_tokens, padded = [], 0, 0
+    device = next(model.parameters()).device
+    with inference_mode(model, tok, backend):
+        for i in range(0, len(prompts), bs):
+            batch = tok.pad({"input_ids": prompts[i : i + bs]}, return_tensors="pt", padding=True)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            gen = model.generate(
+                **batch,
+                max_new_tokens=max_new,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop,
+                pad_token_id=tok.pad_token_id,
+                use_cache=True,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+            padded += int((batch["attention_mask"] == 0).sum())
+            for toks in gen[:, batch["input_ids"].shape[1] :].tolist():
+                n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
+                new_tokens += n
+                texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
+    return texts, new_tokens, padded
+
+
 def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
     split = raw.get("validation") or raw["train"]
     rows = split.rows[:n_rows]
@@ -190,32 +221,10 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
     prompts = [fmt.generation_prompt(d, max_new)[0] for d in documents]
     bs, stop = ev.batch_size, list(fmt.stop_ids)
     backend = cfg.model.backend
-    device = next(model.parameters()).device
 
     def plain() -> tuple[float, list[str], int, int]:
-        texts, new_tokens, padded = [], 0, 0
         t0 = time.perf_counter()
-        with inference_mode(model, tok, backend):
-            for i in range(0, len(prompts), bs):
-                batch = tok.pad({"input_ids": prompts[i : i + bs]}, return_tensors="pt", padding=True)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                gen = model.generate(
-                    **batch,
-                    max_new_tokens=max_new,
-                    do_sample=False,
-                    num_beams=1,
-                    eos_token_id=stop,
-                    pad_token_id=tok.pad_token_id,
-                    use_cache=True,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
-                padded += int((batch["attention_mask"] == 0).sum())
-                for toks in gen[:, batch["input_ids"].shape[1] :].tolist():
-                    n = next((k for k, t in enumerate(toks) if t in stop), len(toks))
-                    new_tokens += n
-                    texts.append(tok.decode(toks[:n], skip_special_tokens=True).strip())
+        texts, new_tokens, padded = plain_generate(model, tok, prompts, max_new, stop, backend, bs)
         return time.perf_counter() - t0, texts, new_tokens, padded
 
     def ours(sort: bool) -> tuple[float, list[str], int]:

@@ -44,31 +44,16 @@ def length_report(formatter, rows: list[dict], max_new_tokens: Optional[int] = N
         len(formatter._with_one_eos(c))
         for c in formatter._enc_many([formatter._summary_text(r["summary"]) for r in rows])
     ]
-    template = formatter.template_tokens
     rooms = [formatter.doc_budget(c) for c in comp]
     over = [(d, room) for d, room in zip(doc_tokens, rooms) if room >= 1 and d > room]
     no_room = sum(1 for room in rooms if room < 1)
     lost = sum(d - room for d, room in over)
     n = len(rows)
-    out = {
-        "rows": n,
-        "max_seq_length": formatter.max_seq_length,
-        "prompt_tokens": template,
-        "document_tokens": _spread(doc_tokens),
-        "summary_tokens": _spread(comp),
-        "over_budget": {
-            "rows": len(over),
-            "share": round(len(over) / n, 4) if n else 0.0,
-            "tokens_lost": lost,
-            "share_of_their_tokens": round(lost / sum(d for d, _ in over), 4) if over else 0.0,
-        },
-        "summary_too_long": no_room,
-        "policies": {
-            "head": f"keeps the first tokens of {len(over)} document(s); {lost} tokens cut",
-            "head_tail": f"keeps both ends of {len(over)} document(s); {lost} tokens cut from the middle",
-            "drop": f"drops {len(over)} row(s) ({100 * len(over) / n if n else 0:.1f}%)",
-        },
-        "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95),
+    out = _budget_report(formatter, n, doc_tokens, comp, len(over), lost, sum(d for d, _ in over), no_room)
+    out["policies"] = {
+        "head": f"keeps the first tokens of {len(over)} document(s); {lost} tokens cut",
+        "head_tail": f"keeps both ends of {len(over)} document(s); {lost} tokens cut from the middle",
+        "drop": f"drops {len(over)} row(s) ({100 * len(over) / n if n else 0:.1f}%)",
     }
     if no_room:
         out["policies"]["drop"] += f"; all policies drop {no_room} row(s) whose summary alone does not fit"
@@ -109,6 +94,17 @@ def prepared_report(formatter, dataset, stats) -> dict:
     lost = sum(doc_tokens[i] - rooms[i] for i in cut)
     n = len(status) + sum(stats.dropped.get(k, 0) for k in ("document_too_long", "summary_too_long"))
     over = len(cut) + stats.dropped.get("document_too_long", 0)
+    too_long = stats.dropped.get("summary_too_long", 0)
+    return _budget_report(formatter, n, doc_tokens, comp, over, lost, sum(doc_tokens[i] for i in cut), too_long)
+
+
+def _budget_report(
+    formatter, n: int, doc_tokens: list[int], comp: list[int], over: int, lost: int, their_tokens: int, too_long: int
+) -> dict:
+    """The part both reports share: `n` rows, the measured documents' and completions' token lengths, `over` rows
+    over the budget losing `lost` of their `their_tokens` document tokens, `too_long` summaries that alone do not
+    fit."""
+    template = formatter.template_tokens
     return {
         "rows": n,
         "max_seq_length": formatter.max_seq_length,
@@ -119,9 +115,9 @@ def prepared_report(formatter, dataset, stats) -> dict:
             "rows": over,
             "share": round(over / n, 4) if n else 0.0,
             "tokens_lost": lost,
-            "share_of_their_tokens": round(lost / sum(doc_tokens[i] for i in cut), 4) if cut else 0.0,
+            "share_of_their_tokens": round(lost / their_tokens, 4) if their_tokens else 0.0,
         },
-        "summary_too_long": stats.dropped.get("summary_too_long", 0),
+        "summary_too_long": too_long,
         "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95),
     }
 
