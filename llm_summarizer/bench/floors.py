@@ -482,9 +482,8 @@ def run_floors(args) -> Written:
     write_json(out, result)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    lines = floors_rows(result)
     if args.markdown:
-        append_floor_rows(Path(args.markdown), lines)
+        append_floor_rows(Path(args.markdown), floors_rows(result))
     return Written(result, out, work)
 
 

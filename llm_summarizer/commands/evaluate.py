@@ -140,11 +140,13 @@ def to_training_run(model_dir: Path, res) -> None:
     """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
     metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
     p = model_dir / METRICS_FILE
+    training = RunMetrics.read(p) if p.is_file() else RunMetrics()
+    tracking = training.tracking or {}
+    if not any(isinstance(run, dict) and run.get("run_id") for run in tracking.values()):
+        return
     # the tracking layer imports transformers: only after the evaluation, when the model names a run
     from ..tracking.trackers import TRACKERS, evaluation_logger
 
-    training = RunMetrics.read(p) if p.is_file() else RunMetrics()
-    tracking = training.tracking or {}
     for name in TRACKERS:
         if not (tracking.get(name) or {}).get("run_id"):
             continue

@@ -37,8 +37,11 @@ def worker(config: dict) -> None:
         boot.ml_stack(cfg.model.backend)  # Unsloth before transformers, in this worker process too
         # in the worker process, after Unsloth is imported first
         from ..training.run import run
+        from ..training.trial import TrialReporter
 
-        run(cfg, take_lock=False)
+        # a tune trial on Ray: the driver's environment reaches the workers, so each reports (rank 0 talks to the
+        # study) and is pruned as a local trial is
+        run(cfg, take_lock=False, reporter=TrialReporter.from_env())
     except UserError as e:
         code, message = EXIT_USER_ERROR, str(e)
     except TrainingStopped as e:

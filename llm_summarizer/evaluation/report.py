@@ -71,7 +71,7 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     """Loss (train, validation) and validation ROUGE against the training step."""
     plt = _pyplot()
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
-    evals = [h for h in log_history if "eval_loss" in h or "eval_rougeL" in h]
+    evals = [h for h in log_history if "eval_loss" in h or eval_name("rougeL") in h]
     if plt is None or not (train or evals):
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -83,7 +83,7 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     ax1.set(title="Loss (summary tokens)", xlabel="training step", ylabel="cross-entropy")
     below = dict(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3)
     ax1.legend(**below)
-    steps = [h["step"] for h in evals if "eval_rougeL" in h]
+    steps = [h["step"] for h in evals if eval_name("rougeL") in h]
     for k in ROUGE_CURVES:
         ys = [100 * h[eval_name(k)] for h in evals if eval_name(k) in h]
         xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)

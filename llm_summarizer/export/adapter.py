@@ -7,8 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..layout import CONFIG_FILE
-from ..models.directory import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TOKENIZER_FILES
+from ..layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, TOKENIZER_FILES
 from .job import Job
 from .verify import check_text, compare, run_worker
 

@@ -21,7 +21,7 @@ from ..environment import package_versions
 from ..errors import UserError
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, scratch_beside, write_json
-from ..layout import CONFIG_FILE, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
+from ..layout import CONFIG_FILE, EXPORT_INFO, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
 from ..models.generation import default_max_new_tokens, inference_mode, summarize_texts
 from ..models.loading import load_for_generation, model_config, saved_model
 from ..paths import Place, check_places
@@ -187,7 +187,7 @@ def export_model(
         FORMATS[fmt].write(job, write_metadata)
         meta["verification"] = job.check
         meta["seconds"] = round(time.time() - t0, 1)
-        write_json(tmp / "export_info.json", meta)
+        write_json(tmp / EXPORT_INFO, meta)
         _write_card(tmp, loaded, FORMATS[fmt].card, meta)
     log.info("exported %s -> %s (%s); %s", info.path, target, fmt, job.check["summary"])
     # 6. The hub, when asked: the export is complete locally whatever happens there.

@@ -31,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from safetensors.torch import load_file
+
 from ..config import ModelSection
 from ..errors import ExportFailed, UserError
 from ..files import atomic_directory
@@ -220,9 +222,6 @@ def teacher_forced(job: Job) -> tuple[list[list[int]], list[int]]:
 def reference_distributions(job: Job, merged: Path, seqs: list, starts: list) -> list:
     """The merged model's next-token log-probabilities at every summary position, from plain transformers in
     float32 in a separate process."""
-    # safetensors' torch half only in the GGUF check's worker process
-    from safetensors.torch import load_file
-
     dest = job.scratch / "next-token-reference.safetensors"
     run_worker(
         {"action": "next-token", "model_dir": str(merged), "sequences": seqs, "starts": starts, "dest": str(dest)},

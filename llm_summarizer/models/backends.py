@@ -89,7 +89,7 @@ def plain_cpu_4bit(model) -> int:
     kernel), the layer computes in bfloat16 (results then depend on the CPU), and the repacking fails on layers
     whose sizes are not multiples of its blocks (out_features of 32, in_features of 64: the tiny model's
     intermediate size of 344 is neither). The plain path dequantizes and computes in the compute dtype."""
-    # bitsandbytes is optional (8-bit optimizers only): probed, not required
+    # bitsandbytes is optional (4-bit models only): called only where a 4-bit model was loaded with it
     import bitsandbytes as bnb
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

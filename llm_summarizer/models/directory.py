@@ -25,7 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from ..config import is_local_path
 from ..contracts import RunMetrics
 from ..errors import UserError
-from ..layout import (  # noqa: F401
+from ..layout import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     CONFIG_FILE,
@@ -33,7 +33,6 @@ from ..layout import (  # noqa: F401
     FULL_WEIGHTS,
     METRICS_FILE,
     SHARD_PATTERNS,
-    TOKENIZER_FILES,
 )
 from .backends import cpu_4bit_ready
 

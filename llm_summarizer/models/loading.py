@@ -27,12 +27,12 @@ from transformers import AutoTokenizer
 from ..config import Config, ModelSection, is_local_path, load_config
 from ..data.prompt import Formatter
 from ..errors import UserError
-from ..layout import GGUF_CONVERSION_FILE
+from ..layout import ADAPTER_CONFIG, GGUF_CONVERSION_FILE
 from ..redaction import env_secrets, redact
 from . import gguf, random_init, registry
 from .backends import LoadSpec, cpu_4bit_ready, load_adapter
 from .backends import backend as get_backend
-from .directory import ADAPTER_CONFIG, ModelDir, check_architecture, describe_model_dir
+from .directory import ModelDir, check_architecture, describe_model_dir
 from .tokenizer import finish_tokenizer, load_saved_tokenizer
 
 log = logging.getLogger("llm_summarizer.models")

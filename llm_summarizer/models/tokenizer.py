@@ -10,8 +10,9 @@ from transformers import AutoTokenizer
 
 from ..config import Config
 from ..errors import UserError
+from ..layout import TOKENIZER_FILES
 from .backends import apply_named_template
-from .directory import TOKENIZER_FILES, ModelDir
+from .directory import ModelDir
 
 log = logging.getLogger("llm_summarizer.models")
 

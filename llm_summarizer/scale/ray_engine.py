@@ -87,7 +87,7 @@ def check_reachable(address) -> None:
         ) from None
 
 
-def run_on_ray(cfg: Config, worker) -> dict:
+def run_on_ray(cfg: Config, worker) -> RunMetrics:
     """Train on Ray; the final model's metrics.json. Our failures come back as UserError / TrainingStopped.
     `worker(config)` is each worker's function (commands/ray_worker.py: it imports the ML stack in the worker,
     Unsloth first, which a module of this layer may not do at its top)."""

@@ -29,9 +29,8 @@ from transformers import set_seed
 
 from ..config import Config, load_config
 from ..data.rows import load_raw_splits, raw_from_rows
-from ..models.loading import load_for_training
 from ..models.tokenizer import finish_tokenizer
-from .run import build_session, opened_run, publish, train_and_save
+from .run import build_session, load_model, opened_run, publish, train_and_save
 from .summary import summary_lines
 
 
@@ -91,7 +90,7 @@ class TrainerClass:
         set_seed(self.cfg.train.seed)
         raw = self._raw()
         if self.model is None:
-            self.model, self.tokenizer, info = load_for_training(self.cfg, raw)
+            self.model, self.tokenizer, info = load_model(self.cfg, raw)  # rank 0 first, as run() loads it
         else:
             if self.tokenizer is None:
                 raise ValueError("TrainerClass: pass the tokenizer together with the model")
@@ -108,9 +107,11 @@ class TrainerClass:
             self.trainer()
         if trainer is not None and trainer is not self.session.trainer:
             self.session.trainer = trainer
-        with self._run:  # the lock released and the errors mapped however training ends
-            self.result = train_and_save(self.session)
-        self._run = None
+        try:
+            with self._run:  # the lock released and the errors mapped however training ends
+                self.result = train_and_save(self.session)
+        finally:
+            self._run = None  # closed either way: a retry after a failure opens the run again
         publish(self.cfg, self.result)
         print("\n".join(summary_lines(self.result)))
         return self.result

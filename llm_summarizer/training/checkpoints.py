@@ -26,8 +26,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .. import __version__
 from ..errors import UserError
 from ..files import replace_directory, sha256_file, write_json
-from ..layout import ADAPTER_CONFIG, CHECKPOINT_MANIFEST, STAGING_DIR
-from ..models.directory import ADAPTER_WEIGHTS, FULL_WEIGHTS
+from ..layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINT_MANIFEST, FULL_WEIGHTS, STAGING_DIR
 from ..rundir import list_checkpoints
 
 log = logging.getLogger("llm_summarizer.checkpoints")

@@ -10,12 +10,6 @@ from typing import Optional
 from ..contracts import RunMetrics
 from ..evaluation import diagnostics as D
 from ..evaluation.report import (
-    COVERAGE_PNG,
-    CURVES_PNG,
-    LENGTHS_PNG,
-    PLOTS_DIR,
-    REPORT,
-    ROUGE_PNG,
     _examples,
     _plots_md,
     _protocol_lines,
@@ -28,7 +22,16 @@ from ..evaluation.report import (
     plot_training_curves,
 )
 from ..files import write_text
-from ..layout import PREDICTIONS_DIR, REFERENCES_FILE
+from ..layout import (
+    COVERAGE_PNG,
+    CURVES_PNG,
+    LENGTHS_PNG,
+    PLOTS_DIR,
+    PREDICTIONS_DIR,
+    REFERENCES_FILE,
+    REPORT,
+    ROUGE_PNG,
+)
 
 log = logging.getLogger("llm_summarizer.report")
 

@@ -75,6 +75,7 @@ class Session:
     trackers: Optional[Trackers] = None  # W&B / TensorBoard / MLflow runs
     resume_from: Optional[Path] = None
     startup: Optional["Startup"] = None
+    reporter: Optional[TrialReporter] = None  # this run is a tune trial
 
 
 COMMAND_START_ENV = "LLM_SUMMARIZER_COMMAND_START"  # time.time() just before a script exec'd the command
@@ -264,7 +265,17 @@ def build_session(
     )
     trackers = attach_trackers(cfg, trainer, evaluator, resume_from)
     return Session(
-        cfg, model, tokenizer, model_info, prepared, evaluator, trainer, t_start or time.time(), trackers, resume_from
+        cfg,
+        model,
+        tokenizer,
+        model_info,
+        prepared,
+        evaluator,
+        trainer,
+        t_start or time.time(),
+        trackers,
+        resume_from,
+        reporter=reporter,
     )
 
 
@@ -403,7 +414,7 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
         startup=s.startup.report() if s.startup is not None else None,
         **speed_and_memory(trainer, train_out),
     )
-    reporter = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TrialReporter)), None)
+    reporter = s.reporter
     return RunMetrics(
         base=base,
         final=final,

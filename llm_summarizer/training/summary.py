@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..contracts import RunMetrics
 from ..evaluation import diagnostics
+from ..layout import PLOTS_DIR
 from ..metric_names import format_rouge
 from .run import RunResult
 
@@ -22,7 +23,7 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
         f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)",
     ]
     if result.report is not None:
-        lines.append(f"   report:          {result.report}  (plots in {result.report.parent / 'plots'}/)")
+        lines.append(f"   report:          {result.report}  (plots in {result.report.parent / PLOTS_DIR}/)")
     if result.wall_s is not None:
         train_s = m.train.train_runtime_s
         lines.append(

@@ -35,7 +35,7 @@ from ..config import Config, load_config
 from ..contracts import RunMetrics
 from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
-from ..layout import BEST_CONFIG, CONFIG_FILE, METRICS_FILE, SUMMARY_JSON, TRIALS_CSV
+from ..layout import BEST_CONFIG, CONFIG_FILE, METRICS_FILE, STUDY_DB, SUMMARY_JSON, TRIALS_CSV
 from ..paths import Place, check_places, claim
 from ..training.guards import RunLock
 from ..training.run import run_sources
@@ -49,7 +49,7 @@ def tune_dir(cfg: Config) -> Path:
 
 
 def storage_url(cfg: Config, folder: Path) -> str:
-    return cfg.tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    return cfg.tune.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
 
 
 def format_value(v) -> str:
