@@ -270,6 +270,37 @@ def test_trainer_class_api(tmp_path, models_dir):
     assert final_file_set(tc.fine_tuned_model_dir) == FINAL_FILES
 
 
+def test_trainer_class_started_again_after_a_failure_resumes_from_its_checkpoint(tmp_path, models_dir):
+    """A Start_Training that fails (here: at step 4, after checkpoint-3) leaves the run closed; calling it again
+    opens the run afresh (lock, resume point) and continues from the checkpoint instead of the failed trainer."""
+    from transformers import TrainerCallback
+
+    from llm_summarizer.trainer_class import TrainerClass
+
+    class FailAtStep4(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise RuntimeError("planted failure at step 4")
+
+    tc = TrainerClass.from_config(
+        "tiny",
+        tiny_overrides(
+            tmp_path,
+            models_dir,
+            **{"train.max_steps": 6, "train.save_steps": 3, "train.eval_steps": 3, "eval.rouge": "false"},
+        ),
+    )
+    trainer = tc.trainer()
+    trainer.add_callback(FailAtStep4())
+    with pytest.raises(RuntimeError, match="planted failure"):
+        tc.Start_Training(trainer)
+    assert (tmp_path / "outputs" / "checkpoint-3").is_dir()
+    result = tc.Start_Training()
+    assert result.resumed_from is not None and result.resumed_from.name == "checkpoint-3"
+    assert result.metrics.train.global_step == 6
+    assert final_file_set(tc.fine_tuned_model_dir) == FINAL_FILES
+
+
 def test_trainer_class_with_model_and_datasets(tmp_path, models_dir):
     """The original script's call shape: model, tokenizer and datasets passed in directly."""
     from llm_summarizer.data import rows as R
