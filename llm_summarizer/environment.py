@@ -90,6 +90,5 @@ def device_facts() -> dict:
             gpu_memory_gib=round(p.total_memory / 1024**3, 1),
             gpu_capability=".".join(map(str, torch.cuda.get_device_capability(0))),
             gpu_count=torch.cuda.device_count(),
-            gpu_bf16=torch.cuda.is_bf16_supported(),
         )
     return facts

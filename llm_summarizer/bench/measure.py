@@ -22,7 +22,8 @@ from ..config import Config
 from ..data.rows import load_raw_splits
 from ..environment import cpu_name, package_versions
 from ..files import write_json
-from ..models.loading import load_for_training, pick_precision
+from ..models.device import PRECISION_DTYPE, training_plan
+from ..models.loading import load_for_training
 from ..training.run import build_session
 
 GIB = 1024**3
@@ -223,10 +224,8 @@ def child(spec_path: str) -> int:
         check = loss_check(trainer, tok)
     except Exception as e:  # keep the speed numbers of a run whose check could not run; say why
         check = {"error": f"{type(e).__name__}: {e}"[:500], "rel_diff": None}
-    prec = pick_precision(cfg)
-    ceiling = matmul_ceiling(
-        torch.bfloat16 if cuda and prec.name != "fp16" else (torch.float16 if cuda else torch.float32), cuda
-    )
+    plan = training_plan(cfg, probe_optim=False)
+    ceiling = matmul_ceiling(PRECISION_DTYPE["bf16" if plan.precision == "fp32" and cuda else plan.precision], cuda)
     stats = model_stats(trainer.model)
     write_json(
         Path(spec["result"]),
@@ -242,7 +241,7 @@ def child(spec_path: str) -> int:
             check,
             ceiling,
             stats,
-            prec.name,
+            plan.precision,
             cuda,
             device_name(),
             package_versions(),

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ExportFailed, UserError
 from ..layout import CONFIG_FILE
-from ..models.backends import cpu_4bit_ready
+from ..models.device import cpu_4bit_ready
 from .job import Job
 from .merged import merged_source, stored_dtype
 from .verify import agreement, logprob_gaps, run_worker

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Callable, Optional
 
 import torch
@@ -24,60 +23,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from ..config import Config
 from ..errors import UserError
+from .device import Device, compute_dtype_4bit, current
 from .unsloth_first import import_unsloth
 
 
-def nf4_config(dtype) -> BitsAndBytesConfig:
-    """The one 4-bit (QLoRA) setting: NF4 with double quantization, computing in the load dtype. On a GPU a
-    float32 load computes in bfloat16 where the GPU has it, else float16; on a CPU in float32, like every
-    CPU path here (exact, and the same on every CPU)."""
-    compute = dtype
-    if compute == torch.float32 and torch.cuda.is_available():
-        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def nf4_config(dtype, device: Optional[Device] = None) -> BitsAndBytesConfig:
+    """The one 4-bit (QLoRA) setting: NF4 with double quantization, computing in the load dtype, as the device
+    decides (models/device.py compute_dtype_4bit: a float32 load computes in the GPU's 16-bit type, never
+    bfloat16 on a GPU without it, float32 on a CPU)."""
+    compute = compute_dtype_4bit(dtype, device or current())
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )
-
-
-def cpu_4bit_ready() -> Optional[str]:
-    """None when bitsandbytes quantizes to NF4 on this CPU (0.50 does; older releases have no CPU kernels),
-    else why not, from a quantization of one small block tried here."""
-    try:
-        # bitsandbytes is optional (4-bit only): probed, not required
-        import bitsandbytes.functional as bnbf
-
-        packed, state = bnbf.quantize_4bit(torch.ones(64, 2), blocksize=64, quant_type="nf4")
-        back = bnbf.dequantize_4bit(packed, state, quant_type="nf4")
-        if not torch.allclose(back, torch.ones(64, 2)):
-            return "its CPU NF4 round trip does not give the weights back"
-    except Exception as e:  # an old bitsandbytes without CPU kernels fails in many ways; all mean the same here
-        try:
-            version = metadata.version("bitsandbytes")
-        except metadata.PackageNotFoundError:
-            return "bitsandbytes is not installed"
-        return (
-            f"bitsandbytes {version} cannot quantize to NF4 on the CPU ({type(e).__name__}: "
-            f"{(str(e).strip().splitlines() or [''])[0][:200]}); bitsandbytes 0.50 can"
-        )
-    return None
-
-
-def cpu_8bit_optim_ready() -> Optional[str]:
-    """None when bitsandbytes' 8-bit optimizers step on this CPU (0.50's do), else why not, from one step of
-    AdamW8bit on one small parameter tried here."""
-    try:
-        # bitsandbytes is optional (8-bit optimizers only): probed, not required
-        import bitsandbytes as bnb
-
-        p = torch.nn.Parameter(torch.ones(4096))  # bitsandbytes keeps 8-bit state from 4096 elements on
-        opt = bnb.optim.AdamW8bit([p], lr=0.1)
-        p.grad = torch.ones_like(p)
-        opt.step()
-        if opt.state[p]["state1"].dtype != torch.uint8 or not bool((p < 1).all()):
-            return "its 8-bit AdamW step did not run as 8-bit"
-    except Exception as e:  # as for cpu_4bit_ready: any failure means the same here
-        return f"bitsandbytes cannot run 8-bit optimizers on the CPU ({type(e).__name__}: {str(e)[:200]})"
-    return None
 
 
 def plain_cpu_4bit(model) -> int:

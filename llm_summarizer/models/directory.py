@@ -34,7 +34,7 @@ from ..layout import (
     METRICS_FILE,
     SHARD_PATTERNS,
 )
-from .backends import cpu_4bit_ready
+from .device import cpu_4bit_ready
 
 
 @dataclass

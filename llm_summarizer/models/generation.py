@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -25,6 +26,7 @@ from ..data.prompt import Formatter
 from ..faults import is_oom
 from .backends import for_inference, for_training
 from .chunked import plan, summarize_long
+from .device import effective_batching
 from .loading import Loaded, load_for_generation
 
 log = logging.getLogger("llm_summarizer.generation")
@@ -57,8 +59,16 @@ def budget_for(p95_summary_tokens: float) -> int:
 
 @contextlib.contextmanager
 def inference_mode(model, tokenizer, backend: str):
-    """Switch to inference for generation; restore training mode, padding side and RNG afterwards."""
+    """Switch to inference for generation; afterwards put back exactly what it changed: each module's train/eval
+    mode and gradient-checkpointing flag, the padding side, use_cache, the RNG states; and free the decode buffers
+    generation left on the model.
+
+    The exact restore matters on a GPU: Unsloth's CUDA for_inference clears `gradient_checkpointing` on every
+    module, and neither its for_training nor model.train() is what sets it back when the trainer's evaluation loop
+    had already switched the model to eval mode (then nothing here would call for_training): from the first
+    in-training evaluation on, activations would take full memory."""
     was_training = model.training
+    modes = module_modes(model)
     padding_side = tokenizer.padding_side
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -73,13 +83,66 @@ def inference_mode(model, tokenizer, backend: str):
         tokenizer.padding_side = padding_side
         if was_training:
             for_training(model, backend)
+        restore_module_modes(modes)
         if use_cache is not None:
             model.config.use_cache = use_cache
+        free_decode_buffers(model)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
         random.setstate(py_rng)
         np.random.set_state(np_rng)
+
+
+_MISSING = object()
+# What switching to inference and back changes on a module: its mode, its gradient-checkpointing flag, and the flag
+# Unsloth sets on the chain of wrapped models while they generate.
+_MODE_ATTRIBUTES = ("training", "gradient_checkpointing", "_flag_for_generation")
+
+
+def module_modes(model) -> list:
+    """Every module's train/eval mode and gradient-checkpointing flags, as restore_module_modes puts them back."""
+    return [(m, tuple(m.__dict__.get(a, _MISSING) for a in _MODE_ATTRIBUTES)) for m in model.modules()]
+
+
+def restore_module_modes(modes: list) -> None:
+    for m, values in modes:
+        for attr, value in zip(_MODE_ATTRIBUTES, values):
+            if value is _MISSING:
+                m.__dict__.pop(attr, None)
+            elif m.__dict__.get(attr, _MISSING) is not value:
+                setattr(m, attr, value)
+
+
+# The tensors Unsloth's fast decoder allocates on each attention module at the first decoding step (sized for that
+# batch and length) and keeps there after generation ends.
+DECODE_BUFFERS = ("paged_attention", "paged_attention_K", "paged_attention_V", "temp_QA", "temp_KV", "RH_Q")
+DECODE_BUFFERS_2 = ("temp_O", "attention")  # names a model may use for a submodule: only plain tensors are dropped
+
+
+def free_decode_buffers(model) -> int:
+    """Drop the decode buffers a generation left on the model (Unsloth's, where it allocated any), so that training
+    and a retry after an out-of-memory get their memory back; returns how many modules held some. Unsloth's own
+    release (CUDA graphs included) where it has one; the next generation allocates fresh buffers."""
+    held = 0
+    for m in model.modules():
+        d = m.__dict__
+        if "paged_attention" in d or "_unsloth_graph_buffers" in d:
+            held += 1
+        for name in DECODE_BUFFERS + DECODE_BUFFERS_2:
+            if isinstance(d.get(name), torch.Tensor):
+                del d[name]
+    if held and "unsloth" in sys.modules:
+        try:
+            # Unsloth's own release of its CUDA-graph decode state, where this version has it (private module)
+            from unsloth.models import _decode_graphs
+
+            _decode_graphs.release_for_training(model)
+        except (ImportError, AttributeError):
+            pass
+    if held and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return held
 
 
 class AdaptiveBatch:
@@ -131,7 +194,7 @@ def generate(
     results: list[Optional[Generated]] = [None] * len(prompts)
     batch = batch or AdaptiveBatch(batch_size or ev.batch_size)
     stop = list(formatter.stop_ids)
-    mode = batching or ev.batching
+    mode = effective_batching(backend, ev, batching)
     with inference_mode(model, tokenizer, backend):
         if mode == "continuous" and sort_by_length and plain_greedy(model, ev) and plain_cache(model):
             _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, results, progress, on_done)
@@ -156,10 +219,12 @@ def _finish(tokenizer, toks: list[int], stop, truncated: bool) -> Generated:
     )
 
 
-def _oom_retry(e: RuntimeError, batch: AdaptiveBatch, bs: int) -> int:
-    """The smaller batch size after an out-of-memory (0: give up and raise)."""
+def _oom_retry(model, e: RuntimeError, batch: AdaptiveBatch, bs: int) -> int:
+    """The smaller batch size after an out-of-memory (0: give up and raise), with the decode buffers sized for the
+    batch that failed freed first."""
     if not is_oom(e) or bs <= 1:
         return 0
+    free_decode_buffers(model)
     torch.cuda.empty_cache()
     bs = batch.reduce() if batch.size == bs else max(1, bs // 2)
     log.warning(
@@ -195,7 +260,7 @@ def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, s
         try:
             out = model.generate(**inputs, **gen_kwargs)
         except RuntimeError as e:
-            bs = _oom_retry(e, batch, bs)
+            bs = _oom_retry(model, e, batch, bs)
             if not bs:
                 raise
             continue
@@ -366,7 +431,7 @@ def _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, r
                 use_cache=True,
             )
         except RuntimeError as e:
-            bs = _oom_retry(e, batch, bs)
+            bs = _oom_retry(model, e, batch, bs)
             if not bs:
                 raise
             # the rows in flight start again (greedy: the same texts), in their turn at the front of the queue

@@ -30,52 +30,13 @@ from ..errors import UserError
 from ..layout import ADAPTER_CONFIG, GGUF_CONVERSION_FILE
 from ..redaction import env_secrets, redact
 from . import gguf, random_init, registry
-from .backends import LoadSpec, cpu_4bit_ready, load_adapter
+from .backends import LoadSpec, load_adapter
 from .backends import backend as get_backend
+from .device import cpu_4bit_ready, inference_dtype, training_plan, unsloth_float32
 from .directory import ModelDir, check_architecture, describe_model_dir
 from .tokenizer import finish_tokenizer, load_saved_tokenizer
 
 log = logging.getLogger("llm_summarizer.models")
-
-
-# ---------------------------------------------------------------------------------------------
-# Precision
-
-
-@dataclass
-class Precision:
-    bf16: bool
-    fp16: bool
-    dtype: object  # torch dtype for loading
-    name: str
-
-
-def pick_precision(cfg: Config) -> Precision:
-    """train.precision: auto is bf16 where the GPU has it, else fp16 on a GPU, fp32 on any CPU (whatever its
-    bfloat16 support: CPU results must not depend on the machine)."""
-    want = cfg.train.precision
-    cuda = torch.cuda.is_available()
-    if want == "auto":
-        if cuda:
-            want = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            want = "fp32"
-    if want in ("bf16", "fp16") and not cuda:
-        raise UserError(f"train.precision={want} needs a CUDA GPU; this machine has none (use train.precision=auto)")
-    if cfg.model.dtype != "auto":
-        dtype = getattr(torch, cfg.model.dtype)
-    else:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[want]
-    return Precision(bf16=want == "bf16", fp16=want == "fp16", dtype=dtype, name=want)
-
-
-def inference_dtype(cfg: Config):
-    """float32 on the CPU (exact, and faster there than 16-bit); bf16/fp16 on a GPU; model.dtype wins."""
-    if cfg.model.dtype != "auto":
-        return getattr(torch, cfg.model.dtype)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +56,7 @@ def model_source(name: str, cache_dir, dtype, what: str = "model.name") -> str:
 def resolve_model_path(cfg: Config, raw_splits=None) -> str:
     """The directory or hub id to load for model.name; builds 'random:<shape>' models, fetches registry
     models and converts GGUF files on first use."""
-    source = model_source(cfg.model.name, cfg.model.cache_dir, pick_precision(cfg).dtype)
+    source = model_source(cfg.model.name, cfg.model.cache_dir, training_plan(cfg, probe_optim=False).dtype)
     if source != cfg.model.name:
         return source
     shape = random_init.parse_random_name(cfg.model.name)
@@ -186,17 +147,17 @@ def add_lora(be, model, cfg: Config):
 
 def load_for_training(cfg: Config, raw_splits=None):
     """(peft model, tokenizer, info dict): model.name loaded on model.backend with LoRA attached."""
+    plan = training_plan(cfg, probe_optim=False)  # before anything loads: a pair that cannot run here is refused
     check_quantized_training(cfg)
     path = resolve_model_path(cfg, raw_splits)
-    prec = pick_precision(cfg)
     m = cfg.model
     be = get_backend(m.backend)
-    # Unsloth picks the dtype itself on a GPU; on a CPU it would pick bf16 on bf16 CPUs, so we say float32.
-    dtype = None if be.name == "unsloth" and m.dtype == "auto" and torch.cuda.is_available() else prec.dtype
+    # The plan's dtype, always given: Unsloth left to choose (dtype=None) picks by itself and its trainer then refuses
+    # arguments that disagree (a T4 loaded in float16 with bf16 arguments); on a CPU it would pick bf16 on bf16 CPUs.
     spec = LoadSpec(
         path,
         m.max_seq_length,
-        dtype,
+        plan.dtype,
         m.load_in_4bit,
         m.load_in_8bit,
         m.trust_remote_code,
@@ -209,6 +170,7 @@ def load_for_training(cfg: Config, raw_splits=None):
         if _is_offline_error(e):
             raise _offline_hint(cfg, e) from None
         raise
+    unsloth_float32(model, plan)
     model = add_lora(be, model, cfg)
     tok = finish_tokenizer(cfg, tok, be.name)
     if model.config.pad_token_id is None or model.config.pad_token_id != tok.pad_token_id:
@@ -219,7 +181,8 @@ def load_for_training(cfg: Config, raw_splits=None):
         "base_model": cfg.model.name,
         "resolved_path": path,
         "backend": be.name,
-        "precision": prec.name,
+        "precision": plan.precision,
+        "precision_detail": plan.describe(),
         "trainable_params": trainable,
         "total_params": total,
     }
@@ -229,7 +192,7 @@ def load_for_training(cfg: Config, raw_splits=None):
         "model: %s via %s, %s, %.2fM trainable of %.2fM parameters",
         path,
         be.name,
-        prec.name,
+        plan.describe(),
         trainable / 1e6,
         total / 1e6,
     )

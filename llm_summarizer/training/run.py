@@ -35,6 +35,7 @@ from ..files import atomic_directory, recover_interrupted_replace, write_json, w
 from ..hub import push_after_training
 from ..layout import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
 from ..metric_names import eval_name, format_rouge, plain_name
+from ..models.device import training_plan
 from ..models.loading import load_for_training
 from ..paths import Place, check_places, claim
 from ..tracking.trackers import Trackers, check_installed, start_trackers
@@ -259,7 +260,8 @@ def build_session(
     callbacks += early_stopping(cfg)
     callbacks += list(extra_callbacks or [])
     callbacks += [reporter] if reporter is not None else []
-    callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips))  # last: sees final grads
+    advice = training_plan(cfg, probe_optim=False).nonfinite_advice()
+    callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips, advice))  # last: final grads
     trainer = build_trainer(
         cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"], rouge_evaluator=evaluator
     )

@@ -77,20 +77,42 @@ class EarlyStopping(TrainerCallback, ExportableState):
 
 
 class NonFiniteGuard(TrainerCallback, ExportableState):
-    def __init__(self, policy: str = "stop", max_skips: int = 0):
+    """A non-finite loss or gradient stops the run (train.on_nonfinite=stop) or skips the step (skip, at most
+    train.max_nonfinite_skips times).
+
+    Under fp16 mixed precision a loss scaler (torch's GradScaler, through accelerate) multiplies the loss before
+    backward and, at each step, looks for inf/NaN in the gradients: where it finds some it skips the optimizer step
+    and halves its scale. Such overflow steps are the scaler's way of finding its scale, not a broken run, so with a
+    scaler this guard leaves the gradients to it (clearing them before the scaler's step would also make it raise "No
+    inf checks were recorded") and judges after the step: a step the scaler skipped counts against the run only when
+    its loss was not finite, or when the scaler keeps skipping until its scale falls below 1 (the gradients overflow
+    even unscaled). Without a scaler the gradients are checked before the step, with one device sync per step."""
+
+    def __init__(self, policy: str = "stop", max_skips: int = 0, advice: str = ""):
         self.policy = policy
         self.max_skips = max_skips
+        self.advice = advice or "a lower train.learning_rate or train.max_grad_norm"
         self.skipped = 0
+        self.scaler_skips = 0  # overflow steps the fp16 loss scaler skipped (its own business, reported)
+        self.scaler_run = 0  # of them, in a row up to the last step
+        self.trainer = None  # set by watch(): where the scaler and the step's losses are read
+
+    def watch(self, trainer) -> None:
+        """The trainer whose loss scaler and step losses (SummarizationTrainer.step_losses) this guard reads."""
+        self.trainer = trainer
+
+    def _scaler(self):
+        scaler = getattr(getattr(self.trainer, "accelerator", None), "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if model is None:
+        if model is None or self._scaler() is not None:
             return control
-        bad = _first_nonfinite_grad(model)
+        bad = first_nonfinite_grad(model)
         if bad is None:
             return control
         step = state.global_step + 1
-        if self.policy == "skip" and self.skipped < self.max_skips:
-            self.skipped += 1
+        if self._may_skip():
             for p in model.parameters():
                 p.grad = None  # the optimizer leaves parameters without a gradient untouched
             log.warning(
@@ -101,24 +123,82 @@ class NonFiniteGuard(TrainerCallback, ExportableState):
                 self.max_skips,
             )
             return control
+        raise self._stopped(args, f"non-finite loss or gradient at step {step} (first in {bad})")
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        scaler = self._scaler()
+        losses = self._take_losses()
+        if scaler is None or not self.trainer.accelerator.optimizer_step_was_skipped:
+            self.scaler_run = 0
+            return control
+        step, scale = state.global_step + 1, scaler.get_scale()
+        self.scaler_skips += 1
+        self.scaler_run += 1
+        if losses and not bool(torch.isfinite(torch.stack([x.float() for x in losses])).all()):
+            if self._may_skip():
+                log.warning(
+                    "non-finite loss at step %d: the fp16 loss scaler skipped this optimizer step (%d of %d allowed)",
+                    step,
+                    self.skipped,
+                    self.max_skips,
+                )
+                return control
+            raise self._stopped(args, f"non-finite loss at step {step} (fp16 mixed precision)")
+        if scale < 1.0:
+            raise self._stopped(
+                args,
+                f"the fp16 loss scaler skipped {self.scaler_run} steps in a row up to step {step} and its scale fell "
+                f"to {scale:g}: the gradients are not finite even unscaled",
+            )
+        log.info(
+            "fp16 loss scaler: gradients overflowed at step %d, the step was skipped and the scale lowered to %g "
+            "(normal while the scaler finds its scale; %d skipped so far)",
+            step,
+            scale,
+            self.scaler_skips,
+        )
+        return control
+
+    def _take_losses(self) -> list:
+        losses = getattr(self.trainer, "step_losses", None)
+        if losses is None:
+            return []
+        taken = list(losses)
+        losses.clear()
+        return taken
+
+    def _may_skip(self) -> bool:
+        if self.policy == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            return True
+        return False
+
+    def _stopped(self, args, what: str) -> TrainingStopped:
         extra = (
             f" after skipping {self.skipped} step(s) (train.max_nonfinite_skips={self.max_skips})"
             if self.policy == "skip"
             else ""
         )
-        raise TrainingStopped(
-            f"non-finite loss or gradient at step {step} (first in {bad}){extra}. Training stopped; the last "
-            f"complete checkpoint in {args.output_dir} is kept and a rerun resumes from it. Try a lower "
-            f"train.learning_rate, train.max_grad_norm, or train.precision=fp32/bf16 instead of fp16; "
-            f"or train.on_nonfinite=skip with train.max_nonfinite_skips=N to skip such steps."
+        return TrainingStopped(
+            f"{what}{extra}. Training stopped; the last complete checkpoint in {args.output_dir} is kept and a rerun "
+            f"resumes from it. Try {self.advice}; or train.on_nonfinite=skip with train.max_nonfinite_skips=N to "
+            f"skip such steps."
         )
 
     def state(self) -> dict:
-        return {"args": {"policy": self.policy, "max_skips": self.max_skips}, "attributes": {"skipped": self.skipped}}
+        return {
+            "args": {"policy": self.policy, "max_skips": self.max_skips, "advice": self.advice},
+            "attributes": {"skipped": self.skipped, "scaler_skips": self.scaler_skips, "scaler_run": self.scaler_run},
+        }
 
 
-def _first_nonfinite_grad(model) -> Optional[str]:
-    for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return name
-    return None
+def first_nonfinite_grad(model) -> Optional[str]:
+    """The name of the first parameter whose gradient holds inf or NaN, or None; one device sync for all of them
+    (the names are looked up only when something is wrong)."""
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return None
+    finite = torch.stack([g.isfinite().all() for _, g in named])
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0, 0])][0]

@@ -28,38 +28,15 @@ from ..config import Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
 from ..metric_names import eval_name, is_rouge
-from ..models.backends import cpu_8bit_optim_ready
-from ..models.loading import Precision, pick_precision
+from ..models.device import TrainingPlan, names_only_plan, training_plan
 from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
 from .rouge import pick_subset
+from .stopping import NonFiniteGuard
 
 log = logging.getLogger("llm_summarizer.trainer")
 
 
 TRAIN_COLUMNS = ["input_ids", "completion_mask"]
-
-
-def resolve_optim(cfg: Config) -> str:
-    """train.optim as asked, but for bitsandbytes' optimizers on a CPU. There the transformers backend runs them
-    (bitsandbytes 0.50 steps 8-bit optimizers on the CPU; paged ones without paging, which it says), and falls
-    back to adamw_torch where bitsandbytes cannot; Unsloth's CPU trainer replaces them with its fused AdamW
-    whatever we pass. Either replacement is a warning that says why."""
-    optim = cfg.train.optim
-    if not ("8bit" in optim or optim.startswith("paged_")) or torch.cuda.is_available():
-        return optim
-    if cfg.model.backend == "unsloth":
-        log.warning(
-            "train.optim=%s: Unsloth's CPU backend runs bitsandbytes' optimizers on a GPU only and trains "
-            "with AdamW instead (model.backend=transformers runs %s on the CPU)",
-            optim,
-            optim,
-        )
-        return "adamw_torch"
-    why = cpu_8bit_optim_ready()
-    if why:
-        log.warning("train.optim=%s: %s; using adamw_torch on this CPU", optim, why)
-        return "adamw_torch"
-    return optim
 
 
 def greater_is_better(cfg: Config) -> bool:
@@ -130,8 +107,8 @@ def _fits(value, t) -> bool:
     return isinstance(value, t)
 
 
-def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: bool, report_to: list[str]):
-    kwargs = sft_kwargs(cfg, prec, output_dir, has_validation, report_to)
+def sft_config(cfg: Config, plan: TrainingPlan, output_dir: Path, has_validation: bool, report_to: list[str]):
+    kwargs = sft_kwargs(cfg, plan, output_dir, has_validation, report_to)
     extra = check_extra_args(cfg, managed_args(cfg) | set(kwargs))
     try:
         return SFTConfig(**kwargs, **extra)
@@ -143,13 +120,12 @@ def sft_config(cfg: Config, prec: Precision, output_dir: Path, has_validation: b
 
 def sft_kwargs(
     cfg: Config,
-    prec: Precision,
+    plan: TrainingPlan,
     output_dir: Path,
     has_validation: bool,
     report_to: list[str],
-    optim: Optional[str] = None,
 ) -> dict:
-    """SFTConfig's arguments from the config; `optim` given skips resolve_optim (its probe and warnings)."""
+    """SFTConfig's arguments from the config and the device plan (precision and optimizer as they will run)."""
     t = cfg.train
     eval_strategy = t.eval_strategy if has_validation else "no"
     metric = t.metric_for_best_model
@@ -166,7 +142,7 @@ def sft_kwargs(
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=optim or resolve_optim(cfg),
+        optim=plan.optim,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=eval_strategy,
@@ -180,8 +156,8 @@ def sft_kwargs(
         # Only when it picks the best checkpoint: transformers looks the metric up at every save otherwise.
         metric_for_best_model=eval_name(metric) if t.load_best_model_at_end and has_validation else None,
         greater_is_better=greater_is_better(cfg),
-        bf16=prec.bf16,
-        fp16=prec.fp16,
+        bf16=plan.bf16,
+        fp16=plan.fp16,
         report_to=report_to,
         # data.prepare already cut every example to max_seq_length; TRL refuses padding_free with a
         # max_length it cannot enforce, and uses max_length as the row size when packing.
@@ -234,7 +210,7 @@ RELIED_ON = frozenset(
 def managed_args(cfg: Config) -> frozenset:
     """The SFTConfig fields train.extra_args may not set: every one sft_kwargs sets (read from sft_kwargs itself,
     single-process and distributed) and those in RELIED_ON."""
-    keys = set(sft_kwargs(cfg, Precision(False, False, None, "fp32"), Path("."), True, [], optim=cfg.train.optim))
+    keys = set(sft_kwargs(cfg, names_only_plan(cfg), Path("."), True, []))
     return frozenset(keys | set(ddp_kwargs(cfg, ranks=True)) | RELIED_ON)
 
 
@@ -269,9 +245,26 @@ class SummarizationTrainer(SFTTrainer):
     same token-mean cross-entropy from the logits."""
 
     def __init__(self, *args, rouge_evaluator=None, loss_from_logits: bool = False, **kwargs):
+        self.step_losses: list = []  # the losses since the last optimizer step, for NonFiniteGuard (no sync here)
         super().__init__(*args, **kwargs)
         self.rouge_evaluator = rouge_evaluator
         self.loss_from_logits = loss_from_logits
+        self._watch_guards()
+
+    def _watch_guards(self) -> None:
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, NonFiniteGuard):
+                cb.watch(self)
+
+    def _load_callback_state(self):
+        # A resumed run's callbacks are made anew from their saved state: the guard is told again where to look.
+        super()._load_callback_state()
+        self._watch_guards()
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        self.step_losses.append(loss.detach())
+        return loss
 
     def _save_checkpoint(self, model, trial):
         # Crash-consistent checkpoints: write into a hidden staging directory, flush it, then rename
@@ -373,7 +366,7 @@ def build_trainer(
 ) -> SummarizationTrainer:
     has_val = "validation" in prepared.splits and len(prepared.splits["validation"]) > 0
     check_metric(cfg, has_val)
-    args = sft_config(cfg, pick_precision(cfg), output_dir, has_val, report_to)
+    args = sft_config(cfg, training_plan(cfg), output_dir, has_val, report_to)
     train_ds = prepared.splits["train"].select_columns(TRAIN_COLUMNS)
     eval_ds = eval_loss_rows(cfg, prepared.splits["validation"]).select_columns(TRAIN_COLUMNS) if has_val else None
     return SummarizationTrainer(

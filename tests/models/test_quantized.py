@@ -245,7 +245,7 @@ def test_4bit_training_where_bitsandbytes_cannot_is_one_message(bnb_without_cpu_
 
 def test_8bit_optimizer_where_bitsandbytes_cannot_falls_back_and_says_why(bnb_without_cpu_kernels):
     from llm_summarizer.config import load_config
-    from llm_summarizer.training.trainer import resolve_optim
+    from llm_summarizer.models.device import resolve_optim
 
     warnings = Warnings()
     logger = logging.getLogger("llm_summarizer")
