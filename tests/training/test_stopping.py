@@ -68,9 +68,9 @@ class Run:
 
 @pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
 def test_overflow_steps_the_scaler_skips_do_not_stop_the_run(max_grad_norm):
-    """Gradients of 3e34 overflow float32 at the scaler's first scales (65536, 32768, 16384): those steps are skipped by the
-    scaler and the run goes on under on_nonfinite=stop; the guard clears nothing (with max_grad_norm=0 a cleared
-    gradient made the scaler's step raise "No inf checks were recorded")."""
+    """Gradients of 3e34 overflow float32 at the scaler's first scales (65536, 32768, 16384): those steps are skipped
+    by the scaler and the run goes on under on_nonfinite=stop; the guard clears nothing (with max_grad_norm=0 a
+    cleared gradient made the scaler's step raise "No inf checks were recorded")."""
     run = Run(NonFiniteGuard("stop", 0), max_grad_norm)
     for _ in range(6):
         run.step(3e34)
