@@ -113,3 +113,64 @@ def test_sampling_beams_penalties_and_sliding_window_caches_run_static(loaded):
     finally:
         gc.repetition_penalty = old
     assert load_config("tiny").eval.batching == "continuous"
+
+
+class DecodeBuffers:
+    """Wraps the model's forward as Unsloth's CUDA fast decoder behaves: a decoding step (one new token per row, a
+    cache given) allocates its buffers on each attention module, sized for the batch, and leaves them there. With
+    `fail_above`, the second decoding step of a batch wider than that runs out of memory (its buffers allocated)."""
+
+    def __init__(self, model, fail_above=None):
+        self.model, self.forward, self.fail_above = model, model.forward, fail_above
+        self.held_at_call: list[int] = []  # attention modules holding buffers as each forward starts
+        self.failed_at = None  # the index of the forward that ran out of memory
+
+    def attention_modules(self):
+        return [m for n, m in self.model.named_modules() if n.endswith("self_attn")]
+
+    def held(self) -> int:
+        return sum("paged_attention" in m.__dict__ for m in self.attention_modules())
+
+    def __call__(self, *args, **kw):
+        import torch
+
+        rows, decoding = kw["input_ids"].shape[0], kw["input_ids"].shape[1] == 1 and kw.get("past_key_values")
+        self.held_at_call.append(self.held())
+        if decoding and self.held() and self.fail_above and rows > self.fail_above and self.failed_at is None:
+            self.failed_at = len(self.held_at_call) - 1
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if decoding:
+            for m in self.attention_modules():
+                if "paged_attention" not in m.__dict__:
+                    m.paged_attention = torch.empty(64, 2, rows, 4, 8)
+                    m.paged_attention_K, m.paged_attention_V = m.paged_attention[:, 0], m.paged_attention[:, 1]
+                    m.temp_QA, m.RH_Q = torch.empty(2, rows, 1, 32), torch.empty(rows, 4, 1, 8)
+                    m.attention = torch.empty(rows, 4, 1, 64)
+        return self.forward(*args, **kw)
+
+
+def test_decode_buffers_are_freed_after_a_pass_and_before_an_out_of_memory_retry(loaded, monkeypatch):
+    """Unsloth's decoder keeps its buffers on the model after generate returns: into the training steps after each
+    in-training ROUGE pass, and into the retry after an out-of-memory (sized for the batch that failed)."""
+    import torch
+
+    from llm_summarizer.models import generation
+
+    args = (loaded.model, loaded.tokenizer, loaded.formatter, DOCS[:6], loaded.cfg.eval, 12, loaded.backend)
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    lm = loaded.model.get_base_model()  # what model.generate calls at each step, under the adapter's wrapper
+    fake = DecodeBuffers(lm, fail_above=2)
+    monkeypatch.setattr(lm, "forward", fake)
+    batch = generation.AdaptiveBatch(4)
+    gens = generation.generate(*args, batch=batch, batching="static")
+    assert batch.reductions == 1 and all(g.text for g in gens)
+    # the forward that ran out of memory found the decoder's buffers; the retry's first forward found none
+    assert fake.held_at_call[fake.failed_at] > 0 and fake.held_at_call[fake.failed_at + 1] == 0
+    assert fake.held() == 0, "buffers left on the model after the pass"
+    # a module holding a submodule under one of the buffers' names keeps it
+    attn = fake.attention_modules()[0]
+    attn.attention = torch.nn.Identity()
+    try:
+        assert generation.free_decode_buffers(loaded.model) == 0 and isinstance(attn.attention, torch.nn.Identity)
+    finally:
+        del attn.attention

@@ -186,3 +186,67 @@ def test_out_of_memory_of_any_device_is_recognised():
     )
     assert is_oom(RuntimeError("MPS backend out of memory (MPS allocated: 1.2 GB)"))
     assert not is_oom(RuntimeError("expected scalar type Float but found Half"))
+
+
+def unsloth_cuda_modes(model, inference: bool) -> None:
+    """A stand-in for Unsloth's CUDA for_inference / for_training (unsloth/models/llama.py), which the CPU backend does
+    not run: inference clears `gradient_checkpointing` and `training` on every module that has them and flags the
+    chain of wrapped models for generation; training sets the flags again and drops the generation flag."""
+    m = model
+    chain = [m]
+    while hasattr(m, "model"):
+        m = m.model
+        chain.append(m)
+    for module in model.modules():
+        if hasattr(module, "gradient_checkpointing"):
+            module.gradient_checkpointing = not inference
+        module.training = not inference
+    for m in chain:
+        if inference:
+            m._flag_for_generation = True
+        else:
+            m.__dict__.pop("_flag_for_generation", None)
+
+
+def test_gradient_checkpointing_survives_an_in_training_evaluation(tmp_path, models_dir, monkeypatch):
+    """The trainer's evaluation loop switches the model to eval mode before the ROUGE pass; on a GPU Unsloth's
+    for_inference then cleared every checkpointing flag, and nothing set them back: from the first evaluation on,
+    activations took full memory. The flags at each step after an evaluation are those before it."""
+    import dataclasses
+
+    from transformers import TrainerCallback
+
+    from llm_summarizer.models import backends
+    from llm_summarizer.training.run import run
+
+    monkeypatch.setitem(
+        backends.BACKENDS, "unsloth", dataclasses.replace(backends.BACKENDS["unsloth"], set_mode=unsloth_cuda_modes)
+    )
+
+    class Flags(TrainerCallback):
+        def __init__(self):
+            self.seen = {}
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            self.seen[state.global_step] = (
+                [m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")],
+                [n for n, m in model.named_modules() if "_flag_for_generation" in m.__dict__],
+            )
+
+    flags = Flags()
+    cfg = load_config(
+        "tiny",
+        tiny_overrides(tmp_path, models_dir)
+        + [
+            "model.gradient_checkpointing=true",
+            "train.max_steps=4",
+            "train.eval_steps=2",
+            "train.save_steps=100",
+            "eval.num_samples=4",
+        ],
+    )
+    res = run(cfg, extra_callbacks=[flags])
+    assert [h["step"] for h in res.log_history if "eval_rougeL" in h] == [2, 4]
+    before, flagged = flags.seen[0]
+    assert before and all(before) and not flagged, flags.seen[0]  # checkpointing on where the model has the flag
+    assert flags.seen[2] == flags.seen[3] == (before, []), flags.seen  # after the base pass and the step-2 evaluation
