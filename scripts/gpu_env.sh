@@ -3,6 +3,8 @@
 #   source scripts/gpu_env.sh
 #   gpu_env_install                  # .whl/*.whl -> $GPU_SITE once, on PYTHONPATH (no network there)
 #   gpu_env_check MODULE...          # torch + CUDA + these imports, all missing ones named at once; 1 if any
+#                                    # (GPU_ENV_FIND_ONLY=1: looked up only, not imported: gpu_check's warm process
+#                                    #  imports them once, and says so there if one fails)
 #
 # The GPU image has torch, transformers, peft, accelerate and triton; what it lacks travels as wheels built by
 # scripts/bench_gpu_prepare.sh (pure Python, or for Python 3.12), installed with --no-deps into GPU_SITE (default
@@ -29,7 +31,7 @@ gpu_env_install() {
 }
 
 gpu_env_check() {  # gpu_env_check MODULE... : fails in seconds, naming every missing module
-  REQUIRE_GPU=$REQUIRE_GPU "$PY" - "$@" <<'EOF'
+  REQUIRE_GPU=$REQUIRE_GPU GPU_ENV_FIND_ONLY=${GPU_ENV_FIND_ONLY:-0} "$PY" - "$@" <<'EOF'
 import importlib, importlib.util, os, sys
 
 def found(m):
@@ -48,12 +50,14 @@ cuda = torch.cuda.is_available()
 print(f"gpu_env: python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"GPU {torch.cuda.get_device_name(0) if cuda else 'none'}")
 problems = [] if cuda or os.environ["REQUIRE_GPU"] == "0" else ["no CUDA GPU visible (REQUIRE_GPU=0 for a dry run on a CPU)"]
-for m in sys.argv[1:]:
+for m in sys.argv[1:] if os.environ["GPU_ENV_FIND_ONLY"] != "1" else []:
     try:
         importlib.import_module(m)
     except Exception as e:  # a missing module, or one that fails on import: either way the stages cannot run
         problems.append(f"{m}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-print("\n".join(f"gpu_env: MISSING {p}" for p in problems) or f"gpu_env: imports ok ({len(sys.argv) - 1} modules)")
+found_only = os.environ["GPU_ENV_FIND_ONLY"] == "1"
+print("\n".join(f"gpu_env: MISSING {p}" for p in problems)
+      or f"gpu_env: {'found' if found_only else 'imports ok'} ({len(sys.argv) - 1} modules)")
 sys.exit(1 if problems else 0)
 EOF
 }

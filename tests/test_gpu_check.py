@@ -1,9 +1,10 @@
 """scripts/gpu_check.sh, the prepared check of the GPU paths, dry-run on the CPU: one quick stage's summary
-files, and a missing package stopping it within seconds."""
+files, a missing package stopping it within seconds, budgets that fit one 10-minute call."""
 
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -28,14 +29,18 @@ def test_one_stage_writes_the_json_and_markdown_summary(tmp_path):
     assert (data["passed"], data["failed"], data["skipped"]) == (1, 0, 0)
     [stage] = data["stages"]
     assert stage["stage"] == "env" and stage["status"] == "pass" and 0 <= stage["seconds"] <= stage["budget"]
-    assert [c.split()[-2:] for c in stage["commands"]] == [["scripts/gpu_check.py", "env"]]
-    # on a CPU the bf16 assertion is not made, and the summary says so instead of passing it silently
-    assert stage["facts"]["precision_auto"] == "fp32"
-    assert stage["facts"]["skipped"] == ["train.precision=auto picking bf16 needs a CUDA GPU"]
+    assert stage["commands"] == ["scripts/gpu_check.py warm ... env (in process)"]
+    # on a CPU the GPU assertion is not made, and the summary says so instead of passing it silently
+    assert stage["facts"]["precision_auto"] == "fp32, float32 weights (CPU)"
+    assert stage["facts"]["t4_plan"].startswith("fp16 mixed precision, float16 weights (Tesla T4")
+    assert stage["facts"]["skipped"] == ["train.precision=auto on a GPU needs a CUDA GPU"]
+    assert stage["facts"]["imports_s"] > 0  # the warm process's imports, paid once and counted in its first stage
     assert data["versions"]["bitsandbytes"] and data["versions"]["torch"] and data["gpu"] is None
+    assert data["versions_vs_lock"] == {}  # this machine runs the lock's versions
     md = (out / "gpu_check.md").read_text()
     assert "| stage | result | seconds (budget) | peak GiB | not checked here | command |" in md
-    assert "| env | pass |" in md and "train.precision=auto picking bf16 needs a CUDA GPU" in md
+    assert "| env | pass |" in md and "train.precision=auto on a GPU needs a CUDA GPU" in md
+    assert "Against the lock: the same versions as the lock" in md
 
 
 def test_a_missing_package_stops_it_within_seconds(tmp_path):
@@ -47,3 +52,30 @@ def test_a_missing_package_stops_it_within_seconds(tmp_path):
     [stage] = data["stages"]
     assert stage["stage"] == "setup" and stage["status"] == "fail" and "no_such_package_here" in stage["reason"]
     assert "| setup | fail |" in (out / "gpu_check.md").read_text()
+
+
+def test_the_stages_fit_one_ten_minute_call_in_the_order_users_meet_them():
+    r = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py", "budgets"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    budgets = [(name, int(b)) for name, b in (line.split() for line in r.stdout.splitlines())]
+    assert sum(b for _, b in budgets) <= 560, budgets
+    names = [n for n, _ in budgets]
+    assert names[:6] == ["env", "t4", "train", "generate", "export", "oom"], names  # the T4 path first, export early
+    doc = (ROOT / "scripts" / "gpu_check.py").read_text()
+    assert all(f"\n  {n} " in doc for n in names)  # each stage said in the docstring
+
+
+def test_versions_that_differ_from_the_lock_are_named():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    pins = {
+        line.split("==")[0]: line.split("==")[1]
+        for line in (ROOT / "requirements" / "lock-linux-x86_64.txt").read_text().splitlines()
+        if line.startswith(("torch==", "peft=="))
+    }
+    got = gpu_check.lock_differences({"torch": "2.11.0", "peft": pins["peft"], "not-pinned": "1.0"})
+    assert got == {"torch": f"ran 2.11.0, lock {pins['torch']}"}

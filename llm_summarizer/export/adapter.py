@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, TOKENIZER_FILES
 from .job import Job
+from .merged import release
 from .verify import check_text, compare, run_worker
 
 
@@ -29,6 +30,7 @@ def _copy_adapter(loaded, dst: Path) -> str:
 def write(job: Job, write_metadata) -> None:
     """--format adapter"""
     job.meta["method"] = _copy_adapter(job.loaded, job.tmp)
+    release(job.loaded)  # one model at a time: the check's process loads its own
     res = run_worker(
         {
             "action": "greedy-adapter",
@@ -39,6 +41,7 @@ def write(job: Job, write_metadata) -> None:
             "documents": job.docs,
             "max_new_tokens": job.max_new_tokens,
             "score": job.reference,
+            "load": job.memory.load_kwargs() if job.memory is not None else None,
         },
         job.scratch,
         "loading the exported adapter",

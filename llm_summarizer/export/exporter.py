@@ -22,11 +22,13 @@ from ..errors import UserError
 from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, scratch_beside, write_json
 from ..layout import CONFIG_FILE, EXPORT_INFO, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
+from ..models.device import current
 from ..models.generation import default_max_new_tokens, inference_mode, summarize_texts
 from ..models.loading import load_for_generation, model_config, saved_model
 from ..paths import Place, check_places
 from . import adapter, gguf, merged, quantized
 from .job import DTYPES16, FORMAT_NAMES, ExportOptions, Job
+from .memory import ExportMemory, plan_export
 from .verify import completion_logprobs, run_worker, verification_documents
 
 log = logging.getLogger("llm_summarizer.export")
@@ -141,9 +143,17 @@ def export_model(
         if not repo:
             raise UserError("--push-to-hub needs --hub-model-id namespace/name (or output.hub_model_id in config.yaml)")
         hub.require_token()
-    # 2. The model with 16-bit base weights (what a merge folds the adapter into), decoding greedy.
+    # 2. Where its models go (one at a time; said before anything loads), then the model with 16-bit base weights
+    # (what a merge folds the adapter into), decoding greedy.
+    memory = export_memory(info, fmt, options)
+    log.info("%s", memory.describe(fmt))
+    if memory.placement == "offload" and (backend or cfg0.model.backend) == "unsloth":
+        log.info("the source loads on the transformers backend: Unsloth places every layer on the GPU")
+        backend = "transformers"
     forced = ["model.load_in_4bit=false", "model.load_in_8bit=false", "eval.num_beams=1", "eval.do_sample=false"]
-    loaded = load_for_generation(model_dir, backend, base, list(overrides or []) + forced, info=info)
+    loaded = load_for_generation(
+        model_dir, backend, base, list(overrides or []) + forced, info=info, placement=memory.load_kwargs() or None
+    )
     max_new = default_max_new_tokens(loaded)[0]
     # 3. The fixed documents.
     docs, docs_source = verification_documents(loaded.cfg, options.verify_examples, options.verify_data)
@@ -154,6 +164,7 @@ def export_model(
         "source_kind": info.kind,
         "base_model": str(Path(base_model).resolve()) if base_model and os.path.isdir(base_model) else base_model,
         "backend": loaded.backend,
+        "memory": memory.record(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
     }
@@ -169,6 +180,7 @@ def export_model(
             max_new,
             meta=meta,
             tools=tools,
+            memory=memory,
             check={
                 "documents": len(docs),
                 "documents_source": docs_source,
@@ -195,6 +207,14 @@ def export_model(
     return ExportResult(target, meta, url)
 
 
+def export_memory(info, fmt: str, options: ExportOptions) -> ExportMemory:
+    """Where the export's models go on this device: the 16-bit model is the adapter's base (folded into for every
+    format but adapter) or the merged source itself."""
+    merges = info.kind == "adapter" and fmt != "adapter"
+    sixteen = info.base if info.kind == "adapter" else str(info.path)
+    return plan_export(current(), sixteen, info.path if merges else None, options.merge)
+
+
 def _reference(job: Job) -> None:
     loaded = job.loaded
     if job.info.kind == "adapter":
@@ -219,6 +239,7 @@ def _reference(job: Job) -> None:
             "config": str(job.scratch / CONFIG_FILE),
             "documents": job.docs,
             "max_new_tokens": job.max_new_tokens,
+            "load": job.memory.load_kwargs() if job.memory is not None else None,
         },
         job.scratch,
         "loading the source model",

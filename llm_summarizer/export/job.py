@@ -77,6 +77,13 @@ class ExportOptions:
         choices=("auto",) + DTYPES16,
     )
     verify_examples: int = option(8, "fixed documents the export is checked on (default 8)")
+    merge: str = option(
+        "auto",
+        "how an adapter is folded into its base: load (into the loaded 16-bit model), stream (shard by shard from "
+        "the base's safetensors files: one shard in CPU memory, for a 16-bit model the GPU cannot hold), auto "
+        "(stream where the 16-bit model does not fit the GPU; the plan is printed before the export starts)",
+        choices=("auto", "load", "stream"),
+    )
     verify_data: Optional[str] = option(
         None, "take those documents from this data source (default: the model's validation data)"
     )
@@ -155,6 +162,7 @@ class Job:
     meta: dict = field(default_factory=dict)  # -> export_info.json
     check: dict = field(default_factory=dict)  # -> export_info.json "verification"
     tools: object = None  # what the format's preflight found (llama.cpp for gguf)
+    memory: object = None  # export.memory.ExportMemory: where the models go, how the adapter is merged
 
     @property
     def info(self):

@@ -5,8 +5,11 @@ The dtype is a function of the base checkpoint only, never of the machine (see D
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import math
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -16,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ExportFailed
-from ..layout import CONFIG_FILE
+from ..layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE
 from .job import DTYPES16, Job
 from .verify import check_text, compare, run_worker
 
@@ -128,10 +131,102 @@ def merge_16bit(loaded, dst: Path, scratch: Path, dtype: str) -> str:
     return how
 
 
+_LORA_KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
+
+
+def stream_plan(base_dir: str, adapter_dir: Path) -> tuple[Optional[dict], str]:
+    """({base tensor name: adapter module}, "") when the adapter can be folded into the base's files shard by shard,
+    else (None, why not). Reads configs and safetensors headers only."""
+    ac = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    for key, ok in (("use_dora", False), ("bias", "none"), ("fan_in_fan_out", False)):
+        if ac.get(key, ok) not in (ok, None):
+            return None, f"adapter_config.json {key}={ac.get(key)!r}"
+    for key in ("modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform"):
+        if ac.get(key):
+            return None, f"adapter_config.json sets {key}"
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return None, f"no {ADAPTER_WEIGHTS[0]} in {adapter_dir}"
+    with safe_open(str(weights), framework="pt") as st:
+        names = list(st.keys())
+    modules = {}
+    for k in names:
+        m = _LORA_KEY.fullmatch(k)
+        if not m:
+            return None, f"adapter tensor {k} is not a LoRA A/B matrix"
+        modules[m.group(1) + ".weight"] = m.group(1)
+    base_names = set()
+    for f in sorted(Path(base_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            base_names.update(st.keys())
+    missing = sorted(set(modules) - base_names)
+    if missing:
+        return None, f"the base's files have no tensor {missing[0]} (named otherwise in the checkpoint)"
+    return modules, ""
+
+
+def stream_merge(base_dir: str, adapter_dir: Path, dst: Path, dtype: str, tokenizer) -> str:
+    """Fold the adapter into the base's 16-bit weights one safetensors shard at a time: W + (alpha / r) * B @ A in
+    float32, then one rounding to `dtype`, as PEFT's merge of a float32 model does; the other tensors are cast. CPU
+    memory holds one shard and the small adapter; no whole model is ever loaded."""
+    modules, why = stream_plan(base_dir, adapter_dir)
+    if modules is None:
+        raise ExportFailed(
+            f"the adapter cannot be merged shard by shard ({why}); use --merge load. Nothing was written."
+        )
+    ac = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    r, alpha = ac["r"], ac.get("lora_alpha", ac["r"])
+    scale = alpha / math.sqrt(r) if ac.get("use_rslora") else alpha / r
+    lora = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS[0]))
+    target = getattr(torch, dtype)
+    dst.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for shard in sorted(Path(base_dir).glob("*.safetensors")):
+        tensors = load_file(str(shard))
+        for name, t in tensors.items():
+            module = modules.get(name)
+            if module is not None:
+                a = lora[f"base_model.model.{module}.lora_A.weight"].float()
+                b = lora[f"base_model.model.{module}.lora_B.weight"].float()
+                t = t.float() + (b @ a) * scale
+            tensors[name] = t.to(target) if t.is_floating_point() else t
+        save_file(tensors, str(dst / shard.name), metadata={"format": "pt"})
+        sizes[shard.name] = sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+    index = Path(base_dir) / "model.safetensors.index.json"
+    if index.is_file():
+        idx = json.loads(index.read_text(encoding="utf-8"))
+        idx.setdefault("metadata", {})["total_size"] = sum(sizes.values())
+        (dst / index.name).write_text(json.dumps(idx, indent=2) + "\n", encoding="utf-8")
+    conf = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    conf["dtype"] = dtype
+    conf.pop("torch_dtype", None)
+    conf["pad_token_id"] = tokenizer.pad_token_id
+    (dst / "config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
+    if (Path(base_dir) / "generation_config.json").is_file():
+        shutil.copy2(Path(base_dir) / "generation_config.json", dst / "generation_config.json")
+    tokenizer.save_pretrained(str(dst))
+    return f"merged shard by shard from the base's safetensors files (float32 merge, cast to {dtype})"
+
+
+def release(loaded) -> None:
+    """Free the source model (an export holds one model at a time: the check's process loads its own)."""
+    loaded.model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def merge_and_check(job: Job, dst: Path, write_metadata) -> None:
-    """Merge the adapter into `dst` and check it in a plain-transformers process against the adapter."""
+    """Merge the adapter into `dst` (into the loaded model, or shard by shard from the base's files: job.memory
+    says which) and check it in a plain-transformers process against the adapter, the source model freed first."""
     target, why = merged_dtype(job.loaded, job.options.dtype)
-    job.meta["method"] = merge_16bit(job.loaded, dst, job.scratch, target)
+    if job.memory is not None and job.memory.merge == "stream":
+        release(job.loaded)
+        job.meta["method"] = stream_merge(job.loaded.info.base, job.info.path, dst, target, job.loaded.tokenizer)
+    else:
+        job.meta["method"] = merge_16bit(job.loaded, dst, job.scratch, target)
+        release(job.loaded)
     job.meta["dtype_rule"] = f"{target}: {why}. Rule: {DTYPE_RULE}"
     write_metadata(dst)
     res = run_worker(
@@ -142,6 +237,7 @@ def merge_and_check(job: Job, dst: Path, write_metadata) -> None:
             "documents": job.docs,
             "max_new_tokens": job.max_new_tokens,
             "score": job.reference,
+            "load": job.memory.load_kwargs() if job.memory is not None else None,
         },
         job.scratch,
         "loading the merged model",
@@ -178,7 +274,7 @@ def merged_source(job: Job, write_metadata) -> Path:
     else:
         merged = job.info.path
         job.meta["method"] = "already merged"
-    job.loaded.model = None  # the next steps run in other processes; free the memory
+        release(job.loaded)  # the next steps run in other processes
     return merged
 
 

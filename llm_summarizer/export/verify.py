@@ -13,6 +13,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 import torch
 from peft import PeftModel
@@ -48,7 +49,7 @@ def worker(spec_path: str) -> int:
     """Run in a fresh process (no Unsloth): greedy summaries from a saved directory, or 4-bit quantization."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     action, out = spec["action"], Path(spec["out"])
-    kw = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
+    kw = placement(spec.get("load"))
     if action == "next-token":
         # The reference distributions of a quantized export: the merged weights computed in float32, so that
         # what is measured is the export's rounding and not the reference's
@@ -105,6 +106,19 @@ def worker(spec_path: str) -> int:
         encoding="utf-8",
     )
     return 0
+
+
+def placement(load: Optional[dict]) -> dict:
+    """from_pretrained's placement in a worker: the export's plan (export/memory.py; JSON made the GPU's index a
+    string), else the whole model on the GPU where there is one."""
+    if not load:
+        return {"device_map": {"": 0}} if torch.cuda.is_available() else {}
+    kw = dict(load)
+    if isinstance(kw.get("max_memory"), dict):
+        kw["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in kw["max_memory"].items()}
+    if isinstance(kw.get("device_map"), dict):
+        kw["device_map"] = {k: int(v) if str(v).isdigit() else v for k, v in kw["device_map"].items()}
+    return kw
 
 
 def run_worker(spec: dict, scratch: Path, what: str) -> dict:

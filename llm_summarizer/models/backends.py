@@ -73,6 +73,8 @@ class LoadSpec:
     trust_remote_code: bool = False
     revision: Optional[str] = None
     attn_implementation: Optional[str] = None
+    placement: Optional[dict] = None  # transformers backend: from_pretrained's device_map (+ max_memory) instead of
+    # the current GPU (an export whose 16-bit model does not fit the GPU keeps some layers in CPU memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +144,9 @@ def _transformers_load(spec: LoadSpec, adapter: Optional[str] = None):
         kwargs["quantization_config"] = nf4_config(spec.dtype or torch.float32)
     elif spec.load_in_8bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    if torch.cuda.is_available():
+    if spec.placement:
+        kwargs.update(spec.placement)
+    elif torch.cuda.is_available():
         # each rank its own GPU: torchrun ranks set it from LOCAL_RANK (distributed.init), Ray Train per worker
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     tok = AutoTokenizer.from_pretrained(spec.name, trust_remote_code=spec.trust_remote_code, revision=spec.revision)

@@ -275,7 +275,9 @@ def _adapter_with_base(info: ModelDir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_weights(info: ModelDir, cfg: Config, backend_name: str, dtype, q4: bool, q8: bool):
+def _load_weights(
+    info: ModelDir, cfg: Config, backend_name: str, dtype, q4: bool, q8: bool, placement: Optional[dict] = None
+):
     """The model of a saved directory (an adapter with its base, or a merged model) on one backend."""
     be = get_backend(backend_name)
     spec = LoadSpec(
@@ -286,6 +288,7 @@ def _load_weights(info: ModelDir, cfg: Config, backend_name: str, dtype, q4: boo
         q8,
         cfg.model.trust_remote_code,
         attn_implementation=cfg.model.attn_implementation if be.name == "transformers" else None,
+        placement=placement if be.name == "transformers" else None,
     )
     if info.kind == "adapter" and be.loads_adapters:
         with _adapter_with_base(info) as name:
@@ -345,12 +348,14 @@ def load_for_generation(
     base: Optional[str] = None,
     overrides: Optional[list[str]] = None,
     info: Optional[ModelDir] = None,
+    placement: Optional[dict] = None,
 ) -> Loaded:
     """Model + tokenizer + prompt formatter of a saved model directory, ready for `summarize_texts`.
 
     backend: "unsloth" or "transformers" (default: the backend the model was trained with).
     base: the base model of an adapter, when it is not where adapter_config.json says.
     overrides: config keys on top of the model's config.yaml, e.g. ["eval.num_beams=4"].
+    placement: from_pretrained's device_map / max_memory (the transformers backend; export/memory.py decides it).
     """
     info = info or saved_model(model_dir, base)
     cfg = model_config(info, overrides)
@@ -368,7 +373,7 @@ def load_for_generation(
     elif cfg.model.load_in_8bit and not cuda:
         log.info("the model was trained on an 8-bit base; this machine has no GPU, so the base is loaded unquantized")
     dtype = inference_dtype(cfg)
-    model = _load_weights(info, cfg, backend, dtype, q4, q8)
+    model = _load_weights(info, cfg, backend, dtype, q4, q8, placement)
     stored = _stored_quantization(info)
     tok = load_saved_tokenizer(info, cfg, backend)
     if getattr(model.config, "pad_token_id", None) != tok.pad_token_id:

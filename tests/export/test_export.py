@@ -153,15 +153,15 @@ def test_cpu_training_precision_ignores_the_cpus_bfloat16_support(monkeypatch, t
     import unsloth_zoo.cpu.trainer as cpu_trainer
 
     from llm_summarizer.config import load_config
-    from llm_summarizer.models.loading import pick_precision
+    from llm_summarizer.models.device import training_plan
     from llm_summarizer.training.trainer import sft_config
 
     cfg = load_config("tiny", [f"output.dir={tmp_path}"])
     for answer in (True, False):
         monkeypatch.setattr(cpu_trainer, "cpu_bf16_supported", lambda: answer)
-        prec = pick_precision(cfg)
-        args = sft_config(cfg, prec, tmp_path, True, ["none"])
-        assert (prec.name, args.bf16, args.fp16) == ("fp32", False, False), answer
+        plan = training_plan(cfg)
+        args = sft_config(cfg, plan, tmp_path, True, ["none"])
+        assert (plan.precision, args.bf16, args.fp16) == ("fp32", False, False), answer
 
 
 def test_merged_16bit_on_the_transformers_backend(tiny_run, tmp_path):

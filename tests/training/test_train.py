@@ -349,11 +349,11 @@ def test_default_config_offline_says_what_to_do():
 
 def test_extra_args_reach_sftconfig_and_bad_keys_are_named(tmp_path, models_dir):
     from llm_summarizer.errors import UserError
-    from llm_summarizer.models.loading import pick_precision
+    from llm_summarizer.models.device import training_plan
     from llm_summarizer.training.trainer import sft_config
 
     cfg = load_config("tiny", [f"output.dir={tmp_path}", "train.extra_args={adam_beta2: 0.95, neftune_noise_alpha: 5}"])
-    args = sft_config(cfg, pick_precision(cfg), tmp_path, True, ["none"])
+    args = sft_config(cfg, training_plan(cfg), tmp_path, True, ["none"])
     assert args.adam_beta2 == 0.95 and args.neftune_noise_alpha == 5
     for extra, words in (
         ("{adam_beta3: 0.9}", "not a field of TRL's SFTConfig; did you mean adam_beta2"),
@@ -363,7 +363,7 @@ def test_extra_args_reach_sftconfig_and_bad_keys_are_named(tmp_path, models_dir)
     ):
         cfg = load_config("tiny", [f"output.dir={tmp_path}", f"train.extra_args={extra}"])
         with pytest.raises(UserError, match=words):
-            sft_config(cfg, pick_precision(cfg), tmp_path, True, ["none"])
+            sft_config(cfg, training_plan(cfg), tmp_path, True, ["none"])
     # through the command: exit 2, one message, before any model is loaded or anything is written
     out = tmp_path / "cli"
     r = run_cli(
