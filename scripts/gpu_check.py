@@ -10,6 +10,8 @@
 Stages, in the order users meet them, with their budgets in seconds (BUDGETS; they sum to at most 560, leaving the
 rest of a 10-minute call to installing the wheels):
   env       versions as they ran (the device image's, against the lock), the GPU, the device plan for it and for a T4
+  load      Unsloth's loader through ours on the device: 16-bit, 4-bit NF4, 8-bit, each in float16 as on a T4 (layers,
+            dtype, a training forward/backward, generation)
   t4        the T4's settings forced on the big card: train.precision=fp16 (float16 weights), 4-bit NF4, adamw_8bit,
             Unsloth's offloaded gradient checkpointing, the T4's 14.7 GiB through set_per_process_memory_fraction, a
             ROUGE evaluation between steps; asserts the checkpointing flags and no decode buffers after it, fp16
@@ -48,6 +50,7 @@ LOCK = ROOT / "requirements" / "lock-linux-x86_64.txt"
 # The stages in the order they run, with their budgets (seconds on a GPU; a dry run on a CPU multiplies them).
 BUDGETS = {
     "env": 25,  # the warm process's imports included
+    "load": 20,
     "t4": 130,
     "train": 60,
     "generate": 50,
@@ -57,7 +60,7 @@ BUDGETS = {
     "train_tf": 40,
     "torchrun": 40,
 }
-WARM = ("env", "t4", "train", "generate", "export", "oom")  # one process; the others run their own
+WARM = ("env", "load", "t4", "train", "generate", "export", "oom")  # one process; the others run their own
 T4 = {"name": "Tesla T4", "capability": (7, 5), "memory_gib": 14.7}
 
 
@@ -200,6 +203,69 @@ def stage_env(ctx: Ctx) -> None:
     else:
         need(plan.precision == "fp32", "train.precision=auto picks fp32 on a CPU")
         skip("train.precision=auto on a GPU needs a CUDA GPU")
+
+
+def stage_load(ctx: Ctx) -> None:
+    """Unsloth's FastLanguageModel through our loader on the device, at the T4's precision (fp16: float16 weights):
+    16-bit, 4-bit NF4 and 8-bit."""
+    import gc
+
+    import bitsandbytes as bnb
+    import torch
+
+    from llm_summarizer.config import load_config
+    from llm_summarizer.data.rows import load_raw_splits
+    from llm_summarizer.errors import UserError
+    from llm_summarizer.models.backends import for_inference, for_training
+    from llm_summarizer.models.loading import load_for_training
+
+    on = cuda()
+    common = [f"model.cache_dir={ctx.models}", "model.backend=unsloth"] + (["train.precision=fp16"] if on else [])
+    raw = load_raw_splits(load_config("tiny", common))
+    results = {}
+    for mode, extra in (("16bit", []), ("4bit", ["model.load_in_4bit=true"]), ("8bit", ["model.load_in_8bit=true"])):
+        cfg = load_config("tiny", common + extra)
+        if on:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        try:
+            model, tok, info = load_for_training(cfg, raw)
+        except UserError as e:
+            if not on and mode == "8bit":
+                need("needs a CUDA GPU" in str(e), f"8-bit loading is refused on a CPU with a message ({e})")
+                skip("8-bit loading through Unsloth needs a CUDA GPU")
+                continue
+            raise
+        n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+        n8 = sum(isinstance(m, bnb.nn.Linear8bitLt) for m in model.modules())
+        device = next(model.parameters()).device.type
+        need(device == ("cuda" if on else "cpu"), f"{mode}: weights on {device}")
+        need(n4 > 0 if mode == "4bit" else n8 > 0 if mode == "8bit" else n4 == n8 == 0, f"{mode}: {n4}/{n8} 4/8-bit")
+        dtype = str(model.get_input_embeddings().weight.dtype).replace("torch.", "")
+        need(dtype == ("float16" if on else "float32"), f"{mode}: the plan's dtype reached Unsloth ({dtype})")
+        ids = tok("The city council voted on Tuesday to extend the bus service.", return_tensors="pt").to(device)
+        with torch.autocast(device, dtype=torch.float16, enabled=on):
+            loss = model(**ids, labels=ids["input_ids"]).loss
+        loss.backward()
+        need(bool(torch.isfinite(loss)), f"{mode}: a training forward/backward gives a finite loss ({loss.item():.3f})")
+        for_inference(model, "unsloth")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        for_training(model, "unsloth")
+        need(out.shape[1] > ids["input_ids"].shape[1], f"{mode}: generation gives new tokens")
+        results[mode] = {
+            "seconds": round(time.time() - t0, 2),
+            "linear4bit": n4,
+            "linear8bit": n8,
+            "dtype": dtype,
+            "precision": info["precision_detail"],
+            "peak_gib": peak_gib() if on else None,
+        }
+        del model, tok, loss, out
+        gc.collect()
+        if on:
+            torch.cuda.empty_cache()
+    record(loads=results)
 
 
 def _flags(model) -> tuple[list, int]:
@@ -350,8 +416,7 @@ def stage_oom(ctx: Ctx) -> None:
 
     ctx.needs_model()
     if not cuda():
-        skip("a real CUDA out-of-memory needs a CUDA GPU")
-        raise Skip("needs a CUDA GPU")
+        raise Skip("a real CUDA out-of-memory needs a CUDA GPU")
     oom_generate(ctx.trained)
     # The train command with this process's CUDA memory capped at 256 MiB and a batch far beyond it.
     log = Path(os.environ["GPU_CHECK_LOG"])
@@ -377,6 +442,7 @@ def stage_oom(ctx: Ctx) -> None:
 
 STAGES = {
     "env": stage_env,
+    "load": stage_load,
     "t4": stage_t4,
     "train": stage_train,
     "generate": stage_generate,

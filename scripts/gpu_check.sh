@@ -10,7 +10,7 @@
 # The stages, their order and budgets are in scripts/gpu_check.py (BUDGETS, and its docstring says what each
 # checks): ordered by what users meet first (the T4's settings forced on the big card, then this card's defaults,
 # generate, export, out-of-memory, resume), budgets summing to at most 560 s. The stages that can share a process
-# run in one warm Python process (env t4 train generate export oom: Unsloth and the stack imported once); resume
+# run in one warm Python process (env load t4 train generate export oom: Unsloth and the stack imported once); resume
 # (it SIGKILLs a run), train_tf (a process without Unsloth) and torchrun run their own. A stage starts only when half
 # its budget is left of BUDGET, else it is skipped and the summary says so; it is stopped at its budget or at the
 # end of BUDGET, whichever comes first. Every stage uses the random-init tiny model built here from data/demo.
@@ -33,7 +33,7 @@ while read -r name budget; do BUDGETS[$name]=$budget; ALL_STAGES+=("$name"); don
 total=0
 for s in "${ALL_STAGES[@]}"; do total=$((total + BUDGETS[$s])); done
 BUDGET=${BUDGET:-$((total * SCALE))}
-WARM_STAGES=" env t4 train generate export oom "
+WARM_STAGES=" env load t4 train generate export oom "
 # The kill/resume run needs steps slow enough to be killed between two checkpoints: many on a GPU, few on a CPU.
 RESUME_STEPS=${RESUME_STEPS:-$([ "$REQUIRE_GPU" = 0 ] && echo 24 || echo 200)}
 STEPS=${STEPS:-$([ "$REQUIRE_GPU" = 0 ] && echo 12 || echo 200)}
@@ -166,9 +166,10 @@ if [ ${#warm[@]} -gt 0 ]; then
   echo "== warm process: ${warm[*]} (budget ${wbudget}s)"
   supervise warm $((wbudget + 15))  # its own timers stop each stage; this stops a process that hangs outside them
   cat "$WORK/warm.log"
+  ended="the warm process ended first (exit $rc)"
+  [ -f "$WORK/warm.timeout" ] && ended="the warm process was stopped at its budget"
   for s in "${warm[@]}"; do  # a stage the process never reached (killed, crashed) is recorded as failed
-    grep -q "\"stage\": \"$s\"" "$WORK/stages.jsonl" 2>/dev/null \
-      || note "$s" fail 0 "$((BUDGETS[$s] * SCALE))" "the warm process ended first (exit $rc$([ -f "$WORK/warm.timeout" ] && echo ', stopped at its budget'))"
+    grep -q "\"stage\": \"$s\"" "$WORK/stages.jsonl" 2>/dev/null || note "$s" fail 0 "$((BUDGETS[$s] * SCALE))" "$ended"
   done
 fi
 for stage in "${stages[@]}"; do

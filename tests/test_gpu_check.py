@@ -61,7 +61,7 @@ def test_the_stages_fit_one_ten_minute_call_in_the_order_users_meet_them():
     budgets = [(name, int(b)) for name, b in (line.split() for line in r.stdout.splitlines())]
     assert sum(b for _, b in budgets) <= 560, budgets
     names = [n for n, _ in budgets]
-    assert names[:6] == ["env", "t4", "train", "generate", "export", "oom"], names  # the T4 path first, export early
+    assert names[:7] == ["env", "load", "t4", "train", "generate", "export", "oom"], names  # the T4 first, export early
     doc = (ROOT / "scripts" / "gpu_check.py").read_text()
     assert all(f"\n  {n} " in doc for n in names)  # each stage said in the docstring
 
