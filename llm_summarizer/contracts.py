@@ -1,4 +1,7 @@
-"""What a run writes for others to read, as types: `metrics.json` of a fine-tuned model (RunMetrics).
+"""What a run writes for others to read, as types: `metrics.json` of a fine-tuned model (RunMetrics), and the shapes of
+every other JSON file a model folder carries (run_info.json, export_info.json, gguf_conversion.json, and an
+evaluation's eval_settings.json), read through `read_model_file` like any untrusted input (untrusted.py): a wrong
+type, a cut-off file or an absurd number is one message naming the file and the key.
 
 Written and read only through these types: a reader asks `metrics.final_score("eval_rougeL")` or
 `metrics.train.global_step` instead of digging into nested dicts. The file carries `version`:
@@ -14,16 +17,160 @@ Keys this code does not know are kept (`extra`) and written back, so a round tri
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import UserError
-from .layout import METRICS_FILE
+from .layout import EVAL_SETTINGS, EXPORT_INFO, GGUF_CONVERSION_FILE, METRICS_FILE, RUN_INFO_FILE
 from .metric_names import plain_name
+from .untrusted import Any, Bool, Int, Lst, Map, Num, Obj, Opt, Shape, Str, check_shape, read_json
 
 METRICS_VERSION = 2
+
+# ---- the shapes of a model folder's files: every key a reader of this project reads, with its type --------------
+_SCORES = Map(Opt(Num()))  # metric -> value (base, final, references)
+_DIFFERENCES = Map(
+    Obj(
+        diff=Opt(Num()),
+        ci95=Opt(Lst(Opt(Num()), max_len=2)),
+        share_of_resamples_not_better=Opt(Num(0, 1)),
+        examples=Opt(Int()),
+    )
+)
+_LENGTHS = Obj(**{k: Opt(Num(0, 1e9)) for k in ("min", "mean", "p50", "p95", "max")})
+_SPLIT = Obj(
+    source=Opt(Str()),
+    rows_read=Opt(Int()),
+    rows=Opt(Int()),
+    dropped=Opt(Map(Opt(Int()))),
+    dropped_first_rows=Opt(Map(Any())),
+    truncated=Opt(Int()),
+    prompt_tokens=Opt(_LENGTHS),
+    summary_tokens=Opt(_LENGTHS),
+)
+_TRACKER = Obj(
+    run_id=Opt(Str(500)),
+    id=Opt(Str(500)),
+    url=Opt(Str(2000)),
+    project=Opt(Str(500)),
+    entity=Opt(Str(500)),
+    tracking_uri=Opt(Str(2000)),
+    mode=Opt(Str(50)),
+    logdir=Opt(Str(4000)),
+)
+_TRAIN = Obj(
+    global_step=Opt(Int()),
+    train_loss=Opt(Num()),
+    train_runtime_s=Opt(Num(0)),
+    best_checkpoint=Opt(Str(4000)),
+    best_metric=Opt(Num()),
+    rouge_callback_s=Opt(Num(0)),
+    rouge_callback_share=Opt(Num(0, 1e6)),
+    resumed_from=Opt(Str(4000)),
+    world_size=Opt(Int(1, 10**6)),
+    train_tokens=Opt(Int()),
+    train_tokens_per_s=Opt(Num(0)),
+    peak_memory_gib=Opt(Num(0)),
+    peak_memory_of=Opt(Str(200)),
+    startup=Opt(Map(Opt(Num()))),
+)
+METRICS_SHAPE = Obj(
+    version=Int(1, 10**6),
+    base=Opt(_SCORES),
+    final=Opt(_SCORES),
+    references=Opt(_SCORES),
+    train=Opt(_TRAIN),
+    data=Opt(Map(Opt(_SPLIT))),
+    eval_protocol=Opt(
+        Obj(
+            decoding=Opt(
+                Obj(
+                    max_new_tokens=Opt(Int(1, 10**6)),
+                    num_beams=Opt(Int(1, 10**4)),
+                    do_sample=Opt(Bool()),
+                    stop_tokens=Opt(Lst(Opt(Str(1000)))),
+                )
+            ),
+            examples=Opt(Int()),
+            split=Opt(Str(200)),
+            diagnostics=Opt(Map(Any())),
+        )
+    ),
+    final_vs_base=Opt(
+        Obj(examples=Opt(Int()), model_minus_base=Opt(_DIFFERENCES), diagnostics_model_minus_base=Opt(_DIFFERENCES))
+    ),
+    tune=Opt(Obj(trial=Opt(Int()), pruned_at_step=Opt(Int()))),
+    tracking=Opt(Map(Opt(_TRACKER))),
+)
+RUN_INFO_SHAPE = Obj(
+    seed=Opt(Int(0, 2**32)),
+    split_seed=Opt(Int(0, 2**32)),
+    model=Opt(
+        Obj(
+            base_model=Opt(Str(4000)),
+            resolved_path=Opt(Str(4000)),
+            backend=Opt(Str(50)),
+            precision=Opt(Str(50)),
+            precision_detail=Opt(Str(500)),
+            trainable_params=Opt(Int()),
+            total_params=Opt(Int()),
+            gguf=Opt(Map(Any())),
+        )
+    ),
+    versions=Opt(Map(Opt(Str(200)))),
+    git_commit=Opt(Str(100)),
+    wall_time_s=Opt(Num(0)),
+)
+EXPORT_INFO_SHAPE = Obj(
+    format=Opt(Str(50)),
+    source=Opt(Str(4000)),
+    source_kind=Opt(Str(50)),
+    base_model=Opt(Str(4000)),
+    backend=Opt(Str(50)),
+    dtype=Opt(Str(100)),
+    method=Opt(Str(4000)),
+    verification=Opt(Map(Any())),
+    memory=Opt(Map(Any())),
+)
+GGUF_CONVERSION_SHAPE = Obj(changes=Opt(Lst(Any())), source=Opt(Any()))
+EVAL_SETTINGS_SHAPE = Obj(
+    model=Opt(Str(4000)),
+    weights=Lst(Lst(Opt(Str(4000)), max_len=2)),
+    data=Str(4000),
+    data_rows=Str(100),
+    split=Str(200),
+    decoding=Obj(max_new_tokens=Int(1, 10**6)).require("max_new_tokens"),
+    prompt=Map(Any()),
+    prompt_digest=Str(100),
+).require("weights", "data", "data_rows", "split", "decoding", "prompt", "prompt_digest")
+SHAPES = {
+    METRICS_FILE: METRICS_SHAPE,
+    RUN_INFO_FILE: RUN_INFO_SHAPE,
+    EXPORT_INFO: EXPORT_INFO_SHAPE,
+    GGUF_CONVERSION_FILE: GGUF_CONVERSION_SHAPE,
+    EVAL_SETTINGS: EVAL_SETTINGS_SHAPE,
+}
+
+
+def read_model_file(path: Path, shape: Optional[Shape] = None) -> dict:
+    """A JSON file of a model folder (or of an evaluation), read as untrusted input against its shape (SHAPES by
+    file name); one UserError naming the file and the key otherwise."""
+    path = Path(path)
+    return read_json(path, shape or SHAPES[path.name], str(path))
+
+
+def optional_model_file(path: Path, left_out: str, log, shape: Optional[Shape] = None) -> Optional[dict]:
+    """A file the command can work without: its content, or None with one warning that names the problem and what
+    the command leaves out (None without a warning when the file is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return read_model_file(path, shape)
+    except UserError as e:
+        log.warning("%s; going on without it (%s)", e, left_out)
+        return None
 
 
 @dataclass
@@ -106,7 +253,7 @@ class RunMetrics:
 
     # -- the file ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d: dict[str, Any] = {
+        d: dict = {
             "version": self.version,
             "base": self.base,
             "final": self.final,
@@ -120,7 +267,7 @@ class RunMetrics:
         return {**d, **self.extra}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = METRICS_FILE) -> "RunMetrics":
+    def from_dict(cls, d, where: str = METRICS_FILE) -> "RunMetrics":
         if not isinstance(d, dict):
             raise UserError(
                 f"{where} should hold a JSON object with the run's metrics; it holds "
@@ -134,19 +281,7 @@ class RunMetrics:
                 f"{where} was written by a newer llm_summarizer (metrics.json version {version}; this one "
                 f"reads up to {METRICS_VERSION}). Upgrade llm_summarizer to read it"
             )
-        for name in (
-            "base",
-            "final",
-            "data",
-            "eval_protocol",
-            "references",
-            "tune",
-            "tracking",
-            "final_vs_base",
-            "train",
-        ):
-            if d.get(name) is not None and not isinstance(d[name], dict):
-                raise UserError(f'{where}: "{name}" should be a JSON object, not {type(d[name]).__name__}')
+        check_shape(d, METRICS_SHAPE, where)
         known = _known(cls, d)
         known["train"] = TrainFigures.from_dict(d.get("train") or {})
         for name in ("data", "eval_protocol"):
@@ -156,13 +291,7 @@ class RunMetrics:
 
     @classmethod
     def read(cls, path: Path) -> "RunMetrics":
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"{path} is not readable JSON ({type(e).__name__}); is the model directory complete?"
-            ) from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_json(Path(path), Any(), str(path)), str(path))
 
 
 def _number(v) -> Optional[float]:

@@ -90,9 +90,19 @@ def test_a_file_from_a_newer_version_is_refused_with_what_to_do(tmp_path):
     "text, says",
     [
         ("[1, 2]", "should hold a JSON object with the run's metrics; it holds list"),
-        ('{"final": [0.3]}', '"final" should be a JSON object, not list'),
+        ('{"final": [0.3]}', "key final is [0.3]; expected a JSON object"),
         ('{"version": "2"}', "version '2' is not a metrics.json version"),
-        ("{not json", "is not readable JSON (JSONDecodeError)"),
+        ("{not json", "not valid JSON (Expecting property name enclosed in double quotes"),
+        (
+            '{"data": {"train": {"summary_tokens": {"p95": Infinity}}}}',
+            "not valid JSON (Infinity is not a JSON number)",
+        ),
+        ('{"data": {"train": {"summary_tokens": "twenty"}}}', 'key data.train.summary_tokens is "twenty"; expected'),
+        ('{"eval_protocol": {"decoding": "greedy"}}', 'key eval_protocol.decoding is "greedy"; expected a JSON object'),
+        ('{"data": {"train": 5}}', "key data.train is 5; expected a JSON object"),
+        ('{"tracking": {"wandb": "x"}}', 'key tracking.wandb is "x"; expected a JSON object'),
+        ('{"train": {"global_step": 1e300}}', "key train.global_step is 1e+300; expected a finite number"),
+        ("[" * 100000 + "]" * 100000, "JSON nested too deeply to read"),
     ],
 )
 def test_a_damaged_file_is_one_message_naming_it(tmp_path, text, says):

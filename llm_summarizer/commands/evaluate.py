@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -57,11 +58,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument("--base", help="base model of an adapter (or of a merged model, for --compare-base)")
     ap.add_argument("--no-report", action="store_true", help="skip report.md and the plots")
     ap.add_argument(
-        "--no-tracking",
+        "--to-training-run",
         action="store_true",
-        help="do not add the scores to the W&B / MLflow run that trained the model (added by default "
-        "when the model's metrics.json names one; W&B goes offline when no server answers)",
+        help="add the scores to the W&B / MLflow run that trained the model (named in its metrics.json; W&B goes "
+        "offline when no server answers). MLflow writes to the store you give (--mlflow-tracking-uri or "
+        "$MLFLOW_TRACKING_URI), never to an address read from the model folder. Default: no tracker is written",
     )
+    ap.add_argument(
+        "--mlflow-tracking-uri", help="with --to-training-run: your MLflow store (default $MLFLOW_TRACKING_URI)"
+    )
+    ap.add_argument("--no-tracking", action="store_true", help="(the default now; kept for older scripts)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.batch_size=32 eval.num_beams=4")
     return ap
 
@@ -131,16 +137,19 @@ def run(args, _cfg) -> int:
         report=not args.no_report,
     )
     _print_summary(res.metrics, res.output_dir, res.report)
-    if not args.no_tracking:
-        to_training_run(Path(args.model), res)
+    if args.to_training_run:
+        to_training_run(Path(args.model), res, args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     return 0
 
 
-def to_training_run(model_dir: Path, res) -> None:
-    """The scores (and for W&B a predictions table) into the W&B / MLflow run that trained the model, when its
-    metrics.json names one. A tracker that fails says so; the evaluation is written either way."""
-    p = model_dir / METRICS_FILE
-    training = RunMetrics.read(p) if p.is_file() else RunMetrics()
+def to_training_run(model_dir: Path, res, mlflow_uri: Optional[str]) -> None:
+    """--to-training-run: the scores (and for W&B a predictions table) into the W&B / MLflow run that trained the
+    model, when its metrics.json names one. The model folder names the run, never where to write: MLflow goes to
+    `mlflow_uri`, the user's own store. A tracker that fails says so; the evaluation is written either way."""
+    # the model folder's reader: a damaged metrics.json was named when the model loaded and is left out here too
+    from ..models.directory import read_metrics
+
+    training = read_metrics(model_dir) or RunMetrics()
     tracking = training.tracking or {}
     if not any(isinstance(run, dict) and run.get("run_id") for run in tracking.values()):
         return
@@ -159,8 +168,14 @@ def to_training_run(model_dir: Path, res) -> None:
             continue
         if log_evaluation is None:
             continue
+        if name == "mlflow" and not mlflow_uri:
+            log.warning(
+                "the model was trained with an MLflow run, but no MLflow store was given (--mlflow-tracking-uri or "
+                "$MLFLOW_TRACKING_URI): scores not added to it (the address in the model folder is not used)"
+            )
+            continue
         try:
-            info = log_evaluation(training, res)
+            info = log_evaluation(training, res, mlflow_uri) if name == "mlflow" else log_evaluation(training, res)
         except Exception as e:  # noqa: BLE001 - the tracker must not undo a finished evaluation
             log.warning(
                 "could not add the scores to the %s run that trained the model (%s: %s); they are in %s",

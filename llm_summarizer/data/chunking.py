@@ -90,6 +90,12 @@ def _next_start(cur: int, end: int, overlap: int, levels: list[list[int]]) -> in
     return end
 
 
+def applied_overlap(overlap: int, budget: int) -> int:
+    """The overlap windows of `budget` tokens really repeat: at most a quarter of the window (windows are at least
+    half the budget, so each ends a quarter further on)."""
+    return min(overlap, budget // 4)
+
+
 def split_windows(text: str, starts: list[int], budget: int, overlap: int = 0) -> list[Window]:
     """Windows of at most `budget` tokens covering `text` (tokens starting at `starts`), each ending at the most
     natural place available, the next one repeating at most `overlap` tokens."""
@@ -98,7 +104,7 @@ def split_windows(text: str, starts: list[int], budget: int, overlap: int = 0) -
     n = len(starts)
     if n <= budget:
         return [Window(0, len(text), n)]
-    overlap = min(overlap, budget // 4)  # windows are at least half the budget: each ends a quarter further on
+    overlap = applied_overlap(overlap, budget)
     levels = places(text, starts)
     windows, cur = [], 0
     while cur < n:

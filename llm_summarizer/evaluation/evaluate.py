@@ -8,6 +8,7 @@ llm_summarizer/commands/evaluate.py).
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ from pydantic import ValidationError
 
 from .. import progress
 from ..config import Config, SourceSpec, _coerce_source
+from ..contracts import EVAL_SETTINGS_SHAPE, read_model_file
+from ..data.chunking import applied_overlap
 from ..data.readers import SUPPORTED_SUFFIXES, read_source
 from ..data.rows import load_raw_splits, validate_rows
 from ..environment import package_versions
@@ -28,9 +31,10 @@ from ..errors import UserError
 from ..files import file_digest, write_json, write_text
 from ..layout import BASE_PREDICTIONS, EVAL_SETTINGS, METRICS_FILE, PREDICTIONS
 from ..models.directory import weight_files
-from ..models.generation import AdaptiveBatch, check_documents, default_max_new_tokens, summarize_texts
+from ..models.generation import AdaptiveBatch, check_documents, chunk_window, default_max_new_tokens, summarize_texts
 from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
 from ..paths import Place, check_places, claim
+from ..untrusted import Any, Bool, Int, Map, Num, Obj, Opt, Str, check_shape, loads
 from . import diagnostics
 from .bootstrap import diagnostics_block, paired_diagnostics, paired_difference, score_block
 from .report import find_log_history, write_eval_report
@@ -105,25 +109,49 @@ def load_eval_rows(cfg: Config, data=None, split: str = "test", limit: Optional[
 
 
 def _unique_ids(rows: list[dict]) -> list[dict]:
-    # Resuming matches predictions to rows by id, so ids must be unique.
+    """Rows with unique ids (resuming and scoring match predictions to rows by id): a repeated id gets the first free
+    name of id#2, id#3, ... that no row of the data uses, the same on every run over the same data."""
+    taken = {str(r["id"]) for r in rows}
     seen: Counter = Counter()
-    out = []
+    out, renamed = [], 0
     for r in rows:
-        seen[r["id"]] += 1
-        rid = r["id"] if seen[r["id"]] == 1 else f"{r['id']}#{seen[r['id']]}"
+        rid = str(r["id"])
+        seen[rid] += 1
+        if seen[rid] > 1:
+            k = seen[rid]
+            while f"{rid}#{k}" in taken:
+                k += 1
+            seen[rid] = k
+            rid = f"{rid}#{k}"
+            taken.add(rid)
+            renamed += 1
         out.append({"id": rid, "document": r["document"], "summary": r["summary"]})
-    dup = sum(1 for v in seen.values() if v > 1)
-    if dup:
-        log.warning("%d id(s) occur more than once in the data; repeats are numbered id#2, id#3, ...", dup)
+    if renamed:
+        log.warning("%d row(s) repeat an earlier id; each was given the first free name of id#2, id#3, ...", renamed)
     return out
 
 
+PREDICTION_ROW = Obj(
+    id=Str(10_000),
+    prediction=Str(10**7),
+    reference=Str(10**7),
+    document=Opt(Str(10**8)),
+    gen_seconds=Opt(Num(0)),
+    new_tokens=Opt(Int()),
+    hit_max_new_tokens=Opt(Bool()),
+    truncated_input=Opt(Bool()),
+    method=Opt(Str(50)),
+    diagnostics=Opt(Map(Any())),
+).require("id", "prediction", "reference")
+
+
 def read_predictions(path: Path) -> dict[str, dict]:
-    """Rows already written, by id. A torn last line (the process was killed mid-write) is dropped and
-    the file rewritten without it, so appending continues cleanly."""
+    """Rows already written, by id, each checked (a hand-edited file is input like any other: a row of the wrong
+    shape is one message naming the line and the key). A torn last line (the process was killed mid-write) is
+    dropped and the file rewritten without it, so appending continues cleanly."""
     if not path.is_file():
         return {}
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
     lines = text.split("\n")
     rows: dict[str, dict] = {}
     last = max((i for i, l in enumerate(lines) if l.strip()), default=-1)
@@ -132,18 +160,22 @@ def read_predictions(path: Path) -> dict[str, dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
-                raise ValueError("not a prediction row")
-        except ValueError:
+            row = loads(line, f"{path}, line {i + 1}")
+        except UserError:
             if i == last:
                 torn = True
                 log.warning("%s: dropping a cut-off last line (the previous run stopped while writing it)", path)
                 continue
             raise UserError(
-                f"{path}, line {i + 1}: not a prediction row; delete the file to evaluate from scratch"
+                f"{path}, line {i + 1}: not a prediction row (not JSON); delete the file to evaluate from scratch"
             ) from None
-        rows.setdefault(str(row["id"]), row)
+        check_shape(row, PREDICTION_ROW, f"{path}, line {i + 1}")
+        if row["id"] in rows:
+            raise UserError(
+                f"{path}, line {i + 1}: id {row['id']!r} is already on an earlier line; delete the file to evaluate "
+                f"from scratch"
+            )
+        rows[row["id"]] = row
     if torn or (text and not text.endswith("\n")):
         write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
     return rows
@@ -245,7 +277,7 @@ def _decoding(ev, max_new_tokens: int, source: str, stop_ids, tokenizer) -> dict
     return d
 
 
-def _prompt(cfg: Config, formatter) -> dict:
+def _prompt(cfg: Config, formatter, window: Optional[int] = None) -> dict:
     return {
         "template": "the tokenizer's chat template" if formatter.use_chat else "plain text",
         "data.template": cfg.data.template,
@@ -254,26 +286,51 @@ def _prompt(cfg: Config, formatter) -> dict:
         "max_seq_length": cfg.model.max_seq_length,
         "document_truncation": f"{cfg.data.truncation}: the document is cut (in tokens) so that the prompt "
         f"plus max_new_tokens fit max_seq_length, the rule used in training",
-        "long_documents": long_documents(cfg),
+        "long_documents": long_documents(cfg, window),
     }
 
 
-def long_documents(cfg: Config) -> str:
-    """What happens to a document over the token budget, in words (eval.long_documents)."""
+def long_documents(cfg: Config, window: Optional[int] = None) -> str:
+    """What happens to a document over the token budget, in words (eval.long_documents), with the window and the
+    overlap as they are applied when `window` (the document tokens a window holds) is known."""
     ev = cfg.eval
     if ev.long_documents != "chunk":
         return "truncate: cut by data.truncation (document_truncation)"
-    window = f"{ev.chunk_tokens} tokens" if ev.chunk_tokens else "the token budget"
+    if window is not None:
+        size = f"{window} document tokens" + (f" (eval.chunk_tokens={ev.chunk_tokens})" if ev.chunk_tokens else "")
+        overlap = applied_overlap(ev.chunk_overlap, window)
+        said = (
+            f" (eval.chunk_overlap={ev.chunk_overlap}, at most a quarter of a window)"
+            if overlap != ev.chunk_overlap
+            else ""
+        )
+        overlap_text = f"{overlap} tokens of overlap{said}"
+    else:
+        size = f"{ev.chunk_tokens} tokens" if ev.chunk_tokens else "the token budget"
+        overlap_text = f"{ev.chunk_overlap} tokens of overlap at most"
     merge = f", merge prompt {ev.merge_instruction!r}" if ev.merge_instruction else ""
     return (
-        f"chunk: windows of {window} cut at line and sentence ends, {ev.chunk_overlap} tokens of overlap, each "
+        f"chunk: windows of {size} cut at line and sentence ends, {overlap_text}, each "
         f"summarized, then the joined summaries in at most {ev.max_merge_rounds} merge rounds{merge} "
         f"(at most {ev.max_chunks} windows per document)"
     )
 
 
-def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_source: str) -> dict:
-    cfg = loaded.cfg
+def _digest(obj) -> str:
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    ).hexdigest()
+
+
+PROBE = "A probe document: its prompt, token by token, stands for the prompt of every document."
+
+
+def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_source: str, rows: list[dict]) -> dict:
+    """What earlier predictions must have been made with to be reused: the model's weights, the data rows (their
+    content, not the file's path), the prompt and the generation settings, each as it is or as a digest."""
+    cfg, tok = loaded.cfg, loaded.tokenizer
+    prompt = _prompt(cfg, loaded.formatter, chunk_window(loaded, max_new_tokens))
+    probe = loaded.formatter.generation_prompt(PROBE, max_new_tokens)[0]
     return {
         "model": str(loaded.info.path.resolve()),
         "weights": _weights_fingerprint(loaded.info.path),
@@ -282,36 +339,55 @@ def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_s
         "dtype": loaded.dtype,
         "quantized": loaded.quantized,
         "data": source,
+        "data_rows": _digest([[r["id"], r["document"], r["summary"]] for r in rows]),
         "split": split,
-        "decoding": _decoding(cfg.eval, max_new_tokens, max_new_source, loaded.formatter.stop_ids, loaded.tokenizer),
-        "prompt": _prompt(cfg, loaded.formatter),
+        "decoding": _decoding(cfg.eval, max_new_tokens, max_new_source, loaded.formatter.stop_ids, tok),
+        "prompt": prompt,
+        "prompt_digest": _digest([prompt, getattr(tok, "chat_template", None), probe]),
     }
 
 
 def check_settings(out: Path, settings: dict) -> None:
-    """Reuse predictions only from the same evaluation; never mix two into one file."""
+    """Reuse predictions only from the same evaluation, never mix two into one file: a sound record that differs is a
+    refusal; a damaged, old or missing one means the earlier predictions cannot be matched, so none is reused (they
+    are kept aside, said in one line)."""
     p = out / EVAL_SETTINGS
-    has_preds = (out / PREDICTIONS).exists() or (out / BASE_PREDICTIONS).exists()
+    preds = [f for f in (out / PREDICTIONS, out / BASE_PREDICTIONS) if f.exists()]
+    old, why = None, None
     if p.is_file():
         try:
-            old = json.loads(p.read_text(encoding="utf-8"))
-        except ValueError:
-            old = None
-        if old is not None:
-            # the model is known by its weights' content: a moved or copied model directory is the same model
-            differs = sorted(k for k in set(old) | set(settings) if k != "model" and old.get(k) != settings.get(k))
-            if differs and has_preds:
-                raise UserError(
-                    f"--output {out} holds predictions of a different evaluation (differs in: "
-                    f"{', '.join(differs)}); choose another --output, or delete {out} to start over"
-                )
-    elif has_preds:
-        raise UserError(
-            f"--output {out} holds predictions but no {EVAL_SETTINGS}, so they cannot be matched to this "
-            f"evaluation; choose another --output, or delete {out} to start over"
+            old = read_model_file(p, EVAL_SETTINGS_SHAPE)
+        except UserError as e:
+            why = str(e)
+    elif preds:
+        why = f"there is no {EVAL_SETTINGS} beside them"
+    if old is not None:
+        # the model is known by its weights' content: a moved or copied model directory is the same model
+        differs = sorted(k for k in set(old) | set(settings) if k != "model" and old.get(k) != settings.get(k))
+        if differs and preds:
+            raise UserError(
+                f"--output {out} holds predictions of a different evaluation (differs in: "
+                f"{', '.join(differs)}); choose another --output, or delete {out} to start over"
+            )
+    elif preds:
+        kept = [_set_aside(f) for f in preds]
+        log.warning(
+            "%s: the earlier predictions cannot be matched to this evaluation (%s): none is reused; kept as %s",
+            out,
+            why,
+            ", ".join(k.name for k in kept),
         )
     claim(out, "evaluation")
     write_json(p, settings)
+
+
+def _set_aside(f: Path) -> Path:
+    k = 1
+    while (f.parent / f"{f.stem}.unverified-{k}{f.suffix}").exists():
+        k += 1
+    dest = f.parent / f"{f.stem}.unverified-{k}{f.suffix}"
+    os.replace(f, dest)
+    return dest
 
 
 def default_output(info, split: str) -> Path:
@@ -377,7 +453,7 @@ def evaluate_model(
     # 3. The model, and the settings that decide whether earlier predictions can be reused.
     loaded = load_for_generation(model, backend, base, overrides, info=info)
     max_new, max_new_source = default_max_new_tokens(loaded)
-    check_settings(out, settings_for(loaded, source, split, max_new, max_new_source))
+    check_settings(out, settings_for(loaded, source, split, max_new, max_new_source, rows))
     # 4. Generate what is missing, for the model and (with --compare-base) its base.
     stats = {"model": generate_missing(loaded, loaded.model, rows, out / PREDICTIONS, max_new, "model", rouge)}
     if compare_base:
@@ -418,7 +494,7 @@ def evaluate_model(
     results["references"] = {
         "diagnostics": diagnostics_block(diag["references"], ev.bootstrap_samples, ev.bootstrap_seed)
     }
-    settings = json.loads((out / EVAL_SETTINGS).read_text(encoding="utf-8"))
+    settings = read_model_file(out / EVAL_SETTINGS, EVAL_SETTINGS_SHAPE)
     metrics = {
         "model": loaded.describe(),
         "data": {

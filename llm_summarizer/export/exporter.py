@@ -6,7 +6,6 @@ refuses before anything is loaded), added to FORMATS below.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from typing import Callable, Optional
 
 from .. import hub, progress
 from ..config import config_to_yaml
+from ..contracts import optional_model_file
 from ..environment import package_versions
 from ..errors import UserError
 from ..evaluation.modelcard import write_model_card
@@ -62,7 +62,7 @@ def default_output(info, fmt: str) -> Path:
     return info.path.parent / f"{info.name}-{fmt}"
 
 
-def _write_metadata(dst: Path, loaded, fmt: str) -> None:
+def _write_metadata(dst: Path, loaded, fmt: str, copied: tuple = ()) -> None:
     """config.yaml (the prompt format and budgets for summarize/evaluate) and the run's metrics.json."""
     cfg = loaded.cfg.model_copy(deep=True)
     if fmt != "adapter":
@@ -70,16 +70,13 @@ def _write_metadata(dst: Path, loaded, fmt: str) -> None:
         cfg.model.load_in_8bit = False
     (dst / CONFIG_FILE).write_text(config_to_yaml(cfg), encoding="utf-8")
     src = loaded.info.path
-    for name in (METRICS_FILE, RUN_INFO_FILE):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    for name in copied:  # the run's records that were read sound (a damaged one was named and left out)
+        shutil.copy2(src / name, dst / name)
 
 
-def _write_card(dst: Path, loaded, kind: str, info: dict) -> None:
-    run_info = {}
-    if (loaded.info.path / RUN_INFO_FILE).is_file():
-        run_info = json.loads((loaded.info.path / RUN_INFO_FILE).read_text(encoding="utf-8")).get("model") or {}
-    write_model_card(dst / MODEL_CARD, loaded.cfg, loaded.info.metrics, run_info, kind=kind, export_info=info)
+def _write_card(dst: Path, loaded, kind: str, info: dict, run_info: Optional[dict]) -> None:
+    model_info = (run_info or {}).get("model") or {}
+    write_model_card(dst / MODEL_CARD, loaded.cfg, loaded.info.metrics, model_info, kind=kind, export_info=info)
 
 
 def _preflight(fmt: str, info, target: Path, overwrite: bool, options: ExportOptions):
@@ -133,6 +130,8 @@ def export_model(
     options = options or ExportOptions(**option_values)
     # 1. Everything checkable without loading the model, before anything is written.
     info = saved_model(model_dir, base)
+    run_info = optional_model_file(info.path / RUN_INFO_FILE, "the training details in the model card", log)
+    copied = tuple(n for n, sound in ((METRICS_FILE, info.metrics), (RUN_INFO_FILE, run_info)) if sound is not None)
     cfg0 = model_config(info, overrides)
     target = Path(output) if output else default_output(info, fmt)
     tools = _preflight(fmt, info, target, overwrite, options)
@@ -192,7 +191,7 @@ def export_model(
         _reference(job)
 
         def write_metadata(d: Path) -> None:
-            _write_metadata(d, loaded, fmt)
+            _write_metadata(d, loaded, fmt, copied)
 
         write_metadata(tmp)
         # 5. The format writes the export into the temporary directory and checks it the way users will load it.
@@ -200,7 +199,7 @@ def export_model(
         meta["verification"] = job.check
         meta["seconds"] = round(time.time() - t0, 1)
         write_json(tmp / EXPORT_INFO, meta)
-        _write_card(tmp, loaded, FORMATS[fmt].card, meta)
+        _write_card(tmp, loaded, FORMATS[fmt].card, meta, run_info)
     log.info("exported %s -> %s (%s); %s", info.path, target, fmt, job.check["summary"])
     # 6. The hub, when asked: the export is complete locally whatever happens there.
     url = hub.push_folder(target, repo, private) if push else None

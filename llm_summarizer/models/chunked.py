@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..data.chunking import split_windows, token_starts
+from ..data.chunking import applied_overlap, split_windows, token_starts
 from ..errors import UserError
 
 log = logging.getLogger("llm_summarizer.generation")
@@ -226,7 +226,7 @@ def summarize_long(
             if len(nodes) > 1:
                 still.append(d)
                 continue
-            tree = describe_tree(d, window, ev.chunk_overlap, max_new_tokens)
+            tree = describe_tree(d, window, applied_overlap(ev.chunk_overlap, window), max_new_tokens)
             results[d.index] = dataclasses.replace(last, truncated_input=d.cut, method="chunked", tree=tree)
             if on_done:
                 on_done(d.index, results[d.index])

@@ -11,7 +11,7 @@ whose base is gone) is a `UserError` naming the directory, the file and what to 
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,7 +23,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..config import is_local_path
-from ..contracts import RunMetrics
+from ..contracts import RunMetrics, optional_model_file
 from ..errors import UserError
 from ..layout import (
     ADAPTER_CONFIG,
@@ -34,7 +34,10 @@ from ..layout import (
     METRICS_FILE,
     SHARD_PATTERNS,
 )
+from ..untrusted import Obj, read_json
 from .device import cpu_4bit_ready
+
+log = logging.getLogger("llm_summarizer.models")
 
 
 @dataclass
@@ -53,14 +56,29 @@ class ModelDir:
         return self.path.resolve().name
 
 
-def _read_json(p: Path, what: str) -> dict:
+def read_metrics(p: Path) -> Optional[RunMetrics]:
+    """The folder's metrics.json, when present and sound; a damaged or hostile one is left out with a warning
+    (every command works without it: it holds the validated generation budget and the training scores)."""
+    f = p / METRICS_FILE
+    if not f.is_file():
+        return None
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UserError(f"{what}: {p} is not readable JSON ({type(e).__name__}); is the directory complete?") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{what}: {p} should hold a JSON object")
-    return obj
+        return RunMetrics.read(f)
+    except UserError as e:
+        log.warning(
+            "%s; going on without it (the generation budget validated in training and the training scores in reports "
+            "and cards are left out)",
+            e,
+        )
+        return None
+
+
+def _read_json(p: Path, what: str) -> dict:
+    """A JSON object file of the folder (adapter_config.json, config.json), read as untrusted input."""
+    try:
+        return read_json(p, Obj(), str(p))
+    except UserError as e:
+        raise UserError(f"{what}: {e}. Is the directory complete?") from None
 
 
 def _check_full_model_dir(p: Path, what: str) -> None:
@@ -116,11 +134,7 @@ def describe_model_dir(path, base: Optional[str] = None, what: str = "--model") 
     if not p.is_dir():
         raise UserError(f"{what} {path}: is a file; expected a model directory (an adapter or a merged model)")
     cfg_yaml = p / CONFIG_FILE
-    metrics = (
-        RunMetrics.from_dict(_read_json(p / METRICS_FILE, what), f"{what} {p / METRICS_FILE}")
-        if (p / METRICS_FILE).is_file()
-        else None
-    )
+    metrics = read_metrics(p)
     if (p / ADAPTER_CONFIG).is_file():
         ac = _read_json(p / ADAPTER_CONFIG, what)
         if not any((p / w).is_file() for w in ADAPTER_WEIGHTS):
@@ -129,6 +143,11 @@ def describe_model_dir(path, base: Optional[str] = None, what: str = "--model") 
                 f"({' or '.join(ADAPTER_WEIGHTS)}); the save or copy did not finish"
             )
         recorded = ac.get("base_model_name_or_path")
+        if recorded is not None and not isinstance(recorded, str):
+            raise UserError(
+                f"{what}: {p / ADAPTER_CONFIG} key base_model_name_or_path is {recorded!r}; expected the base "
+                f"model's path or hub id (a string). Pass --base /path/to/base/model"
+            )
         return ModelDir(
             p,
             "adapter",
@@ -138,9 +157,8 @@ def describe_model_dir(path, base: Optional[str] = None, what: str = "--model") 
             metrics,
         )
     _check_full_model_dir(p, f"{what} {path}")
-    recorded = None
-    if (p / EXPORT_INFO).is_file():
-        recorded = _read_json(p / EXPORT_INFO, what).get("base_model")
+    export_info = optional_model_file(p / EXPORT_INFO, "the base model it records: --compare-base needs --base", log)
+    recorded = (export_info or {}).get("base_model")
     b = base or recorded
     if b and (base or os.path.isdir(os.path.expanduser(b)) or not is_local_path(b)):
         b = os.path.expanduser(b)

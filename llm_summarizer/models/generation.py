@@ -531,6 +531,14 @@ def check_documents(
         plan(list(texts), chunk_formatters(loaded, n)[0], loaded.cfg.eval, n, names)
 
 
+def chunk_window(loaded: Loaded, max_new_tokens: int) -> Optional[int]:
+    """The document tokens one window holds as chunking applies it (None without chunking, or with no room)."""
+    if loaded.cfg.eval.long_documents != "chunk":
+        return None
+    budget = chunk_formatters(loaded, max_new_tokens)[0].doc_budget(max_new_tokens)
+    return budget if budget >= 1 else None
+
+
 def chunk_formatters(loaded: Loaded, max_new_tokens: int):
     """The prompt formatters of the windows and of the merge rounds: the model's own, or with eval.chunk_tokens a
     window of that many document tokens, and eval.merge_instruction in the merge rounds' prompt when set."""

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..config import Config, ModelSection, is_local_path, load_config
+from ..contracts import optional_model_file
 from ..data.prompt import Formatter
 from ..errors import UserError
 from ..layout import ADAPTER_CONFIG, GGUF_CONVERSION_FILE
@@ -186,8 +187,10 @@ def load_for_training(cfg: Config, raw_splits=None):
         "trainable_params": trainable,
         "total_params": total,
     }
-    if (Path(path) / GGUF_CONVERSION_FILE).is_file():  # where the weights came from, and what was repaired
-        info["gguf"] = json.loads((Path(path) / GGUF_CONVERSION_FILE).read_text(encoding="utf-8"))
+    # where the weights came from, and what was repaired
+    gguf_record = optional_model_file(Path(path) / GGUF_CONVERSION_FILE, "its record in run_info.json", log)
+    if gguf_record is not None:
+        info["gguf"] = gguf_record
     log.info(
         "model: %s via %s, %s, %.2fM trainable of %.2fM parameters",
         path,

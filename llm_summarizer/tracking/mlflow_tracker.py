@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import socket
@@ -21,6 +22,8 @@ from ..contracts import RunMetrics
 from ..errors import UserError
 from ..redaction import redact
 from .base import Tracker, evaluation_values, run_config
+
+log = logging.getLogger("llm_summarizer.tracking")
 
 
 @contextlib.contextmanager
@@ -154,23 +157,30 @@ class MlflowTracker(Tracker):
         return dict(self._info)
 
 
-def log_evaluation(training: RunMetrics, evaluation) -> Optional[dict]:
-    """evaluate's scores into the MLflow run that trained the model (its metrics.json `tracking.mlflow`):
-    `<split>/<rouge>` and `<split>/<statistic>` metrics (and the base's and the gain with --compare-base), a tag
-    with the evaluation's folder. None when the model records no MLflow run or its store address was redacted
-    (it held a secret)."""
+def log_evaluation(training: RunMetrics, evaluation, tracking_uri: str) -> Optional[dict]:
+    """evaluate's scores into the MLflow run that trained the model (its metrics.json `tracking.mlflow` names the
+    run): `<split>/<rouge>` and `<split>/<statistic>` metrics (and the base's and the gain with --compare-base), a
+    tag with the evaluation's folder, in the store at `tracking_uri` (the user's; the address the model folder
+    records is never written to). None when the model records no MLflow run, or that run is not in that store."""
     known = (training.tracking or {}).get("mlflow") or {}
-    uri, run_id = known.get("tracking_uri"), known.get("run_id")
-    if not uri or not run_id or redact(uri) != uri or "***" in uri:
+    run_id, uri = known.get("run_id"), tracking_uri
+    if not uri or not run_id:
         return None
     m = evaluation.metrics
     split = m["data"]["split"]
     values = evaluation_values(m)
     ts = int(time.time() * 1000)
     client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own types for an unknown run; all mean "not here"
+        log.warning(
+            "MLflow: run %s is not in the store %s (%s); scores not added", run_id, redact(uri), type(e).__name__
+        )
+        return None
     client.log_batch(
         run_id,
         metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if math.isfinite(v)],
         tags=[RunTag(f"llm_summarizer.evaluation.{split}", str(Path(evaluation.output_dir).resolve()))],
     )
-    return {"run_id": run_id, "tracking_uri": uri, "keys": sorted(values)}
+    return {"run_id": run_id, "tracking_uri": redact(uri), "keys": sorted(values)}

@@ -187,6 +187,64 @@ def test_interrupted_evaluation_resumes_without_regenerating(tiny_run, tmp_path,
     assert (out / "predictions.jsonl").read_text() == final
 
 
+def test_predictions_are_reused_only_while_they_still_match(tiny_run, tmp_path, capsys, caplog):
+    """A rerun reuses earlier predictions only when the model's weights, the data rows' content, the prompt and the
+    generation settings are those they were made with; a damaged record reuses nothing (said in one line, the old
+    file kept); a hand-edited predictions file is checked row by row; repeated ids get names that cannot collide."""
+    from llm_summarizer.commands.evaluate import main
+
+    rows = read_jsonl(TEST)[:6]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ev"
+    args = ["--model", str(tiny_run.model_dir), "--data", str(data), "--output", str(out), "--no-report"]
+    assert main(args) == 0
+    first = (out / "predictions.jsonl").read_text()
+    # 1. the data edited in place (same path, every reference replaced): refused, nothing touched
+    data.write_text("".join(json.dumps({**r, "summary": "Something else entirely."}) + "\n" for r in rows))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds predictions of a different evaluation (differs in: data_rows)" in err and "Traceback" not in err
+    assert (out / "predictions.jsonl").read_text() == first
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # 2. the record cut off, then another budget: nothing reused, the old predictions kept aside
+    (out / "eval_settings.json").write_text((out / "eval_settings.json").read_text()[:40])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm_summarizer"):
+        assert main(args + ["eval.max_new_tokens=5"]) == 0
+    said = [m for m in caplog.messages if "cannot be matched" in m]
+    assert len(said) == 1 and "none is reused; kept as predictions.unverified-1.jsonl" in said[0]
+    assert (out / "predictions.unverified-1.jsonl").read_text() == first
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["generation"]["model"] == {**m["generation"]["model"], "reused": 0, "generated": 6}
+    assert m["protocol"]["decoding"]["max_new_tokens"] == 5
+    assert all(r["new_tokens"] <= 5 for r in read_jsonl(out / "predictions.jsonl"))
+    # 3. a hand-edited row: one message naming the line and the key
+    edited = read_jsonl(out / "predictions.jsonl")
+    for key, value, says in (
+        ("prediction", None, "key prediction is null; expected a string"),
+        ("prediction", 7, "key prediction is 7; expected a string"),
+        ("reference", None, "key reference is null; expected a string"),
+        ("gen_seconds", "slow", 'key gen_seconds is "slow"; expected a number'),
+    ):
+        bad = [dict(r) for r in edited]
+        bad[2][key] = value
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+        capsys.readouterr()
+        assert main(args + ["eval.max_new_tokens=5"]) == 2
+        err = capsys.readouterr().err
+        assert f"predictions.jsonl, line 3: {says}" in err and "Traceback" not in err, err
+    # 4. repeated ids: unique, stable names that no row of the data uses
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("".join(json.dumps({**r, "id": i}) + "\n" for r, i in zip(rows, ["a", "a", "a#2", "b", "b", "a"])))
+    out2 = tmp_path / "ev2"
+    assert main(["--model", str(tiny_run.model_dir), "--data", str(dup), "--output", str(out2), "--no-report"]) == 0
+    assert [r["id"] for r in read_jsonl(out2 / "predictions.jsonl")] != []
+    got = sorted(r["id"] for r in read_jsonl(out2 / "predictions.jsonl"))
+    assert got == sorted(["a", "a#3", "a#2", "b", "b#2", "a#4"])
+
+
 def _tree(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 

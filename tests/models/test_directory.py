@@ -90,12 +90,16 @@ def test_config_without_weights_says_the_save_did_not_finish(tmp_path, files):
     )
 
 
-def test_a_broken_metrics_file_is_named(tmp_path):
+def test_a_broken_metrics_file_is_named_and_left_out(tmp_path, caplog):
+    """Every command works without metrics.json: a damaged one is named and left out, not a refusal."""
     p = merged(tmp_path / "m")
     (p / "metrics.json").write_text('{"test": ')
-    assert refused(describe_model_dir, p) == (
-        f"--model: {p / 'metrics.json'} is not readable JSON (JSONDecodeError); is the directory complete?"
-    )
+    with caplog.at_level("WARNING", logger="llm_summarizer"):
+        assert describe_model_dir(p).metrics is None
+    assert caplog.messages == [
+        f"{p / 'metrics.json'}: not valid JSON (Expecting value: line 1 column 10 (char 9)); going on without it "
+        "(the generation budget validated in training and the training scores in reports and cards are left out)"
+    ]
 
 
 def test_the_base_an_export_recorded(tmp_path, monkeypatch):
@@ -140,7 +144,9 @@ def test_an_adapter_without_weights(tmp_path):
 def test_an_adapter_config_that_is_not_an_object(tmp_path):
     p = model(tmp_path / "a", None, "adapter_model.safetensors")
     (p / "adapter_config.json").write_text("[]")
-    assert refused(describe_model_dir, p) == f"--model: {p / 'adapter_config.json'} should hold a JSON object"
+    assert refused(describe_model_dir, p) == (
+        f"--model: {p / 'adapter_config.json'}: its content is []; expected a JSON object. Is the directory complete?"
+    )
 
 
 def test_an_adapter_naming_no_base(tmp_path):

@@ -309,10 +309,13 @@ def test_final_adapter_is_a_wandb_artifact(tracked):
 def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_model(
     tracked, tmp_path, monkeypatch, capsys
 ):
+    """Only when asked (--to-training-run), and MLflow only into the store the user names: the model folder names
+    the run, never where to write."""
     from llm_summarizer.commands.evaluate import main
 
     for k, v in tracker_env(tmp_path).items():
         monkeypatch.setenv(k, v)
+    ml = tracked["metrics"]["tracking"]["mlflow"]
     out = tmp_path / "ev"
     assert (
         main(
@@ -327,6 +330,9 @@ def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_
                 "--output",
                 str(out),
                 "--no-report",
+                "--to-training-run",
+                "--mlflow-tracking-uri",
+                ml["tracking_uri"],
             ]
         )
         == 0
@@ -355,12 +361,11 @@ def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_
     # and into the MLflow run of the same training
     from mlflow import MlflowClient
 
-    ml = tracked["metrics"]["tracking"]["mlflow"]
     got = MlflowClient(tracking_uri=ml["tracking_uri"]).get_run(ml["run_id"]).data
     assert got.metrics["test/rougeL"] == pytest.approx(res["model"]["rougeL"]["f1"])
     assert got.metrics["test/base_density"] == pytest.approx(res["base"]["diagnostics"]["stats"]["density"]["mean"])
     assert got.tags["llm_summarizer.evaluation.test"] == str(out.resolve())
-    # --no-tracking leaves both alone
+    # by default neither is touched
     out2 = tmp_path / "ev2"
     assert (
         main(
@@ -374,7 +379,6 @@ def test_evaluate_adds_its_scores_to_the_wandb_and_mlflow_runs_that_trained_the_
                 "--output",
                 str(out2),
                 "--no-report",
-                "--no-tracking",
             ]
         )
         == 0
