@@ -50,6 +50,8 @@ class _Section(BaseModel):
     def _in_range(cls, v):
         if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v < INT64:
             raise ValueError(f"{v} is out of range (a 64-bit integer)")
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("holds a NUL character, which no path or setting can; remove it")
         return v
 
 

@@ -40,6 +40,7 @@ from .layout import (
     STUDY_DB,
 )
 from .rundir import CHECKPOINT_RE
+from .untrusted import check_path
 
 # in any folder, files that say nothing about its kind: the ownership record, and a run's lock (held by a run that
 # has not written anything yet, or left by a killed one)
@@ -121,6 +122,10 @@ def _show(p: Path, n: int = 5) -> str:
 def check_places(places: Iterable[Place], sources: Iterable[tuple[str, object]] = ()) -> None:
     """Rules 1-4 for one command's outputs against its sources; raises one UserError at the first problem."""
     places = [p for p in places if p.path is not None]
+    for p in places:
+        check_path(p.path, p.key)
+    for key, src in sources:
+        check_path(src, key)
     sources = [(k, _real(_abs(s))) for k, s in sources if s is not None and os.path.exists(os.path.expanduser(str(s)))]
     real = {p.key: _real(_abs(p.path)) for p in places}
     for i, a in enumerate(places):  # 1. outputs apart

@@ -1,8 +1,10 @@
-"""Measure what each GGUF type changes in a fine-tuned model's next-token distributions: the numbers behind
-the per-type limits of `llm-summarizer export --format gguf` (llm_summarizer/export/job.py GGUF_LIMITS).
+"""Measure what each GGUF type, and bitsandbytes NF4 (merged-4bit), changes in a fine-tuned model's next-token
+distributions: the numbers behind the limits of `llm-summarizer export --format gguf` and `--format merged-4bit`
+(llm_summarizer/export/job.py GGUF_LIMITS, NF4_LIMITS).
 
     .venv/bin/python scripts/gguf_limits.py fine_tuned/demo                        # every type, 8 documents
     .venv/bin/python scripts/gguf_limits.py fine_tuned/demo --types f16,q8_0,q4_k_m --verify-examples 4
+    .venv/bin/python scripts/gguf_limits.py fine_tuned/demo --types nf4            # merged-4bit only
 
 The export's own check, one type after another on one merge: the adapter summarizes the fixed documents
 greedily and is merged once (float16 for a float32 base, as merged-16bit does); each type is converted by
@@ -73,6 +75,9 @@ def main(argv=None) -> int:
         ref = gguf.reference_distributions(job, merged, seqs, starts)
         for t in args.types.split(","):
             t0 = time.time()
+            if t == "nf4":  # merged-4bit: bitsandbytes NF4 of the same merge, run by plain transformers
+                rows.append(nf4_row(merged, scratch, job, seqs, starts, ref, merged_texts, docs, max_new, t0))
+                continue
             path = gguf._convert_gguf(merged, scratch, "m", t, gguf.find_llama_cpp(None, t), scratch)
             llm = gguf.open_gguf(job, path, seqs)
             stats = next_token_agreement(ref, gguf.gguf_distributions(llm, seqs, starts, ref[0].shape[-1]))
@@ -103,6 +108,47 @@ def main(argv=None) -> int:
             f"{r['limits'][0]:g}, {r['limits'][1]:g} |"
         )
     return 0
+
+
+def nf4_row(merged, scratch, job, seqs, starts, ref, merged_texts, docs, max_new, t0) -> dict:
+    """The merged-4bit export's own check on the same merge: quantized to NF4, its next-token distributions against
+    the merged model's in float32, and its greedy summaries against the merged model's."""
+    from llm_summarizer.export.job import NF4_LIMITS
+    from llm_summarizer.export.merged import stored_dtype
+    from llm_summarizer.export.quantized import distributions
+    from llm_summarizer.export.verify import agreement, next_token_agreement, run_worker
+
+    q = scratch / "nf4"
+    run_worker(
+        {"action": "quantize-4bit", "model_dir": str(merged), "dest": str(q), "dtype": stored_dtype(str(merged))},
+        scratch,
+        "4-bit quantization",
+    )
+    (q / "config.yaml").write_text((merged / "config.yaml").read_text(), encoding="utf-8")
+    stats = next_token_agreement(ref, distributions(job, q, seqs, starts, "the 4-bit model"))
+    texts = run_worker(
+        {
+            "action": "greedy",
+            "model_dir": str(q),
+            "config": str(q / "config.yaml"),
+            "documents": docs,
+            "max_new_tokens": max_new,
+        },
+        scratch,
+        "the 4-bit model",
+    )["texts"]
+    row = {
+        "type": "nf4",
+        "mb": round(sum(f.stat().st_size for f in q.glob("*.safetensors")) / 2**20, 1),
+        **stats,
+        "greedy_rougeL_vs_merged": agreement(merged_texts, texts),
+        "identical": sum(a == b for a, b in zip(merged_texts, texts)),
+        "documents": len(docs),
+        "limits": NF4_LIMITS,
+        "seconds": round(time.time() - t0, 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

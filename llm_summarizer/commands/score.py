@@ -112,7 +112,23 @@ def read_predictions(path: str, args, base: bool = False) -> list[dict]:
     return out
 
 
+def check_unique_ids(rows: list[dict], path: str) -> None:
+    """Rows are paired and reported by id: a repeated id (a row scored twice, another never) is refused, naming it."""
+    first: dict = {}
+    for i, r in enumerate(rows, 1):
+        if r["id"] is None:
+            continue
+        key = str(r["id"])
+        if key in first:
+            raise DataError(
+                f"{path} row {i}: id {key!r} is already row {first[key]}'s; each example needs its own id to be "
+                f"paired and reported (make the ids unique, or leave the id column out to pair rows by position)"
+            )
+        first[key] = i
+
+
 def pair_with_base(rows: list[dict], base_rows: list[dict], path: str, base_path: str) -> list[dict]:
+    check_unique_ids(base_rows, f"--base {base_path}")
     if all(r["id"] is not None for r in rows + base_rows):
         by_id = {str(r["id"]): r for r in base_rows}
         missing = [str(r["id"]) for r in rows if str(r["id"]) not in by_id]
@@ -185,6 +201,7 @@ def run(args, _cfg) -> int:
 
         check_places([Place("--output", Path(args.output), "file")], [("FILE", args.file), ("--base", args.base)])
     rows = read_predictions(args.file, args)
+    check_unique_ids(rows, args.file)
     refs = [r["reference"] for r in rows]
     protocol = protocol_for(refs, args.tokenizer, args.lsum_split)
     warn_empty_references(refs, protocol, "")

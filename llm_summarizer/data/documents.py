@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..untrusted import clean_text
 from .readers import ID_COLUMNS, MAX_DOCUMENT_BYTES, read_bounded, read_file
 
 log = logging.getLogger("llm_summarizer.data")
@@ -111,4 +112,12 @@ def collect_items(inputs: list[str], column: Optional[str] = None, globs=DEFAULT
             items.append(Item(str(p), None, text))
     if not items:
         raise UserError("nothing to summarize: every input was empty")
+    replaced = 0
+    for it in items:
+        it.text, n = clean_text(it.text)
+        replaced += n
+    if replaced:
+        log.warning(
+            "%d character(s) could not be encoded (lone surrogates, NUL) and were replaced (U+FFFD, a space)", replaced
+        )
     return items

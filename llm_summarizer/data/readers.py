@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ..config import DataSection, SourceSpec
 from ..errors import DataError
+from ..untrusted import clean_text
 
 log = logging.getLogger("llm_summarizer.data")
 
@@ -188,16 +189,43 @@ def _read_parquet(path: Path) -> list[dict]:
 
 
 def read_file(path: Path) -> list[dict]:
+    """A table's rows, its text made encodable (untrusted.clean_text: lone surrogates, NUL; said in one line)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".csv":
-        return _read_delimited(path, ",")
-    if suffix == ".tsv":
-        return _read_delimited(path, "\t")
-    return _read_parquet(path)
+        rows = _read_jsonl(path)
+    elif suffix == ".json":
+        rows = _read_json(path)
+    elif suffix == ".csv":
+        rows = _read_delimited(path, ",")
+    elif suffix == ".tsv":
+        rows = _read_delimited(path, "\t")
+    else:
+        rows = _read_parquet(path)
+    return clean_rows(rows, str(path))
+
+
+def clean_rows(rows: list[dict], where: str) -> list[dict]:
+    """Every text value of the rows through clean_text (keys too); one line says how many characters and rows."""
+    changed, chars = 0, 0
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            continue
+        fixed, n = {}, 0
+        for k, v in row.items():
+            k2, a = clean_text(k) if isinstance(k, str) else (k, 0)
+            v2, b = clean_text(v) if isinstance(v, str) else (v, 0)
+            fixed[k2], n = v2, n + a + b
+        if n:
+            rows[i], changed, chars = fixed, changed + 1, chars + n
+    if chars:
+        log.warning(
+            "%s: %d character(s) in %d row(s) could not be encoded (lone surrogates, NUL) and were replaced (U+FFFD, "
+            "a space)",
+            where,
+            chars,
+            changed,
+        )
+    return rows
 
 
 def _read_hub(spec: SourceSpec, role: str) -> list[dict]:
@@ -217,10 +245,10 @@ def _read_hub(spec: SourceSpec, role: str) -> list[dict]:
             if spec.limit and i >= spec.limit:
                 break
             out.append(dict(row))
-        return out
+        return clean_rows(out, f"data.{role} {spec.name}")
     if spec.limit:
         ds = ds.select(range(min(spec.limit, len(ds))))
-    return ds.to_list()
+    return clean_rows(ds.to_list(), f"data.{role} {spec.name}")
 
 
 @dataclass

@@ -40,6 +40,10 @@ GGUF_LIMITS = {
     "q3_k_m": (1.0, 0.5),
     "q2_k": (2.0, 0.4),
 }
+# What NF4 (merged-4bit) may change in the same way: (largest mean KL, least top-1 agreement). Measured with
+# scripts/gguf_limits.py --nf4 (BENCHMARKS.md, "Export checks"): see the numbers there; the limits are about 3x
+# the measured KL and 2.5x the measured share of flipped top tokens, as for the GGUF types.
+NF4_LIMITS = (0.15, 0.8)
 # From the fewest bits to the most: a refused type names the first more precise one that passes.
 GGUF_PRECISION = (
     "q2_k",
@@ -89,8 +93,23 @@ class ExportOptions:
     )
     gguf_type: str = option("q8_0", f"GGUF type: {', '.join(GGUF_DIRECT + GGUF_QUANTIZED)} (default q8_0)")
     llama_cpp: Optional[str] = option(None, "llama.cpp checkout holding convert_hf_to_gguf.py (default $LLAMA_CPP_DIR)")
-    min_4bit_agreement: float = option(
-        0.8, "merged-4bit: least mean ROUGE-L between its and the adapter's greedy summaries (default 0.8)"
+    max_4bit_kl: Optional[float] = option(
+        None,
+        "merged-4bit: largest mean KL divergence (nats per token) of the 4-bit model's next-token distributions "
+        f"from the merged 16-bit model's, teacher-forced on the fixed documents' summaries (default "
+        f"{NF4_LIMITS[0]:g}, measured)",
+        kind=float,
+    )
+    min_4bit_top1: Optional[float] = option(
+        None,
+        f"merged-4bit: least share of those positions where both put the same token first (default {NF4_LIMITS[1]:g})",
+        kind=float,
+    )
+    min_4bit_agreement: Optional[float] = option(
+        None,
+        "merged-4bit: also require this mean ROUGE-L between its and the adapter's greedy summaries (default: "
+        "recorded as an illustration, not required)",
+        kind=float,
     )
     max_gguf_kl: Optional[float] = option(
         None,
@@ -125,9 +144,29 @@ class ExportOptions:
             raise UserError(f"--verify-examples {self.verify_examples}: must be at least 1")
         if self.max_gguf_kl is not None and not self.max_gguf_kl >= 0:
             raise UserError(f"--max-gguf-kl {self.max_gguf_kl}: a mean KL divergence in nats per token, >= 0")
-        for flag, v in (("--min-gguf-top1", self.min_gguf_top1), ("--min-gguf-agreement", self.min_gguf_agreement)):
+        if self.max_4bit_kl is not None and not self.max_4bit_kl >= 0:
+            raise UserError(f"--max-4bit-kl {self.max_4bit_kl}: a mean KL divergence in nats per token, >= 0")
+        for flag, v in (
+            ("--min-gguf-top1", self.min_gguf_top1),
+            ("--min-gguf-agreement", self.min_gguf_agreement),
+            ("--min-4bit-top1", self.min_4bit_top1),
+            ("--min-4bit-agreement", self.min_4bit_agreement),
+        ):
             if v is not None and not 0 <= v <= 1:
                 raise UserError(f"{flag} {v}: a share between 0 and 1")
+
+    def nf4_limits(self) -> tuple[float, float, str]:
+        """(max mean KL, min top-1 agreement, where they come from) of the merged-4bit check."""
+        given = [
+            f
+            for f, v in (("--max-4bit-kl", self.max_4bit_kl), ("--min-4bit-top1", self.min_4bit_top1))
+            if v is not None
+        ]
+        return (
+            NF4_LIMITS[0] if self.max_4bit_kl is None else self.max_4bit_kl,
+            NF4_LIMITS[1] if self.min_4bit_top1 is None else self.min_4bit_top1,
+            "NF4's measured limits" + (f", {' and '.join(given)} given" if given else ""),
+        )
 
     def gguf_limits(self, gguf_type: str) -> tuple[float, float, str]:
         """(max mean KL, min top-1 agreement, where they come from) for a GGUF type: the flags where given

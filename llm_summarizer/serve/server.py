@@ -14,7 +14,8 @@ Routes:
 
 The HTTP side is Starlette on uvicorn: one event loop answers every connection, so concurrent clients are
 accepted and read at once. Generation runs one request at a time (one model in memory) in a worker thread;
-the others wait in a FIFO queue of at most `max_queue` requests, and one more gets a 503 with Retry-After
+the others wait in a queue of at most `max_queue` requests, served shortest-first with a bound (Queue), and one
+more gets a 503 with Retry-After
 instead of a reset connection. A bad request gets a JSON 4xx (`{"error": "..."}`; on /v1 routes the OpenAI
 shape `{"error": {"message", "type", "code", "param"}}`, which the openai client raises as an APIError)
 and the server keeps serving.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -47,6 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..errors import UserError
 from ..models.generation import default_max_new_tokens, summarize_texts
 from ..redaction import redact
+from ..untrusted import clean_text, loads
 
 log = logging.getLogger("llm_summarizer.serve")
 
@@ -83,6 +86,7 @@ class Summarizer:
         self.max_new_tokens = default_max_new_tokens(loaded)[0]
         self.lock = threading.Lock()
         self.name = loaded.info.path.name
+        self.created = int(loaded.info.path.stat().st_mtime)  # read once: the folder may move while serving
         self.last_seconds = 1.0  # the last request's generation time: what Retry-After is estimated from
 
     def check(self, document) -> str:
@@ -96,7 +100,7 @@ class Summarizer:
                 f"the document has {len(document)} characters; this server takes at most "
                 f"{self.max_chars} (--max-chars)",
             )
-        return document
+        return clean_text(document)[0]  # lone surrogates and NUL, as every reader replaces them
 
     def _one(self, model, document: str) -> dict:
         t0 = time.perf_counter()
@@ -138,19 +142,45 @@ class Summarizer:
 
 
 class Queue:
-    """Requests take turns at the model: one generates, at most `max_waiting` wait (FIFO), more are refused."""
+    """Requests take turns at the model, one generating at a time, at most `max_waiting` waiting, more refused.
+
+    The next turn goes to the waiting request whose arrival time plus estimated work (its length times the seconds
+    per character the last requests took) is smallest: a short request is not held for minutes behind long ones
+    that came a moment earlier, and no request waits forever, since one arriving later than an earlier request's
+    arrival plus that request's own estimated work never goes before it. The waits are kept for /health."""
 
     def __init__(self, max_waiting: int):
         self.max_waiting = max_waiting
-        self.waiting = 0
         self.generating = False
-        self._turn: Optional[asyncio.Lock] = None  # made on the server's event loop
+        self._waiters: list = []  # heap of [priority, seq, future, arrived]
+        self._seq = 0
+        self.seconds_per_char = 1e-4  # learned from each finished request (an exponential mean)
+        self.recent_waits: list[float] = []  # the last 200 waits, seconds
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w[2].done())
+
+    def oldest_wait(self) -> float:
+        now = time.monotonic()
+        return max((now - w[3] for w in self._waiters if not w[2].done()), default=0.0)
+
+    def waits(self) -> dict:
+        w = sorted(self.recent_waits)
+        pick = lambda q: round(w[min(len(w) - 1, int(q * len(w)))], 3) if w else None  # noqa: E731
+        return {"recent": len(w), "p50_s": pick(0.5), "p95_s": pick(0.95), "max_s": round(w[-1], 3) if w else None}
+
+    def _grant_next(self) -> None:
+        while self._waiters:
+            _, _, fut, _ = heapq.heappop(self._waiters)
+            if not fut.done():  # a waiter whose client left is skipped
+                fut.set_result(True)
+                return
+        self.generating = False
 
     @contextlib.asynccontextmanager
-    async def turn(self, retry_seconds: float):
-        if self._turn is None:
-            self._turn = asyncio.Lock()
-        busy = self._turn.locked() or self.waiting > 0  # a released turn passes to a waiter, never a newcomer
+    async def turn(self, retry_seconds: float, chars: int = 0):
+        busy = self.generating or self.waiting > 0  # a released turn passes to a waiter, never a newcomer
         if busy and self.waiting >= self.max_waiting:
             after = max(1, math.ceil(retry_seconds * (self.waiting + 1)))
             raise Refusal(
@@ -159,17 +189,35 @@ class Queue:
                 f"(--max-queue {self.max_waiting}); retry in about {after} s",
                 headers={"Retry-After": str(after)},
             )
-        self.waiting += 1
-        try:
-            await self._turn.acquire()
-        finally:
-            self.waiting -= 1
-        self.generating = True
+        arrived = time.monotonic()
+        if busy:
+            fut = asyncio.get_running_loop().create_future()
+            self._seq += 1
+            heapq.heappush(self._waiters, [arrived + chars * self.seconds_per_char, self._seq, fut, arrived])
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():  # the turn was ours already: pass it on
+                    self._grant_next()
+                else:
+                    fut.cancel()
+                raise
+        else:
+            self.generating = True
+        waited = time.monotonic() - arrived
+        self.recent_waits = (self.recent_waits + [waited])[-200:]
+        if waited > 1:
+            log.info(
+                "a request of %d characters waited %.1f s for its turn (%d still waiting)", chars, waited, self.waiting
+            )
+        t0 = time.monotonic()
         try:
             yield
         finally:
-            self.generating = False
-            self._turn.release()
+            if chars > 0:
+                took = (time.monotonic() - t0) / chars
+                self.seconds_per_char = 0.7 * self.seconds_per_char + 0.3 * took
+            self._grant_next()
 
 
 def page() -> bytes:
@@ -259,6 +307,12 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return _error(path, exc.status_code, message, exc.headers)
 
 
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """The server's own failure outside a route's handling: JSON like every other answer, never plain text."""
+    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, redact(str(exc))[:300])
+    return _error(request.url.path, 500, f"the server failed ({type(exc).__name__}); see its log")
+
+
 class _AccessLog:
     """One line per request in our log: client, method, path (never the query string or headers), status, time."""
 
@@ -335,7 +389,9 @@ class App:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
         ]
         self.asgi = Starlette(
-            routes=routes, middleware=[Middleware(_AccessLog)], exception_handlers={HTTPException: _http_error}
+            routes=routes,
+            middleware=[Middleware(_AccessLog)],
+            exception_handlers={HTTPException: _http_error, Exception: _server_error},
         )
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -353,19 +409,21 @@ class App:
             if len(raw) > self.max_body:
                 raise Refusal(413, f"the request body is over {self.max_body} bytes (--max-chars {self.s.max_chars})")
         try:
-            body = json.loads(bytes(raw).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise Refusal(
-                400, 'the body is not JSON; send {"document": "..."} with Content-Type: application/json'
-            ) from None
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refusal(400, "the body is not UTF-8") from None
+        try:
+            body = loads(text, "the body")
+        except UserError as e:
+            raise Refusal(400, f'{e}; send {{"document": "..."}} with Content-Type: application/json') from None
         if not isinstance(body, dict):
             raise Refusal(400, "the body must be a JSON object")
         return body
 
     async def _generate(self, request: Request, document: str, with_base: Optional[bool]) -> Optional[dict]:
         """The summary, after this request's turn in the queue; None when the client left before its turn."""
-        self.s.check(document)  # a bad document is refused before it waits
-        async with self.queue.turn(self.s.last_seconds):
+        document = self.s.check(document)  # a bad document is refused before it waits
+        async with self.queue.turn(self.s.last_seconds, len(document)):
             if self.server is not None and self.server.should_exit:
                 raise Refusal(503, "the server is shutting down", headers={"Retry-After": "5"})
             if await request.is_disconnected():
@@ -399,6 +457,8 @@ class App:
                 "generating": q.generating,
                 "waiting": q.waiting,
                 "max_queue": q.max_waiting,
+                "longest_waiting_s": round(q.oldest_wait(), 3),
+                "waits": q.waits(),
             },
             headers={"Cache-Control": "no-store"},
         )
@@ -412,12 +472,7 @@ class App:
         return await self._answer(request, work)
 
     def _model_card(self) -> dict:
-        return {
-            "id": self.s.name,
-            "object": "model",
-            "created": int(self.s.loaded.info.path.stat().st_mtime),
-            "owned_by": "llm-summarizer",
-        }
+        return {"id": self.s.name, "object": "model", "created": self.s.created, "owned_by": "llm-summarizer"}
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card()]})

@@ -76,6 +76,20 @@ def run_config(cfg: Config) -> dict:
     return redact(config_to_dict(cfg))
 
 
+def run_labels(cfg: Config) -> dict:
+    """The free text a tracker shows beside the config (run name, tags, group, notes), secrets removed the way the
+    saved config removes them: these reach the tracker's own files and server, not only the config."""
+    t = cfg.tracking
+    return redact(
+        {
+            "name": t.run_name or cfg.output.run_name,
+            "tags": list(t.tags),
+            "group": t.group,
+            "notes": t.notes,
+        }
+    )
+
+
 class Tracker:
     """One tracker's run. Subclasses open it in __init__ (continuing `prior`, the ids a resumed run kept)."""
 

@@ -21,7 +21,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from ..contracts import RunMetrics
 from ..errors import UserError
 from ..redaction import redact
-from .base import Tracker, evaluation_values, run_config
+from .base import Tracker, evaluation_values, run_config, run_labels
 
 log = logging.getLogger("llm_summarizer.tracking")
 
@@ -126,12 +126,13 @@ class MlflowTracker(Tracker):
         else:
             exp = client.get_experiment_by_name(t.project)
             exp_id = exp.experiment_id if exp is not None else client.create_experiment(t.project)
-            tags = {tag: "" for tag in t.tags}
-            if t.group:
-                tags["group"] = t.group
-            if t.notes:
-                tags["mlflow.note.content"] = t.notes
-            run = client.create_run(exp_id, run_name=t.run_name or cfg.output.run_name, tags=tags)
+            labels = run_labels(cfg)
+            tags = {tag: "" for tag in labels["tags"]}
+            if labels["group"]:
+                tags["group"] = labels["group"]
+            if labels["notes"]:
+                tags["mlflow.note.content"] = labels["notes"]
+            run = client.create_run(exp_id, run_name=labels["name"], tags=tags)
             run_id = run.info.run_id
             flat = _flatten(run_config(cfg))
             params = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flat.items()]

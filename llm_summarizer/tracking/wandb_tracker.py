@@ -20,7 +20,7 @@ import wandb
 from ..contracts import RunMetrics
 from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
 from ..redaction import redact
-from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config
+from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config, run_labels
 
 log = logging.getLogger("llm_summarizer.tracking")
 
@@ -118,13 +118,14 @@ class WandbTracker(Tracker):
         wandb_dir = self.output_dir / WANDB_DIR
         if mode != "disabled":
             wandb_dir.mkdir(parents=True, exist_ok=True)
+        labels = run_labels(cfg)
         kwargs = dict(
             project=t.project,
             entity=t.entity,
-            name=t.run_name or cfg.output.run_name,
-            tags=list(t.tags) or None,
-            group=t.group,
-            notes=t.notes,
+            name=labels["name"],
+            tags=labels["tags"] or None,
+            group=labels["group"],
+            notes=labels["notes"],
             job_type="train",
             config=run_config(cfg),
             id=run_id,

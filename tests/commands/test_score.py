@@ -73,6 +73,23 @@ def test_bad_predictions_files_are_one_message_exit_2(tmp_path):
     assert r.returncode == 2 and "e.jsonl row 1: the reference ('reference') is empty" in r.stderr
 
 
+def test_repeated_ids_on_either_side_are_refused_naming_them(tmp_path, capsys):
+    """ids a, a, b against a, b, c paired base a twice and dropped c, silently: now one message, either side."""
+    from llm_summarizer.commands.score import main
+
+    rows = lambda ids: [{"id": i, "reference": REFS[k], "prediction": REFS[k]} for k, i in enumerate(ids)]
+    dup, ok = _jsonl(tmp_path / "dup.jsonl", rows("aab")), _jsonl(tmp_path / "ok.jsonl", rows("abc"))
+    for args, says in (
+        ([dup, "--base", ok], "dup.jsonl row 2: id 'a' is already row 1's"),
+        ([ok, "--base", dup], "--base " + str(dup) + " row 2: id 'a' is already row 1's"),
+        ([dup], "dup.jsonl row 2: id 'a' is already row 1's"),
+    ):
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+
+
 def test_score_measures_each_summary_against_its_document(tmp_path, capsys):
     from llm_summarizer.commands.score import main
     from llm_summarizer.evaluation import diagnostics as D

@@ -29,6 +29,7 @@ FAKE_SECRETS = {
     "WANDB_API_KEY": "fake-wandb-key-8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
     "HF_TOKEN": "hf_fakeHubToken9Zq8Yx7Wv6Ut5Sr4",
 }
+URL_PASSWORD = "grouppass9931"
 HIDDEN_KEYS = ("_step", "_runtime", "_timestamp", "train/global_step")
 SAMPLES = "eval/rouge_samples"  # the samples table's key
 
@@ -173,9 +174,10 @@ def tracked(tmp_path_factory, models_dir):
                     "train.logging_steps": 5,
                     "tracking.report_to": "[wandb,tensorboard,mlflow]",
                     "tracking.log_model": "true",
-                    "tracking.tags": "[demo,ci]",
-                    "tracking.group": "tiny-runs",
-                    "tracking.notes": "a CPU test run",
+                    # free text holding secrets: the environment's token and a URL's password (redacted everywhere)
+                    "tracking.tags": f"[demo,ci,{FAKE_SECRETS['HF_TOKEN']}]",
+                    "tracking.group": f"tiny-runs https://bob:{URL_PASSWORD}@data.example.org",
+                    "tracking.notes": f"a CPU test run {FAKE_SECRETS['HF_TOKEN']}",
                     "tracking.run_name": "tiny-tracked",
                 },
             ),
@@ -212,18 +214,20 @@ def test_wandb_goes_offline_once_with_the_sync_command(tracked):
 
 def test_wandb_run_has_config_names_and_system_metrics(tracked):
     from llm_summarizer.config import config_to_dict
+    from llm_summarizer.redaction import redact
 
     wrun, cfg = tracked["wandb"], tracked["cfg"]
     r = wrun.run
     assert (r.project, r.display_name, r.run_group, r.notes, r.job_type) == (
         "llm_summarizer",
         "tiny-tracked",
-        "tiny-runs",
-        "a CPU test run",
+        "tiny-runs https://<redacted>@data.example.org",
+        "a CPU test run <redacted>",
         "train",
     )
-    assert list(r.tags) == ["demo", "ci"]
-    assert wrun.config == json.loads(json.dumps(config_to_dict(cfg)))  # the resolved config, section by section
+    assert list(r.tags) == ["demo", "ci", "<redacted>"]
+    # the resolved config, section by section, with the run's secrets (its environment's) removed
+    assert wrun.config == json.loads(json.dumps(redact(config_to_dict(cfg), list(FAKE_SECRETS.values()))))
     assert wrun.stats and any("proc.memory.rssMB" in s for s in wrun.stats), "system metrics were not sampled"
 
 
@@ -408,7 +412,9 @@ def test_mlflow_store_has_the_run_and_its_metrics(tracked):
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny-tracked"
     assert client.get_experiment(run.info.experiment_id).name == "llm_summarizer"
     assert run.data.params["model.name"] == "random:tiny" and run.data.params["lora.r"] == "16"
-    assert {"demo", "ci"} <= set(run.data.tags) and run.data.tags["mlflow.note.content"] == "a CPU test run"
+    assert {"demo", "ci", "<redacted>"} <= set(run.data.tags)
+    assert run.data.tags["mlflow.note.content"] == "a CPU test run <redacted>"
+    assert run.data.tags["group"] == "tiny-runs https://<redacted>@data.example.org"
     for key, points in tracked["wandb"].scalars().items():
         hist = sorted((m.step, m.value) for m in client.get_metric_history(info["run_id"], key))
         assert hist == [(s, pytest.approx(v)) for s, v in sorted(points)], key
@@ -423,7 +429,7 @@ def test_no_secret_from_the_environment_in_any_written_file(tracked):
         if f.is_file():
             blob = f.read_bytes()
             checked += 1
-            for name, value in FAKE_SECRETS.items():
+            for name, value in {**FAKE_SECRETS, "the URL password": URL_PASSWORD}.items():
                 assert value.encode() not in blob, f"{name} leaked into {f}"
     assert checked > 50
 
