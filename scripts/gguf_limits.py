@@ -125,7 +125,7 @@ def nf4_row(merged, scratch, job, seqs, starts, ref, merged_texts, docs, max_new
         "4-bit quantization",
     )
     (q / "config.yaml").write_text((merged / "config.yaml").read_text(), encoding="utf-8")
-    stats = next_token_agreement(ref, distributions(job, q, seqs, starts, "the 4-bit model"))
+    stats = next_token_agreement(ref, distributions(job, [q], seqs, starts)[0])
     texts = run_worker(
         {
             "action": "greedy",

@@ -71,6 +71,16 @@ def ws(tmp_path_factory, tiny_run):
     (bad / "fields.csv").write_text('document,summary\n"a","b","c"\n')
     (bad / "garbage.parquet").write_bytes(b"PAR1 not really")
     (bad / "number.json").write_text("42")
+    # lone surrogates as JSON escapes them, and NUL characters: text that cannot be encoded as it is
+    (bad / "surrogate.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"id": f"s{i}", "document": r["document"] + " \ud800 end\u0000.", "summary": r["summary"] + " \udfff"}
+            )
+            + "\n"
+            for i, r in enumerate(rows)
+        )
+    )
     (bad / "notes.txt").write_text("plain text, not a data format\n")
     (bad / "nodata").mkdir()
     preds = w / "preds"
@@ -436,6 +446,45 @@ OTHER_CASES = [
     ),
     (["data", "--config", "tiny", "data.train={w}/data/bad/broken.jsonl"], ["line 3"]),
 ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "data",
+            "--config",
+            "tiny",
+            "data.train={w}/data/bad/surrogate.jsonl",
+            "data.validation={w}/data/validation.jsonl",
+            "data.test=null",
+            "model.cache_dir={models}",
+        ],
+        ["summarize", "--model", "{w}/model", "{w}/data/bad/surrogate.jsonl", "--output", "{w}/scratch/s.jsonl"],
+        [
+            "evaluate",
+            "--model",
+            "{w}/model",
+            "--data",
+            "{w}/data/bad/surrogate.jsonl",
+            "--output",
+            "{w}/scratch/ev",
+            "--no-report",
+        ],
+        ["score", "{w}/data/bad/surrogate.jsonl", "--prediction-column", "document", "--reference-column", "summary"],
+    ],
+    ids=["data", "summarize", "evaluate", "score"],
+)
+def test_text_that_cannot_be_encoded_is_replaced_with_a_note(hostile, argv):
+    """A lone surrogate or a NUL in a document: every reader replaces it (U+FFFD, a space) and says so; the
+    commands work (they failed with a TypeError or a UnicodeEncodeError traceback)."""
+    rc, err = hostile(argv, 0)
+    assert "could not be encoded (lone surrogates, NUL) and were replaced" in err
+
+
+def test_a_nul_in_a_path_setting_is_one_message(hostile):
+    hostile([*TRAIN, 'output.dir="{w}/scratch/x\\0y"'], 2, "output.dir", "NUL")
+    hostile(["evaluate", "--model", "{w}/model", "--output", "{w}/scratch/a\x00b"], 2, "--output", "NUL")
 
 
 @pytest.mark.parametrize("argv,words", OTHER_CASES, ids=[" ".join(c[0][:3]) + c[0][-1][-20:] for c in OTHER_CASES])

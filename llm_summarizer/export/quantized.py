@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ..errors import ExportFailed, UserError
 from ..layout import CONFIG_FILE
 from ..models.device import cpu_4bit_ready
-from .gguf import describe, passes, reference_distributions, teacher_forced
+from .gguf import describe, passes, teacher_forced
 from .job import Job
 from .merged import merged_source, stored_dtype
 from .verify import agreement, logprob_gaps, next_token_agreement, run_worker
@@ -51,8 +51,7 @@ def write(job: Job, write_metadata) -> None:
         "4-bit quantization",
     )
     seqs, starts = teacher_forced(job)
-    reference = reference_distributions(job, merged, seqs, starts)
-    four_bit = distributions(job, job.tmp, seqs, starts, "the 4-bit model's next-token distributions")
+    reference, four_bit = distributions(job, [merged, job.tmp], seqs, starts)
     stats = next_token_agreement(reference, four_bit)
     max_kl, min_top1, source = job.options.nf4_limits()
     res = run_worker(
@@ -102,15 +101,23 @@ def write(job: Job, write_metadata) -> None:
     )
 
 
-def distributions(job: Job, model_dir, seqs: list, starts: list, what: str) -> list:
-    """A saved model's next-token log-probabilities at the summary positions, from plain transformers in a separate
-    process (for a 4-bit directory: its NF4 layers as stored)."""
-    dest = job.scratch / "next-token-export.safetensors"
+def distributions(job: Job, model_dirs: list, seqs: list, starts: list) -> list[list]:
+    """Each saved model's next-token log-probabilities at the summary positions, from plain transformers in float32
+    (a 4-bit directory: its NF4 layers as stored), one after another in one separate process."""
+    dests = [job.scratch / f"next-token-{i}.safetensors" for i in range(len(model_dirs))]
     run_worker(
-        {"action": "next-token", "model_dir": str(model_dir), "sequences": seqs, "starts": starts, "dest": str(dest)},
+        {
+            "action": "next-token",
+            "models": [[str(m), str(d)] for m, d in zip(model_dirs, dests)],
+            "sequences": seqs,
+            "starts": starts,
+        },
         job.scratch,
-        f"computing {what}",
+        "computing the merged and the 4-bit model's next-token distributions",
     )
-    tensors = load_file(str(dest))
-    dest.unlink()
-    return [tensors[f"seq{i}"] for i in range(len(seqs))]
+    out = []
+    for d in dests:
+        tensors = load_file(str(d))
+        d.unlink()
+        out.append([tensors[f"seq{i}"] for i in range(len(seqs))])
+    return out

@@ -53,11 +53,13 @@ def worker(spec_path: str) -> int:
     if action == "next-token":
         # The reference distributions of a quantized export: the merged weights computed in float32, so that
         # what is measured is the export's rounding and not the reference's (a 4-bit directory keeps its NF4
-        # layers, computing as stored; the rest in float32)
-        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32, **kw)
-        if not torch.cuda.is_available():
-            plain_cpu_4bit(model)  # a 4-bit export measured on a CPU: the same numbers on every CPU
-        save_file(teacher_forced_logprobs(model, spec["sequences"], spec["starts"]), spec["dest"])
+        # layers, computing as stored; the rest in float32). Several models, one after another, in one process.
+        for model_dir, dest in spec.get("models") or [[spec["model_dir"], spec["dest"]]]:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kw)
+            if not torch.cuda.is_available():
+                plain_cpu_4bit(model)  # a 4-bit export measured on a CPU: the same numbers on every CPU
+            save_file(teacher_forced_logprobs(model, spec["sequences"], spec["starts"]), dest)
+            del model
         out.write_text(json.dumps({"ok": True}), encoding="utf-8")
         return 0
     if action == "quantize-4bit":
