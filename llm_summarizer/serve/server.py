@@ -415,7 +415,11 @@ class App:
         try:
             body = loads(text, "the body")
         except UserError as e:
-            raise Refusal(400, f'{e}; send {{"document": "..."}} with Content-Type: application/json') from None
+            raise Refusal(
+                400,
+                f'the body is not JSON that can be read ({e}); send {{"document": "..."}} with Content-Type: '
+                "application/json",
+            ) from None
         if not isinstance(body, dict):
             raise Refusal(400, "the body must be a JSON object")
         return body
