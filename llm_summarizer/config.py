@@ -1,27 +1,25 @@
-"""The one typed configuration: schema, defaults, YAML loading and dotted overrides.
+"""The one typed configuration: the schema (its sections, defaults and checks).
 
+Reading it (YAML files, the shipped configs, dotted overrides, error messages) is `config_loading.py`.
 No ML imports here: `--help`, `--print-config` and every config error answer without torch.
 Defaults live in this schema only; the rest of the code reads `cfg.section.key`.
 """
 
 from __future__ import annotations
 
-import difflib
+import logging
 import math
 import os
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError, UserError
-from .metric_names import ROUGE_KEYS, eval_name, higher_is_better, is_rouge, plain_name
-from .redaction import redact
+from .layout import FINE_TUNED_DIR, MODEL_CACHE_DIR, OUTPUTS_DIR
+from .metrics import KEYS, PRIMARY, eval_name, higher_is_better, is_summary_metric, plain_name
 
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # the ready configs, shipped in the package
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md", ".gguf", ".yaml", ".yml")
 
@@ -38,12 +36,48 @@ def is_local_path(name: str) -> bool:
     )
 
 
+log = logging.getLogger("llm_summarizer.config")
 INT64 = 2**63  # integers outside [-INT64, INT64) overflow torch, numpy and the trainer's state
 
 
 class _Section(BaseModel):
     # infinite and NaN floats are refused everywhere (a learning rate of .inf reached step 2 before they were)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # settings renamed in this release, read under their old name (and old value) with a warning until the next
+    section: ClassVar[str] = ""
+    renamed: ClassVar[dict[str, str]] = {}  # old key -> new key
+    renamed_values: ClassVar[dict[str, dict]] = {}  # key -> {old value: new value}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        if not isinstance(data, dict) or not (cls.renamed or cls.renamed_values):
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(
+                    f"{cls.section}.{old} and {cls.section}.{new} are one setting ({old} is its old name); keep "
+                    f"only {cls.section}.{new}"
+                )
+            data[new] = data.pop(old)
+            log.warning(
+                "%s.%s is now %s.%s (the old name is read until the next release): rename it in your config",
+                cls.section,
+                old,
+                cls.section,
+                new,
+            )
+        for key, values in cls.renamed_values.items():
+            v = data.get(key)
+            if isinstance(v, str) and v in values:
+                data[key] = values[v]
+                log.warning(
+                    "%s.%s: %r is now %r (the old value is read until the next release)", cls.section, key, v, values[v]
+                )
+        return data
 
     @field_validator("*", mode="after")
     @classmethod
@@ -82,7 +116,7 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
     revision: Optional[str] = None
     cache_dir: str = Field(
-        "data/models",
+        MODEL_CACHE_DIR,
         description="where models made here are cached: random:<shape> builds, GGUF files converted "
         "to model directories, and the package registry's models (model.name: smollm2-135m-instruct)",
     )
@@ -249,7 +283,7 @@ class TrainSection(_Section):
     save_total_limit: Optional[int] = Field(3, ge=1)
     seed: Seed = 3407
     load_best_model_at_end: bool = False
-    metric_for_best_model: str = "eval_rougeL"
+    metric_for_best_model: str = eval_name(PRIMARY)
     greater_is_better: Optional[bool] = Field(None, description="None = inferred from the metric name")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU"
@@ -346,7 +380,15 @@ class TrainSection(_Section):
 
 
 class EvalSection(_Section):
-    rouge: bool = Field(True, description="generate summaries and score ROUGE on the validation split")
+    section: ClassVar[str] = "eval"
+    renamed: ClassVar[dict[str, str]] = {"rouge": "generate"}
+    renamed_values: ClassVar[dict[str, dict]] = {"loss_rows": {"rouge_subset": "summary_subset"}}
+
+    generate: bool = Field(
+        True,
+        description="generate summaries of the validation split at each evaluation and score them (every metric of "
+        "generated summaries, the statistics against the documents); was eval.rouge",
+    )
     base_eval: bool = Field(True, description="score the untrained model once before training ('base' in metrics.json)")
     num_samples: int = Field(
         64, ge=1, description="validation rows generated at each evaluation (fixed, seeded subset)"
@@ -360,10 +402,11 @@ class EvalSection(_Section):
     sample_seed: Seed = 1234
     every_steps: Optional[int] = Field(None, ge=1, description="ROUGE every N steps; None = every train.eval_steps")
     log_samples: int = Field(8, ge=0, description="examples written to rouge_samples.jsonl at each evaluation")
-    loss_rows: Literal["rouge_subset", "all"] = Field(
-        "rouge_subset",
-        description="eval_loss over the same eval.num_samples validation rows as ROUGE (rouge_subset), or "
-        "over the whole validation split (all); without ROUGE it is always the whole split",
+    loss_rows: Literal["summary_subset", "all"] = Field(
+        "summary_subset",
+        description="eval_loss over the same eval.num_samples validation rows as the generated summaries "
+        "(summary_subset; was rouge_subset), or over the whole validation split (all); without eval.generate it is "
+        "always the whole split",
     )
     bootstrap_samples: int = Field(
         1000, ge=100, description="evaluate: bootstrap resamples for the 95% confidence intervals"
@@ -575,9 +618,9 @@ class TuneSection(_Section):
     )
     study_name: Optional[str] = Field(None, description="None = output.run_name")
     metric: str = Field(
-        "eval_rougeL",
-        description="the ROUGE metric maximized (eval_rouge1, eval_rouge2, eval_rougeL, "
-        "eval_rougeLsum): the final model's, intermediate values at each evaluation for pruning",
+        eval_name(PRIMARY),
+        description=f"the metric of generated summaries maximized ({', '.join(eval_name(k) for k in KEYS)}): the "
+        "final model's, intermediate values at each evaluation for pruning",
     )
     seed: Seed = Field(0, description="seed of the TPE sampler")
     n_startup_trials: int = Field(5, ge=0, description="random trials before TPE models the space")
@@ -597,10 +640,10 @@ class TuneSection(_Section):
     @field_validator("metric")
     @classmethod
     def _rouge(cls, v):
-        if not is_rouge(v):
+        if not is_summary_metric(v):
             raise ValueError(
-                f"tune.metric must be one of {', '.join(eval_name(k) for k in ROUGE_KEYS)} (ROUGE of "
-                "generated summaries, the quantity the search is for)"
+                f"tune.metric must be one of {', '.join(eval_name(k) for k in KEYS)} (a metric of generated "
+                "summaries, the quantity the search is for)"
             )
         return eval_name(v)
 
@@ -649,254 +692,8 @@ class Config(_Section):
     # Paths derived from the config, in one place.
     @property
     def output_dir(self) -> Path:
-        return Path(self.output.dir or os.path.join("outputs", self.output.run_name))
+        return Path(self.output.dir or os.path.join(OUTPUTS_DIR, self.output.run_name))
 
     @property
     def model_dir(self) -> Path:
-        return Path(self.output.model_dir or os.path.join("fine_tuned", self.output.run_name))
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def _format_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p in ("function-after", "function-before")))
-
-
-def _format_pydantic(err: ValidationError) -> list[str]:
-    problems = []
-    for e in err.errors():
-        loc = _format_loc(e["loc"])
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            problems.append(f"{loc}: unknown key{_suggest(loc)}")
-        elif kind == "missing":
-            problems.append(f"{loc}: required key is missing")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            got = e.get("input")
-            got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            problems.append(f"{loc or '(top level)'}: {msg}{got_s}")
-    return problems
-
-
-def _known_keys(section: str | None) -> list[str]:
-    if section is None:
-        return list(Config.model_fields)
-    field = Config.model_fields.get(section)
-    if field is None:
-        return []
-    return list(field.annotation.model_fields)  # type: ignore[union-attr]
-
-
-def _suggest(loc: str) -> str:
-    parts = loc.split(".")
-    section = parts[0] if len(parts) > 1 else None
-    known = _known_keys(section)
-    close = difflib.get_close_matches(parts[-1], known, n=1)
-    return f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(known)}" if known else "")
-
-
-MAX_YAML_NODES = 100_000  # values in a config once aliases are expanded: far above any real config, far below a bomb
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (a second `train:` would silently drop the
-    first)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: the base constructor names it
-                break
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} appears twice in one mapping (first on line {first.line + 1}); keep one",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_size(obj, limit: int) -> int:
-    """How many values `obj` holds with every alias expanded, counting no further than `limit` (an alias bomb is
-    tiny as loaded, since aliases share objects, and explodes when the config is validated or written out)."""
-    n, stack = 0, [obj]
-    while stack and n <= limit:
-        x = stack.pop()
-        n += 1
-        if isinstance(x, dict):
-            stack.extend(x.keys())
-            stack.extend(x.values())
-        elif isinstance(x, list):
-            stack.extend(x)
-    return n
-
-
-def safe_yaml(text: str):
-    """YAML text as data: safe types only, no duplicate keys, at most MAX_YAML_NODES values with aliases expanded."""
-    data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
-        raise yaml.YAMLError(
-            f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; a config "
-            f"is far smaller: remove the nested aliases"
-        )
-    return data
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError([f"override {item!r}: expected key=value, e.g. train.learning_rate=1e-4"], "command line")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
-        raise ConfigError([f"override {item!r}: {key!r} is not a dotted key like train.max_steps"], "command line")
-    try:
-        value = safe_yaml(raw) if raw.strip() else ""
-    except yaml.constructor.ConstructorError as e:  # a duplicate key inside {...}
-        raise ConfigError([f"override {key}: {e.problem}"], "command line") from None
-    except yaml.YAMLError as e:
-        if "aliases" in str(e):
-            raise ConfigError([f"override {key}: {e}"], "command line") from None
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    problems = []
-    for item in overrides or []:
-        try:
-            path, value = parse_override(item)
-        except ConfigError as e:
-            problems.extend(e.problems)
-            continue
-        node = data
-        for i, p in enumerate(path[:-1]):
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            elif not isinstance(child, dict):
-                if isinstance(child, str) and p in ("train", "validation", "test"):
-                    # data.train=path then data.train.limit=10: expand the short form
-                    child = node[p] = _coerce_source(child)
-                else:
-                    problems.append(f"{'.'.join(path[: i + 1])}: is not a section, cannot set {'.'.join(path)}")
-                    break
-            node = child
-        else:
-            node[path[-1]] = value
-    if problems:
-        raise ConfigError(problems, "command line")
-    return data
-
-
-def shipped_configs() -> dict[str, Path]:
-    """The ready configs by name (demo, default, ...): the YAML files shipped in the package."""
-    return {p.stem: p for p in sorted(CONFIGS_DIR.glob("*.yaml"))}
-
-
-def config_description(path: Path) -> str:
-    """A shipped config's first comment line: what it is for."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
-            break
-    return ""
-
-
-def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A config file: an existing path wins; else the name of a shipped config (`demo`, `demo.yaml`)."""
-    p = Path(os.path.expanduser(str(name)))
-    if p.exists():
-        return p
-    shipped = shipped_configs()
-    stem = p.name[: -len(p.suffix)] if p.suffix in (".yaml", ".yml") else p.name
-    if str(name) in (stem, p.name) and stem in shipped:
-        return shipped[stem]
-    if p.parent.name == "configs" and stem in shipped:  # configs/demo.yaml from before the configs moved
-        return shipped[stem]
-    raise UserError(
-        f"config file not found: {name}. Ready configs (by name, e.g. --config demo): "
-        f"{', '.join(shipped)}; list them with `llm-summarizer configs`."
-    )
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    p = resolve_config_path(path)
-    if p.is_dir():
-        raise UserError(f"config path is a directory, expected a YAML file: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except OSError as e:
-        raise UserError(f"config file {p} cannot be read ({e.strerror or type(e).__name__})") from None
-    try:
-        data = safe_yaml(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        kind = (
-            "YAML syntax error: "
-            if isinstance(e, yaml.MarkedYAMLError) and not isinstance(e, yaml.constructor.ConstructorError)
-            else ""
-        )
-        raise UserError(f"config file {p}{where}: {kind}{problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"config file {p}: expected a mapping of sections (model:, lora:, data:, ...), got {type(data).__name__}"
-        )
-    return data
-
-
-def data_beside_config(data: dict, config_file: Path) -> dict:
-    """Relative data paths in a config file name files under the current directory, or, where there is no such
-    file, under the config file's own folder: so a config and its data travel together, and the ready configs
-    find the data shipped beside them in the package from any directory."""
-    section = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        return data
-    for split in ("train", "validation", "test"):
-        spec = section.get(split)
-        key = "path" if isinstance(spec, dict) else None
-        path = spec.get("path") if isinstance(spec, dict) else spec
-        if not isinstance(path, str) or os.path.isabs(os.path.expanduser(path)) or os.path.exists(path):
-            continue
-        beside = config_file.parent / path
-        if not is_local_path(path) or not beside.exists():
-            continue
-        if key:
-            spec[key] = os.path.abspath(beside)
-        else:
-            section[split] = os.path.abspath(beside)
-    return data
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    data = data_beside_config(read_yaml(path), resolve_config_path(path)) if path else {}
-    data = apply_overrides(data, overrides or [])
-    source = str(resolve_config_path(path)) if path else "config"
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_pydantic(e), source) from None
-
-
-def config_to_dict(cfg: Config) -> dict:
-    return cfg.model_dump(mode="json")
-
-
-def config_to_yaml(cfg: Config) -> str:
-    """The resolved config as saved (config.yaml of runs, models, exports) and printed: passwords in URLs
-    (tune.storage, tracking.mlflow_tracking_uri) and secret values redacted."""
-    return yaml.safe_dump(redact(config_to_dict(cfg)), sort_keys=False)
+        return Path(self.output.model_dir or os.path.join(FINE_TUNED_DIR, self.output.run_name))

@@ -8,7 +8,11 @@ Written and read only through these types: a reader asks `metrics.final_score("e
 
 - version 1: written before the field existed (llm_summarizer up to this change); reads the same, fields absent
   in it are None;
-- version 2: this layout (`version` added; every other key as in version 1);
+- version 2: `version` added; every other key as in version 1;
+- version 3: this layout: the in-training evaluation's figures named for what they hold, not for ROUGE (base and
+  final `summary_examples`, was `rouge_examples`; train `summary_eval_s` / `summary_eval_share`, were
+  `rouge_callback_s` / `rouge_callback_share`; startup `base_eval_s`, was `base_rouge_s`); a version 1 or 2 file
+  reads with its old names mapped to these (`OLD_NAMES`);
 - a newer version than this code knows: a clear message (upgrade llm_summarizer), never a half-read.
 
 Keys this code does not know are kept (`extra`) and written back, so a round trip loses nothing.
@@ -23,10 +27,18 @@ from typing import Optional
 
 from .errors import UserError
 from .layout import EVAL_SETTINGS, EXPORT_INFO, GGUF_CONVERSION_FILE, METRICS_FILE, RUN_INFO_FILE
-from .metric_names import plain_name
+from .metrics import plain_name
 from .untrusted import Any, Bool, Int, Lst, Map, Num, Obj, Opt, Shape, Str, check_shape, read_json
 
-METRICS_VERSION = 2
+METRICS_VERSION = 3
+# metrics.json before version 3: (where, old key, new key)
+OLD_NAMES = (
+    ("base", "rouge_examples", "summary_examples"),
+    ("final", "rouge_examples", "summary_examples"),
+    ("train", "rouge_callback_s", "summary_eval_s"),
+    ("train", "rouge_callback_share", "summary_eval_share"),
+    ("train.startup", "base_rouge_s", "base_eval_s"),
+)
 
 # ---- the shapes of a model folder's files: every key a reader of this project reads, with its type --------------
 _SCORES = Map(Opt(Num()))  # metric -> value (base, final, references)
@@ -65,8 +77,8 @@ _TRAIN = Obj(
     train_runtime_s=Opt(Num(0)),
     best_checkpoint=Opt(Str(4000)),
     best_metric=Opt(Num()),
-    rouge_callback_s=Opt(Num(0)),
-    rouge_callback_share=Opt(Num(0, 1e6)),
+    summary_eval_s=Opt(Num(0)),
+    summary_eval_share=Opt(Num(0, 1e6)),
     resumed_from=Opt(Str(4000)),
     world_size=Opt(Int(1, 10**6)),
     train_tokens=Opt(Int()),
@@ -182,15 +194,15 @@ class TrainFigures:
     train_runtime_s: Optional[float] = None
     best_checkpoint: Optional[str] = None
     best_metric: Optional[float] = None
-    rouge_callback_s: Optional[float] = None  # the ROUGE callback's generation and scoring, all evaluations
-    rouge_callback_share: Optional[float] = None  # its share of the training wall time
+    summary_eval_s: Optional[float] = None  # generating and scoring validation summaries, all evaluations
+    summary_eval_share: Optional[float] = None  # its share of the training wall time
     resumed_from: Optional[str] = None
     world_size: int = 1
     train_tokens: Optional[int] = None
     train_tokens_per_s: Optional[float] = None
     peak_memory_gib: Optional[float] = None
     peak_memory_of: Optional[str] = None  # "CUDA memory allocated" or "process RSS"
-    startup: Optional[dict] = None  # seconds per start-up phase (bench.measure.Startup.report())
+    startup: Optional[dict] = None  # seconds per start-up phase (training.run.Startup.report())
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -248,7 +260,7 @@ class RunMetrics:
     @property
     def examples(self) -> Optional[int]:
         """How many validation examples the final scores were computed on."""
-        n = (self.final or {}).get("rouge_examples") or (self.final_vs_base or {}).get("examples")
+        n = (self.final or {}).get("summary_examples") or (self.final_vs_base or {}).get("examples")
         return int(n) if n else None
 
     # -- the file ------------------------------------------------------------------------------------------
@@ -281,6 +293,8 @@ class RunMetrics:
                 f"{where} was written by a newer llm_summarizer (metrics.json version {version}; this one "
                 f"reads up to {METRICS_VERSION}). Upgrade llm_summarizer to read it"
             )
+        if version < 3:
+            d = _renamed(d)
         check_shape(d, METRICS_SHAPE, where)
         known = _known(cls, d)
         known["train"] = TrainFigures.from_dict(d.get("train") or {})
@@ -292,6 +306,23 @@ class RunMetrics:
     @classmethod
     def read(cls, path: Path) -> "RunMetrics":
         return cls.from_dict(read_json(Path(path), Any(), str(path)), str(path))
+
+
+def _renamed(d: dict) -> dict:
+    """A metrics.json of version 1 or 2 with its old key names mapped to version 3's (a copy)."""
+    d = {**d}
+    for where, old, new in OLD_NAMES:
+        parent, path = d, where.split(".")
+        for part in path:
+            child = parent.get(part)
+            if not isinstance(child, dict):
+                break
+            child = parent[part] = {**child}  # copied on the way down: the caller's dict is not changed
+            parent = child
+        else:
+            if old in parent and new not in parent:
+                parent[new] = parent.pop(old)
+    return d
 
 
 def _number(v) -> Optional[float]:

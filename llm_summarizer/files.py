@@ -2,7 +2,8 @@
 
 Every file the project writes goes through here: `write_text` / `write_json` write a temporary file
 beside the target (its name unique to the process and call), flush and fsync it, then rename it over
-the target; `atomic_directory` does the same for a whole directory (the final model, an export).
+the target; `atomic_file` does the same for a file written as it goes (summaries as they finish, a download);
+`atomic_directory` does the same for a whole directory (the final model, an export, a tokenized cache).
 Readers therefore see the old version or the new one, never a mix, even after a SIGKILL or a full disk.
 """
 
@@ -17,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from .layout import OWNER_FILE
 
@@ -49,14 +50,19 @@ def fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
-def write_text(path, text: str, encoding: str = "utf-8") -> Path:
-    """Replace `path` with `text` atomically: a unique temporary file beside it, fsync, rename."""
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
+    """A file to write `path` through, as it goes ("w": text, "wb": bytes): a unique temporary file beside it
+    that, when the block ends without an error, is flushed, fsynced and renamed over `path`; on an error (a full
+    disk, Ctrl-C) it is removed and whatever `path` held stays."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes a whole file: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({"encoding": encoding, "newline": ""} if mode == "w" else {})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -66,7 +72,13 @@ def write_text(path, text: str, encoding: str = "utf-8") -> Path:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def write_text(path, text: str, encoding: str = "utf-8") -> Path:
+    """Replace `path` with `text` atomically: a unique temporary file beside it, fsync, rename."""
+    with atomic_file(path, "w", encoding) as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_json(path, obj) -> Path:
@@ -157,15 +169,19 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, owner: str | None = None) -> Iterator[Path]:
+def atomic_directory(target: Path, owner: str | None = None, keep_existing: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `target` whole, on error it is removed. Under the
     target's lock, so a killed writer's leftovers are cleared by the next one. `owner` (model, export): record
-    the folder as this project's (OWNER_FILE), so that a later replace knows it holds nothing else."""
+    the folder as this project's (OWNER_FILE), so that a later replace knows it holds nothing else.
+    `keep_existing` (a cache named by its content): a `target` that another writer published meanwhile is kept,
+    and ours is removed."""
     target = Path(target)
     with target_lock(target):
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
             yield tmp
+            if keep_existing and target.exists():
+                return
             if owner is not None:
                 write_json(tmp / OWNER_FILE, owner_record(tmp, owner))
             _umask_permissions(tmp)

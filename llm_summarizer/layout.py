@@ -32,6 +32,15 @@ report.md, plots/. A tune study's folder: summary.json, best_config.yaml. Every 
 # -- every folder this project writes for users ----------------------------------------------------------------
 OWNER_FILE = ".llm_summarizer.json"
 
+# -- default folders, relative to the working directory (a setting or flag names another) ----------------------
+OUTPUTS_DIR = "outputs"  # output.dir: outputs/<run_name>/; tune.dir: outputs/<run_name>-tune/; bench results
+FINE_TUNED_DIR = "fine_tuned"  # output.model_dir: fine_tuned/<run_name>/
+MODEL_CACHE_DIR = "data/models"  # model.cache_dir: random:<shape> builds, converted GGUF files, registry models
+TUNE_SUFFIX = "-tune"  # a tune study's folder: outputs/<run_name>-tune/ (each trial's: trial-NNN/{outputs,fine_tuned})
+BENCH_DIR = "bench"  # the bench's result files: outputs/bench/<time>-<model>-<data>.json
+BENCH_WORK_SUFFIX = ".runs"  # the bench's work folder, beside its result file: <result>.runs/
+EVALUATIONS_DIR = "evaluations"  # an evaluation's folder: evaluations/<model>/<split>/
+
 # -- a run's output directory ---------------------------------------------------------------------------------
 STAGING_DIR = ".staging"
 LOCK_FILE = ".lock"

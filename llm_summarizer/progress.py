@@ -13,7 +13,6 @@ import sys
 from typing import Optional
 
 ENV = "LLM_SUMMARIZER_PROGRESS"
-CHOICES = ("auto", "on", "off")
 
 
 def in_notebook() -> bool:

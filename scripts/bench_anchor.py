@@ -57,7 +57,8 @@ def main(argv=None) -> int:
 
     from llm_summarizer.bench.harness import resolve_data
     from llm_summarizer.bench.measure import device_name
-    from llm_summarizer.config import Config, config_to_dict, load_config
+    from llm_summarizer.config import Config
+    from llm_summarizer.config_loading import config_to_dict, load_config
     from llm_summarizer.data.rows import load_raw_splits
     from llm_summarizer.environment import package_versions
     from llm_summarizer.models.backends import for_training

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.data import rows as R
     from llm_summarizer.data import tokenize as TK
     from llm_summarizer.data.readers import RawSplit

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llm_summarizer.layout import BENCH_DIR, OUTPUTS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Each names its sampling, so a variant means the same thing whatever the schema default is.
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=V,KEY=V", help="an extra variant")
     ap.add_argument("--backends", default="transformers")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out-dir", default=str(ROOT / "outputs" / "bench" / "features"))
+    ap.add_argument("--out-dir", default=str(ROOT / OUTPUTS_DIR / BENCH_DIR / "features"))
     ap.add_argument(
         "--defaults",
         default="--steps 20 --warmup-steps 4 --val-rows 16 eval.num_samples=1",

@@ -37,6 +37,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from llm_summarizer.layout import FINE_TUNED_DIR, OUTPUTS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- long-document rows: scripts/bench_long.py writes below -->", "<!-- long-document rows end -->"
 INSTRUCTION = "Summarize the following dialogue in a few sentences."
@@ -58,7 +60,7 @@ def read_jsonl(p: Path, limit=None) -> list[dict]:
 
 
 def fine_tune(args) -> Path:
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.training.run import run
 
     data = Path(args.data_root) / "dialogsum"
@@ -74,8 +76,8 @@ def fine_tune(args) -> Path:
         "eval.num_samples=24",
         "eval.base_eval=false",
         "train.resume=never",
-        f"output.dir={out / 'outputs'}",
-        f"output.model_dir={out / 'fine_tuned'}",
+        f"output.dir={out / OUTPUTS_DIR}",
+        f"output.model_dir={out / FINE_TUNED_DIR}",
     ]
     result = run(load_config("demo", overrides))
     return result.model_dir
@@ -149,16 +151,15 @@ def plain_generate(loaded, docs: list[str], max_new: int, bs: int) -> list[str]:
 
 def three_ways(loaded, docs: list[str], max_new: int) -> dict:
     """The same prompts through plain generate (before and after ours), sorted static and continuous batches."""
-    from llm_summarizer.models.generation import generate
+    from llm_summarizer.models.generation import GenerationRequest, generate
 
     bs, ev = loaded.cfg.eval.batch_size, loaded.cfg.eval
 
     print(f"bench_long: batching, ROUGE pass: {len(docs)} prompts", file=sys.stderr, flush=True)
 
     def ours(mode):
-        gens = generate(
-            loaded.model, loaded.tokenizer, loaded.formatter, docs, ev, max_new, loaded.backend, batching=mode
-        )
+        request = GenerationRequest(loaded.formatter, docs, ev, max_new, loaded.backend, batching=mode)
+        gens = generate(loaded.model, loaded.tokenizer, request)
         return [g.text for g in gens], sum(g.new_tokens for g in gens)
 
     ours("static")  # warm-up (first-call costs)
@@ -190,16 +191,14 @@ def three_ways(loaded, docs: list[str], max_new: int) -> dict:
 def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
     """Chunked summarization (windows and merges) with each batching; the floor is plain generate in order."""
     from llm_summarizer.models.chunked import summarize_long
-    from llm_summarizer.models.generation import chunk_formatters, generate
+    from llm_summarizer.models.generation import GenerationRequest, chunk_formatters, generate
 
     ev = loaded.cfg.eval
     fmt, merge_fmt = chunk_formatters(loaded, max_new)
 
     def with_batching(mode):
         def run(texts, formatter, _report):
-            return generate(
-                loaded.model,
-                loaded.tokenizer,
+            request = GenerationRequest(
                 formatter,
                 texts,
                 ev,
@@ -208,6 +207,7 @@ def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
                 batching="static" if mode == "floor" else mode,
                 sort_by_length=mode != "floor",
             )
+            return generate(loaded.model, loaded.tokenizer, request)
 
         return summarize_long(docs, fmt, merge_fmt, ev, max_new, run)
 
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-rows", type=int, default=160)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "bench_long"))
+    ap.add_argument("--work", default=str(ROOT / OUTPUTS_DIR / "bench_long"))
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", help="JSON results (default <work>/long.json)")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="'' to write no rows")

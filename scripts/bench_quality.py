@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from llm_summarizer.layout import FINE_TUNED_DIR, OUTPUTS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- quality rows: scripts/bench_quality.py writes below -->", "<!-- quality rows end -->"
 INSTRUCTIONS = {
@@ -41,7 +43,7 @@ ANCHORS = {
 
 
 def run_dataset(name: str, args) -> dict:
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.evaluation.evaluate import evaluate_model
     from llm_summarizer.training.run import run
 
@@ -57,8 +59,8 @@ def run_dataset(name: str, args) -> dict:
         f"train.save_steps={args.steps}",
         f"eval.num_samples={args.val_rows}",
         "train.resume=never",
-        f"output.dir={out / 'outputs'}",
-        f"output.model_dir={out / 'fine_tuned'}",
+        f"output.dir={out / OUTPUTS_DIR}",
+        f"output.model_dir={out / FINE_TUNED_DIR}",
         *args.overrides,
     ]
     t0 = time.time()
@@ -196,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--val-rows", type=int, default=24)
     ap.add_argument("--test-rows", type=int, default=100)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--work", default=str(ROOT / "outputs" / "bench_quality"))
+    ap.add_argument("--work", default=str(ROOT / OUTPUTS_DIR / "bench_quality"))
     ap.add_argument("--out", default=None, help="JSON results (default <work>/quality.json)")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("overrides", nargs="*", help="config overrides for every training run")

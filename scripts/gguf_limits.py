@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
     boot.setup_logging()
     boot.ml_stack(boot.saved_model_backend(args.model, None))
-    from llm_summarizer.config import config_to_yaml
+    from llm_summarizer.config_loading import config_to_yaml
     from llm_summarizer.export import gguf
     from llm_summarizer.export.job import GGUF_LIMITS
     from llm_summarizer.export.merged import merge_16bit, merged_dtype

@@ -178,7 +178,7 @@ class StageTimeout(BaseException):  # not an Exception: nothing in a stage catch
 def stage_env(ctx: Ctx) -> None:
     import torch
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.environment import package_versions
     from llm_summarizer.models.device import KNOWN, current, training_plan
 
@@ -213,7 +213,7 @@ def stage_load(ctx: Ctx) -> None:
     import bitsandbytes as bnb
     import torch
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.data.rows import load_raw_splits
     from llm_summarizer.errors import UserError
     from llm_summarizer.models.backends import for_inference, for_training
@@ -279,7 +279,7 @@ def stage_t4(ctx: Ctx) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.training.run import run
 
     class Seen(TrainerCallback):
@@ -324,7 +324,7 @@ def stage_t4(ctx: Ctx) -> None:
 
 
 def stage_train(ctx: Ctx) -> None:
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.training.run import run
 
     run(load_config("tiny", ctx.overrides("train", *ctx.qlora(), "train.precision=auto")))
@@ -427,7 +427,7 @@ def stage_oom(ctx: Ctx) -> None:
         rc = main(
             ["train", "--config", "tiny"]
             + ctx.overrides("oom", "train.per_device_train_batch_size=1024", "train.max_steps=2")
-            + ["eval.rouge=false", "eval.base_eval=false"]
+            + ["eval.generate=false", "eval.base_eval=false"]
         )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -651,7 +651,7 @@ def oom_generate(model: Path) -> None:
     retry, and give the same summaries as batch-by-one."""
     import torch
 
-    from llm_summarizer.models.generation import AdaptiveBatch, default_max_new_tokens, generate
+    from llm_summarizer.models.generation import AdaptiveBatch, GenerationRequest, default_max_new_tokens, generate
     from llm_summarizer.models.loading import load_for_generation
 
     loaded = load_for_generation(model)
@@ -672,9 +672,13 @@ def oom_generate(model: Path) -> None:
     handle = lm.register_forward_pre_hook(too_big, with_kwargs=True)
     batch = AdaptiveBatch(16)
     ev = loaded.cfg.eval
-    gens = generate(loaded.model, loaded.tokenizer, loaded.formatter, texts, ev, n, loaded.backend, batch=batch)
+    gens = generate(
+        loaded.model, loaded.tokenizer, GenerationRequest(loaded.formatter, texts, ev, n, loaded.backend, batch=batch)
+    )
     handle.remove()
-    one = generate(loaded.model, loaded.tokenizer, loaded.formatter, texts, ev, n, loaded.backend, batch_size=1)
+    one = generate(
+        loaded.model, loaded.tokenizer, GenerationRequest(loaded.formatter, texts, ev, n, loaded.backend, batch_size=1)
+    )
     need(
         bool(seen) and batch.size <= limit,
         f"out of memory at batches of {sorted(set(seen), reverse=True)}; "

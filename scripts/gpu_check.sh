@@ -94,7 +94,7 @@ QLORA=("model.load_in_4bit=true" "train.optim=adamw_8bit" "model.gradient_checkp
 stage_resume() {
   local s=$WORK/resume half=$((RESUME_STEPS / 2))
   local args=("model.load_in_4bit=true" "train.max_steps=$RESUME_STEPS" "train.save_steps=$((RESUME_STEPS / 4))"
-              "train.eval_steps=$RESUME_STEPS" "eval.rouge=false" "eval.base_eval=false" "train.save_total_limit=4")
+              "train.eval_steps=$RESUME_STEPS" "eval.generate=false" "eval.base_eval=false" "train.save_total_limit=4")
   train "$s/full" "${args[@]}" || return 1
   local killed=("$PY" -m llm_summarizer train "${TINY[@]}" "output.dir=$s/killed/out" "output.model_dir=$s/killed/model"
                 "${args[@]}")

@@ -24,13 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from llm_summarizer.layout import FINE_TUNED_DIR, MODEL_CACHE_DIR, OUTPUTS_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def overrides(out: Path, args) -> list[str]:
     return [
-        f"output.dir={out / 'outputs'}",
-        f"output.model_dir={out / 'fine_tuned'}",
+        f"output.dir={out / OUTPUTS_DIR}",
+        f"output.model_dir={out / FINE_TUNED_DIR}",
         f"model.cache_dir={args.models_dir}",
         f"train.max_steps={args.steps}",
         f"train.save_steps={args.save_steps}",
@@ -64,7 +66,7 @@ def writing_since(staging: Path, t0: float) -> bool:
 
 
 def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float) -> dict:
-    staging = out / "outputs" / ".staging"
+    staging = out / OUTPUTS_DIR / ".staging"
     with open(log, "ab") as f:
         p = subprocess.Popen(command(out, args), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
         t0 = time.time()
@@ -84,8 +86,8 @@ def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float)
             p.send_signal(signal.SIGKILL)
             p.wait()
     ckpts = (
-        sorted(int(c.name.split("-")[1]) for c in (out / "outputs").glob("checkpoint-*"))
-        if (out / "outputs").exists()
+        sorted(int(c.name.split("-")[1]) for c in (out / OUTPUTS_DIR).glob("checkpoint-*"))
+        if (out / OUTPUTS_DIR).exists()
         else []
     )
     return {
@@ -100,12 +102,12 @@ def kill_once(out: Path, args, log, mode: str, rng: random.Random, t_ref: float)
 def compare(ref: Path, got: Path, tol: float) -> dict:
     from safetensors.torch import load_file
 
-    a = load_file(str(ref / "fine_tuned" / "adapter_model.safetensors"))
-    b = load_file(str(got / "fine_tuned" / "adapter_model.safetensors"))
+    a = load_file(str(ref / FINE_TUNED_DIR / "adapter_model.safetensors"))
+    b = load_file(str(got / FINE_TUNED_DIR / "adapter_model.safetensors"))
     max_diff = max((a[k] - b[k]).abs().max().item() for k in a) if a.keys() == b.keys() else float("inf")
 
     def history(d: Path):
-        ck = sorted((d / "outputs").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))[-1]
+        ck = sorted((d / OUTPUTS_DIR).glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))[-1]
         h = json.loads((ck / "trainer_state.json").read_text())["log_history"]
         return (
             {x["step"]: x["loss"] for x in h if "loss" in x},
@@ -115,8 +117,8 @@ def compare(ref: Path, got: Path, tol: float) -> dict:
     (la, ra), (lb, rb) = history(ref), history(got)
     loss_mismatch = [s for s in la if s not in lb or abs(la[s] - lb[s]) > 1e-4 * max(1.0, abs(la[s]))]
     rouge_mismatch = [s for s in ra if s not in rb or abs(ra[s] - rb[s]) > 1e-9]
-    ma = json.loads((ref / "fine_tuned" / "metrics.json").read_text())
-    mb = json.loads((got / "fine_tuned" / "metrics.json").read_text())
+    ma = json.loads((ref / FINE_TUNED_DIR / "metrics.json").read_text())
+    mb = json.loads((got / FINE_TUNED_DIR / "metrics.json").read_text())
     final_same = ma["final"] == mb["final"] and ma["base"] == mb["base"]
     ok = max_diff <= tol and not loss_mismatch and not rouge_mismatch and final_same
     return {
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
         help="a ready config by name, or a YAML file (default tiny: the 2-layer model, nothing downloaded)",
     )
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
-    ap.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
+    ap.add_argument("--models-dir", default=str(ROOT / MODEL_CACHE_DIR))
     ap.add_argument("--report", default=None, help="write the JSON report here too")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
@@ -183,10 +185,10 @@ def main(argv=None) -> int:
             span = min(span, kills[-1]["after_s"])  # the runs got faster than the reference: aim earlier
         round_kills.append(kills[-1])
         print(json.dumps({"attempt": len(kills), "landed": landed, **kills[-1]}), flush=True)
-        if (got / "fine_tuned" / "metrics.json").exists():
+        if (got / FINE_TUNED_DIR / "metrics.json").exists():
             finish_round()  # then start over, so every kill lands in a run that still has training to do
     if round_kills or not rounds:
-        if not (got / "fine_tuned" / "metrics.json").exists():
+        if not (got / FINE_TUNED_DIR / "metrics.json").exists():
             run_to_end(got, args, log)
         finish_round()
     ok = all(r["ok"] for r in rounds) and landed >= args.kills

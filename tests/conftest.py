@@ -72,7 +72,7 @@ def tiny_overrides(tmp: Path, models_dir: Path, **extra) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, models_dir):
     """The ready config `tiny` as it ships (only the output locations moved): the fast tests' trained model."""
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.training.run import run
 
     tmp = tmp_path_factory.mktemp("tiny")
@@ -138,7 +138,7 @@ def smollm2_conversion(smollm2_gguf, real_cache) -> dict:
 @pytest.fixture(scope="session")
 def real_run(tmp_path_factory, real_cache, smollm2_conversion):
     """SmolLM2 fine-tuned on DialogSum for a few CPU minutes, shared by the real-model tests."""
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.training.run import run
 
     data = shared_dataset("dialogsum")

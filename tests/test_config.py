@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_summarizer.config import config_description, load_config, shipped_configs
+from llm_summarizer.config_loading import config_description, load_config, shipped_configs
 from llm_summarizer.errors import ConfigError, UserError
 
 from .conftest import ROOT, run_cli

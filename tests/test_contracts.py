@@ -56,20 +56,41 @@ VERSION_1 = {
 }
 
 
+def _as_version_3(d: dict) -> dict:
+    """VERSION_1's content under version 3's names (written by hand: the test does not trust the mapping)."""
+    d = json.loads(json.dumps(d))
+    for block in ("base", "final"):
+        d[block]["summary_examples"] = d[block].pop("rouge_examples")
+    d["train"]["summary_eval_s"] = d["train"].pop("rouge_callback_s")
+    d["train"]["summary_eval_share"] = d["train"].pop("rouge_callback_share")
+    return d
+
+
 def test_a_file_written_before_the_version_field_reads_and_writes_back_unchanged_but_for_the_version(tmp_path):
     p = tmp_path / "metrics.json"
     p.write_text(json.dumps(VERSION_1))
     m = RunMetrics.read(p)
-    assert m.version == METRICS_VERSION == 2
+    assert m.version == METRICS_VERSION == 3
     assert m.train.global_step == 30 and m.train.startup["to_first_step_s"] == 80.2
+    assert m.train.summary_eval_s == 61.2 and m.train.summary_eval_share == 0.28  # version 1's rouge_callback_*
     assert m.final_score("eval_rougeL") == m.final_score("rougeL") == 0.27 and m.base_score("rouge1") == 0.21
     assert m.wandb_url == "https://wandb.ai/t/p/runs/abc12345" and m.examples == 24
     assert m.validated_max_new_tokens == 94 and m.train_summary_p95 == 52
-    assert m.to_dict() == {"version": 2, **VERSION_1}
+    # unchanged but for the version and the names version 3 gave the in-training evaluation's figures
+    assert m.to_dict() == {"version": 3, **_as_version_3(VERSION_1)}
+    assert VERSION_1["train"]["rouge_callback_s"] == 61.2  # the caller's dict is not changed
+
+
+def test_a_version_2_file_reads_with_its_old_names_mapped():
+    old = {**VERSION_1, "version": 2, "train": {**VERSION_1["train"], "startup": {"base_rouge_s": 4.5}}}
+    m = RunMetrics.from_dict(old)
+    assert m.examples == 24 and m.final["summary_examples"] == 24 and "rouge_examples" not in m.final
+    assert m.train.summary_eval_s == 61.2 and m.train.startup == {"base_eval_s": 4.5}
 
 
 def test_keys_this_code_does_not_know_survive_a_round_trip():
-    d = {**VERSION_1, "version": 2, "from_a_plugin": {"x": 1}, "train": {**VERSION_1["train"], "gpu_hours": 0.1}}
+    v3 = _as_version_3(VERSION_1)
+    d = {**v3, "version": 3, "from_a_plugin": {"x": 1}, "train": {**v3["train"], "gpu_hours": 0.1}}
     m = RunMetrics.from_dict(d)
     assert m.extra == {"from_a_plugin": {"x": 1}} and m.train.extra == {"gpu_hours": 0.1}
     assert m.to_dict() == d
@@ -81,8 +102,8 @@ def test_a_file_from_a_newer_version_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(UserError) as e:
         RunMetrics.read(p)
     assert str(e.value) == (
-        f"{p} was written by a newer llm_summarizer (metrics.json version 3; this one reads up "
-        f"to 2). Upgrade llm_summarizer to read it"
+        f"{p} was written by a newer llm_summarizer (metrics.json version 4; this one reads up "
+        f"to 3). Upgrade llm_summarizer to read it"
     )
 
 

@@ -21,6 +21,7 @@ from llm_summarizer import files
 from llm_summarizer.files import (
     OWNER_FILE,
     atomic_directory,
+    atomic_file,
     file_digest,
     recover_interrupted_replace,
     scratch_beside,
@@ -101,6 +102,36 @@ def test_a_full_disk_mid_write_keeps_the_old_content(tmp_path, monkeypatch, step
     assert beside(target) == []
 
 
+def test_atomic_file_publishes_what_was_written_as_it_went_only_at_the_end(tmp_path):
+    target = write_text(tmp_path / "out" / "summaries.jsonl", "old\n")
+    with atomic_file(target) as f:
+        f.write("one\n")
+        f.flush()
+        assert target.read_text() == "old\n"  # readers still see the old file
+        assert [n.startswith(".summaries.jsonl.tmp-") for n in beside(target)] == [True]  # beside it: a rename
+        f.write("two\r\n")
+    assert target.read_bytes() == b"one\ntwo\r\n" and beside(target) == []
+    with atomic_file(tmp_path / "new" / "model.gguf", "wb") as f:  # bytes; parents are made
+        f.write(b"\x00GGUF")
+    assert (tmp_path / "new" / "model.gguf").read_bytes() == b"\x00GGUF"
+
+
+def test_an_error_inside_atomic_file_keeps_the_old_file_and_leaves_nothing_beside_it(tmp_path):
+    target = write_text(tmp_path / "summaries.txt", "old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(target) as f:
+            f.write("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old" and beside(target) == []
+    with pytest.raises(RuntimeError):
+        with atomic_file(tmp_path / "never.bin", "wb"):
+            raise RuntimeError
+    assert not (tmp_path / "never.bin").exists() and beside(tmp_path / "never.bin") == []
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_file(target, "a"):
+            pass
+
+
 # -- atomic_directory ----------------------------------------------------------------------------------------------
 
 
@@ -129,6 +160,16 @@ def test_atomic_directory_creates_a_new_target(tmp_path):
     with atomic_directory(target) as tmp:
         (tmp / "model.gguf").write_text("g")
     assert (target / "model.gguf").read_text() == "g"
+
+
+def test_keep_existing_keeps_a_target_another_writer_published_meanwhile(tmp_path):
+    """A cache named by its content: the same content, so the first copy published stays (a reader may hold it)."""
+    target = tmp_path / "data_cache" / "train-abc"
+    with atomic_directory(target, keep_existing=True) as tmp:
+        (tmp / "data.arrow").write_text("first")
+    with atomic_directory(target, keep_existing=True) as tmp:
+        (tmp / "data.arrow").write_text("second")
+    assert (target / "data.arrow").read_text() == "first" and beside(target) == []
 
 
 def test_an_error_inside_keeps_the_old_folder_and_removes_the_temporary_one(tmp_path):

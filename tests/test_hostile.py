@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_summarizer.commands.main import main
-from llm_summarizer.config import Config, load_config
+from llm_summarizer.config import Config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.errors import UserError
 from llm_summarizer.files import OWNER_FILE
 
@@ -548,7 +549,7 @@ def test_secrets_typed_on_the_command_line_never_reach_the_wandb_run(ws, models_
         f"output.dir={out}",
         f"output.model_dir={tmp_path / 'm'}",
         "train.max_steps=1",
-        "eval.rouge=false",
+        "eval.generate=false",
         "output.report=false",
         "tracking.report_to=[wandb]",
         "tracking.wandb_mode=offline",

@@ -255,7 +255,7 @@ def test_commands_on_a_hostile_folder_answer_or_refuse_and_change_nothing_else(f
             f"data.train={DEMO / 'train.jsonl'}",
             f"data.validation={DEMO / 'validation.jsonl'}",
             "data.test=null",
-            "eval.rouge=false",
+            "eval.generate=false",
             "eval.base_eval=false",
             f"output.dir={out / 'run'}",
             f"output.model_dir={out / 'run-model'}",

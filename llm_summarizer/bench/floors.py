@@ -22,7 +22,7 @@ next to ours, so the ratio (ours / floor; above 1 = faster than the floor) carri
   batches (taken from our trainer's dataloader); the floor runs before and after ours and the ratio uses
   their mean, so drift of a shared machine shows in the two floor numbers.
 - start-up: `llm-summarizer train` run to its first optimizer step (train.max_steps=1), its seconds split
-  into imports, reading data, model load, tokenizing + trainer, base ROUGE and first step (the split every
+  into imports, reading data, model load, tokenizing + trainer, base evaluation and first step (the split every
   training run writes into metrics.json), against the bare `import` of the libraries it needs, and the
   time of `--help` and `--print-config` (which must stay instant).
 """
@@ -44,7 +44,8 @@ import datasets
 import torch
 from transformers import set_seed
 
-from ..config import Config, config_to_dict, config_to_yaml
+from ..config import Config
+from ..config_loading import config_to_dict, config_to_yaml
 from ..contracts import RunMetrics
 from ..data import tokenize as TK
 from ..data.prompt import Formatter
@@ -56,12 +57,13 @@ from ..evaluation import diagnostics
 from ..evaluation.scoring import score_corpus
 from ..files import write_json
 from ..layout import METRICS_FILE
-from ..models.generation import derive_max_new_tokens, generate, inference_mode
+from ..models.generation import GenerationRequest, derive_max_new_tokens, generate, inference_mode
 from ..models.loading import load_for_training
-from ..training.rouge import RougeEvaluator
 from ..training.run import build_session
+from ..training.summary_eval import SummaryEvaluator
 from .harness import Written, bench_config, child_env, prepare_run
 from .measure import StepClock, device_name
+from .options import BenchOptions
 
 # ---------------------------------------------------------------------------------------------------------
 # the child: data, generation and training in one process (unsloth, when used, imported first by the caller)
@@ -229,13 +231,16 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
 
     def ours(sort: bool) -> tuple[float, list[str], int]:
         t0 = time.perf_counter()
-        gens = generate(
-            model, tok, fmt, documents, ev, max_new, backend, batch_size=bs, seed=ev.sample_seed, sort_by_length=sort
+        request = GenerationRequest(
+            fmt, documents, ev, max_new, backend, batch_size=bs, seed=ev.sample_seed, sort_by_length=sort
         )
+        gens = generate(model, tok, request)
         return time.perf_counter() - t0, [g.text for g in gens], sum(g.new_tokens for g in gens)
 
     # warm-up: one batch through each path (first-call costs: kernels, caches, Unsloth's inference switch)
-    generate(model, tok, fmt, documents[:bs], ev, max_new, backend, batch_size=bs, seed=ev.sample_seed)
+    generate(
+        model, tok, GenerationRequest(fmt, documents[:bs], ev, max_new, backend, batch_size=bs, seed=ev.sample_seed)
+    )
     t_floor, floor_texts, floor_tokens, floor_pad = plain()
     t_eq, eq_texts, eq_tokens = ours(False)
     t_sorted, sorted_texts, sorted_tokens = ours(True)
@@ -243,7 +248,7 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
     floor_s = (t_floor + t_floor2) / 2
     # the ROUGE pass (generation + scoring + files), on the same rows
     prepared = prepare(cfg, tok, {"train": raw["train"], "validation": type(split)("validation", "bench", rows)})
-    evaluator = RougeEvaluator(
+    evaluator = SummaryEvaluator(
         cfg.model_copy(update={"eval": ev.model_copy(update={"num_samples": len(rows)})}),
         tok,
         prepared.formatter,
@@ -296,7 +301,7 @@ def generation_floor(cfg, model, tok, raw: dict, n_rows: int) -> dict:
 def training_floor(cfg, model, tok, info, raw: dict, steps: int, warmup: int, rounds: int) -> dict:
     cfg = cfg.model_copy(deep=True)
     cfg.train.max_steps = steps
-    cfg.eval.rouge = False
+    cfg.eval.generate = False
     cfg.eval.base_eval = False
     clock = StepClock()
     session = build_session(cfg, model, tok, info, {"train": raw["train"]}, extra_callbacks=[clock])
@@ -424,16 +429,16 @@ def startup_floor(cfg_dict: dict, work: Path, env: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_floors(args) -> Written:
-    parts = args.floors_parts
-    data, out, work, model_dir, shape = prepare_run(args, "floors-")
-    cfg = bench_config(args, data, model_dir, work / "child")
-    backend = args.backends.split(",")[0].strip() or "unsloth"
+def run_floors(options: BenchOptions) -> Written:
+    parts = list(options.floor_parts)
+    data, out, work, model_dir, shape = prepare_run(options, "floors-")
+    cfg = bench_config(options, data, model_dir, work / "child")
+    backend = options.backends[0] if options.backends else "unsloth"
     cfg.model.backend = backend
-    env = child_env(args.threads)
+    env = child_env(options.threads)
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "llm-summarizer bench " + shlex.join(args.argv),
+        "command": "llm-summarizer bench " + shlex.join(options.argv),
         "git_commit": git_commit(),
         "model": {"shape": shape, "dir": model_dir},
         "dataset": {"name": data[2], "train": str(data[0])},
@@ -446,11 +451,11 @@ def run_floors(args) -> Written:
             "kind": "floors",
             "config": config_to_dict(cfg),
             "parts": in_child,
-            "data_rows": args.data_rows,
-            "gen_rows": args.gen_rows,
-            "steps": args.steps,
-            "warmup_steps": args.warmup_steps,
-            "rounds": args.rounds,
+            "data_rows": options.data_rows,
+            "gen_rows": options.gen_rows,
+            "steps": options.steps,
+            "warmup_steps": options.warmup_steps,
+            "rounds": options.rounds,
             "result": str(work / "floors.result.json"),
         }
         spec_path = work / "floors.spec.json"
@@ -477,13 +482,13 @@ def run_floors(args) -> Written:
         result["startup"] = startup_floor(config_to_dict(cfg), work, env)
     if "device" not in result:
         result["device"] = f"CPU {cpu_name()}, {os.cpu_count()} cores"
-    result["threads"] = args.threads
+    result["threads"] = options.threads
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
-    if not args.keep:
+    if not options.keep:
         shutil.rmtree(work, ignore_errors=True)
-    if args.markdown:
-        append_floor_rows(Path(args.markdown), floors_rows(result))
+    if options.markdown:
+        append_floor_rows(Path(options.markdown), floors_rows(result))
     return Written(result, out, work)
 
 

@@ -14,13 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from ..config import Config, config_to_dict, load_config
+from ..config import Config
+from ..config_loading import config_to_dict, load_config
 from ..data.rows import load_raw_splits
 from ..environment import git_commit
 from ..errors import UserError
 from ..files import write_json
+from ..layout import BENCH_DIR, BENCH_WORK_SUFFIX, OUTPUTS_DIR
 from ..models.loading import resolve_model_path
 from ..paths import Place, check_places, claim
+from .options import BenchOptions
 from .results import append_row
 
 BACKENDS = ("unsloth", "transformers")
@@ -56,19 +59,21 @@ def resolve_data(spec: str) -> tuple[Path, Optional[Path], str]:
     return (d / "train.jsonl").resolve(), val.resolve() if val.exists() else None, d.name
 
 
-def bench_config(args, data: tuple[Path, Optional[Path], str], model_name: str, run_dir: Path) -> Config:
-    cfg = load_config(args.config, args.overrides)
+def bench_config(
+    options: BenchOptions, data: tuple[Path, Optional[Path], str], model_name: str, run_dir: Path
+) -> Config:
+    cfg = load_config(options.config, list(options.overrides))
     train_path, val_path, _ = data
     # What the measurement needs, whatever the config says: the same model and data for both backends,
     # a fixed number of steps, no checkpoints on disk, no trackers, no resuming from an earlier run.
     cfg.model.name = model_name
-    cfg.model.load_in_4bit = bool(args.qlora)
-    if args.qlora:
+    cfg.model.load_in_4bit = bool(options.qlora)
+    if options.qlora:
         cfg.model.load_in_8bit = False
-    cfg.data.train = {"path": str(train_path), "limit": args.train_rows}
-    cfg.data.validation = {"path": str(val_path), "limit": args.val_rows} if val_path else None
+    cfg.data.train = {"path": str(train_path), "limit": options.train_rows}
+    cfg.data.validation = {"path": str(val_path), "limit": options.val_rows} if val_path else None
     cfg.data.test = None
-    cfg.train.max_steps = args.steps
+    cfg.train.max_steps = options.steps
     cfg.train.save_strategy = "no"
     cfg.train.load_best_model_at_end = False
     cfg.train.resume = "never"
@@ -78,14 +83,14 @@ def bench_config(args, data: tuple[Path, Optional[Path], str], model_name: str, 
     return Config.model_validate(config_to_dict(cfg))  # cross-field checks once more
 
 
-def prepare_model(args, cfg: Config) -> tuple[str, Optional[str]]:
+def prepare_model(options: BenchOptions, cfg: Config) -> tuple[str, Optional[str]]:
     """The model directory both backends load: built once here for a random-init shape."""
-    if args.model and Path(args.model).expanduser().is_dir():
-        return str(Path(args.model).expanduser().resolve()), None
+    if options.model and Path(options.model).expanduser().is_dir():
+        return str(Path(options.model).expanduser().resolve()), None
     # a random-init shape, or a name the loader resolves (the registry's smollm2-135m-instruct, a cached hub id)
-    cfg.model.name = args.model or f"random:{args.shape}"
+    cfg.model.name = options.model or f"random:{options.shape}"
     raw = load_raw_splits(cfg)
-    return str(Path(resolve_model_path(cfg, raw)).resolve()), None if args.model else args.shape
+    return str(Path(resolve_model_path(cfg, raw)).resolve()), None if options.model else options.shape
 
 
 def run_child(spec: dict, work: Path, name: str, threads: Optional[int] = None) -> dict:
@@ -167,21 +172,21 @@ def aggregate(runs: list[dict], backends: list[str]) -> dict:
     return {"backends": per, "ratios_unsloth_over_transformers": ratios, "same_tokens_each_round": same}
 
 
-def prepare_run(args, kind: str = ""):
+def prepare_run(options: BenchOptions, kind: str = ""):
     """What every benchmark invocation starts with: the data, the result path and work folder, the model
     directory (built once for a random-init shape). Returns (data, out, work, model_dir, shape)."""
-    data = resolve_data(args.data)
+    data = resolve_data(options.data)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    label = args.shape if not args.model else Path(args.model).name
-    out = Path(args.out) if args.out else Path("outputs") / "bench" / f"{stamp}-{kind}{label}-{data[2]}.json"
-    work = Path(args.work_dir) if args.work_dir else out.with_suffix("").with_name(out.stem + ".runs")
+    label = options.shape if not options.model else Path(options.model).name
+    out = Path(options.out) if options.out else Path(OUTPUTS_DIR) / BENCH_DIR / f"{stamp}-{kind}{label}-{data[2]}.json"
+    work = Path(options.work_dir) if options.work_dir else out.with_suffix("").with_name(out.stem + BENCH_WORK_SUFFIX)
     check_places(
         [Place("--out", out, "file"), Place("--work-dir", work, "bench", replaced=True)],
-        [("--data", data[0]), ("--model", args.model)],
+        [("--data", data[0]), ("--model", options.model)],
     )
     claim(work, "bench")
-    probe = bench_config(args, data, "random:tiny", work / "prepare")
-    model_dir, shape = prepare_model(args, probe)
+    probe = bench_config(options, data, "random:tiny", work / "prepare")
+    model_dir, shape = prepare_model(options, probe)
     return data, out, work, model_dir, shape
 
 
@@ -192,20 +197,20 @@ def child_env(threads: Optional[int]) -> dict:
     return env
 
 
-def bench(args) -> Written:
+def bench(options: BenchOptions) -> Written:
     """The rounds of runs, their aggregate written to the result file (and the Markdown row); the command prints it."""
-    data, out, work, model_dir, shape = prepare_run(args)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    data, out, work, model_dir, shape = prepare_run(options)
+    backends = list(options.backends)
     runs, configs, failures = [], {}, []
-    for rnd in range(args.rounds):
+    for rnd in range(options.rounds):
         order = backends if rnd % 2 == 0 else backends[::-1]
         for b in order:
             name = f"r{rnd}-{b}"
-            cfg = bench_config(args, data, model_dir, work / name)
+            cfg = bench_config(options, data, model_dir, work / name)
             cfg.model.backend = b
-            spec = {"config": config_to_dict(cfg), "warmup_steps": args.warmup_steps, "round": rnd}
+            spec = {"config": config_to_dict(cfg), "warmup_steps": options.warmup_steps, "round": rnd}
             configs.setdefault(b, spec["config"])
-            res = run_child(spec, work, name, args.threads)
+            res = run_child(spec, work, name, options.threads)
             if "failed" in res:
                 failures.append(res)
                 continue
@@ -216,14 +221,14 @@ def bench(args) -> Written:
     first = runs[0]
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "llm-summarizer bench " + shlex.join(args.argv),
+        "command": "llm-summarizer bench " + shlex.join(options.argv),
         "device": first["device"],
         "versions": first["versions"],
         "git_commit": git_commit(),
         "model": {
             "shape": shape,
             "dir": model_dir,
-            "mode": "QLoRA 4-bit" if args.qlora else f"LoRA {first['precision']}",
+            "mode": "QLoRA 4-bit" if options.qlora else f"LoRA {first['precision']}",
             **first["model_stats"],
         },
         "data": {
@@ -233,13 +238,13 @@ def bench(args) -> Written:
             **first["data_stats"],
         },
         "settings": {
-            "steps": args.steps,
-            "warmup_steps": args.warmup_steps,
-            "rounds": args.rounds,
+            "steps": options.steps,
+            "warmup_steps": options.warmup_steps,
+            "rounds": options.rounds,
             "backends": backends,
-            "overrides": args.overrides,
-            "config": args.config,
-            "threads": args.threads,
+            "overrides": list(options.overrides),
+            "config": options.config,
+            "threads": options.threads,
         },
         "config": {k: v for k, v in configs[backends[0]].items() if k in ("model", "lora", "train", "eval")},
         **aggregate(runs, backends),
@@ -248,8 +253,8 @@ def bench(args) -> Written:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
-    if not args.keep and not failures:
+    if not options.keep and not failures:
         shutil.rmtree(work, ignore_errors=True)
-    if args.markdown:
-        append_row(Path(args.markdown), result)
+    if options.markdown:
+        append_row(Path(options.markdown), result)
     return Written(result, out, work)

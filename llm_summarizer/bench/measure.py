@@ -24,6 +24,7 @@ from ..environment import cpu_name, package_versions
 from ..files import write_json
 from ..models.device import PRECISION_DTYPE, training_plan
 from ..models.loading import load_for_training
+from ..stats import percentile
 from ..training.run import build_session
 
 GIB = 1024**3
@@ -258,8 +259,8 @@ def _length_stats(st) -> dict:
         "tokens_per_example": {
             "min": lengths[0],
             "mean": round(sum(lengths) / n, 1),
-            "p50": lengths[n // 2],
-            "p95": lengths[min(n - 1, int(n * 0.95))],
+            "p50": percentile(lengths, 0.5),
+            "p95": percentile(lengths, 0.95),
             "max": lengths[-1],
         },
     }

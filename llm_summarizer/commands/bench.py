@@ -115,24 +115,50 @@ def run(args) -> int:
             print(f"appended the row of {p} to {args.markdown}")
         return 0
     floors = args.floors is not None
-    args.steps = args.steps if args.steps is not None else (10 if floors else 40)
-    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (2 if floors else 5)
-    args.rounds = args.rounds if args.rounds is not None else (1 if floors else 3)
-    if args.steps <= args.warmup_steps:
-        raise UserError(f"--steps ({args.steps}) must be larger than --warmup-steps ({args.warmup_steps})")
-    if args.rounds < 1:
+    steps = args.steps if args.steps is not None else (10 if floors else 40)
+    warmup_steps = args.warmup_steps if args.warmup_steps is not None else (2 if floors else 5)
+    rounds = args.rounds if args.rounds is not None else (1 if floors else 3)
+    if steps <= warmup_steps:
+        raise UserError(f"--steps ({steps}) must be larger than --warmup-steps ({warmup_steps})")
+    if rounds < 1:
         raise UserError("--rounds must be at least 1")
     unknown = set(b.strip() for b in args.backends.split(",")) - set(BACKENDS)
     if unknown:
         raise UserError(f"--backends: unknown {', '.join(sorted(unknown))}; use {', '.join(BACKENDS)}")
+    parts = parse_parts(args.floors) if floors else []  # a typo is an error before anything is imported or built
+    if floors and (args.data_rows < 1 or args.gen_rows < 1):
+        raise UserError("--data-rows and --gen-rows must be at least 1")
+    # after the arguments are checked: what the bench library reads, built once from the command line
+    from ..bench.options import BenchOptions
+
+    options = BenchOptions(
+        data=args.data,
+        shape=args.shape,
+        model=args.model,
+        train_rows=args.train_rows,
+        val_rows=args.val_rows,
+        config=args.config,
+        overrides=tuple(args.overrides),
+        qlora=args.qlora,
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+        steps=steps,
+        warmup_steps=warmup_steps,
+        rounds=rounds,
+        threads=args.threads,
+        floor_parts=tuple(parts),
+        data_rows=args.data_rows,
+        gen_rows=args.gen_rows,
+        out=args.out,
+        work_dir=args.work_dir,
+        markdown=args.markdown,
+        keep=args.keep,
+        argv=tuple(args.argv),
+    )
     if floors:
-        args.floors_parts = parse_parts(args.floors)  # a typo is an error before anything is imported or built
-        if args.data_rows < 1 or args.gen_rows < 1:
-            raise UserError("--data-rows and --gen-rows must be at least 1")
         # after the arguments are checked: the bench loads the ML stack
         from ..bench.floors import floors_rows, run_floors
 
-        done = run_floors(args)
+        done = run_floors(options)
         print("\n".join(floors_rows(done.result)))
         print(f"\nfull result: {done.out}")
         return 0
@@ -140,7 +166,7 @@ def run(args) -> int:
     from ..bench.harness import bench
     from ..bench.results import render_summary
 
-    done = bench(args)
+    done = bench(options)
     print(render_summary(done.result, done.out))
     failures = done.result["failures"]
     if failures:

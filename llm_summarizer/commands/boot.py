@@ -3,8 +3,8 @@ import rules, stated and enforced here only.
 
 1. Nothing heavy before the input is valid. `--help`, `--print-config` and every config or argument
    error answer without importing torch, transformers, datasets or unsloth: a command module imports
-   only `config`, `errors` and this module at its top, and imports the library (which imports the ML
-   stack at its own top, like any Python module) inside its `run` function, after `load_config`.
+   only `config`, `config_loading`, `errors` and this module at its top, and imports the library (which
+   imports the ML stack at its own top, like any Python module) inside its `run` function, after `load_config`.
 2. unsloth before transformers, trl and peft. Unsloth patches them when it is imported, so a command
    that will use the unsloth backend calls `ml_stack("unsloth")` before its first library import; a
    command on the transformers backend never imports unsloth (export checks rely on such a process).
@@ -24,7 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import ModelSection, UserError, config_to_dict, config_to_yaml, load_config
+from ..config import ModelSection
+from ..config_loading import config_to_dict, config_to_yaml, load_config
 from ..errors import (
     EXIT_BROKEN_PIPE,
     EXIT_BUG,
@@ -35,6 +36,7 @@ from ..errors import (
     EXIT_USER_ERROR,
     ExportFailed,
     TrainingStopped,
+    UserError,
     disk_full_message,
     is_disk_full,
 )

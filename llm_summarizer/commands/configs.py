@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import config_description, shipped_configs
+from ..config_loading import config_description, shipped_configs
 from ..errors import UserError
 from . import boot
 

@@ -48,7 +48,7 @@ def decisions(device=None) -> dict:
     """What runs on this device (or the one described): the precision the default settings train in, and the
     generation dtype, from the one place that decides them."""
     # the device plan imports torch: only when asked
-    from ..config import load_config
+    from ..config_loading import load_config
     from ..errors import UserError
     from ..models.device import current, dtype_name, generation_batching, inference_dtype, training_plan
 

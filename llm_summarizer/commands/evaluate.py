@@ -36,7 +36,6 @@ from typing import Optional
 
 from ..contracts import RunMetrics
 from ..layout import METRICS_FILE, PREDICTIONS
-from ..metric_names import ROUGE_KEYS
 from . import boot
 
 log = logging.getLogger("llm_summarizer.evaluate")
@@ -72,49 +71,25 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return ap
 
 
-def _fmt_block(b: dict) -> str:
-    return "  ".join(
-        f"{k} {100 * b[k]['f1']:.2f} [{100 * b[k]['ci95'][0]:.2f}, {100 * b[k]['ci95'][1]:.2f}]" for k in ROUGE_KEYS
-    )
-
-
 def _print_summary(m: dict, out: Path, report: Optional[Path]) -> None:
     r = m["results"]
     print(
         f"\n== llm_summarizer: evaluation of {m['model']['path']} on {m['data']['split']} "
-        f"({m['data']['source']}), {m['data']['examples']} examples, F1 x 100 [95% CI]"
+        f"({m['data']['source']}), {m['data']['examples']} examples, x 100 [95% CI]"
     )
-    print(f"   model:        {_fmt_block(r['model'])}")
-    if "base" in r:
-        print(f"   base:         {_fmt_block(r['base'])}")
-        d = r["model_minus_base"]
-        print(
-            "   model - base: "
-            + "  ".join(
-                f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
-                for k in ROUGE_KEYS
-            )
-        )
+    # after the arguments are checked: the scorers load only for a valid command
+    from ..evaluation.scores import score_lines, statistics_lines
+
+    for line in score_lines(r, ("model", "base"), "model_minus_base"):
+        print(line)
     t = r["model"]["throughput"]
     print(
         f"   stopped at max_new_tokens: {100 * r['model']['hit_max_new_tokens_share']:.1f}%   "
         f"inputs truncated: {100 * r['model']['truncated_input_share']:.1f}%   "
         f"throughput: {t['examples_per_s']} examples/s, {t['generated_tokens_per_s']} generated tokens/s"
     )
-    # after the arguments are checked: the scorers load only for a valid command
-    from ..evaluation import diagnostics
-    from ..evaluation.bootstrap import block_means
-
     print("   each summary against its document (mean per summary; model - base: paired bootstrap 95% interval):")
-    for line in diagnostics.lines(
-        {
-            "references": block_means((r.get("references") or {}).get("diagnostics")),
-            "base": block_means((r.get("base") or {}).get("diagnostics")),
-            "model": block_means(r["model"].get("diagnostics")),
-        },
-        r.get("diagnostics_model_minus_base"),
-        "model - base",
-    ):
+    for line in statistics_lines(r, ("model", "base"), "model_minus_base"):
         print(line)
     print(f"   wrote: {out / PREDICTIONS}, {out / METRICS_FILE}" + (f", {report} (+ plots/)" if report else ""))
 

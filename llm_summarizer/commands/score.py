@@ -29,6 +29,9 @@ PROG = "llm-summarizer score"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    from ..config import EvalSection  # the defaults live in the schema (pydantic only: no ML imports)
+
+    d = EvalSection()
     ap = boot.parser(prog, __doc__)
     ap.add_argument("file", help="the predictions file (JSONL, JSON, CSV, TSV or parquet)")
     ap.add_argument("--base", help="a second predictions file of the same examples: paired differences FILE - BASE")
@@ -42,18 +45,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--tokenizer",
-        default="auto",
+        default=d.rouge_tokenizer,
         choices=["auto", "default", "unicode", "chars"],
-        help="ROUGE tokens (as eval.rouge_tokenizer; default auto: rouge-score's for ASCII references)",
+        help=f"ROUGE tokens (as eval.rouge_tokenizer; default {d.rouge_tokenizer}: rouge-score's for ASCII references)",
     )
     ap.add_argument(
         "--lsum-split",
-        default="regex",
+        default=d.rouge_lsum_split,
         choices=["regex", "punkt", "newline"],
-        help="ROUGE-Lsum sentence split (as eval.rouge_lsum_split; default regex)",
+        help=f"ROUGE-Lsum sentence split (as eval.rouge_lsum_split; default {d.rouge_lsum_split})",
     )
-    ap.add_argument("--bootstrap-samples", type=int, default=1000, help="resamples for the intervals (default 1000)")
-    ap.add_argument("--seed", type=int, default=1234, help="bootstrap seed (default 1234)")
+    ap.add_argument(
+        "--bootstrap-samples",
+        type=int,
+        default=d.bootstrap_samples,
+        help=f"resamples for the intervals (default {d.bootstrap_samples})",
+    )
+    ap.add_argument("--seed", type=int, default=d.bootstrap_seed, help=f"bootstrap seed (default {d.bootstrap_seed})")
     ap.add_argument("--output", help="write the scores and the protocol to this JSON file")
     return ap
 
@@ -154,47 +162,12 @@ def pair_with_base(rows: list[dict], base_rows: list[dict], path: str, base_path
     return paired
 
 
-def summary_statistics(rows: list[dict], tokenizer: str, documents: list = None) -> list[dict]:
-    """The statistics of each prediction against its document (the row's own, else `documents`' at its position),
-    reference and generation flag (diagnostics.py)."""
-    # after the arguments are checked: the scorers load only for a valid command
-    from ..evaluation import diagnostics
-
-    docs = [
-        r["document"] if r["document"] is not None else (documents[i] if documents else None)
-        for i, r in enumerate(rows)
-    ]
-    return diagnostics.corpus(
-        [r["prediction"] for r in rows],
-        docs,
-        [r["reference"] for r in rows],
-        [r["hit_max_new_tokens"] for r in rows],
-        tokenizer,
-    )
-
-
-def _fmt(block: dict, keys) -> str:
-    return "  ".join(
-        f"{k} {100 * block[k]['f1']:.2f} [{100 * block[k]['ci95'][0]:.2f}, {100 * block[k]['ci95'][1]:.2f}]"
-        for k in keys
-    )
-
-
 def run(args, _cfg) -> int:
     if args.bootstrap_samples < 100:
         raise UserError(f"--bootstrap-samples {args.bootstrap_samples}: use at least 100")
     # after the arguments are checked: the scorers load only for a valid command
-    from ..evaluation import diagnostics
-    from ..evaluation.bootstrap import (
-        block_means,
-        diagnostics_block,
-        paired_diagnostics,
-        paired_difference,
-        score_block,
-    )
-    from ..evaluation.scoring import protocol_for, warn_empty_references
+    from ..evaluation.scores import ScoreSettings, score_lines, score_predictions, scoring_protocol, statistics_lines
     from ..files import write_json
-    from ..metric_names import ROUGE_KEYS
 
     if args.output:
         from ..paths import Place, check_places  # no ML imports: checked before anything is read
@@ -202,60 +175,24 @@ def run(args, _cfg) -> int:
         check_places([Place("--output", Path(args.output), "file")], [("FILE", args.file), ("--base", args.base)])
     rows = read_predictions(args.file, args)
     check_unique_ids(rows, args.file)
-    refs = [r["reference"] for r in rows]
-    protocol = protocol_for(refs, args.tokenizer, args.lsum_split)
-    warn_empty_references(refs, protocol, "")
-    results = {"model": score_block(rows, args.bootstrap_samples, args.seed, protocol)}
-    for k in ("generated_tokens_mean", "hit_max_new_tokens_share", "truncated_input_share", "throughput"):
-        results["model"].pop(k, None)  # a predictions file says nothing of generation
+    base_rows = None
     if args.base:
         base_rows = pair_with_base(rows, read_predictions(args.base, args, base=True), args.file, args.base)
-        results["base"] = score_block(base_rows, args.bootstrap_samples, args.seed, protocol)
-        for k in ("generated_tokens_mean", "hit_max_new_tokens_share", "truncated_input_share", "throughput"):
-            results["base"].pop(k, None)
-        results["file_minus_base"] = paired_difference(rows, base_rows, args.bootstrap_samples, args.seed, protocol)
-    # each summary against its document (and the references' own values), as evaluate computes them
-    per = {"model": summary_statistics(rows, protocol.tokenizer)}
-    if args.base:
-        # the same examples: a base file without documents is measured against the file's
-        per["base"] = summary_statistics(base_rows, protocol.tokenizer, [r["document"] for r in rows])
-    for name, p in per.items():
-        results[name]["diagnostics"] = diagnostics_block(p, args.bootstrap_samples, args.seed)
-    if args.base:
-        results["diagnostics_file_minus_base"] = paired_diagnostics(
-            per["model"], per["base"], args.bootstrap_samples, args.seed
-        )
-    has_documents = all(r["document"] is not None for r in rows)
-    if has_documents:
-        refs_per = diagnostics.corpus(refs, [r["document"] for r in rows], tokenizer=protocol.tokenizer)
-        results["references"] = {"diagnostics": diagnostics_block(refs_per, args.bootstrap_samples, args.seed)}
-    proto = {
-        **protocol.describe(),
-        "examples": len(rows),
-        "diagnostics": diagnostics.protocol(protocol.tokenizer),
-        "reference": f"the '{args.reference_column}' column (one reference per example)",
-        "bootstrap": {
-            "resamples": args.bootstrap_samples,
-            "seed": args.seed,
-            "interval": "95% percentile interval of the mean over resampled examples",
-            **({"paired": "file, base and their difference use the same resampled examples"} if args.base else {}),
-        },
-    }
+    settings = ScoreSettings(args.tokenizer, args.lsum_split, args.bootstrap_samples, args.seed)
+    scored = score_predictions(rows, settings, base_rows, difference="file_minus_base", generated=False)
+    results, protocol = scored.results, scored.protocol
+    proto = scoring_protocol(
+        scored,
+        settings,
+        f"the '{args.reference_column}' column (one reference per example)",
+        "file, base and their difference use the same resampled examples" if args.base else "",
+    )
     print(
-        f"\n== llm_summarizer: ROUGE of {args.file}, {len(rows)} examples, F1 x 100 [95% CI], "
+        f"\n== llm_summarizer: scores of {args.file}, {len(rows)} examples, x 100 [95% CI], "
         f"tokenizer {protocol.tokenizer}, Lsum split {protocol.lsum_split}"
     )
-    print(f"   file:        {_fmt(results['model'], ROUGE_KEYS)}")
-    if args.base:
-        d = results["file_minus_base"]
-        print(f"   base:        {_fmt(results['base'], ROUGE_KEYS)}")
-        print(
-            "   file - base: "
-            + "  ".join(
-                f"{k} {100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
-                for k in ROUGE_KEYS
-            )
-        )
+    for line in score_lines(results, ("file", "base"), "file_minus_base"):
+        print(line)
     lw = results["model"]["lengths_words"]
     print(
         f"   words per summary: {lw['prediction'].get('mean')} (references {lw['reference'].get('mean')})"
@@ -269,17 +206,9 @@ def run(args, _cfg) -> int:
         "   each summary against its document (mean per summary"
         + ("; file - base: paired bootstrap 95% interval):" if args.base else "):")
     )
-    for line in diagnostics.lines(
-        {
-            "references": block_means((results.get("references") or {}).get("diagnostics")),
-            "file": block_means(results["model"]["diagnostics"]),
-            "base": block_means((results.get("base") or {}).get("diagnostics")),
-        },
-        results.get("diagnostics_file_minus_base"),
-        "file - base",
-    ):
+    for line in statistics_lines(results, ("file", "base"), "file_minus_base", base_first=False):
         print(line)
-    if not has_documents:
+    if "references" not in results:
         print(
             "   (no document column: the statistics against the document are left out; name the column with "
             "--document-column)"

@@ -24,6 +24,7 @@ Output: the summary text (one input), `== name` blocks (several), or JSON lines 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -99,23 +100,26 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
         overrides = overrides + [f"eval.max_new_tokens={args.max_new_tokens}"]
     boot.ml_stack(boot.saved_model_backend(args.model, args.backend))
     # after the arguments are checked: the ML stack loads only for a valid command
+    from ..files import atomic_file
     from ..models.generation import check_documents, default_max_new_tokens, summarize_texts
+    from ..models.generation_record import GenerationRecord
     from ..models.loading import load_for_generation
     from ..progress import bar
 
     # 2. The model, with the prompt format and token budget it was trained with.
     loaded = load_for_generation(args.model, args.backend, args.base, overrides)
-    max_new, _ = default_max_new_tokens(loaded)
+    max_new, max_new_source = default_max_new_tokens(loaded)
     check_documents(loaded, [it.text for it in items], max_new, [it.name for it in items])  # before any output
+    record = GenerationRecord.made(
+        loaded.cfg.eval, loaded.backend, max_new, max_new_source, loaded.formatter, loaded.tokenizer
+    )
+    log.info("generation: %s", record.describe())
     fmt = args.format or ("jsonl" if args.output and args.output.endswith(".jsonl") else "text")
     out_path = Path(args.output) if args.output else None
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}") if out_path else None
-    if out_path:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    sink = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     shown: list = []
     group = loaded.cfg.eval.batch_size * 8
-    try:
+    # --output appears whole once every summary is written (an interrupted run leaves what was there before)
+    with atomic_file(out_path) if out_path else contextlib.nullcontext(sys.stdout) as sink:
         # 3. Generate in groups of documents, writing as they finish.
         shown_progress = _Progress(bar)
         for start in range(0, len(items), group):
@@ -145,14 +149,7 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
                     sink.write(f"== {it.name}\n{g.text}\n\n")
             sink.flush()
         shown_progress.close()
-    except BaseException:
-        if tmp:
-            sink.close()
-            tmp.unlink(missing_ok=True)
-        raise
-    if tmp:
-        sink.close()
-        os.replace(tmp, out_path)
+    if out_path:
         log.info("wrote %d summaries to %s", len(items), out_path)
     if len(shown) > 5:
         log.warning("%d of %d documents were truncated to the token budget in all", len(shown), len(items))

@@ -8,27 +8,19 @@ and the example's completion; at generation it is max_seq_length minus the promp
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
+from ..stats import percentile
 from .chunking import split_windows, token_starts
 from .tokenize import arrow_column, token_lengths
 
-PERCENTILES = (50, 90, 95, 99)
-
-
-def percentile(values: list[int], q: float) -> int:
-    """The nearest-rank percentile (a value that occurs), 0 for no values."""
-    if not values:
-        return 0
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
+PERCENTILES = (50, 90, 95, 99)  # in percent; stats.percentile (the rule the generation budget uses) takes q / 100
 
 
 def _spread(values: list[int]) -> dict:
     return {
         "mean": round(sum(values) / len(values), 1) if values else 0,
-        **{f"p{q}": percentile(values, q) for q in PERCENTILES},
+        **{f"p{q}": percentile(values, q / 100, 0) for q in PERCENTILES},
         "max": max(values, default=0),
     }
 
@@ -118,7 +110,7 @@ def _budget_report(
             "share_of_their_tokens": round(lost / their_tokens, 4) if their_tokens else 0.0,
         },
         "summary_too_long": too_long,
-        "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 95),
+        "fit_95": percentile([template + d + c for d, c in zip(doc_tokens, comp)], 0.95, 0),
     }
 
 

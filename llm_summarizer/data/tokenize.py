@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ import pyarrow.compute as pc
 from .. import progress
 from ..config import Config, DataSection
 from ..errors import DataError
+from ..files import atomic_directory
+from ..stats import percentile
 from .prompt import Formatter
 from .readers import MAX_SHOWN_ROWS, RawSplit
 
@@ -46,8 +47,8 @@ class SplitStats:
             return {
                 "min": s[0],
                 "mean": round(sum(s) / len(s), 1),
-                "p50": s[len(s) // 2],
-                "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
+                "p50": percentile(s, 0.5),
+                "p95": percentile(s, 0.95),
                 "max": s[-1],
             }
 
@@ -149,16 +150,10 @@ def tokenize_split(raw: RawSplit, formatter: Formatter, data: DataSection, cache
         else:  # one process: the columns built directly, one Arrow conversion (no per-batch map machinery)
             ds = datasets.Dataset.from_dict(_tokenize_all(rows, formatter, raw.role), features=FEATURES)
         if cached is not None:
-            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-            try:
+            # a full disk mid-write leaves no half-written cache to be mistaken for one; another run that wrote
+            # the same cache meanwhile keeps its copy
+            with atomic_directory(cached, keep_existing=True) as tmp:
                 ds.save_to_disk(str(tmp))
-            except BaseException:  # a full disk mid-write: no half-written cache left to be mistaken for one
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            if cached.exists():  # another run wrote the same cache meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                os.replace(tmp, cached)
             ds = datasets.load_from_disk(str(cached))
     status = arrow_column(ds, "status").to_pylist()
     n_tokens = token_lengths(ds)

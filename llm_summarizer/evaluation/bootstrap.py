@@ -9,9 +9,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..metric_names import ROUGE_KEYS
+from ..metrics import BY_KEY, KEYS, _mean
+from ..stats import percentile
 from . import diagnostics
-from .scoring import Protocol, score_corpus
+from .scoring import Protocol, score_all
 
 
 def _bootstrap_means(values, idx_batches):
@@ -29,6 +30,12 @@ def _resamples(n: int, samples: int, seed: int, batch: int = 100):
         left -= b
 
 
+def _bootstrap_scores(stats: np.ndarray, combine, samples: int, seed: int) -> np.ndarray:
+    """A metric's score on each resample: its statistics summed over the resampled examples, combined; (B,)."""
+    n = len(stats)
+    return np.concatenate([combine(stats[idx].sum(axis=1), n) for idx in _resamples(n, samples, seed)], axis=0)
+
+
 def _interval(boot) -> list:
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
     return [[float(a), float(b)] for a, b in zip(lo, hi)]
@@ -44,8 +51,8 @@ def _length_stats(xs: list[int]) -> dict:
     s = sorted(xs)
     return {
         "mean": round(sum(s) / len(s), 2),
-        "median": s[len(s) // 2],
-        "p95": s[min(len(s) - 1, int(len(s) * 0.95))],
+        "median": percentile(s, 0.5),
+        "p95": percentile(s, 0.95),
         "min": s[0],
         "max": s[-1],
     }
@@ -53,13 +60,12 @@ def _length_stats(xs: list[int]) -> dict:
 
 def score_block(rows: list[dict], samples: int, seed: int, protocol: Optional[Protocol] = None) -> dict:
     """ROUGE means with bootstrap 95% intervals, lengths, truncation share and throughput."""
-    means, per = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
-    values = np.array([[p[k] for k in ROUGE_KEYS] for p in per], dtype=float)
-    ci = _interval(_bootstrap_means(values, _resamples(len(rows), samples, seed)))
+    sc = score_all([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
+    ci = {k: _interval(_bootstrap_scores(sc.stats[k], BY_KEY[k].combine, samples, seed)[:, None])[0] for k in KEYS}
     n = len(rows)
     seconds = sum(float(r.get("gen_seconds") or 0.0) for r in rows)
     new_tokens = sum(int(r.get("new_tokens") or 0) for r in rows)
-    block = {k: {"f1": float(means[k]), "ci95": ci[i]} for i, k in enumerate(ROUGE_KEYS)}
+    block = {k: {"f1": float(sc.means[k]), "ci95": ci[k]} for k in KEYS}
     block.update(
         {
             "examples": n,
@@ -84,20 +90,28 @@ def score_block(rows: list[dict], samples: int, seed: int, protocol: Optional[Pr
 def paired_difference(
     rows: list[dict], base_rows: list[dict], samples: int, seed: int, protocol: Optional[Protocol] = None
 ) -> dict:
-    """model - base per ROUGE type, with a paired bootstrap: the same resampled examples for both."""
-    _, per_m = score_corpus([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
-    _, per_b = score_corpus([r["reference"] for r in base_rows], [r["prediction"] for r in base_rows], protocol)
-    d = np.array([[m[k] - b[k] for k in ROUGE_KEYS] for m, b in zip(per_m, per_b)], dtype=float)
-    boot = _bootstrap_means(d, _resamples(len(rows), samples, seed))
-    ci = _interval(boot)
-    return {
-        k: {
-            "diff": float(d[:, i].mean()),
-            "ci95": ci[i],
-            "share_of_resamples_not_better": float((boot[:, i] <= 0).mean()),
+    """model - base of each metric, with a paired bootstrap: the same resampled examples for both. A per-summary
+    metric's difference is the mean of the examples' differences; a corpus metric's, the difference of the two
+    corpus scores on each resample."""
+    m = score_all([r["reference"] for r in rows], [r["prediction"] for r in rows], protocol)
+    b = score_all([r["reference"] for r in base_rows], [r["prediction"] for r in base_rows], protocol)
+    out = {}
+    for k in KEYS:
+        combine = BY_KEY[k].combine
+        if combine is _mean:
+            d = m.stats[k][:, 0] - b.stats[k][:, 0]
+            diff, boot = float(d.mean()), _bootstrap_means(d[:, None], _resamples(len(rows), samples, seed))[:, 0]
+        else:
+            diff = float(m.means[k] - b.means[k])
+            boot = _bootstrap_scores(m.stats[k], combine, samples, seed) - _bootstrap_scores(
+                b.stats[k], combine, samples, seed
+            )
+        out[k] = {
+            "diff": diff,
+            "ci95": _interval(boot[:, None])[0],
+            "share_of_resamples_not_better": float((boot <= 0).mean()),
         }
-        for i, k in enumerate(ROUGE_KEYS)
-    }
+    return out
 
 
 def diagnostics_block(per: list[dict], samples: int, seed: int) -> dict:

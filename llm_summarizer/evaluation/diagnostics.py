@@ -316,7 +316,7 @@ def corpus(
 def for_display(
     summary: str, document: str, hit_max_new_tokens: Optional[bool] = None, tokenizer: str = "auto"
 ) -> dict:
-    """One generated summary's statistics for a page or an API answer (what `serve` shows beside a summary):
+    """One generated summary's statistics for a page or an API answer (`serve` does not show them yet):
     {"tokenizer", "values": {key: number or None}, "shown": {key: text}, "labels": {key: words},
     "unsupported": {"numbers": [...], "names": [...]}, "notes": [...]}. With `auto`, the tokenizer is chosen on
     the document (there is no reference); no reference either, so no length ratio."""

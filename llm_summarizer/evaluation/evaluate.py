@@ -29,15 +29,16 @@ from ..data.rows import load_raw_splits, validate_rows
 from ..environment import package_versions
 from ..errors import UserError
 from ..files import file_digest, write_json, write_text
-from ..layout import BASE_PREDICTIONS, EVAL_SETTINGS, METRICS_FILE, PREDICTIONS
+from ..layout import BASE_PREDICTIONS, EVAL_SETTINGS, EVALUATIONS_DIR, METRICS_FILE, PREDICTIONS
 from ..models.directory import weight_files
 from ..models.generation import AdaptiveBatch, check_documents, chunk_window, default_max_new_tokens, summarize_texts
+from ..models.generation_record import GenerationRecord
 from ..models.loading import load_base_for_generation, load_for_generation, model_config, saved_model
 from ..paths import Place, check_places, claim
 from ..untrusted import Any, Bool, Int, Map, Num, Obj, Opt, Str, check_shape, loads
 from . import diagnostics
-from .bootstrap import diagnostics_block, paired_diagnostics, paired_difference, score_block
 from .report import find_log_history, write_eval_report
+from .scores import ScoreSettings, score_predictions, scoring_protocol
 from .scoring import Protocol, protocol_for, score_pair, warn_empty_references
 
 log = logging.getLogger("llm_summarizer.evaluate")
@@ -262,21 +263,6 @@ def _weights_fingerprint(path: Path) -> list:
     return [[name, file_digest(path / name)] for name in weight_files(path)]
 
 
-def _decoding(ev, max_new_tokens: int, source: str, stop_ids, tokenizer) -> dict:
-    d = {
-        "strategy": "sampling" if ev.do_sample else ("beam search" if ev.num_beams > 1 else "greedy"),
-        "num_beams": ev.num_beams,
-        "do_sample": ev.do_sample,
-        "max_new_tokens": max_new_tokens,
-        "max_new_tokens_source": source,
-        "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in stop_ids],
-        "batching": f"batches of {ev.batch_size}, left padding",
-    }
-    if ev.do_sample:
-        d.update(temperature=ev.temperature, top_p=ev.top_p, seed=ev.sample_seed)
-    return d
-
-
 def _prompt(cfg: Config, formatter, window: Optional[int] = None) -> dict:
     return {
         "template": "the tokenizer's chat template" if formatter.use_chat else "plain text",
@@ -341,7 +327,9 @@ def settings_for(loaded, source: str, split: str, max_new_tokens: int, max_new_s
         "data": source,
         "data_rows": _digest([[r["id"], r["document"], r["summary"]] for r in rows]),
         "split": split,
-        "decoding": _decoding(cfg.eval, max_new_tokens, max_new_source, loaded.formatter.stop_ids, tok),
+        "decoding": GenerationRecord.made(
+            cfg.eval, loaded.backend, max_new_tokens, max_new_source, loaded.formatter, tok
+        ).to_dict(),
         "prompt": prompt,
         "prompt_digest": _digest([prompt, getattr(tok, "chat_template", None), probe]),
     }
@@ -391,34 +379,12 @@ def _set_aside(f: Path) -> Path:
 
 
 def default_output(info, split: str) -> Path:
-    return Path("evaluations") / info.name / split
+    return Path(EVALUATIONS_DIR) / info.name / split
 
 
 def _ordered(rows: list[dict], path: Path) -> list[dict]:
     have = read_predictions(path)
     return [have[r["id"]] for r in rows]
-
-
-def example_diagnostics(
-    rows: list[dict], model_rows: list[dict], base_rows: Optional[list[dict]], tokenizer: str
-) -> dict[str, list[dict]]:
-    """Per-example statistics of the model's (and the base's) summaries and of the references, against the
-    documents of `rows` (the data's order)."""
-    docs, refs = [r["document"] for r in rows], [r["summary"] for r in rows]
-
-    def of(pred_rows):
-        return diagnostics.corpus(
-            [p["prediction"] for p in pred_rows],
-            docs,
-            refs,
-            [p.get("hit_max_new_tokens") for p in pred_rows],
-            tokenizer,
-        )
-
-    out = {"model": of(model_rows), "references": diagnostics.corpus(refs, docs, tokenizer=tokenizer)}
-    if base_rows is not None:
-        out["base"] = of(base_rows)
-    return out
 
 
 def evaluate_model(
@@ -448,52 +414,40 @@ def evaluate_model(
     check_places([Place("--output", out, "evaluation")], [("--model", info.path), ("--data", data)])
     # 2. The examples, validated like training data.
     rows, source, summary_col = load_eval_rows(cfg, data, split, limit)
-    rouge = protocol_for([r["summary"] for r in rows], cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
-    warn_empty_references([r["summary"] for r in rows], rouge, split)
+    # the protocol of the per-example scores written with each prediction (said before generating)
+    protocol = protocol_for([r["summary"] for r in rows], cfg.eval.rouge_tokenizer, cfg.eval.rouge_lsum_split)
+    warn_empty_references([r["summary"] for r in rows], protocol, split)
     # 3. The model, and the settings that decide whether earlier predictions can be reused.
     loaded = load_for_generation(model, backend, base, overrides, info=info)
     max_new, max_new_source = default_max_new_tokens(loaded)
     check_settings(out, settings_for(loaded, source, split, max_new, max_new_source, rows))
     # 4. Generate what is missing, for the model and (with --compare-base) its base.
-    stats = {"model": generate_missing(loaded, loaded.model, rows, out / PREDICTIONS, max_new, "model", rouge)}
+    stats = {"model": generate_missing(loaded, loaded.model, rows, out / PREDICTIONS, max_new, "model", protocol)}
     if compare_base:
         if info.kind == "adapter":
             with loaded.base_model() as base_model:
                 stats["base"] = generate_missing(
-                    loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base", rouge
+                    loaded, base_model, rows, out / BASE_PREDICTIONS, max_new, "base", protocol
                 )
         else:
             base_loaded = load_base_for_generation(loaded)
             loaded.model = None
             gc.collect()
             stats["base"] = generate_missing(
-                base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base", rouge
+                base_loaded, base_loaded.model, rows, out / BASE_PREDICTIONS, max_new, "base", protocol
             )
             del base_loaded
-    # 5. Scores with bootstrap intervals (paired for the difference), in the data's order.
-    ev = cfg.eval
-    model_rows = _ordered(rows, out / PREDICTIONS)
-    results = {"model": score_block(model_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge)}
-    base_rows = None
-    if compare_base:
-        base_rows = _ordered(rows, out / BASE_PREDICTIONS)
-        results["base"] = score_block(base_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge)
-        results["model_minus_base"] = paired_difference(
-            model_rows, base_rows, ev.bootstrap_samples, ev.bootstrap_seed, rouge
-        )
-    # the statistics of each summary against its document (and of the references themselves), from the rows' own
-    # documents: predictions written before the files carried them count the same
-    diag = example_diagnostics(rows, model_rows, base_rows, rouge.tokenizer)
-    for name in ("model", "base"):
-        if name in diag:
-            results[name]["diagnostics"] = diagnostics_block(diag[name], ev.bootstrap_samples, ev.bootstrap_seed)
-    if "base" in diag:
-        results["diagnostics_model_minus_base"] = paired_diagnostics(
-            diag["model"], diag["base"], ev.bootstrap_samples, ev.bootstrap_seed
-        )
-    results["references"] = {
-        "diagnostics": diagnostics_block(diag["references"], ev.bootstrap_samples, ev.bootstrap_seed)
-    }
+
+    # 5. Scores with bootstrap intervals (paired for the difference), in the data's order, against the data's own
+    # documents and references (predictions written before the files carried the documents count the same).
+    def scored_rows(path: Path) -> list[dict]:
+        return [{**p, "document": r["document"], "reference": r["summary"]} for r, p in zip(rows, _ordered(rows, path))]
+
+    model_rows = scored_rows(out / PREDICTIONS)
+    base_rows = scored_rows(out / BASE_PREDICTIONS) if compare_base else None
+    scoring = ScoreSettings.from_eval(cfg.eval)
+    scored = score_predictions(model_rows, scoring, base_rows, warn=False)
+    results, diag = scored.results, scored.statistics
     settings = read_model_file(out / EVAL_SETTINGS, EVAL_SETTINGS_SHAPE)
     metrics = {
         "model": loaded.describe(),
@@ -509,21 +463,17 @@ def evaluate_model(
         },
         "results": results,
         "protocol": {
-            **rouge.describe(),
+            **scoring_protocol(
+                scored,
+                scoring,
+                f"the dataset's '{summary_col}' column (one reference per example)",
+                "model, base and their difference use the same resampled examples",
+            ),
             "split": split,
             "source": source,
-            "examples": len(rows),
-            "reference": f"the dataset's '{summary_col}' column (one reference per example)",
             "decoding": settings["decoding"],
             "prompt": settings["prompt"],
             "precision": loaded.dtype + (f", base loaded {loaded.quantized}" if loaded.quantized else ""),
-            "diagnostics": diagnostics.protocol(rouge.tokenizer),
-            "bootstrap": {
-                "resamples": ev.bootstrap_samples,
-                "seed": ev.bootstrap_seed,
-                "interval": "95% percentile interval of the mean over resampled examples",
-                "paired": "model, base and their difference use the same resampled examples",
-            },
         },
         "generation": {
             k: {"reused": s.reused, "generated": s.generated, "seconds": round(s.seconds, 2)} for k, s in stats.items()

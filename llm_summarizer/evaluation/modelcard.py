@@ -17,56 +17,13 @@ import yaml
 
 from ..config import Config, is_local_path
 from ..contracts import RunMetrics
-from ..metric_names import ROUGE_KEYS, ROUGE_LABELS
+from ..metrics import BY_KEY, KEYS, LABELS
 from . import diagnostics as D
+from .report import f1, protocol_lines, score_table
 
 
 def _is_hub_id(name: Optional[str]) -> bool:
     return bool(name) and not name.startswith("random:") and not is_local_path(name)
-
-
-def _f1(v) -> Optional[float]:
-    if isinstance(v, dict):
-        return v.get("f1")
-    return v if isinstance(v, (int, float)) else None
-
-
-def _rouge_rows(metrics: RunMetrics) -> list[str]:
-    base, final = metrics.base or {}, metrics.final or {}
-    rows = ["| metric | base model | fine-tuned | change |", "|---|---|---|---|"]
-    for k in ROUGE_KEYS:
-        b, f = _f1(base.get(k)), _f1(final.get(k))
-        if f is None and b is None:
-            continue
-        fmt = lambda v: f"{100 * v:.2f}" if v is not None else "n/a"
-        delta = f"{100 * (f - b):+.2f}" if (f is not None and b is not None) else "n/a"
-        rows.append(f"| {ROUGE_LABELS[k]} | {fmt(b)} | {fmt(f)} | {delta} |")
-    return rows
-
-
-def _eval_rows(ev: dict) -> list[str]:
-    """A test-set evaluation from `evaluate` (bootstrap intervals, paired difference)."""
-    res = ev.get("results") or {}
-    model, base, diff = res.get("model") or {}, res.get("base"), res.get("model_minus_base") or {}
-
-    def cell(v):
-        return f"{100 * v['f1']:.2f} [{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]" if v else "n/a"
-
-    rows = (
-        ["| metric | base model | fine-tuned | change |", "|---|---|---|---|"]
-        if base
-        else ["| metric | fine-tuned |", "|---|---|"]
-    )
-    for k in ROUGE_KEYS:
-        if k not in model:
-            continue
-        if base:
-            d = diff.get(k)
-            change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]" if d else "n/a"
-            rows.append(f"| {ROUGE_LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
-        else:
-            rows.append(f"| {ROUGE_LABELS[k]} | {cell(model[k])} |")
-    return rows
 
 
 def _diagnostics_lines(metrics: RunMetrics, ev: Optional[dict]) -> list[str]:
@@ -208,15 +165,6 @@ def _hyper_rows(cfg: Config, metrics: RunMetrics, model_info: dict) -> list[str]
     return ["| setting | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
 
 
-def _protocol_lines(proto: dict) -> list[str]:
-    out = []
-    for k, v in proto.items():
-        if isinstance(v, dict):
-            v = "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}" for a, b in v.items())
-        out.append(f"- {k}: {v}")
-    return out
-
-
 def _gguf_use_lines(export_info: dict) -> list[str]:
     f, fmt = export_info.get("file", "MODEL.gguf"), export_info.get("prompt_format") or {}
     pre, post, stop = fmt.get("prefix", ""), fmt.get("suffix", ""), fmt.get("stop", [])
@@ -336,7 +284,7 @@ def write_model_card(
             "pipeline_tag": "text-generation",
             "tags": tags,
             "datasets": hub_datasets or local_datasets,
-            "metrics": ["rouge"],
+            "metrics": list(dict.fromkeys(m.hub_id for m in BY_KEY.values() if m.hub_id)),
         }
     )
     if final:
@@ -349,9 +297,13 @@ def write_model_card(
                         "task": {"type": "summarization", "name": "Summarization"},
                         "dataset": {"name": ds, "type": ds, "split": "validation"},
                         "metrics": [
-                            {"type": k, "value": round(100 * _f1(final[k]), 2), "name": f"{ROUGE_LABELS[k]} F1 (x100)"}
-                            for k in ROUGE_KEYS
-                            if _f1(final.get(k)) is not None
+                            {
+                                "type": k,
+                                "value": round(100 * f1(final[k]), 2),
+                                "name": f"{LABELS[k]} {BY_KEY[k].measure} (x100)",
+                            }
+                            for k in KEYS
+                            if BY_KEY[k].card_index and f1(final.get(k)) is not None
                         ],
                     }
                 ],
@@ -382,14 +334,24 @@ def write_model_card(
         if v:
             body.append(f"- checked: {v.get('summary')}")
         body.append("")
-    body += ["## ROUGE on the validation split (F1 x 100, generated summaries)", "", *_rouge_rows(metrics), ""]
+    body += [
+        "## ROUGE on the validation split (F1 x 100, generated summaries)",
+        "",
+        *score_table(metrics.final or {}, metrics.base or {}, None, "fine-tuned"),
+        "",
+    ]
     if eval_metrics:
         d = eval_metrics.get("data") or {}
         body += [
             f"## ROUGE on `{d.get('source')}` ({d.get('split')}, {d.get('examples')} examples; "
             f"F1 x 100 [bootstrap 95% interval])",
             "",
-            *_eval_rows(eval_metrics),
+            *score_table(
+                (eval_metrics.get("results") or {}).get("model") or {},
+                (eval_metrics.get("results") or {}).get("base"),
+                (eval_metrics.get("results") or {}).get("model_minus_base"),
+                "fine-tuned",
+            ),
             "",
         ]
     body += _diagnostics_lines(metrics, eval_metrics)
@@ -409,7 +371,7 @@ def write_model_card(
             "",
             "ROUGE is computed on summaries the model *generated* (not teacher-forced tokens):",
             "",
-            *_protocol_lines(proto),
+            *protocol_lines(proto),
             "",
         ]
     body += _tracking_lines(metrics)

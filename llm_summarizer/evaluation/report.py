@@ -22,11 +22,11 @@ from typing import Optional
 
 import numpy as np
 
-from ..config import load_config
+from ..config_loading import load_config
 from ..contracts import RunMetrics
 from ..files import write_text
 from ..layout import COVERAGE_PNG, CURVES_PNG, LENGTHS_PNG, PLOTS_DIR, REPORT, ROUGE_PNG
-from ..metric_names import ROUGE_CURVES, ROUGE_KEYS, ROUGE_LABELS, eval_name
+from ..metrics import BY_KEY, CURVES, KEYS, LABELS, PRIMARY, eval_name
 from ..rundir import list_checkpoints
 from . import diagnostics as D
 
@@ -38,10 +38,7 @@ COLORS = {
     "reference": "#2ca02c",
     "loss": "#d62728",
     "eval_loss": "#ff7f0e",
-    "rouge1": "#1f77b4",
-    "rouge2": "#9467bd",
-    "rougeL": "#2ca02c",
-    "rougeLsum": "#17becf",
+    **{m.key: m.color for m in BY_KEY.values() if m.color},
 }
 
 
@@ -71,7 +68,7 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     """Loss (train, validation) and validation ROUGE against the training step."""
     plt = _pyplot()
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
-    evals = [h for h in log_history if "eval_loss" in h or eval_name("rougeL") in h]
+    evals = [h for h in log_history if "eval_loss" in h or eval_name(PRIMARY) in h]
     if plt is None or not (train or evals):
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -83,12 +80,12 @@ def plot_training_curves(log_history: list[dict], path: Path, base: Optional[dic
     ax1.set(title="Loss (summary tokens)", xlabel="training step", ylabel="cross-entropy")
     below = dict(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3)
     ax1.legend(**below)
-    steps = [h["step"] for h in evals if eval_name("rougeL") in h]
-    for k in ROUGE_CURVES:
+    steps = [h["step"] for h in evals if eval_name(PRIMARY) in h]
+    for k in CURVES:
         ys = [100 * h[eval_name(k)] for h in evals if eval_name(k) in h]
         xs, ys = ([0] + steps, [100 * base[k]] + ys) if base and k in base and steps else (steps, ys)
         if ys:
-            ax2.plot(xs, ys, "o-", color=COLORS.get(k), lw=1.5, ms=4, label=f"{ROUGE_LABELS[k]} (last {ys[-1]:.1f})")
+            ax2.plot(xs, ys, "o-", color=COLORS.get(k), lw=1.5, ms=4, label=f"{LABELS[k]} (last {ys[-1]:.1f})")
     ax2.set(
         title="ROUGE on generated validation summaries",
         ylabel="F1 x 100",
@@ -110,13 +107,13 @@ def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_
     plt = _pyplot()
     if plt is None or not model:
         return False
-    keys = [k for k in ROUGE_KEYS if k in model]
+    keys = [k for k in KEYS if k in model]
     series = ([("base model", base, COLORS["base"])] if base else []) + [(model_label, model, COLORS["model"])]
     x = np.arange(len(keys))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (label, block, color) in enumerate(series):
-        vals = [100 * _f1(block[k]) for k in keys]
+        vals = [100 * f1(block[k]) for k in keys]
         err = None
         if all(isinstance(block[k], dict) and "ci95" in block[k] for k in keys):
             lo = [v - 100 * block[k]["ci95"][0] for v, k in zip(vals, keys)]
@@ -136,7 +133,7 @@ def plot_rouge_bars(path: Path, model: dict, base: Optional[dict] = None, model_
         for p, v, k in zip(pos, vals, keys):
             top = v + (err[1][keys.index(k)] if err else 0)
             ax.text(p, top + 1.5, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [ROUGE_LABELS[k] for k in keys])
+    ax.set_xticks(x, [LABELS[k] for k in keys])
     title = "ROUGE: base model vs fine-tuned" if base else f"ROUGE of the {model_label} model"
     if any(isinstance(model[k], dict) and "ci95" in model[k] for k in keys):
         title += "\n(error bars: bootstrap 95% confidence intervals)"
@@ -255,45 +252,56 @@ def diagnostics_section(
     return out
 
 
-def _f1(v) -> float:
-    return v["f1"] if isinstance(v, dict) else float(v)
+def f1(v) -> Optional[float]:
+    """A score as saved: a number, or a block with its interval ({"f1": ..., "ci95": [...]})."""
+    if isinstance(v, dict):
+        return v.get("f1")
+    return float(v) if isinstance(v, (int, float)) else None
 
 
-def _rouge_table(model: dict, base: Optional[dict], diff: Optional[dict] = None) -> list[str]:
+def score_table(
+    model: dict, base: Optional[dict] = None, diff: Optional[dict] = None, model_label: str = "model"
+) -> list[str]:
+    """The scores of generated summaries as a markdown table, a row per registered metric the blocks hold (x 100,
+    with the 95% interval where the block has one); with a base, its column and the change (the paired difference
+    with its interval where `diff` has it)."""
+
     def cell(v):
-        if v is None:
+        x = f1(v)
+        if x is None:
             return "n/a"
-        s = f"{100 * _f1(v):.2f}"
-        if isinstance(v, dict) and "ci95" in v:
+        s = f"{100 * x:.2f}"
+        if isinstance(v, dict) and v.get("ci95"):
             s += f" [{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]"
         return s
 
-    head = "| metric | base model | fine-tuned | change |" if base else "| metric | model |"
+    head = f"| metric | base model | {model_label} | change |" if base else f"| metric | {model_label} |"
     rows = [head, "|---|---|---|---|" if base else "|---|---|"]
-    for k in ROUGE_KEYS:
-        if k not in model:
+    for k in KEYS:
+        m, b = f1(model.get(k)), f1((base or {}).get(k))
+        if m is None and b is None:
             continue
-        if base:
-            if diff and k in diff:
-                d = diff[k]
-                change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
-            else:
-                change = f"{100 * (_f1(model[k]) - _f1(base[k])):+.2f}" if k in base else "n/a"
-            rows.append(f"| {ROUGE_LABELS[k]} | {cell(base.get(k))} | {cell(model[k])} | {change} |")
+        if not base:
+            rows.append(f"| {LABELS[k]} | {cell(model.get(k))} |")
+            continue
+        d = (diff or {}).get(k)
+        if d:
+            change = f"{100 * d['diff']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}]"
         else:
-            rows.append(f"| {ROUGE_LABELS[k]} | {cell(model[k])} |")
+            change = f"{100 * (m - b):+.2f}" if m is not None and b is not None else "n/a"
+        rows.append(f"| {LABELS[k]} | {cell(base.get(k))} | {cell(model.get(k))} | {change} |")
     return rows
 
 
 def _examples(rows: list[dict], n: int = 3) -> list[str]:
     if not rows:
         return []
-    ranked = sorted(rows, key=lambda r: r.get("rougeL", 0.0))
+    ranked = sorted(rows, key=lambda r: r.get(PRIMARY, 0.0))
     picks = [("best", ranked[-1]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[0])][:n]
-    out = ["## Examples (by ROUGE-L)", ""]
+    out = [f"## Examples (by {LABELS[PRIMARY]})", ""]
     for label, r in picks:
         out += [
-            f"**{label}** (id `{r['id']}`, ROUGE-L {100 * r.get('rougeL', 0):.1f})",
+            f"**{label}** (id `{r['id']}`, {LABELS[PRIMARY]} {100 * r.get(PRIMARY, 0):.1f})",
             "",
             f"- reference: {_one_line(r['reference'])}",
             f"- generated: {_one_line(r['prediction'])}",
@@ -307,16 +315,13 @@ def _one_line(text: str, limit: int = 400) -> str:
     return (t[:limit] + " ...") if len(t) > limit else (t or "*(empty)*")
 
 
-def _protocol_lines(proto: dict) -> list[str]:
+def protocol_lines(proto: dict) -> list[str]:
+    """A protocol record as markdown bullets, a nested record on one line (multi-line strings quoted)."""
     out = []
     for k, v in proto.items():
         if isinstance(v, dict):
-            out.append(
-                f"- {k}: "
-                + "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}" for a, b in v.items())
-            )
-        else:
-            out.append(f"- {k}: {v}")
+            v = "; ".join(f"{a}: {b!r}" if isinstance(b, str) and "\n" in b else f"{a}: {b}" for a, b in v.items())
+        out.append(f"- {k}: {v}")
     return out
 
 
@@ -388,9 +393,9 @@ def write_eval_report(
         + (f", base `{m['base_model']}`" if m.get("base_model") else "")
         + f"), {m['backend']} backend, {m['dtype']}.",
         "",
-        "## ROUGE F1 x 100 [bootstrap 95% interval]",
+        "## Scores x 100 [bootstrap 95% interval]",
         "",
-        *_rouge_table(model, base, res.get("model_minus_base")),
+        *score_table(model, base, res.get("model_minus_base"), "fine-tuned" if base else "model"),
         "",
         *_plots_md(made),
         "## Lengths, truncation, speed",
@@ -411,7 +416,7 @@ def write_eval_report(
         *_examples(rows),
         "## Protocol",
         "",
-        *_protocol_lines(metrics["protocol"]),
+        *protocol_lines(metrics["protocol"]),
         "",
     ]
     path = Path(out_dir) / REPORT

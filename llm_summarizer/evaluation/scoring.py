@@ -27,15 +27,16 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Optional
 
+import numpy as np
 from rouge_score import rouge_scorer
 from rouge_score import tokenizers as rouge_tokenizers
 
 from ..errors import UserError
-from ..metric_names import ROUGE_KEYS
+from ..metrics import BY_KEY, KEYS, family
 
 log = logging.getLogger("llm_summarizer.scoring")
 
@@ -88,6 +89,7 @@ class Protocol:
             "rougeLsum_sentence_split": self.lsum_split,
             "rougeLsum_split_rule": _SPLIT_WORDS[self.lsum_split],
             "aggregation": "mean over examples",
+            "metrics": {m.key: f"{m.label} {m.measure}: {m.description}; {m.aggregate}" for m in BY_KEY.values()},
         }
 
 
@@ -172,8 +174,8 @@ class UnicodeTokenizer:
 @lru_cache(maxsize=4)
 def _scorer(tokenizer: str):
     if tokenizer == "default":
-        return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=UnicodeTokenizer(tokenizer == "chars"))
+        return rouge_scorer.RougeScorer(list(family("rouge")), use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(family("rouge")), tokenizer=UnicodeTokenizer(tokenizer == "chars"))
 
 
 def tokens(text: str, tokenizer: str) -> list[str]:
@@ -254,23 +256,59 @@ def split_sentences(text: str, how: str = "regex") -> str:
     return "\n".join(lines)
 
 
+def example_stats(reference: str, prediction: str, protocol: Protocol) -> dict[str, tuple]:
+    """Each registered metric's statistics of one pair (metrics.py): ROUGE's in one rouge-score pass."""
+    s = _scorer(protocol.tokenizer).score(
+        split_sentences(reference, protocol.lsum_split), split_sentences(prediction, protocol.lsum_split)
+    )
+    return {
+        m.key: (s[m.key].fmeasure,) if m.family == "rouge" else tuple(m.stats(reference, prediction))
+        for m in BY_KEY.values()
+    }
+
+
 def score_pair(reference: str, prediction: str, protocol: Optional[Protocol] = None) -> dict[str, float]:
-    """ROUGE F1 of one pair; without a protocol, `auto` is resolved on this reference alone."""
-    p = protocol or protocol_for([reference])
-    s = _scorer(p.tokenizer).score(split_sentences(reference, p.lsum_split), split_sentences(prediction, p.lsum_split))
-    return {k: s[k].fmeasure for k in ROUGE_KEYS}
+    """Every registered metric of one pair; without a protocol, `auto` is resolved on this reference alone."""
+    st = example_stats(reference, prediction, protocol or protocol_for([reference]))
+    return {k: BY_KEY[k].score(st[k]) for k in KEYS}
+
+
+@dataclass
+class Scores:
+    """A set of pairs scored: the corpus score of each metric, each example's own, and the statistics the
+    bootstrap resamples (key -> array of shape (examples, statistics))."""
+
+    means: dict[str, float]
+    per: list[dict[str, float]]
+    stats: dict[str, np.ndarray] = field(repr=False)
+
+
+def score_all(references: list[str], predictions: list[str], protocol: Optional[Protocol] = None) -> Scores:
+    """Every registered metric over the pairs (`auto` resolved on all references)."""
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+    p = protocol or protocol_for(references)
+    ex = [example_stats(r, x, p) for r, x in zip(references, predictions)]
+    n = len(ex)
+    means, stats = {}, {}
+    for k in KEYS:
+        rows = [e[k] for e in ex]
+        width = len(rows[0]) if rows else 1
+        # sums in Python's order (a mean over examples exactly as it always was)
+        sums = [sum(r[j] for r in rows) for j in range(width)]
+        means[k] = BY_KEY[k].score(sums, max(1, n))
+        stats[k] = np.array(rows, dtype=float).reshape(n, width)
+    per = [{k: BY_KEY[k].score(e[k]) for k in KEYS} for e in ex]
+    return Scores(means, per, stats)
 
 
 def score_corpus(
     references: list[str], predictions: list[str], protocol: Optional[Protocol] = None
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Mean F1 per ROUGE type over examples, and the per-example scores (`auto` resolved on all references)."""
-    if len(references) != len(predictions):
-        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
-    p = protocol or protocol_for(references)
-    per = [score_pair(r, x, p) for r, x in zip(references, predictions)]
-    n = max(1, len(per))
-    return {k: sum(x[k] for x in per) / n for k in ROUGE_KEYS}, per
+    """The corpus score of each registered metric, and the per-example scores (`auto` resolved on all
+    references)."""
+    s = score_all(references, predictions, protocol)
+    return s.means, s.per
 
 
 def empty_references(references: list[str], protocol: Protocol) -> int:
@@ -290,7 +328,3 @@ def warn_empty_references(references: list[str], protocol: Protocol, split: str)
             protocol.tokenizer,
         )
     return n
-
-
-# The protocol of English data, for readers that want the words without references at hand.
-PROTOCOL = Protocol().describe()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import hub, progress
-from ..config import config_to_yaml
+from ..config_loading import config_to_yaml
 from ..contracts import optional_model_file
 from ..environment import package_versions
 from ..errors import UserError

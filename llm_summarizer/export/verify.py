@@ -21,13 +21,13 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .. import progress
-from ..config import load_config
+from ..config_loading import load_config
 from ..data.prompt import Formatter
 from ..errors import ExportFailed, UserError
 from ..evaluation.evaluate import load_eval_rows
 from ..evaluation.scoring import score_pair
 from ..models.backends import nf4_config, plain_cpu_4bit
-from ..models.generation import generate
+from ..models.generation import GenerationRequest, generate
 
 log = logging.getLogger("llm_summarizer.export")
 
@@ -86,9 +86,7 @@ def worker(spec_path: str) -> int:
     fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
     n = len(spec["documents"])
     with progress.bar(n, f"export check: {action} in a separate process, {n} documents", "summary") as b:
-        gens = generate(
-            model,
-            tok,
+        request = GenerationRequest(
             fmt,
             spec["documents"],
             cfg.eval,
@@ -96,6 +94,7 @@ def worker(spec_path: str) -> int:
             "transformers",
             progress=lambda done, _t: b.update_to(done),
         )
+        gens = generate(model, tok, request)
     texts = [g.text for g in gens]
     scored = spec.get("score") or texts
     out.write_text(

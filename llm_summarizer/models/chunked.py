@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ..data.chunking import applied_overlap, split_windows, token_starts
 from ..errors import UserError
@@ -105,6 +105,61 @@ def plan(
     return window, docs
 
 
+class _Owner(NamedTuple):
+    """What one text of the first generation call is: a document's window, or (window -1) a whole document."""
+
+    document: int
+    window: int
+
+
+class _Span(NamedTuple):
+    """Where one partial summary lies in the joined text a merge round reads."""
+
+    id: str
+    start: int
+    end: int
+
+
+class _Part(NamedTuple):
+    """One input of a merge round: the joined summaries' characters [start, end), its tokens, whether it was cut."""
+
+    start: int
+    end: int
+    tokens: int
+    cut: bool
+
+
+class _Merge(NamedTuple):
+    """One planned merge generation: its input text, the ids of the summaries it reads, its tokens, whether cut."""
+
+    text: str
+    children: list[str]
+    tokens: int
+    cut: bool
+
+
+@dataclass
+class _Counts:
+    """The generations of one summarize_long so far, over all its generation calls: planned (the total, growing as
+    merge rounds are planned) and handed out; `progress(done, total)` hears them."""
+
+    progress: Optional[Callable[[int, int], None]]
+    total: int = 0
+    handed: int = 0
+
+    def stage(self, k: int) -> Callable[[int, int], None]:
+        """The progress callback of the next generation call, of `k` texts: it counts on from the calls before it."""
+        base = self.handed
+        self.total += k
+        self.handed += k
+
+        def report(d: int, _t: int) -> None:
+            if self.progress:
+                self.progress(base + d, self.total)
+
+        return report
+
+
 def summarize_long(
     documents: list[str],
     formatter,
@@ -125,33 +180,55 @@ def summarize_long(
     window, docs = plan(documents, formatter, ev, max_new_tokens, names)
     merge_window = window_tokens(merge_formatter, max_new_tokens)
     results: list = [None] * n
-    texts: list[str] = []
-    owners: list[tuple[int, int]] = []  # (document, window) per text of the first call
+    counts = _Counts(progress)
     chunked = {d.index: d for d in docs}
+    # 1. every window of every document, and the documents that fit whole, in one call
+    texts, owners = _first_texts(documents, chunked)
+    gens = generate(texts, formatter, counts.stage(len(texts)))
+    _first_round(owners, gens, chunked, results, on_done)
+    # 2. merge rounds until each chunked document has one summary
+    active = [d for d in docs]
+    r = 0
+    while active:
+        r += 1
+        planned = [
+            (d, _merge_inputs(d, r, merge_formatter, merge_window, ev.max_merge_rounds, _where(names, d.index, n)))
+            for d in active
+        ]
+        texts = [m.text for _, merges in planned for m in merges]
+        gens = iter(generate(texts, merge_formatter, counts.stage(len(texts))))
+        still = []
+        for d, merges in planned:
+            last = _merge_round(d, r, merges, gens)
+            if len(merges) > 1:
+                still.append(d)
+                continue
+            tree = describe_tree(d, window, applied_overlap(ev.chunk_overlap, window), max_new_tokens)
+            results[d.index] = dataclasses.replace(last, truncated_input=d.cut, method="chunked", tree=tree)
+            if on_done:
+                on_done(d.index, results[d.index])
+        active = still
+    return results
+
+
+def _first_texts(documents: list[str], chunked: dict[int, _Doc]) -> tuple[list[str], list[_Owner]]:
+    """The texts of the first generation call: each chunked document's windows, each other document whole."""
+    texts: list[str] = []
+    owners: list[_Owner] = []
     for i, doc in enumerate(documents):
         d = chunked.get(i)
         if d is None:
             texts.append(doc)
-            owners.append((i, -1))
+            owners.append(_Owner(i, -1))
         else:
             texts += [doc[w.start : w.end] for w in d.windows]
-            owners += [(i, k) for k in range(len(d.windows))]
-    total = [len(texts)]
-    done = [0]
+            owners += [_Owner(i, k) for k in range(len(d.windows))]
+    return texts, owners
 
-    def stage(k: int):
-        base = done[0]
 
-        def report(d: int, _t: int) -> None:
-            if progress:
-                progress(base + d, total[0])
-
-        done[0] += k
-        return report
-
-    # 1. every window of every document, and the documents that fit whole, in one call
-    gens = generate(texts, formatter, stage(len(texts)))
-    first: dict[int, list[Node]] = {d.index: [] for d in docs}
+def _first_round(owners: list[_Owner], gens: list, chunked: dict[int, _Doc], results: list, on_done) -> None:
+    """The first call's summaries: a whole document's is its result; a window's is a node of its document's round 0."""
+    first: dict[int, list[Node]] = {i: [] for i in chunked}
     for (i, k), g in zip(owners, gens):
         if k < 0:
             results[i] = g
@@ -162,76 +239,65 @@ def summarize_long(
         first[i].append(
             Node(f"0.{k}", g.text, g.new_tokens, g.hit_max, w.tokens, span=(w.start, w.end), cut=g.truncated_input)
         )
-    for d in docs:
+    for d in chunked.values():
         d.rounds.append(first[d.index])
-    # 2. merge rounds until each chunked document has one summary
-    active = [d for d in docs]
-    r = 0
-    while active:
-        r += 1
-        texts, planned = [], []  # (doc, [(child ids, tokens, cut)])
-        for d in active:
-            pieces = [p for p in d.rounds[-1] if p.summary.strip()] or d.rounds[-1][:1]
-            joined, spans, at = "", [], 0
-            for p in pieces:
-                spans.append((p.id, at, at + len(p.summary)))
-                joined += p.summary + "\n"
-                at = len(joined)
-            joined = joined[:-1]
-            starts = token_starts(merge_formatter.tok, joined)
-            if len(starts) <= merge_window:
-                parts = [(0, len(joined), len(starts), False)]
-            else:
-                windows = split_windows(joined, starts, merge_window, 0)
-                if r >= ev.max_merge_rounds or len(windows) >= len(pieces):
-                    # bounded: the joined summaries, cut to one window by data.truncation
-                    parts = [(0, len(joined), merge_window, True)]
-                    d.cut = True
-                    log.warning(
-                        "%s: %d partial summaries (%d tokens) do not fit one window of %d tokens after %d "
-                        "merge round(s); the last round reads them cut by data.truncation",
-                        _where(names, d.index, n),
-                        len(pieces),
-                        len(starts),
-                        merge_window,
-                        r,
-                    )
-                else:
-                    parts = [(w.start, w.end, w.tokens, False) for w in windows]
-            entries = []
-            for a, b, tokens, cut in parts:
-                children = [pid for pid, s, e in spans if s < b and e > a]
-                texts.append(joined[a:b])
-                entries.append((children, tokens, cut))
-            planned.append((d, entries))
-        total[0] += len(texts)
-        gens = iter(generate(texts, merge_formatter, stage(len(texts))))
-        still = []
-        for d, entries in planned:
-            nodes = []
-            for k, (children, tokens, cut) in enumerate(entries):
-                g = last = next(gens)
-                nodes.append(
-                    Node(
-                        f"{r}.{k}",
-                        g.text,
-                        g.new_tokens,
-                        g.hit_max,
-                        tokens,
-                        children=children,
-                        cut=cut or g.truncated_input,
-                    )
-                )
-            d.rounds.append(nodes)
-            if len(nodes) > 1:
-                still.append(d)
-                continue
-            tree = describe_tree(d, window, applied_overlap(ev.chunk_overlap, window), max_new_tokens)
-            results[d.index] = dataclasses.replace(last, truncated_input=d.cut, method="chunked", tree=tree)
-            if on_done:
-                on_done(d.index, results[d.index])
-        active = still
-    return results
+
+
+def _merge_inputs(d: _Doc, r: int, merge_formatter, merge_window: int, max_rounds: int, where: str) -> list[_Merge]:
+    """The inputs of merge round `r` of `d`: its last round's summaries joined one per line; one input when they fit
+    a window, else cut into windows at summary ends, or (in the last round, or when that would not reduce the pieces)
+    cut to one window by data.truncation (`d.cut`)."""
+    pieces = [p for p in d.rounds[-1] if p.summary.strip()] or d.rounds[-1][:1]
+    joined, spans, at = "", [], 0
+    for p in pieces:
+        spans.append(_Span(p.id, at, at + len(p.summary)))
+        joined += p.summary + "\n"
+        at = len(joined)
+    joined = joined[:-1]
+    starts = token_starts(merge_formatter.tok, joined)
+    if len(starts) <= merge_window:
+        parts = [_Part(0, len(joined), len(starts), False)]
+    else:
+        windows = split_windows(joined, starts, merge_window, 0)
+        if r >= max_rounds or len(windows) >= len(pieces):
+            # bounded: the joined summaries, cut to one window by data.truncation
+            parts = [_Part(0, len(joined), merge_window, True)]
+            d.cut = True
+            log.warning(
+                "%s: %d partial summaries (%d tokens) do not fit one window of %d tokens after %d "
+                "merge round(s); the last round reads them cut by data.truncation",
+                where,
+                len(pieces),
+                len(starts),
+                merge_window,
+                r,
+            )
+        else:
+            parts = [_Part(w.start, w.end, w.tokens, False) for w in windows]
+    return [
+        _Merge(joined[p.start : p.end], [s.id for s in spans if s.start < p.end and s.end > p.start], p.tokens, p.cut)
+        for p in parts
+    ]
+
+
+def _merge_round(d: _Doc, r: int, merges: list[_Merge], gens) -> object:
+    """Round `r`'s nodes of `d`, from the next of `gens`, one per planned merge; the last of those generations."""
+    nodes, last = [], None
+    for k, m in enumerate(merges):
+        g = last = next(gens)
+        nodes.append(
+            Node(
+                f"{r}.{k}",
+                g.text,
+                g.new_tokens,
+                g.hit_max,
+                m.tokens,
+                children=m.children,
+                cut=m.cut or g.truncated_input,
+            )
+        )
+    d.rounds.append(nodes)
+    return last
 
 
 def describe_tree(d: _Doc, window: int, overlap: int, max_new_tokens: int) -> dict:

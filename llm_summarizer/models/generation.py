@@ -3,6 +3,9 @@
 Generation leaves the model exactly as it found it: train/eval mode (Unsloth's for_inference /
 for_training on the unsloth backend), the tokenizer's padding side, and the global RNG states, so a
 run with in-training evaluation follows the same loss trajectory as one without.
+
+A call is one `GenerationRequest`: `generate(model, tokenizer, request)`.
+A new decoding strategy goes in STRATEGIES below (its runner, when it fits) and in config.py's EvalSection.batching.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import logging
 import math
 import random
 import sys
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +26,9 @@ from transformers.cache_utils import DynamicLayer
 from ..config import EvalSection
 from ..contracts import RunMetrics
 from ..data.prompt import Formatter
+from ..errors import UserError
 from ..faults import is_oom
+from ..stats import percentile
 from .backends import for_inference, for_training
 from .chunked import plan, summarize_long
 from .device import effective_batching
@@ -48,8 +53,7 @@ def derive_max_new_tokens(summary_token_lengths: list[int], ev: EvalSection) -> 
         return ev.max_new_tokens
     if not summary_token_lengths:
         return 128
-    s = sorted(summary_token_lengths)
-    return budget_for(s[min(len(s) - 1, int(len(s) * 0.95))])
+    return budget_for(percentile(summary_token_lengths, 0.95))
 
 
 def budget_for(p95_summary_tokens: float) -> int:
@@ -159,48 +163,83 @@ class AdaptiveBatch:
         return self.size
 
 
-def generate(
-    model,
-    tokenizer,
-    formatter,
-    documents: list[str],
-    ev: EvalSection,
-    max_new_tokens: int,
-    backend: str,
-    batch_size: Optional[int] = None,
-    seed: int = 0,
-    progress=None,
-    batch: Optional[AdaptiveBatch] = None,
-    sort_by_length: bool = True,
-    batching: Optional[str] = None,
-    on_done: Optional[Callable[[int, Generated], None]] = None,
-) -> list[Generated]:
-    """Summaries for `documents`, in order. Rows are taken longest prompt first (an out-of-memory shows at once;
-    less left padding to compute) and the results put back in the documents' order; an out-of-memory halves the
-    batch and retries, and `batch` (when given) keeps the smaller size for the next call.
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation call: the documents and their prompt, the decoding settings, and who hears of the progress.
 
-    `batching` (default eval.batching): "continuous" lets a row that ends leave the batch at once and the next
-    prompt take its place (greedy decoding only: the same texts as static batches); "static" runs each batch
-    through `model.generate` until its longest summary ends. Sampling and beam search always run static.
-    `sort_by_length=False` runs static batches in the given order (the benchmark's equal-settings comparison).
-    `on_done(i, generated)` is called as each row finishes (in the order they finish)."""
-    prompts = []
-    for d in documents:
-        ids, truncated = formatter.generation_prompt(d, max_new_tokens)
-        prompts.append((ids, truncated))
-    order = (
-        sorted(range(len(prompts)), key=lambda i: -len(prompts[i][0])) if sort_by_length else list(range(len(prompts)))
-    )
-    results: list[Optional[Generated]] = [None] * len(prompts)
-    batch = batch or AdaptiveBatch(batch_size or ev.batch_size)
-    stop = list(formatter.stop_ids)
-    mode = effective_batching(backend, ev, batching)
-    with inference_mode(model, tokenizer, backend):
-        if mode == "continuous" and sort_by_length and plain_greedy(model, ev) and plain_cache(model):
-            _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, results, progress, on_done)
-        else:
-            _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, seed, results, progress, on_done)
-    return results  # type: ignore[return-value]
+    `ev` holds the decoding settings (num_beams, do_sample, temperature, top_p, batch_size, batching). `batching`
+    (default eval.batching) names the decoding strategy (STRATEGIES): "continuous" lets a row that ends leave the
+    batch at once and the next prompt take its place (greedy decoding only: the same texts as static batches);
+    "static" runs each batch through `model.generate` until its longest summary ends. Sampling and beam search
+    always run static. `batch_size` (default eval.batch_size) is the first batch size, unless `batch` is given (an
+    AdaptiveBatch that keeps an out-of-memory's smaller size for the next call). `sort_by_length=False` runs static
+    batches in the given order (the benchmark's equal-settings comparison). `seed` seeds sampling.
+    `progress(done, total)` counts finished rows; `on_done(i, generated)` is called as each row finishes (in the
+    order they finish)."""
+
+    formatter: Formatter
+    documents: Sequence[str]
+    ev: EvalSection
+    max_new_tokens: int
+    backend: str
+    batch_size: Optional[int] = None
+    seed: int = 0
+    batching: Optional[str] = None
+    sort_by_length: bool = True
+    batch: Optional[AdaptiveBatch] = None
+    progress: Optional[Callable[[int, int], None]] = None
+    on_done: Optional[Callable[[int, Generated], None]] = None
+
+    def __post_init__(self):
+        if self.batching is not None:
+            strategy(self.batching)  # an unknown strategy is refused here, before any prompt is built
+
+
+class _Prompt(NamedTuple):
+    ids: list[int]
+    truncated: bool  # the document was cut to fit
+
+
+@dataclass
+class _Job:
+    """A generation call under way, as a decoding strategy runs it: the request, each document's prompt, the order
+    rows are taken in, the batch size, the stop tokens, and the results so far (None: not written yet)."""
+
+    request: GenerationRequest
+    prompts: list[_Prompt]
+    order: list[int]
+    batch: AdaptiveBatch
+    stop: list[int]
+    results: list[Optional[Generated]]
+
+    @classmethod
+    def start(cls, request: GenerationRequest) -> _Job:
+        """Rows are taken longest prompt first (an out-of-memory shows at once; less left padding to compute)."""
+        r = request
+        prompts = [_Prompt(*r.formatter.generation_prompt(d, r.max_new_tokens)) for d in r.documents]
+        order = list(range(len(prompts)))
+        if r.sort_by_length:
+            order = sorted(order, key=lambda i: -len(prompts[i].ids))
+        batch = r.batch or AdaptiveBatch(r.batch_size or r.ev.batch_size)
+        return cls(r, prompts, order, batch, list(r.formatter.stop_ids), [None] * len(prompts))
+
+    def finish(self, tokenizer, j: int, toks: list[int]) -> Generated:
+        """Row `j`'s summary from its new tokens, written into the results (and handed to on_done)."""
+        self.results[j] = _finish(tokenizer, toks, self.stop, self.prompts[j].truncated)
+        if self.request.on_done:
+            self.request.on_done(j, self.results[j])
+        return self.results[j]
+
+
+def generate(model, tokenizer, request: GenerationRequest) -> list[Generated]:
+    """Summaries of `request.documents`, in order, by the decoding strategy the request names (STRATEGIES). Rows
+    are taken longest prompt first and the results put back in the documents' order; an out-of-memory halves the
+    batch and retries, and `request.batch` (when given) keeps the smaller size for the next call."""
+    job = _Job.start(request)
+    mode = effective_batching(request.backend, request.ev, request.batching)
+    with inference_mode(model, tokenizer, request.backend):
+        chosen(mode, model, request).run(model, tokenizer, job)
+    return job.results  # type: ignore[return-value]
 
 
 def _finish(tokenizer, toks: list[int], stop, truncated: bool) -> Generated:
@@ -235,43 +274,48 @@ def _oom_retry(model, e: RuntimeError, batch: AdaptiveBatch, bs: int) -> int:
     return bs
 
 
-def _static(model, tokenizer, prompts, order, batch, max_new_tokens, stop, ev, seed, results, progress, on_done):
+def _static(model, tokenizer, job: _Job) -> None:
     """Batches of `batch.size` rows through model.generate, each until its longest summary ends."""
-    bs = batch.size
+    request, bs, i = job.request, job.batch.size, 0
     device = next(model.parameters()).device
-    gen_kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        num_beams=ev.num_beams,
-        do_sample=ev.do_sample,
-        eos_token_id=stop,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,
-    )
-    if ev.do_sample:
-        gen_kwargs.update(temperature=ev.temperature, top_p=ev.top_p)
-        torch.manual_seed(seed)
-    else:
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    i = 0
-    while i < len(order):
-        idx = order[i : i + bs]
-        inputs = tokenizer.pad({"input_ids": [prompts[j][0] for j in idx]}, return_tensors="pt", padding=True)
+    if request.ev.do_sample:
+        torch.manual_seed(request.seed)
+    gen_kwargs = _generate_kwargs(tokenizer, job)
+    while i < len(job.order):
+        idx = job.order[i : i + bs]
+        inputs = tokenizer.pad({"input_ids": [job.prompts[j].ids for j in idx]}, return_tensors="pt", padding=True)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         try:
             out = model.generate(**inputs, **gen_kwargs)
         except RuntimeError as e:
-            bs = _oom_retry(model, e, batch, bs)
+            bs = _oom_retry(model, e, job.batch, bs)
             if not bs:
                 raise
             continue
         new = out[:, inputs["input_ids"].shape[1] :].tolist()
         for j, toks in zip(idx, new):
-            results[j] = _finish(tokenizer, toks, stop, prompts[j][1])
-            if on_done:
-                on_done(j, results[j])
+            job.finish(tokenizer, j, toks)
         i += len(idx)
-        if progress:
-            progress(i, len(order))
+        if request.progress:
+            request.progress(i, len(job.order))
+
+
+def _generate_kwargs(tokenizer, job: _Job) -> dict:
+    """model.generate's settings for the request: greedy, sampling (temperature, top_p) or beam search."""
+    ev = job.request.ev
+    kwargs = dict(
+        max_new_tokens=job.request.max_new_tokens,
+        num_beams=ev.num_beams,
+        do_sample=ev.do_sample,
+        eos_token_id=job.stop,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    if ev.do_sample:
+        kwargs.update(temperature=ev.temperature, top_p=ev.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
 
 
 # generation_config fields that change what greedy search picks; when one is set, model.generate's own loop runs
@@ -359,104 +403,166 @@ def _prefill(model, tokenizer, ids: list[list[int]], device):
     return _kv(out.past_key_values), mask.long(), out.logits[:, -1, :].float().argmax(-1).tolist()
 
 
-def _continuous(model, tokenizer, prompts, order, batch, max_new_tokens, stop, results, progress, on_done):
+def _continuous(model, tokenizer, job: _Job) -> None:
     """Greedy decoding where a finished row leaves the batch at once and waiting prompts join when a share of the
     batch is free: each row is left-padded to the batch's cache length, with position ids counted from its first real
     token, as model.generate does for a left-padded batch, so each row computes what it would in a static batch."""
     device = next(model.parameters()).device
-    stop_set = set(stop)
-    queue = list(order)
-    live: list[_Row] = []
-    kv: list = []
-    mask = None  # [rows, positions]: 1 where the cache holds a real token of that row
-    cache = None
-    bs, done = batch.size, 0
+    queue, live, bs = list(job.order), _InFlight(), job.batch.size
+    record = _Recorder(job, tokenizer)
+    while queue or live.rows:
+        try:
+            free = bs - len(live.rows)
+            if queue and free > 0 and (not live.rows or free >= max(1, bs // _JOIN_SHARE) or len(queue) <= free):
+                take = queue[:free]
+                new_kv, new_mask, toks = _prefill(model, tokenizer, [job.prompts[j].ids for j in take], device)
+                queue = queue[free:]
+                rows = [_Row(j, []) for j in take]
+                live.join(model, rows, record(rows, toks), new_kv, new_mask)
+                continue
+            if not live.rows:
+                continue
+            out = live.step(model)
+        except RuntimeError as e:
+            bs = _oom_retry(model, e, job.batch, bs)
+            if not bs:
+                raise
+            # the rows in flight start again (greedy: the same texts), in their turn at the front of the queue
+            queue = [row.index for row in live.rows] + queue
+            live = _InFlight()
+            continue
+        live.keep(model, record(live.rows, out.logits[:, -1, :].float().argmax(-1).tolist()))
 
-    def record(rows: list[_Row], toks: list[int]) -> list[int]:
-        """Append each row's new token; finished rows are written out; the positions of those that go on."""
-        nonlocal done
-        keep = []
+
+@dataclass
+class _Recorder:
+    """Continuous batching's bookkeeping: each row's new token appended, finished rows written out (counted for
+    progress), and the positions of those that go on returned."""
+
+    job: _Job
+    tokenizer: object
+    done: int = 0
+
+    def __call__(self, rows: list[_Row], toks: list[int]) -> list[int]:
+        request, keep = self.job.request, []
         for r_i, (row, t) in enumerate(zip(rows, toks)):
             row.tokens.append(t)
-            if t in stop_set or len(row.tokens) >= max_new_tokens:
-                results[row.index] = _finish(tokenizer, row.tokens, stop, prompts[row.index][1])
-                done += 1
-                if on_done:
-                    on_done(row.index, results[row.index])
-                if progress:
-                    progress(done, len(order))
+            if t in self.job.stop or len(row.tokens) >= request.max_new_tokens:
+                self.job.finish(self.tokenizer, row.index, row.tokens)
+                self.done += 1
+                if request.progress:
+                    request.progress(self.done, len(self.job.order))
             else:
                 keep.append(r_i)
         return keep
 
-    while queue or live:
-        try:
-            free = bs - len(live)
-            if queue and free > 0 and (not live or free >= max(1, bs // _JOIN_SHARE) or len(queue) <= free):
-                take = queue[:free]
-                new_kv, new_mask, toks = _prefill(model, tokenizer, [prompts[j][0] for j in take], device)
-                queue = queue[free:]
-                rows = [_Row(j, []) for j in take]
-                keep = record(rows, toks)
-                if keep:
-                    sel = torch.tensor(keep, device=device)
-                    new_kv = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in new_kv]
-                    new_mask = new_mask.index_select(0, sel)
-                    if live:
-                        t_old, t_new = mask.shape[1], new_mask.shape[1]
-                        t = max(t_old, t_new)
-                        kv = [
-                            (
-                                torch.cat([_left_pad(k0, t - t_old, 2), _left_pad(k1, t - t_new, 2)]),
-                                torch.cat([_left_pad(v0, t - t_old, 2), _left_pad(v1, t - t_new, 2)]),
-                            )
-                            for (k0, v0), (k1, v1) in zip(kv, new_kv)
-                        ]
-                        mask = torch.cat([_left_pad(mask, t - t_old, 1), _left_pad(new_mask, t - t_new, 1)])
-                    else:
-                        kv, mask = new_kv, new_mask
-                    live += [rows[i] for i in keep]
-                    cache = _rebuilt(model, kv)
-                continue
-            if not live:
-                continue
-            step_ids = torch.tensor([[row.tokens[-1]] for row in live], device=device)
-            positions = mask.sum(1, keepdim=True)
-            step_mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            out = model(
-                input_ids=step_ids,
-                attention_mask=step_mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-        except RuntimeError as e:
-            bs = _oom_retry(model, e, batch, bs)
-            if not bs:
-                raise
-            # the rows in flight start again (greedy: the same texts), in their turn at the front of the queue
-            queue = [row.index for row in live] + queue
-            live, kv, mask, cache = [], [], None, None
-            continue
-        mask, cache = step_mask, out.past_key_values
-        keep = record(live, out.logits[:, -1, :].float().argmax(-1).tolist())
-        if len(keep) < len(live):
-            live = [live[i] for i in keep]
-            if live:
-                sel = torch.tensor(keep, device=device)
-                mask = mask.index_select(0, sel)
-                first = int(mask.any(0).int().argmax())  # columns no remaining row uses are dropped
-                mask = mask[:, first:]
-                kv = [
-                    (k.index_select(0, sel)[:, :, first:], v.index_select(0, sel)[:, :, first:]) for k, v in _kv(cache)
-                ]
-                cache = _rebuilt(model, kv)
-            else:
-                kv, mask, cache = [], None, None
+
+@dataclass
+class _InFlight:
+    """The rows continuous batching decodes together: their tokens, their cache as per-layer (keys, values) and as the
+    model's cache object, and `mask` [rows, positions]: 1 where the cache holds a real token of that row."""
+
+    rows: list[_Row] = field(default_factory=list)
+    kv: list = field(default_factory=list)
+    mask: Optional[torch.Tensor] = None
+    cache: object = None
+
+    def join(self, model, rows: list[_Row], keep: list[int], kv: list, mask: torch.Tensor) -> None:
+        """The prefilled `rows` at positions `keep` (those not finished by their first token) join the batch, the
+        batch's cache and theirs left-padded to the longer of the two."""
+        if not keep:
+            return
+        sel = torch.tensor(keep, device=mask.device)
+        kv = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in kv]
+        mask = mask.index_select(0, sel)
+        if self.rows:
+            t_old, t_new = self.mask.shape[1], mask.shape[1]
+            t = max(t_old, t_new)
+            self.kv = [
+                (
+                    torch.cat([_left_pad(k0, t - t_old, 2), _left_pad(k1, t - t_new, 2)]),
+                    torch.cat([_left_pad(v0, t - t_old, 2), _left_pad(v1, t - t_new, 2)]),
+                )
+                for (k0, v0), (k1, v1) in zip(self.kv, kv)
+            ]
+            self.mask = torch.cat([_left_pad(self.mask, t - t_old, 1), _left_pad(mask, t - t_new, 1)])
         else:
-            kv = None  # the model's cache is current; its tensors are read again only when rows leave or join
-        if kv is None:
-            kv = _kv(cache)
+            self.kv, self.mask = kv, mask
+        self.rows += [rows[i] for i in keep]
+        self.cache = _rebuilt(model, self.kv)
+
+    def step(self, model):
+        """One decoding step of every row (its last token in, the next one's logits out); the model's output."""
+        step_ids = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.mask.device)
+        positions = self.mask.sum(1, keepdim=True)
+        step_mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        out = model(
+            input_ids=step_ids,
+            attention_mask=step_mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.mask, self.cache = step_mask, out.past_key_values
+        return out
+
+    def keep(self, model, keep: list[int]) -> None:
+        """After a step, only the rows at positions `keep` go on: the others leave the batch and the cache, and so do
+        the cache columns no remaining row uses."""
+        if len(keep) == len(self.rows):
+            self.kv = _kv(self.cache)  # the model's cache is current; its tensors are read when rows leave or join
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.kv, self.mask, self.cache = [], None, None
+            return
+        sel = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask.index_select(0, sel)
+        first = int(mask.any(0).int().argmax())  # columns no remaining row uses are dropped
+        self.mask = mask[:, first:]
+        self.kv = [
+            (k.index_select(0, sel)[:, :, first:], v.index_select(0, sel)[:, :, first:]) for k, v in _kv(self.cache)
+        ]
+        self.cache = _rebuilt(model, self.kv)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A decoding strategy: `run(model, tokenizer, job)` writes every row's summary into job.results; when
+    `fits(model, request)` says it would not compute what the request asks, its `fallback` strategy runs instead."""
+
+    run: Callable[..., None]
+    fits: Optional[Callable[[object, GenerationRequest], bool]] = None  # None: every request
+    fallback: Optional[str] = None
+
+
+def _continuous_fits(model, request: GenerationRequest) -> bool:
+    """Continuous batching computes greedy argmax over a plain cache, in its own order (longest prompt first)."""
+    return request.sort_by_length and plain_greedy(model, request.ev) and plain_cache(model)
+
+
+# The decoding strategies, by eval.batching name (greedy, sampling and beam search run static; greedy on a plain cache
+# may run continuous). A new one: its runner here and its name in config.py's EvalSection.batching Literal.
+STRATEGIES: dict[str, Strategy] = {
+    "continuous": Strategy(_continuous, fits=_continuous_fits, fallback="static"),
+    "static": Strategy(_static),
+}
+
+
+def strategy(name: str) -> Strategy:
+    """The decoding strategy `name`; a UserError naming the known ones for any other name."""
+    if name not in STRATEGIES:
+        raise UserError(
+            f"batching={name!r}: no such decoding strategy; known: {', '.join(sorted(STRATEGIES))} (eval.batching; "
+            f"a new one goes in llm_summarizer/models/generation.py STRATEGIES)"
+        )
+    return STRATEGIES[name]
+
+
+def chosen(name: str, model, request: GenerationRequest) -> Strategy:
+    """The strategy that runs `request` when `name` is asked: that one, or its fallback where it does not fit."""
+    s = strategy(name)
+    return s if s.fits is None or s.fits(model, request) else strategy(s.fallback)
 
 
 def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
@@ -498,9 +604,7 @@ def summarize_texts(
     ev = loaded.cfg.eval
 
     def run(docs: list[str], formatter, report, done=None) -> list[Generated]:
-        return generate(
-            model,
-            loaded.tokenizer,
+        request = GenerationRequest(
             formatter,
             list(docs),
             ev,
@@ -512,6 +616,7 @@ def summarize_texts(
             batch=batch,
             on_done=done,
         )
+        return generate(model, loaded.tokenizer, request)
 
     if (long_documents or ev.long_documents) != "chunk":
         return run(texts, loaded.formatter, progress, on_done)

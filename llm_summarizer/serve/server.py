@@ -49,6 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..errors import UserError
 from ..models.generation import default_max_new_tokens, summarize_texts
 from ..redaction import redact
+from ..stats import percentile
 from ..untrusted import clean_text, loads
 
 log = logging.getLogger("llm_summarizer.serve")
@@ -167,7 +168,7 @@ class Queue:
 
     def waits(self) -> dict:
         w = sorted(self.recent_waits)
-        pick = lambda q: round(w[min(len(w) - 1, int(q * len(w)))], 3) if w else None  # noqa: E731
+        pick = lambda q: round(percentile(w, q), 3) if w else None  # noqa: E731
         return {"recent": len(w), "p50_s": pick(0.5), "p95_s": pick(0.95), "max_s": round(w[-1], 3) if w else None}
 
     def _grant_next(self) -> None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..config import Config, config_to_dict
+from ..config import Config
+from ..config_loading import config_to_dict
 from ..contracts import RunMetrics
 from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
-from ..metric_names import EVAL_PREFIX, ROUGE_KEYS, plain_name
+from ..metrics import EVAL_PREFIX, KEYS, plain_name
 from ..redaction import redact
 
 # the samples table: ROUGE and the statistics of each summary against its document, per example
-SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", *ROUGE_KEYS, *DIAGNOSTIC_KEYS]
+SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", *KEYS, *DIAGNOSTIC_KEYS]
 STEP_KEY = "train/global_step"
 
 

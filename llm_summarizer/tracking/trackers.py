@@ -24,7 +24,7 @@ from ..contracts import RunMetrics
 from ..errors import UserError
 from ..files import write_json
 from ..layout import TRACKING_FILE
-from ..metric_names import eval_name
+from ..metrics import eval_name
 from .base import Tracker, scalars
 
 log = logging.getLogger("llm_summarizer.tracking")
@@ -101,8 +101,8 @@ class Trackers:
             for t in self.trackers:
                 t.log(values, step)
 
-    def on_rouge(self, step: Optional[int], tag: str, metrics: dict, samples: list[dict]) -> None:
-        """Called by RougeEvaluator after each pass: the base model's scores, and the samples table."""
+    def on_summary_eval(self, step: Optional[int], tag: str, metrics: dict, samples: list[dict]) -> None:
+        """Called by SummaryEvaluator after each pass: the base model's scores, and the samples table."""
         if self.closed:
             return
         step = step or 0

@@ -19,6 +19,7 @@ import wandb
 
 from ..contracts import RunMetrics
 from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
+from ..metrics import KEYS
 from ..redaction import redact
 from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config, run_labels
 
@@ -192,7 +193,15 @@ class WandbTracker(Tracker):
         return dict(self._info)
 
 
-EVAL_TABLE_COLUMNS = ["id", "reference", "prediction", "base_prediction", "rougeL", "base_rougeL", *DIAGNOSTIC_KEYS]
+# each registered metric of the summary and of the base's, then the summary's statistics against its document
+EVAL_TABLE_COLUMNS = [
+    "id",
+    "reference",
+    "prediction",
+    "base_prediction",
+    *(c for k in KEYS for c in (k, f"base_{k}")),
+    *DIAGNOSTIC_KEYS,
+]
 
 
 def _rows(path: Optional[Path]) -> list[dict]:
@@ -244,8 +253,7 @@ def log_evaluation(training: RunMetrics, evaluation, table_rows: int = 200) -> O
             r["reference"],
             r["prediction"],
             b.get("prediction"),
-            r.get("rougeL"),
-            b.get("rougeL"),
+            *(v for k in KEYS for v in (r.get(k), b.get(k))),
             *[diag.get(k) for k in DIAGNOSTIC_KEYS],
         )
     run.log({f"{split}/predictions": table})

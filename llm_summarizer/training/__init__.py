@@ -1,10 +1,10 @@
-"""Training: the run (run.py), TRL's SFTTrainer as we use it (trainer.py), ROUGE while training and the
-other callbacks, crash-consistent checkpoints, guards, the training report, and the TrainerClass API.
+"""Training: the run (run.py), TRL's SFTTrainer as we use it (trainer.py), generated summaries scored while
+training and the other callbacks, crash-consistent checkpoints, guards, the training report, and the TrainerClass API.
 
     run.py          run(cfg): the whole story, one named step per call; opened_run and build_session, which
                     TrainerClass, the bench and each Ray worker use too
     trainer.py      sft_config (our config -> SFTConfig), SummarizationTrainer, build_trainer
-    rouge.py        ROUGE on generated summaries while training (RougeEvaluator, RougeCallback), the samples,
+    summary_eval.py generated summaries scored while training (SummaryEvaluator, SummaryEvalCallback), the samples,
                     the base comparison
     stopping.py     early stopping, the non-finite guard
     trial.py        a run that is a trial of `llm-summarizer tune` (TrialReporter, the pruner)

@@ -27,7 +27,8 @@ from typing import Optional
 
 from transformers import set_seed
 
-from ..config import Config, load_config
+from ..config import Config
+from ..config_loading import load_config
 from ..data.rows import load_raw_splits, raw_from_rows
 from ..models.tokenizer import finish_tokenizer
 from .run import build_session, load_model, opened_run, publish, train_and_save

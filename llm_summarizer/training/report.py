@@ -12,14 +12,14 @@ from ..evaluation import diagnostics as D
 from ..evaluation.report import (
     _examples,
     _plots_md,
-    _protocol_lines,
-    _rouge_table,
     diagnostics_section,
     num,
     plot_coverage_density,
     plot_lengths,
     plot_rouge_bars,
     plot_training_curves,
+    protocol_lines,
+    score_table,
 )
 from ..files import write_text
 from ..layout import (
@@ -116,7 +116,12 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
         "",
     ]
     if final:
-        lines += ["## ROUGE F1 x 100 on generated validation summaries", "", *_rouge_table(final, base), ""]
+        lines += [
+            "## Scores x 100 on generated validation summaries",
+            "",
+            *score_table(final, base, None, "fine-tuned" if base else "model"),
+            "",
+        ]
     lines += _plots_md(made)
     lines += diagnostics_section(
         {"references": metrics.references, "base model": base, "fine-tuned": final},
@@ -143,7 +148,7 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
         lines += _examples(final_rows)
     proto = metrics.eval_protocol
     if proto:
-        lines += ["## Evaluation protocol", "", *_protocol_lines(proto), ""]
+        lines += ["## Evaluation protocol", "", *protocol_lines(proto), ""]
     path = output_dir / REPORT
     write_text(path, "\n".join(lines))
     log.info("training report: %s (plots in %s/)", path, plots)

@@ -23,7 +23,8 @@ from transformers import TrainerCallback, TrainerState, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from .. import distributed
-from ..config import Config, config_to_yaml, is_local_path
+from ..config import Config, is_local_path
+from ..config_loading import config_to_yaml
 from ..contracts import RunMetrics, TrainFigures
 from ..data.lengths import length_line, prepared_report
 from ..data.rows import load_raw_splits
@@ -34,7 +35,7 @@ from ..evaluation.modelcard import write_model_card
 from ..files import atomic_directory, recover_interrupted_replace, write_json, write_text
 from ..hub import push_after_training
 from ..layout import BASE_METRICS_FILE, CONFIG_FILE, DATA_CACHE_DIR, METRICS_FILE, MODEL_CARD, RUN_INFO_FILE
-from ..metric_names import eval_name, format_rouge, plain_name
+from ..metrics import PRIMARY, eval_name, format_scores, plain_name
 from ..models.device import training_plan
 from ..models.loading import load_for_training
 from ..paths import Place, check_places, claim
@@ -42,8 +43,15 @@ from ..tracking.trackers import Trackers, check_installed, start_trackers
 from .checkpoints import check_adapter_shape, check_world_size, clean_staging, resolve_resume
 from .guards import RunLock, training_errors
 from .report import write_training_report
-from .rouge import RougeCallback, RougeEvaluator, compare_with_base, eval_protocol, rouge_block, truncate_samples
 from .stopping import NonFiniteGuard, early_stopping_callback
+from .summary_eval import (
+    SummaryEvalCallback,
+    SummaryEvaluator,
+    compare_with_base,
+    eval_block,
+    eval_protocol,
+    truncate_samples,
+)
 from .trainer import build_trainer, check_extra_args
 from .trial import TrialReporter
 
@@ -70,7 +78,7 @@ class Session:
     tokenizer: object
     model_info: dict
     prepared: object
-    evaluator: Optional[RougeEvaluator]
+    evaluator: Optional[SummaryEvaluator]
     trainer: object
     t_start: float
     trackers: Optional[Trackers] = None  # W&B / TensorBoard / MLflow runs
@@ -256,7 +264,7 @@ def build_session(
     ROUGE evaluator and the callbacks, the trainer, the trackers."""
     prepared = tokenized(cfg, tokenizer, raw)
     evaluator = rouge_evaluator(cfg, tokenizer, prepared)
-    callbacks = [RougeCallback(evaluator, cfg.eval.every_steps)] if evaluator is not None else []
+    callbacks = [SummaryEvalCallback(evaluator, cfg.eval.every_steps)] if evaluator is not None else []
     callbacks += early_stopping(cfg)
     callbacks += list(extra_callbacks or [])
     callbacks += [reporter] if reporter is not None else []
@@ -293,11 +301,11 @@ def tokenized(cfg: Config, tokenizer, raw: dict):
     return prepared
 
 
-def rouge_evaluator(cfg: Config, tokenizer, prepared) -> Optional[RougeEvaluator]:
-    """ROUGE on generated validation summaries, when eval.rouge and there is a validation split."""
-    if not (cfg.eval.rouge and "validation" in prepared.splits and len(prepared.splits["validation"])):
+def rouge_evaluator(cfg: Config, tokenizer, prepared) -> Optional[SummaryEvaluator]:
+    """The evaluation of generated validation summaries, when eval.generate and there is a validation split."""
+    if not (cfg.eval.generate and "validation" in prepared.splits and len(prepared.splits["validation"])):
         return None
-    return RougeEvaluator(
+    return SummaryEvaluator(
         cfg,
         tokenizer,
         prepared.formatter,
@@ -323,7 +331,7 @@ def attach_trackers(cfg: Config, trainer, evaluator, resume_from: Optional[Path]
     if trackers.active:
         trainer.add_callback(trackers.callback())
         if evaluator is not None:
-            evaluator.listeners.append(trackers.on_rouge)
+            evaluator.listeners.append(trackers.on_summary_eval)
     return trackers
 
 
@@ -333,9 +341,9 @@ def train_and_save(s: Session) -> RunResult:
     cfg, trainer = s.cfg, s.trainer
     # the tracker runs end as failed when anything below raises
     with s.trackers if s.trackers is not None else contextlib.nullcontext():
-        base = base_rouge(cfg, s.evaluator, s.model, cfg.output_dir, s.resume_from)
+        base = base_eval(cfg, s.evaluator, s.model, cfg.output_dir, s.resume_from)
         if s.startup is not None:
-            s.startup.mark("base_rouge")
+            s.startup.mark("base_eval")
         train_out = train(s)
         metrics = score_and_save(s, base, train_out)
     report = (
@@ -409,8 +417,8 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
         train_runtime_s=train_out.metrics.get("train_runtime"),
         best_checkpoint=trainer.state.best_model_checkpoint,
         best_metric=trainer.state.best_metric,
-        rouge_callback_s=round(evaluator.total_seconds, 2) if evaluator else None,
-        rouge_callback_share=_share(evaluator, train_out),
+        summary_eval_s=round(evaluator.total_seconds, 2) if evaluator else None,
+        summary_eval_share=_share(evaluator, train_out),
         resumed_from=str(s.resume_from) if s.resume_from else None,
         world_size=trainer.args.world_size,
         startup=s.startup.report() if s.startup is not None else None,
@@ -457,7 +465,7 @@ def _share(evaluator, train_out) -> Optional[float]:
     return round(max(0.0, inside) / runtime, 4)
 
 
-def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional[dict]:
+def base_eval(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional[dict]:
     path = output_dir / BASE_METRICS_FILE
     if resume_from is not None and path.exists():
         return json.loads(path.read_text())
@@ -466,20 +474,20 @@ def base_rouge(cfg, evaluator, model, output_dir: Path, resume_from) -> Optional
     log.info(
         "scoring the untrained model on %d validation examples (ROUGE on generated summaries)", len(evaluator.documents)
     )
-    base = rouge_block(evaluator.run(model, step=0, tag="base"))
+    base = eval_block(evaluator.run(model, step=0, tag="base"))
     if distributed.is_main():
         write_json(path, base)
-    log.info("base model: %s", format_rouge(base))
+    log.info("base model: %s", format_scores(base))
     return base
 
 
 def final_rouge(cfg, evaluator, trainer) -> Optional[dict]:
     if evaluator is None:
         return None
-    last = next((h for h in reversed(trainer.state.log_history) if eval_name("rougeL") in h), None)
+    last = next((h for h in reversed(trainer.state.log_history) if eval_name(PRIMARY) in h), None)
     if last is not None and last.get("step") == trainer.state.global_step and not cfg.train.load_best_model_at_end:
-        return rouge_block({plain_name(k): v for k, v in last.items()})
-    return rouge_block(evaluator.run(trainer.model, step=trainer.state.global_step, tag="final"))
+        return eval_block({plain_name(k): v for k, v in last.items()})
+    return eval_block(evaluator.run(trainer.model, step=trainer.state.global_step, tag="final"))
 
 
 def save_final(cfg: Config, model, tokenizer, model_dir: Path, metrics: RunMetrics, model_info: dict, t_start: float):

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from ..errors import TrainingStopped
-from ..metric_names import eval_name
+from ..metrics import eval_name
 
 log = logging.getLogger("llm_summarizer.stopping")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..contracts import RunMetrics
 from ..evaluation import diagnostics
 from ..layout import PLOTS_DIR
-from ..metric_names import format_rouge
+from ..metrics import format_scores
 from .run import RunResult
 
 
@@ -17,8 +17,8 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
         "",
         f"== llm_summarizer: training finished{where}",
         f"   steps:           {m.train.global_step} (train loss {m.train.train_loss:.4f})",
-        f"   ROUGE base:      {format_rouge(m.base)}",
-        f"   ROUGE final:     {format_rouge(m.final)}",
+        f"   ROUGE base:      {format_scores(m.base)}",
+        f"   ROUGE final:     {format_scores(m.final)}",
         f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
         f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)",
     ]
@@ -90,7 +90,7 @@ STARTUP_NAMES = {
     "data_read_s": "reading data",
     "model_load_s": "model load",
     "tokenize_and_trainer_s": "tokenizing + trainer",
-    "base_rouge_s": "base ROUGE",
+    "base_eval_s": "base evaluation",
     "first_step_s": "first step",
 }
 

@@ -27,11 +27,11 @@ from .. import distributed, progress
 from ..config import Config
 from ..data.tokenize import token_lengths
 from ..errors import UserError
-from ..metric_names import eval_name, is_rouge
+from ..metrics import eval_name, is_summary_metric
 from ..models.device import TrainingPlan, names_only_plan, training_plan
 from .checkpoints import fix_state_paths, publish_checkpoint, staging_root
-from .rouge import pick_subset
 from .stopping import NonFiniteGuard
+from .summary_eval import pick_subset
 
 log = logging.getLogger("llm_summarizer.trainer")
 
@@ -47,8 +47,11 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
     metric = cfg.train.metric_for_best_model
     names = ([metric] if cfg.train.load_best_model_at_end else []) + [e.metric for e in cfg.train.early_stopping]
     for name in names:
-        if is_rouge(name) and not cfg.eval.rouge:
-            raise UserError(f"{name} is a ROUGE metric but eval.rouge=false; enable eval.rouge or use eval_loss")
+        if is_summary_metric(name) and not cfg.eval.generate:
+            raise UserError(
+                f"{name} is a metric of generated summaries but eval.generate=false; enable eval.generate or use "
+                "eval_loss"
+            )
     if (cfg.train.load_best_model_at_end or cfg.train.early_stopping) and not has_validation:
         raise UserError(
             "train.load_best_model_at_end / train.early_stopping need a validation split "
@@ -347,9 +350,9 @@ class SummarizationTrainer(SFTTrainer):
 
 
 def eval_loss_rows(cfg: Config, validation):
-    """The validation rows eval_loss is computed on: ROUGE's seeded subset (eval.loss_rows=rouge_subset, the
+    """The validation rows eval_loss is computed on: ROUGE's seeded subset (eval.loss_rows=summary_subset, the
     default), so an evaluation does not run the loss over a split the user asked to score only in part."""
-    if not cfg.eval.rouge or cfg.eval.loss_rows == "all" or cfg.eval.num_samples >= len(validation):
+    if not cfg.eval.generate or cfg.eval.loss_rows == "all" or cfg.eval.num_samples >= len(validation):
         return validation
     return validation.select(pick_subset(len(validation), cfg.eval.num_samples, cfg.eval.sample_seed))
 

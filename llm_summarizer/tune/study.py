@@ -31,11 +31,22 @@ from typing import Callable, Optional
 
 import optuna
 
-from ..config import Config, load_config
+from ..config import Config
+from ..config_loading import load_config
 from ..contracts import RunMetrics
 from ..errors import EXIT_TRAINING_STOPPED, EXIT_USER_ERROR, UserError
 from ..files import write_json, write_text
-from ..layout import BEST_CONFIG, CONFIG_FILE, METRICS_FILE, STUDY_DB, SUMMARY_JSON, TRIALS_CSV
+from ..layout import (
+    BEST_CONFIG,
+    CONFIG_FILE,
+    FINE_TUNED_DIR,
+    METRICS_FILE,
+    OUTPUTS_DIR,
+    STUDY_DB,
+    SUMMARY_JSON,
+    TRIALS_CSV,
+    TUNE_SUFFIX,
+)
 from ..paths import Place, check_places, claim
 from ..training.guards import RunLock
 from ..training.run import run_sources
@@ -45,7 +56,7 @@ log = logging.getLogger("llm_summarizer.tune")
 
 
 def tune_dir(cfg: Config) -> Path:
-    return Path(cfg.tune.dir or os.path.join("outputs", f"{cfg.output.run_name}-tune"))
+    return Path(cfg.tune.dir or os.path.join(OUTPUTS_DIR, cfg.output.run_name + TUNE_SUFFIX))
 
 
 def storage_url(cfg: Config, folder: Path) -> str:
@@ -202,8 +213,8 @@ def run_study(
             trial_overrides = [
                 *overrides,
                 *(f"{k}={format_value(v)}" for k, v in params.items()),
-                f"output.dir={run_dir / 'outputs'}",
-                f"output.model_dir={run_dir / 'fine_tuned'}",
+                f"output.dir={run_dir / OUTPUTS_DIR}",
+                f"output.model_dir={run_dir / FINE_TUNED_DIR}",
                 f"output.run_name={name}-trial-{trial.number:03d}",
                 f"tracking.group={name}",
                 f"tracking.run_name={name}-trial-{trial.number:03d}",
@@ -238,7 +249,7 @@ def run_study(
             seconds = round(time.time() - t0, 1)
             trial_record(trial, rc, seconds)
             if rc == 0:
-                m = RunMetrics.read(run_dir / "fine_tuned" / METRICS_FILE)
+                m = RunMetrics.read(run_dir / FINE_TUNED_DIR / METRICS_FILE)
                 value = m.final_score(metric)
                 pruned = (m.tune or {}).get("pruned_at_step")
                 if pruned is not None:
@@ -247,7 +258,7 @@ def run_study(
                 elif value is None:
                     trial.set_user_attr("final", True)
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    say(f"[tune] trial {trial.number}: no {metric} in its metrics.json (eval.rouge off?)")
+                    say(f"[tune] trial {trial.number}: no {metric} in its metrics.json (eval.generate off?)")
                 else:
                     study.tell(trial, float(value))
                     say(f"[tune] trial {trial.number}: {metric}={value:.4f} ({seconds:.0f} s)")
@@ -310,14 +321,14 @@ def write_summary(study: optuna.Study, cfg: Config, folder: Path, metric: str, c
     if complete:
         best = study.best_trial
         run_dir = Path(best.user_attrs["run_dir"])
-        shutil.copyfile(run_dir / "fine_tuned" / CONFIG_FILE, folder / BEST_CONFIG)
+        shutil.copyfile(run_dir / FINE_TUNED_DIR / CONFIG_FILE, folder / BEST_CONFIG)
         summary["best"] = {
             "trial": best.number,
             metric: best.value,
             "params": best.params,
-            "model_dir": str(run_dir / "fine_tuned"),
+            "model_dir": str(run_dir / FINE_TUNED_DIR),
             "config": str(folder / BEST_CONFIG),
-            "evaluate": f"llm-summarizer evaluate --model {shlex.quote(str(run_dir / 'fine_tuned'))} --compare-base",
+            "evaluate": f"llm-summarizer evaluate --model {shlex.quote(str(run_dir / FINE_TUNED_DIR))} --compare-base",
         }
     write_json(folder / SUMMARY_JSON, summary)
     write_text(folder / "summary.txt", "\n".join(summary_lines(summary, keys)) + "\n")

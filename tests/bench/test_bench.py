@@ -167,7 +167,7 @@ def test_bench_rejects_bad_arguments(argv, message, capsys, tmp_path):
 
 PADDING_FREE_CHECK = textwrap.dedent("""
     import json, sys, torch
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.data.rows import load_raw_splits
     from llm_summarizer.models.loading import load_for_training
     from llm_summarizer.training.run import build_session
@@ -343,7 +343,7 @@ def test_floors_startup_part_splits_the_seconds_to_the_first_step(floors):
         "data_read_s",
         "model_load_s",
         "tokenize_and_trainer_s",
-        "base_rouge_s",
+        "base_eval_s",
         "first_step_s",
     }
     assert all(v >= 0 for v in parts.values())

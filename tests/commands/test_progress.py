@@ -53,7 +53,7 @@ def test_training_and_evaluate_show_bars_in_a_terminal_and_none_in_a_pipe(tmp_pa
         **{"train.max_steps": 4, "train.eval_steps": 4, "train.save_steps": 4, "eval.num_samples": 6},
     )
     out = run_in_terminal("train", "--config", "tiny", *args)
-    assert "ROUGE: 6 validation summaries (base)" in out and "6/6" in out  # the ROUGE pass before training
+    assert "evaluation: 6 validation summaries (base)" in out and "6/6" in out  # the ROUGE pass before training
     assert "4/4 [" in out  # transformers' training bar, with its ETA/rate block
     out = run_in_terminal(
         "evaluate", "--model", tiny_run.model_dir, "--data", TEST, "--limit", "5", "--output", tmp_path / "ev-tty"

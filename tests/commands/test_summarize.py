@@ -164,15 +164,15 @@ def test_a_hub_id_as_model_comes_from_the_hub_cache_or_says_how_to_get_it(tiny_r
 def test_length_sorted_batches_give_the_texts_of_dataset_order_batches(tiny_run):
     """Generation groups prompts by length (less padding) and returns the summaries in the documents' order:
     the same texts as batching in the given order, for documents of very different lengths."""
-    from llm_summarizer.models.generation import generate
+    from llm_summarizer.models.generation import GenerationRequest, generate
     from llm_summarizer.models.loading import load_for_generation
 
     loaded = load_for_generation(tiny_run.model_dir)
     rows = read_jsonl(TEST)[:12]
     docs = [r["document"] if i % 3 else r["document"][:80] for i, r in enumerate(rows)]  # short and long mixed
-    args = (loaded.model, loaded.tokenizer, loaded.formatter, docs, loaded.cfg.eval, 24, loaded.backend)
-    by_length = generate(*args, batch_size=4, sort_by_length=True)
-    in_order = generate(*args, batch_size=4, sort_by_length=False)
-    one_by_one = generate(*args, batch_size=1)
+    args = (loaded.formatter, docs, loaded.cfg.eval, 24, loaded.backend)
+    by_length = generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=4, sort_by_length=True))
+    in_order = generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=4, sort_by_length=False))
+    one_by_one = generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=1))
     assert [g.text for g in by_length] == [g.text for g in in_order] == [g.text for g in one_by_one]
     assert len({g.text for g in by_length}) > 1  # not one text for every document

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.data import rows as R
 from llm_summarizer.data import tokenize as TK
 from llm_summarizer.errors import DataError
@@ -331,3 +331,20 @@ def test_batched_tokenization_with_the_real_tokenizer(smollm2_conversion, name):
     assert f.use_chat and [
         (None if ex is None else ex["input_ids"], st) for ex, st in f.examples(docs, summaries)
     ] == _row_by_row(f, docs, summaries)
+
+
+def test_the_p95_the_data_report_logs_is_the_one_the_generation_budget_uses():
+    """20 lengths: the nearest-rank p95 (the 19th, 118) and the int(n * 0.95) one (the 20th, 119) used to differ
+    between the length report and the budget; every figure now comes from stats.percentile."""
+    from llm_summarizer.data.lengths import _spread
+    from llm_summarizer.models.generation import budget_for, derive_max_new_tokens
+    from llm_summarizer.stats import percentile
+
+    lengths = [100 + i for i in range(20)][::-1]
+    st = TK.SplitStats("train", "test", 20, 20, {}, {}, 0, [10] * 20, lengths)
+    recorded = st.summary()["summary_tokens"]["p95"]  # metrics.json's train.summary_tokens.p95
+    logged = _spread(lengths)["p95"]  # the `data.train lengths: ... summaries p95` line training logs
+    ev = load_config("tiny", ["eval.max_new_tokens=null"]).eval
+    assert recorded == logged == percentile(lengths, 0.95) == 119
+    assert derive_max_new_tokens(lengths, ev) == budget_for(recorded) == budget_for(logged) == 187
+    assert st.summary()["summary_tokens"]["p50"] == _spread(lengths)["p50"] == 110

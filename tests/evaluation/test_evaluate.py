@@ -313,7 +313,7 @@ def test_tiny_run_leaves_report_and_plots(tiny_run):
     assert (
         f"| {100 * refs['coverage']:.1f}% | {100 * base['coverage']:.1f}% | {100 * final['coverage']:.1f}% |" in report
     )
-    assert len(read_jsonl(out / "eval_predictions" / "references.jsonl")) == tiny_run.metrics.final["rouge_examples"]
+    assert len(read_jsonl(out / "eval_predictions" / "references.jsonl")) == tiny_run.metrics.final["summary_examples"]
     for png in ("training_curves.png", "rouge_base_vs_finetuned.png", "summary_lengths.png", "coverage_density.png"):
         assert f"](plots/{png})" in report
         assert_png(out / "plots" / png)

@@ -21,14 +21,15 @@ PLAIN = r"""
 import json, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.data.prompt import Formatter
-from llm_summarizer.models.generation import generate
+from llm_summarizer.models.generation import GenerationRequest, generate
 d, docs, n = sys.argv[1], json.loads(open(sys.argv[2]).read()), int(sys.argv[3])
 model = AutoModelForCausalLM.from_pretrained(d, dtype="auto")
 tok = AutoTokenizer.from_pretrained(d)
 cfg = load_config(d + "/config.yaml")
-gens = generate(model, tok, Formatter(tok, cfg.data, cfg.model.max_seq_length), docs, cfg.eval, n, "transformers")
+fmt = Formatter(tok, cfg.data, cfg.model.max_seq_length)
+gens = generate(model, tok, GenerationRequest(fmt, docs, cfg.eval, n, "transformers"))
 print(json.dumps({"texts": [g.text for g in gens], "dtype": str(model.dtype), "unsloth": "unsloth" in sys.modules}))
 """
 
@@ -152,7 +153,7 @@ def test_cpu_training_precision_ignores_the_cpus_bfloat16_support(monkeypatch, t
     """Unsloth's CPU backend turns fp16 into bf16 on AVX512-BF16 machines; training here is float32 on every CPU."""
     import unsloth_zoo.cpu.trainer as cpu_trainer
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.models.device import training_plan
     from llm_summarizer.training.trainer import sft_config
 
@@ -336,7 +337,7 @@ def test_model_card_front_matter_and_rouge_table(tiny_run):
 
 
 def test_push_without_token_or_network_fails_clearly_and_leaks_no_secret(tmp_path, models_dir, monkeypatch, capfd):
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.errors import UserError
     from llm_summarizer.training.run import run
 

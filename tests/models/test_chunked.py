@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.data import rows as R
 from llm_summarizer.data.prompt import Formatter
 from llm_summarizer.errors import UserError

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.errors import UserError
 from llm_summarizer.models import device as dev
 from llm_summarizer.models.device import KNOWN

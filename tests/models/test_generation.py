@@ -58,15 +58,16 @@ class Counting:
 
 
 def test_continuous_gives_the_texts_of_plain_generate_and_computes_no_finished_row(loaded, monkeypatch):
-    from llm_summarizer.models.generation import generate
+    from llm_summarizer.models.generation import GenerationRequest, generate
 
-    args = (loaded.model, loaded.tokenizer, loaded.formatter, DOCS, loaded.cfg.eval, 24, loaded.backend)
+    args = (loaded.formatter, DOCS, loaded.cfg.eval, 24, loaded.backend)
     floor = plain_generate(loaded, DOCS, 24, 4)
-    static = generate(*args, batch_size=4, batching="static")
+    static = generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=4, batching="static"))
     count = Counting(loaded.model)
     monkeypatch.setattr(loaded.model, "forward", count)
     done = []
-    cont = generate(*args, batch_size=4, batching="continuous", on_done=lambda i, g: done.append(i))
+    request = GenerationRequest(*args, batch_size=4, batching="continuous", on_done=lambda i, g: done.append(i))
+    cont = generate(loaded.model, loaded.tokenizer, request)
     assert [g.text for g in cont] == [g.text for g in static] == floor
     assert [(g.new_tokens, g.hit_max) for g in cont] == [(g.new_tokens, g.hit_max) for g in static]
     assert len({g.text for g in cont}) > 3 and len({g.new_tokens for g in cont}) > 1  # rows end at different steps
@@ -80,12 +81,14 @@ def test_continuous_gives_the_texts_of_plain_generate_and_computes_no_finished_r
 def test_out_of_memory_halves_the_continuous_batch_and_restarts_its_rows(loaded, monkeypatch):
     from llm_summarizer.models import generation
 
-    args = (loaded.model, loaded.tokenizer, loaded.formatter, DOCS, loaded.cfg.eval, 24, loaded.backend)
-    want = [g.text for g in generation.generate(*args, batch_size=8, batching="static")]
+    args = (loaded.formatter, DOCS, loaded.cfg.eval, 24, loaded.backend)
+    request = generation.GenerationRequest(*args, batch_size=8, batching="static")
+    want = [g.text for g in generation.generate(loaded.model, loaded.tokenizer, request)]
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
     monkeypatch.setattr(loaded.model, "forward", Counting(loaded.model, fail_above=2))
     batch = generation.AdaptiveBatch(8)
-    got = generation.generate(*args, batch=batch, batching="continuous")
+    request = generation.GenerationRequest(*args, batch=batch, batching="continuous")
+    got = generation.generate(loaded.model, loaded.tokenizer, request)
     assert [g.text for g in got] == want and batch.size == 2 and batch.reductions == 2
 
 
@@ -94,7 +97,7 @@ def test_sampling_beams_penalties_and_sliding_window_caches_run_static(loaded):
 
     from transformers import Gemma2Config, MistralConfig
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.models.generation import plain_cache, plain_greedy
 
     assert plain_cache(loaded.model)
@@ -156,13 +159,15 @@ def test_decode_buffers_are_freed_after_a_pass_and_before_an_out_of_memory_retry
 
     from llm_summarizer.models import generation
 
-    args = (loaded.model, loaded.tokenizer, loaded.formatter, DOCS[:6], loaded.cfg.eval, 12, loaded.backend)
+    args = (loaded.formatter, DOCS[:6], loaded.cfg.eval, 12, loaded.backend)
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
     lm = loaded.model.get_base_model()  # what model.generate calls at each step, under the adapter's wrapper
     fake = DecodeBuffers(lm, fail_above=2)
     monkeypatch.setattr(lm, "forward", fake)
     batch = generation.AdaptiveBatch(4)
-    gens = generation.generate(*args, batch=batch, batching="static")
+    gens = generation.generate(
+        loaded.model, loaded.tokenizer, generation.GenerationRequest(*args, batch=batch, batching="static")
+    )
     assert batch.reductions == 1 and all(g.text for g in gens)
     # the forward that ran out of memory found the decoder's buffers; the retry's first forward found none
     assert fake.held_at_call[fake.failed_at] > 0 and fake.held_at_call[fake.failed_at + 1] == 0
@@ -174,3 +179,40 @@ def test_decode_buffers_are_freed_after_a_pass_and_before_an_out_of_memory_retry
         assert generation.free_decode_buffers(loaded.model) == 0 and isinstance(attn.attention, torch.nn.Identity)
     finally:
         del attn.attention
+
+
+def test_generate_takes_one_request_and_the_strategy_table_refuses_an_unknown_strategy(loaded):
+    """generate(model, tokenizer, request): the documents and every setting travel in one GenerationRequest; the
+    decoding strategies are one table (STRATEGIES) whose names are eval.batching's, and any other name is refused,
+    naming the known ones, before a prompt is built."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from llm_summarizer.config import EvalSection
+    from llm_summarizer.errors import UserError
+    from llm_summarizer.models import generation
+
+    assert list(inspect.signature(generation.generate).parameters) == ["model", "tokenizer", "request"]
+    request = generation.GenerationRequest(loaded.formatter, DOCS[:3], loaded.cfg.eval, 8, loaded.backend)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.max_new_tokens = 9
+    gens = generation.generate(loaded.model, loaded.tokenizer, request)
+    assert len(gens) == 3 and all(isinstance(g, generation.Generated) for g in gens)
+    # the config's choices and the table's names are the same set: a new strategy is added in both, nowhere else
+    assert set(typing.get_args(EvalSection.model_fields["batching"].annotation)) == set(generation.STRATEGIES)
+    assert generation.strategy("static").run is generation._static
+    with pytest.raises(
+        UserError, match=r"batching='speculative': no such decoding strategy; known: continuous, static"
+    ):
+        generation.GenerationRequest(
+            loaded.formatter, DOCS[:3], loaded.cfg.eval, 8, loaded.backend, batching="speculative"
+        )
+    with pytest.raises(UserError, match="no such decoding strategy"):
+        generation.strategy("beam")
+    # continuous falls back to static where it would not compute what was asked (sampling, beams, its own order)
+    sampling = dataclasses.replace(request, ev=loaded.cfg.eval.model_copy(update={"do_sample": True}))
+    assert generation.chosen("continuous", loaded.model, sampling) is generation.STRATEGIES["static"]
+    in_order = dataclasses.replace(request, sort_by_length=False)
+    assert generation.chosen("continuous", loaded.model, in_order) is generation.STRATEGIES["static"]
+    assert generation.chosen("continuous", loaded.model, request) is generation.STRATEGIES["continuous"]

@@ -64,7 +64,7 @@ class Warnings(logging.Handler):
 @pytest.fixture(scope="module")
 def qlora_unsloth(tmp_path_factory, models_dir):
     """QLoRA on the unsloth backend with the default config's optimizer (adamw_8bit), in this process."""
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.training.run import run
 
     tmp = tmp_path_factory.mktemp("qlora-unsloth")
@@ -138,7 +138,7 @@ import json, sys
 import bitsandbytes as bnb
 import torch
 from transformers import TrainerCallback
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.data.rows import load_raw_splits
 from llm_summarizer.models.generation import summarize_texts
 from llm_summarizer.models.loading import load_for_generation, load_for_training
@@ -244,7 +244,7 @@ def test_4bit_training_where_bitsandbytes_cannot_is_one_message(bnb_without_cpu_
 
 
 def test_8bit_optimizer_where_bitsandbytes_cannot_falls_back_and_says_why(bnb_without_cpu_kernels):
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.models.device import resolve_optim
 
     warnings = Warnings()
@@ -262,7 +262,7 @@ def test_8bit_optimizer_where_bitsandbytes_cannot_falls_back_and_says_why(bnb_wi
 
 
 def test_8bit_loading_on_a_cpu_names_the_alternatives(models_dir):
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.errors import UserError
     from llm_summarizer.models.loading import load_for_training
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.errors import UserError
 from llm_summarizer.scale import ray_engine
 from llm_summarizer.training.guards import RunLock

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 
 from ..conftest import ROOT, read_jsonl, tiny_overrides
 
@@ -213,7 +213,7 @@ def test_wandb_goes_offline_once_with_the_sync_command(tracked):
 
 
 def test_wandb_run_has_config_names_and_system_metrics(tracked):
-    from llm_summarizer.config import config_to_dict
+    from llm_summarizer.config_loading import config_to_dict
     from llm_summarizer.redaction import redact
 
     wrun, cfg = tracked["wandb"], tracked["cfg"]
@@ -446,7 +446,7 @@ def test_killed_and_resumed_run_continues_the_same_wandb_run(tmp_path, models_di
         tmp_path,
         models_dir,
         **{
-            "eval.rouge": "false",
+            "eval.generate": "false",
             "eval.base_eval": "false",
             "train.eval_strategy": "'no'",
             "train.metric_for_best_model": "eval_loss",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 
 from ..conftest import shared_dataset, tiny_overrides
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.errors import TrainingStopped, UserError
 from llm_summarizer.layout import CHECKPOINT_MANIFEST as MANIFEST
 from llm_summarizer.training.checkpoints import checkpoint_problem
@@ -28,7 +28,7 @@ QUICK = {
     "train.max_steps": 6,
     "train.save_steps": 2,
     "train.eval_strategy": "no",
-    "eval.rouge": "false",
+    "eval.generate": "false",
     "train.logging_steps": 1,
     "output.report": "false",
 }

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.errors import DataError
 from llm_summarizer.paths import claim
 from llm_summarizer.training.checkpoints import checkpoint_problem
 
 from ..conftest import ROOT, run_cli, tiny_overrides
 
-QUIET = ["eval.rouge=false", "eval.base_eval=false", "train.eval_strategy=no"]
+QUIET = ["eval.generate=false", "eval.base_eval=false", "train.eval_strategy=no"]
 
 
 def tree_digest(d: Path) -> dict:

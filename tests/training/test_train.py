@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 
 from ..conftest import ROOT, read_jsonl, run_cli, tiny_overrides
 
@@ -104,22 +104,22 @@ def test_run_reports_where_the_seconds_before_the_first_step_went(tiny_run):
 
     m = json.loads((tiny_run.model_dir / "metrics.json").read_text())
     st = m["train"]["startup"]
-    parts = ["imports_s", "data_read_s", "model_load_s", "tokenize_and_trainer_s", "base_rouge_s", "first_step_s"]
+    parts = ["imports_s", "data_read_s", "model_load_s", "tokenize_and_trainer_s", "base_eval_s", "first_step_s"]
     assert list(st) == parts + ["to_first_step_s"]
     assert all(st[k] >= 0 for k in parts)
     assert st["to_first_step_s"] == pytest.approx(sum(st[k] for k in parts), abs=0.05)
-    assert st["base_rouge_s"] > 0 and st["model_load_s"] > 0  # the tiny config scores the base model
+    assert st["base_eval_s"] > 0 and st["model_load_s"] > 0  # the tiny config scores the base model
     assert st["to_first_step_s"] < tiny_run.wall_s + st["imports_s"]
     text = "\n".join(summary_lines(tiny_run))
     assert f"start-up:        {st['to_first_step_s']:.1f} s to the first optimizer step (imports " in text
-    assert f"base ROUGE {st['base_rouge_s']:.1f}" in text
+    assert f"base evaluation {st['base_eval_s']:.1f}" in text
 
 
-def test_eval_loss_runs_on_the_rouge_subset_unless_asked_for_all(tiny_run):
+def test_eval_loss_runs_on_the_summary_subset_unless_asked_for_all(tiny_run):
     import datasets
 
-    from llm_summarizer.config import load_config
-    from llm_summarizer.training.rouge import pick_subset
+    from llm_summarizer.config_loading import load_config
+    from llm_summarizer.training.summary_eval import pick_subset
     from llm_summarizer.training.trainer import eval_loss_rows
 
     val = datasets.Dataset.from_dict({"id": [f"v{i}" for i in range(50)]})
@@ -127,7 +127,7 @@ def test_eval_loss_runs_on_the_rouge_subset_unless_asked_for_all(tiny_run):
     subset = eval_loss_rows(cfg, val)["id"]
     assert subset == [f"v{i}" for i in pick_subset(50, 8, cfg.eval.sample_seed)]  # ROUGE's rows, in order
     assert eval_loss_rows(load_config("tiny", ["eval.num_samples=8", "eval.loss_rows=all"]), val)["id"] == val["id"]
-    assert eval_loss_rows(load_config("tiny", ["eval.num_samples=8", "eval.rouge=false"]), val)["id"] == val["id"]
+    assert eval_loss_rows(load_config("tiny", ["eval.num_samples=8", "eval.generate=false"]), val)["id"] == val["id"]
     proto = json.loads((tiny_run.model_dir / "metrics.json").read_text())["eval_protocol"]
     assert proto["eval_loss_rows"] == "the same subset"
 
@@ -143,7 +143,7 @@ def test_demo_logs_rouge_at_every_evaluation(tiny_run):
             "eval_rougeLsum",
             "eval_gen_len_mean",
             "eval_gen_hit_max_frac",
-            "eval_rouge_seconds",
+            "eval_summaries_seconds",
             "eval_coverage",
             "eval_density",
             "eval_novel_2gram",
@@ -174,7 +174,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path, models_dir, sampli
     # 40 training rows = 5 steps per epoch: the run stops and resumes in the third epoch, where the
     # batch order is no longer the one drawn at start-up
     base = [
-        "eval.rouge=false",
+        "eval.generate=false",
         "eval.base_eval=false",
         "train.eval_strategy=no",
         "train.max_steps=20",
@@ -287,7 +287,7 @@ def test_trainer_class_started_again_after_a_failure_resumes_from_its_checkpoint
         tiny_overrides(
             tmp_path,
             models_dir,
-            **{"train.max_steps": 6, "train.save_steps": 3, "train.eval_steps": 3, "eval.rouge": "false"},
+            **{"train.max_steps": 6, "train.save_steps": 3, "train.eval_steps": 3, "eval.generate": "false"},
         ),
     )
     trainer = tc.trainer()

@@ -87,7 +87,7 @@ def test_three_trials_values_are_their_runs_rouge(study):
 
 
 def test_the_best_trial_config_loads_and_the_summary_names_how_to_evaluate_it(study):
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
 
     folder, r = study
     best = json.loads((folder / "summary.json").read_text())["best"]

@@ -6,8 +6,9 @@
     metric = evaluate.load(str(EVALUATE_MODULE))
     metric.compute(predictions=preds, references=refs, documents=docs)
 
-It returns the project's ROUGE (rouge-score F1 with stemming, in any language: `rouge_tokenizer` as the config's
-eval.rouge_tokenizer, `lsum_split` as eval.rouge_lsum_split; means over examples) and, with `documents`, the
+It returns every metric of llm_summarizer/metrics.py under its key (ROUGE: rouge-score F1 with stemming, in any
+language, `rouge_tokenizer` as the config's eval.rouge_tokenizer, `lsum_split` as eval.rouge_lsum_split, means
+over examples; each other metric as its entry says) and, with `documents`, the
 statistics of each summary against its document (llm_summarizer/evaluation/diagnostics.py: extractive fragment
 coverage, density and compression, novel n-grams, repeated trigrams, unsupported numbers and names, lead copy),
 the length against the reference, and with `hit_max_new_tokens` the share cut by max_new_tokens: the numbers
@@ -50,7 +51,8 @@ Args:
     lsum_split: "regex" (default), "punkt" or "newline" (eval.rouge_lsum_split).
     per_example: also return each example's values under "per_example".
 Returns:
-    rouge1, rouge2, rougeL, rougeLsum (mean F1), the statistics by their llm_summarizer names (mean over the
+    each metric of llm_summarizer/metrics.py (rouge1, rouge2, rougeL, rougeLsum: mean F1; ...), the statistics by
+    their llm_summarizer names (mean over the
     examples with a value; None when none has one), "rouge_tokenizer" (the resolved name) and "notes" (why values
     are missing, counted).
 Examples:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 
 from ..conftest import ROOT, read_jsonl, tiny_overrides
 
@@ -28,7 +28,7 @@ def test_logged_rouge_equals_rouge_score_on_written_predictions(tiny_run):
     evals = [h for h in tiny_run.log_history if "eval_rougeL" in h]
     for h in evals:
         rows = read_jsonl(tiny_run.output_dir / "eval_predictions" / f"step-{h['step']}.jsonl")
-        assert len(rows) == h["eval_rouge_examples"]
+        assert len(rows) == h["eval_summary_examples"]
         per = [independent_rouge(r["reference"], r["prediction"]) for r in rows]
         for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
             assert h[f"eval_{k}"] == pytest.approx(sum(p[k] for p in per) / len(per), abs=1e-9)
@@ -63,7 +63,7 @@ def test_same_losses_with_and_without_rouge_callback(tmp_path, models_dir):
         "eval.base_eval=false",
     ]
     a = run(load_config("tiny", tiny_overrides(tmp_path / "a", models_dir) + common))
-    b = run(load_config("tiny", tiny_overrides(tmp_path / "b", models_dir) + common + ["eval.rouge=false"]))
+    b = run(load_config("tiny", tiny_overrides(tmp_path / "b", models_dir) + common + ["eval.generate=false"]))
     la = [(h["step"], h["loss"]) for h in a.log_history if "loss" in h]
     lb = [(h["step"], h["loss"]) for h in b.log_history if "loss" in h]
     assert len(la) == 12 and [s for s, _ in la] == [s for s, _ in lb]
@@ -139,7 +139,7 @@ def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_summarizer.config import load_config
+    from llm_summarizer.config_loading import load_config
     from llm_summarizer.data.prompt import Formatter
     from llm_summarizer.models import generation
 
@@ -161,13 +161,14 @@ def test_generation_oom_halves_batch_and_retries(tiny_run, monkeypatch):
     monkeypatch.setattr(model, "generate", flaky)
     monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
     batch = generation.AdaptiveBatch(cfg.eval.batch_size)
-    out = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch, batching="static")
+    request = generation.GenerationRequest(fmt, docs, cfg.eval, 30, "transformers", batch=batch, batching="static")
+    out = generation.generate(model, tok, request)
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
     assert len(out) == 8 and all(isinstance(g.text, str) for g in out)
     assert sum(1 for g in out if g.text) >= 6
     # the next evaluation of the run starts at the size that worked: no OOM again
     sizes.clear()
-    again = generation.generate(model, tok, fmt, docs, cfg.eval, 30, "transformers", batch=batch, batching="static")
+    again = generation.generate(model, tok, request)
     assert set(sizes) == {2} and len(sizes) == 4 and batch.size == 2 and batch.reductions == 2
     assert [g.text for g in again] == [g.text for g in out]
 

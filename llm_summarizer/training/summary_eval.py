@@ -1,8 +1,8 @@
-"""ROUGE on generated summaries while training: the evaluator, its callback, the samples, the base comparison.
+"""Generated summaries scored while training: the evaluator, its callback, the samples, the base comparison.
 
-`RougeEvaluator` generates summaries for a fixed, seeded subset of the validation split and scores
-them with rouge-score (never teacher-forced argmax tokens). The trainer calls it from its
-evaluation loop, so `eval_rouge1`, `eval_rouge2`, `eval_rougeL`, `eval_rougeLsum`, generated-length
+`SummaryEvaluator` generates summaries for a fixed, seeded subset of the validation split and scores
+them with every metric of metrics.py (never teacher-forced argmax tokens). The trainer calls it from its
+evaluation loop, so `eval_rouge1` ... `eval_chrF` (one per registered metric), generated-length
 stats, the statistics of each summary against its document (`eval_coverage`, `eval_density`, ...:
 evaluation/diagnostics.py) and the callback's own wall time land in the same metrics dict as `eval_loss`:
 in the log history, `trainer_state.json`, every tracker, and `metric_for_best_model` decisions.
@@ -25,11 +25,12 @@ from ..evaluation import diagnostics
 from ..evaluation.bootstrap import paired_diagnostics, paired_difference
 from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
 from ..layout import PREDICTIONS_DIR, REFERENCES_FILE, SAMPLES_FILE
-from ..metric_names import GENERATION_KEYS, ROUGE_KEYS
-from ..models.generation import AdaptiveBatch, derive_max_new_tokens, generate
+from ..metrics import GENERATION_KEYS, KEYS, PRIMARY
+from ..models.generation import AdaptiveBatch, GenerationRequest, derive_max_new_tokens, generate
+from ..models.generation_record import GenerationRecord
 from ..rundir import checkpoint_step
 
-log = logging.getLogger("llm_summarizer.rouge")
+log = logging.getLogger("llm_summarizer.summary_eval")
 
 
 def pick_subset(n_rows: int, n: int, seed: int) -> list[int]:
@@ -38,7 +39,7 @@ def pick_subset(n_rows: int, n: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_rows), n))
 
 
-class RougeEvaluator:
+class SummaryEvaluator:
     """Generate + score on a fixed subset of a split. Holds no trainer state of its own."""
 
     def __init__(
@@ -78,10 +79,8 @@ class RougeEvaluator:
         t0 = time.perf_counter()
         n = len(self.documents)
         mine = distributed.shard(n)  # several ranks: each generates its share, every rank gets all the texts
-        with progress.bar(len(mine), f"ROUGE: {n} validation summaries ({tag or f'step {step}'})", "summary") as b:
-            local = generate(
-                model,
-                self.tok,
+        with progress.bar(len(mine), f"evaluation: {n} validation summaries ({tag or f'step {step}'})", "summary") as b:
+            request = GenerationRequest(
                 self.formatter,
                 [self.documents[i] for i in mine],
                 self.cfg.eval,
@@ -91,6 +90,7 @@ class RougeEvaluator:
                 batch=self.batch,
                 progress=lambda done, _total: b.update_to(done),
             )
+            local = generate(model, self.tok, request)
         sharded = distributed.distributed() and distributed.initialized()  # the same answer on every rank
         gens = distributed.unshard(distributed.gather(local), n) if sharded else local
         preds = [g.text for g in gens]
@@ -109,9 +109,9 @@ class RougeEvaluator:
         metrics["gen_len_mean"] = float(sum(g.new_tokens for g in gens) / max(1, len(gens)))
         metrics["gen_hit_max_frac"] = float(sum(g.hit_max for g in gens) / max(1, len(gens)))
         metrics.update({k: v for k, v in diagnostics.means(diag).items() if v is not None})
-        metrics["rouge_seconds"] = float(seconds)
+        metrics["summaries_seconds"] = float(seconds)
         metrics["diagnostics_seconds"] = float(diag_seconds)
-        metrics["rouge_examples"] = len(gens)
+        metrics["summary_examples"] = len(gens)
         name = tag or f"step-{step}"
         self.last_pass = name
         samples = [
@@ -164,10 +164,10 @@ class RougeEvaluator:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-class RougeCallback(TrainerCallback):
+class SummaryEvalCallback(TrainerCallback):
     """Asks the trainer to evaluate every `eval.every_steps` and at the end (the ROUGE history is the log history)."""
 
-    def __init__(self, evaluator: RougeEvaluator, every_steps: Optional[int]):
+    def __init__(self, evaluator: SummaryEvaluator, every_steps: Optional[int]):
         self.evaluator = evaluator
         self.every_steps = every_steps
 
@@ -179,15 +179,15 @@ class RougeCallback(TrainerCallback):
         return control
 
 
-ROUGE_BLOCK_KEYS = (*ROUGE_KEYS, *GENERATION_KEYS, *diagnostics.DIAGNOSTIC_KEYS)
+BLOCK_KEYS = (*KEYS, *GENERATION_KEYS, *diagnostics.DIAGNOSTIC_KEYS)
 
 
-def rouge_block(m: dict) -> dict:
+def eval_block(m: dict) -> dict:
     """The scores metrics.json keeps of one evaluation (no timings)."""
-    return {k: m[k] for k in ROUGE_BLOCK_KEYS if k in m}
+    return {k: m[k] for k in BLOCK_KEYS if k in m}
 
 
-def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
+def eval_protocol(cfg: Config, evaluator: Optional[SummaryEvaluator]) -> dict:
     """How the in-training ROUGE was computed, for metrics.json and the model card."""
     if evaluator is None:
         return {}
@@ -197,14 +197,16 @@ def eval_protocol(cfg: Config, evaluator: Optional[RougeEvaluator]) -> dict:
         "split": "validation",
         "examples": len(evaluator.documents),
         "subset_seed": ev.sample_seed,
-        "decoding": {
-            "num_beams": ev.num_beams,
-            "do_sample": ev.do_sample,
-            "max_new_tokens": evaluator.max_new_tokens,
-            **({"temperature": ev.temperature, "top_p": ev.top_p} if ev.do_sample else {}),
-        },
+        "decoding": GenerationRecord.made(
+            ev,
+            cfg.model.backend,
+            evaluator.max_new_tokens,
+            "eval.max_new_tokens" if ev.max_new_tokens else "1.5 x p95 of the training summaries' token lengths + 8",
+            evaluator.formatter,
+            evaluator.tok,
+        ).to_dict(),
         "reference": "the dataset's summary column (one reference per example)",
-        "eval_loss_rows": "the same subset" if ev.loss_rows == "rouge_subset" else "the whole validation split",
+        "eval_loss_rows": "the same subset" if ev.loss_rows == "summary_subset" else "the whole validation split",
         "diagnostics": diagnostics.protocol(evaluator.protocol.tokenizer),
     }
 
@@ -216,7 +218,7 @@ def _read_predictions(path: Path) -> dict:
 
 
 def compare_with_base(
-    cfg: Config, evaluator: Optional[RougeEvaluator], output_dir: Path, final_pass: Optional[str], n_examples: int = 2
+    cfg: Config, evaluator: Optional[SummaryEvaluator], output_dir: Path, final_pass: Optional[str], n_examples: int = 2
 ) -> Optional[dict]:
     """Fine-tuned minus untrained ROUGE on the same validation examples, with paired bootstrap 95% intervals,
     and a few examples side by side (document, reference, base, fine-tuned), from eval_predictions/."""
@@ -242,7 +244,7 @@ def compare_with_base(
     )
     docs = dict(zip(evaluator.ids, evaluator.documents))
     # the examples shown: the largest gains first, so a reader sees what training changed
-    shown = sorted(ids, key=lambda i: final[i]["rougeL"] - base[i]["rougeL"], reverse=True)[:n_examples]
+    shown = sorted(ids, key=lambda i: final[i][PRIMARY] - base[i][PRIMARY], reverse=True)[:n_examples]
     return {
         "examples": len(ids),
         "model_minus_base": diff,
@@ -255,8 +257,8 @@ def compare_with_base(
                 "reference": final[i]["reference"],
                 "base": base[i]["prediction"],
                 "fine_tuned": final[i]["prediction"],
-                "rougeL_base": base[i]["rougeL"],
-                "rougeL_fine_tuned": final[i]["rougeL"],
+                f"{PRIMARY}_base": base[i][PRIMARY],
+                f"{PRIMARY}_fine_tuned": final[i][PRIMARY],
             }
             for i in shown
         ],

@@ -1,19 +1,19 @@
-"""The one home of metric names and of the rules about them (metric_names.py, Config.greater_is_better), and the
-one rule and message of a full disk (errors.py)."""
+"""The one registry of metrics and of the rules about their names (metrics.py, Config.greater_is_better), and
+the one rule and message of a full disk (errors.py)."""
 
 import errno
 
 import pytest
 
-from llm_summarizer.config import load_config
+from llm_summarizer.config_loading import load_config
 from llm_summarizer.errors import disk_full_message, is_disk_full
-from llm_summarizer.metric_names import (
-    ROUGE_KEYS,
-    ROUGE_LABELS,
+from llm_summarizer.metrics import (
+    KEYS,
+    LABELS,
     eval_name,
-    format_rouge,
+    format_scores,
     higher_is_better,
-    is_rouge,
+    is_summary_metric,
     plain_name,
 )
 
@@ -21,8 +21,8 @@ from llm_summarizer.metric_names import (
 def test_either_form_of_a_name_converts_both_ways_and_only_once():
     assert eval_name("rougeL") == eval_name("eval_rougeL") == "eval_rougeL"
     assert plain_name("eval_rougeL") == plain_name("rougeL") == "rougeL"
-    assert is_rouge("eval_rouge2") and is_rouge("rougeLsum") and not is_rouge("eval_loss")
-    assert set(ROUGE_LABELS) == set(ROUGE_KEYS)  # every key has its label for cards, reports and plots
+    assert is_summary_metric("eval_rouge2") and is_summary_metric("rougeLsum") and not is_summary_metric("eval_loss")
+    assert set(LABELS) == set(KEYS)  # every key has its label for cards, reports and plots
 
 
 def test_which_way_is_better_the_name_then_the_config_then_the_entry_itself():
@@ -34,8 +34,8 @@ def test_which_way_is_better_the_name_then_the_config_then_the_entry_itself():
 
 
 def test_scores_print_in_the_keys_order_and_none_is_said():
-    assert format_rouge({"rougeL": 0.25, "rouge1": 0.5, "gen_len_mean": 12.0}) == "rouge1=0.5000 rougeL=0.2500"
-    assert format_rouge(None) == format_rouge({}) == "n/a"
+    assert format_scores({"rougeL": 0.25, "rouge1": 0.5, "gen_len_mean": 12.0}) == "rouge1=0.5000 rougeL=0.2500"
+    assert format_scores(None) == format_scores({}) == "n/a"
 
 
 @pytest.mark.parametrize(
