@@ -27,6 +27,7 @@ evaluation/diagnostics.py (STATS: key, label, direction).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -61,6 +62,43 @@ class Metric:
         return float(self.combine(np.asarray(stats_sum, dtype=float), n))
 
 
+# ---- chrF: sacrebleu's definition (chrF2: character n-grams of order 1..6, whitespace removed, case kept,
+# beta = 2; the corpus score from n-gram counts summed over the examples; sacreBLEU >= 2.0's effective-order rule).
+CHRF_ORDER = 6
+CHRF_BETA = 2.0
+
+
+def _char_ngrams(text: str, n: int) -> Counter:
+    s = "".join(text.split())
+    return Counter(s[i : i + n] for i in range(len(s) - n + 1))
+
+
+def chrf_stats(reference: str, prediction: str) -> tuple[int, ...]:
+    """[prediction n-grams, reference n-grams, matched] for n = 1..6, flattened (18 counts)."""
+    out: list[int] = []
+    for n in range(1, CHRF_ORDER + 1):
+        hyp, ref = _char_ngrams(prediction, n), _char_ngrams(reference, n)
+        out += [sum(hyp.values()), sum(ref.values()), sum(min(c, ref[g]) for g, c in hyp.items() if g in ref)]
+    return tuple(out)
+
+
+def chrf_combine(sums: np.ndarray, n=None) -> np.ndarray:
+    """chrF from summed counts (any leading shape: one row per bootstrap resample), between 0 and 1."""
+    s = np.asarray(sums, dtype=float).reshape(*np.shape(sums)[:-1], CHRF_ORDER, 3)
+    hyp, ref, match = s[..., 0], s[..., 1], s[..., 2]
+    both = (hyp > 0) & (ref > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(both, match / np.where(hyp > 0, hyp, 1), 0.0)
+        rec = np.where(both, match / np.where(ref > 0, ref, 1), 0.0)
+    k = both.sum(axis=-1)
+    p = np.where(k > 0, prec.sum(axis=-1) / np.maximum(k, 1), 0.0)
+    r = np.where(k > 0, rec.sum(axis=-1) / np.maximum(k, 1), 0.0)
+    f2 = CHRF_BETA**2
+    denom = f2 * p + r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, (1 + f2) * p * r / np.where(denom > 0, denom, 1), 0.0)
+
+
 _ROUGE = dict(family="rouge", hub_id="rouge")  # scored together by evaluation/scoring.py
 
 METRICS: tuple[Metric, ...] = (
@@ -80,6 +118,18 @@ METRICS: tuple[Metric, ...] = (
         "summary-level longest common subsequence F1, one sentence per line (rouge-score, stemmed)",
         **_ROUGE,
         color="#17becf",
+    ),
+    Metric(
+        "chrF",
+        "chrF",
+        "character n-gram F-score (sacrebleu's chrF2: orders 1-6, beta 2, whitespace removed, case kept)",
+        stats=chrf_stats,
+        combine=chrf_combine,
+        aggregate="from n-gram counts summed over examples (a corpus score, as sacrebleu computes it)",
+        measure="F2",
+        hub_id="chrf",
+        curve=True,
+        color="#8c564b",
     ),
 )
 
