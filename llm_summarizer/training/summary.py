@@ -17,8 +17,8 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
         "",
         f"== llm_summarizer: training finished{where}",
         f"   steps:           {m.train.global_step} (train loss {m.train.train_loss:.4f})",
-        f"   ROUGE base:      {format_scores(m.base)}",
-        f"   ROUGE final:     {format_scores(m.final)}",
+        f"   scores base:     {format_scores(m.base)}",
+        f"   scores final:    {format_scores(m.final)}",
         f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
         f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)",
     ]
@@ -43,7 +43,7 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
         lines += [
             "",
             f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
-            f"(ROUGE F1 x 100, paired bootstrap 95% interval)",
+            f"(scores x 100, paired bootstrap 95% interval)",
         ]
         for k, d in cmp["model_minus_base"].items():
             lo, hi = d["ci95"]

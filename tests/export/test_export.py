@@ -323,11 +323,11 @@ def test_model_card_front_matter_and_rouge_table(tiny_run):
     meta = yaml.safe_load(text.split("---\n")[1])
     body = text.split("---\n", 2)[2]
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
-    assert {"summarization", "lora"} <= set(meta["tags"]) and meta["metrics"] == ["rouge"]
+    assert {"summarization", "lora"} <= set(meta["tags"]) and meta["metrics"] == ["rouge", "chrf"]
     assert meta["datasets"] == ["train.jsonl", "validation.jsonl"]
     final, base = tiny_run.metrics.final, tiny_run.metrics.base
     reported = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    assert reported == {k: round(100 * final[k], 2) for k in KEYS}
+    assert reported == {k: round(100 * final[k], 2) for k in (*KEYS, "chrF")}  # every registered metric
     for k, label in zip(KEYS, ("ROUGE-1", "ROUGE-2", "ROUGE-L", "ROUGE-Lsum")):
         row = f"| {label} | {100 * base[k]:.2f} | {100 * final[k]:.2f} | {100 * (final[k] - base[k]):+.2f} |"
         assert row in body, row

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llm_summarizer.contracts import METRICS_VERSION
 from llm_summarizer.errors import UserError
 from llm_summarizer.models.directory import check_architecture, describe_model_dir, resolve_base, weight_files
 
@@ -58,7 +59,7 @@ def test_what_this_project_wrote_beside_the_weights_is_found(tmp_path):
     (p / "config.yaml").write_text("model: {}\n")
     d = describe_model_dir(str(p))
     assert d.config_yaml == p / "config.yaml" and d.metrics.final_score("eval_rouge1") == 0.41
-    assert d.metrics.train.global_step == 7 and d.metrics.version == 2  # an unversioned file reads as version 1
+    assert d.metrics.train.global_step == 7 and d.metrics.version == METRICS_VERSION == 3  # an unversioned file reads
     assert d.name == "fine_tuned"
     (tmp_path / "link").symlink_to(p)
     assert describe_model_dir(tmp_path / "link").name == "fine_tuned"  # the real folder's name, for cards and runs
