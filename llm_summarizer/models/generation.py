@@ -56,6 +56,9 @@ def derive_max_new_tokens(summary_token_lengths: list[int], ev: EvalSection) -> 
     return budget_for(percentile(summary_token_lengths, 0.95))
 
 
+BUDGET_RULE = "1.5 x p95 of the training summaries' token lengths + 8"  # budget_for's rule, as records say it
+
+
 def budget_for(p95_summary_tokens: float) -> int:
     """The generation budget for summaries whose 95th percentile length is this many tokens: 1.5 x p95 + 8."""
     return int(math.ceil(p95_summary_tokens * 1.5)) + 8
@@ -577,7 +580,7 @@ def default_max_new_tokens(loaded: Loaded) -> tuple[int, str]:
         return n, "metrics.json eval_protocol (as validated during training)"
     p95 = m.train_summary_p95
     if p95:
-        return budget_for(p95), "1.5 x p95 of the training summaries' token lengths + 8"
+        return budget_for(p95), BUDGET_RULE
     return derive_max_new_tokens([], ev), "default (no lengths recorded; set eval.max_new_tokens)"
 
 

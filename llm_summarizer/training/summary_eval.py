@@ -26,7 +26,7 @@ from ..evaluation.bootstrap import paired_diagnostics, paired_difference
 from ..evaluation.scoring import protocol_for, score_corpus, warn_empty_references
 from ..layout import PREDICTIONS_DIR, REFERENCES_FILE, SAMPLES_FILE
 from ..metrics import GENERATION_KEYS, KEYS, PRIMARY
-from ..models.generation import AdaptiveBatch, GenerationRequest, derive_max_new_tokens, generate
+from ..models.generation import BUDGET_RULE, AdaptiveBatch, GenerationRequest, derive_max_new_tokens, generate
 from ..models.generation_record import GenerationRecord
 from ..rundir import checkpoint_step
 
@@ -201,7 +201,7 @@ def eval_protocol(cfg: Config, evaluator: Optional[SummaryEvaluator]) -> dict:
             ev,
             cfg.model.backend,
             evaluator.max_new_tokens,
-            "eval.max_new_tokens" if ev.max_new_tokens else "1.5 x p95 of the training summaries' token lengths + 8",
+            "eval.max_new_tokens" if ev.max_new_tokens else BUDGET_RULE,
             evaluator.formatter,
             evaluator.tok,
         ).to_dict(),
