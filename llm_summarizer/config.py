@@ -648,6 +648,97 @@ class TuneSection(_Section):
         return eval_name(v)
 
 
+class RewardWeights(_Section):
+    """The weight of each named component of the summary reward (training/rewards.py; 0 switches one off)."""
+
+    similarity: float = Field(1.0, description="ROUGE F1 against the reference (rl.similarity_metric), in [0, 1]")
+    length: float = Field(0.5, description="0 inside rl.length_band, down to -1 the farther outside it")
+    copying: float = Field(
+        0.5, description="0 up to the references' own density x rl.copy_slack, towards -1 for a copy of the document"
+    )
+    unsupported: float = Field(0.5, description="-0.5 per number or name absent from the document, at most -1")
+    repetition: float = Field(0.5, description="minus the share of repeated trigrams, in [-1, 0]")
+    cut: float = Field(
+        1.0, description="-1 for a completion cut by rl.max_completion_length (no end of turn); kept, not masked"
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _not_negative(cls, v):
+        if v < 0:
+            raise ValueError("a weight is >= 0: each component already has its sign (0 switches it off)")
+        return v
+
+
+class CustomReward(_Section):
+    """A reward component of your own: a Python function f(prompts, completions, **columns) -> list[float]."""
+
+    function: str = Field(description="'package.module:function' or 'path/to/file.py:function'")
+    weight: float = Field(1.0, ge=0)
+    name: Optional[str] = Field(None, description="its name in the logs; default the function's name")
+
+    @field_validator("function")
+    @classmethod
+    def _spec(cls, v):
+        where, sep, fn = v.rpartition(":")
+        if not sep or not where or not fn.isidentifier():
+            raise ValueError(f"{v!r}: write 'package.module:function' or 'path/to/file.py:function'")
+        return v
+
+
+class RLSection(_Section):
+    """A reinforcement-learning stage (GRPO) on the summary reward, after or instead of SFT (README: "GRPO")."""
+
+    method: Literal["none", "grpo"] = Field(
+        "none", description="grpo: train on the summary reward with TRL's GRPOTrainer instead of SFT's loss"
+    )
+    num_generations: int = Field(4, ge=2, description="completions sampled per prompt (the group GRPO compares)")
+    max_completion_length: Optional[int] = Field(
+        None, ge=1, description="token budget of a completion; None = the eval budget rule (references' lengths)"
+    )
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the completions")
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the starting model (0 = no reference model)")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="clipping range of the policy ratio")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantages divided by the group's (or batch's) reward std, or not scaled"
+    )
+    steps_per_generation: Optional[int] = Field(
+        None, ge=1, description="micro-batches per generation round; None = train.gradient_accumulation_steps"
+    )
+    similarity_metric: str = Field(PRIMARY, description="the metric of the similarity component (any ROUGE key)")
+    length_band: tuple[float, float] = Field(
+        (0.6, 1.6), description="[low, high] of summary words / reference words rewarded as the right length"
+    )
+    target_words: Optional[int] = Field(
+        None, ge=1, description="length target in words for rows without a reference (the band applies to it)"
+    )
+    copy_slack: float = Field(
+        1.0, gt=0, description="density allowed before the copy penalty: the training references' mean x this"
+    )
+    weights: RewardWeights = Field(default_factory=RewardWeights)
+    custom: list[CustomReward] = Field(default_factory=list, description="your own components, loaded like plug-ins")
+
+    @field_validator("similarity_metric")
+    @classmethod
+    def _rouge_key(cls, v):
+        from .metrics import family
+
+        keys = family("rouge")
+        if plain_name(v) not in keys:
+            raise ValueError(f"{v!r}: the similarity component is a ROUGE key, one of {', '.join(keys)}")
+        return plain_name(v)
+
+    @field_validator("length_band")
+    @classmethod
+    def _band(cls, v):
+        lo, hi = v
+        if not 0 < lo < hi:
+            raise ValueError(f"{list(v)}: give [low, high] with 0 < low < high (ratios to the reference's length)")
+        return v
+
+
 class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
@@ -658,6 +749,7 @@ class Config(_Section):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     scale: ScaleSection = Field(default_factory=ScaleSection)
     tune: TuneSection = Field(default_factory=TuneSection)
+    rl: RLSection = Field(default_factory=RLSection)
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -675,7 +767,37 @@ class Config(_Section):
             raise ValueError(
                 "lora.loftq quantizes the base itself: set model.load_in_4bit=false and model.load_in_8bit=false"
             )
+        if self.rl.method == "grpo":
+            self._check_grpo()
         return self
+
+    def _check_grpo(self) -> None:
+        t, rl = self.train, self.rl
+        per_round = rl.steps_per_generation or t.gradient_accumulation_steps
+        batch = t.per_device_train_batch_size * per_round
+        if batch % rl.num_generations:
+            raise ValueError(
+                f"rl.num_generations={rl.num_generations} must divide the completions of one generation round, "
+                f"train.per_device_train_batch_size x (rl.steps_per_generation or train.gradient_accumulation_steps) "
+                f"= {t.per_device_train_batch_size} x {per_round} = {batch}: e.g. set "
+                f"train.per_device_train_batch_size={rl.num_generations}"
+            )
+        if per_round % t.gradient_accumulation_steps:
+            raise ValueError(
+                f"rl.steps_per_generation={per_round} must be a multiple of train.gradient_accumulation_steps="
+                f"{t.gradient_accumulation_steps} (a generation round ends on an optimizer step)"
+            )
+        rounds = per_round // t.gradient_accumulation_steps
+        if t.save_strategy == "steps" and t.save_steps % rounds:
+            raise ValueError(
+                f"train.save_steps={t.save_steps} must be a multiple of {rounds} optimizer steps per generation round "
+                f"(rl.steps_per_generation / train.gradient_accumulation_steps): a checkpoint inside a round could "
+                "not resume to the same completions"
+            )
+        if t.packing:
+            raise ValueError("train.packing is for SFT; rl.method=grpo generates its own completions: set it false")
+        if not any(v > 0 for v in rl.weights.model_dump().values()) and not any(c.weight > 0 for c in rl.custom):
+            raise ValueError("rl.weights: every component has weight 0; the reward would be constant")
 
     def greater_is_better(self, metric: str, given: Optional[bool] = None) -> bool:
         """Whether a higher `metric` is better: the same answer for best-model selection and early stopping.

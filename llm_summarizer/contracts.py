@@ -114,6 +114,7 @@ METRICS_SHAPE = Obj(
     ),
     tune=Opt(Obj(trial=Opt(Int()), pruned_at_step=Opt(Int()))),
     tracking=Opt(Map(Opt(_TRACKER))),
+    stage=Opt(Obj(method=Opt(Str(20)), started_from=Opt(Str(4000)))),
 )
 RUN_INFO_SHAPE = Obj(
     seed=Opt(Int(0, 2**32)),
@@ -230,6 +231,7 @@ class RunMetrics:
     tune: Optional[dict] = None  # {"trial", "pruned_at_step"} when the run was a tune trial
     tracking: Optional[dict] = None  # tracker run ids and URLs
     final_vs_base: Optional[dict] = None  # paired differences (bootstrap intervals) of final against base
+    stage: Optional[dict] = None  # {"method": "sft"|"grpo", "started_from", ...}: the stage that made the model
     version: int = METRICS_VERSION
     extra: dict = field(default_factory=dict)
 
@@ -258,6 +260,18 @@ class RunMetrics:
         return float(p95) if isinstance(p95, (int, float)) and not isinstance(p95, bool) and p95 > 0 else None
 
     @property
+    def is_grpo(self) -> bool:
+        return (self.stage or {}).get("method") == "grpo"
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """What the two evaluated models are called in summaries, reports and cards: (before, after) training."""
+        if not self.is_grpo:
+            return "base model", "fine-tuned"
+        kind = str((self.stage or {}).get("started_from_kind") or "")
+        return ("SFT model" if kind.startswith("adapter") else "starting model"), "GRPO"
+
+    @property
     def examples(self) -> Optional[int]:
         """How many validation examples the final scores were computed on."""
         n = (self.final or {}).get("summary_examples") or (self.final_vs_base or {}).get("examples")
@@ -273,7 +287,7 @@ class RunMetrics:
             "data": self.data,
             "eval_protocol": self.eval_protocol,
         }
-        for name in ("references", "tune", "tracking", "final_vs_base"):
+        for name in ("references", "tune", "tracking", "final_vs_base", "stage"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         return {**d, **self.extra}

@@ -49,6 +49,7 @@ BASE_METRICS_FILE = "base_metrics.json"
 PREDICTIONS_DIR = "eval_predictions"
 REFERENCES_FILE = "references.jsonl"  # in eval_predictions/: the references' own statistics against their documents
 SAMPLES_FILE = "rouge_samples.jsonl"
+GRPO_COMPLETIONS_FILE = "grpo_completions.jsonl"  # GRPO: sampled completions with their reward parts
 DATA_CACHE_DIR = "data_cache"
 TRACKING_FILE = "tracking.json"
 CHECKPOINT_MANIFEST = "checkpoint_manifest.json"

@@ -405,16 +405,23 @@ def fmt(key: str, value: Optional[float]) -> str:
     return f"{value:.2f}"
 
 
-def warnings(final: Optional[dict], base: Optional[dict], references: Optional[dict]) -> list[str]:
+def warnings(
+    final: Optional[dict],
+    base: Optional[dict],
+    references: Optional[dict],
+    name: str = "fine-tuned",
+    base_name: str = "base model",
+) -> list[str]:
     """What the end of a run says in words: the fine-tuned model copies much more than the references do, or
-    states more unsupported numbers than the base model. `final`, `base`, `references`: means by key."""
+    states more unsupported numbers than the base model. `final`, `base`, `references`: means by key; `name`: what
+    the final model is called (fine-tuned, GRPO), `base_name` the model it started from."""
     final, base, references = final or {}, base or {}, references or {}
     out = []
     fd, rd = final.get("density"), references.get("density")
     if fd is not None and rd is not None and fd >= COPY_FACTOR * max(rd, 1.0):
         fc, rc = final.get("coverage"), references.get("coverage")
         out.append(
-            f"the fine-tuned model copies much more than the references do: its summaries copy fragments "
+            f"the {name} model copies much more than the references do: its summaries copy fragments "
             f"of mean length {fd:.1f} words per word (density; references {rd:.1f})"
             + (
                 f", {100 * fc:.0f}% of their words from the document (references {100 * rc:.0f}%)"
@@ -426,7 +433,7 @@ def warnings(final: Optional[dict], base: Optional[dict], references: Optional[d
     fn, bn = final.get("unsupported_numbers"), base.get("unsupported_numbers")
     if fn is not None and bn is not None and fn > bn:
         out.append(
-            f"the fine-tuned model states more numbers that are not in the document than the base model: "
+            f"the {name} model states more numbers that are not in the document than the {base_name}: "
             f"{fn:.2f} per summary against {bn:.2f}; check them before trusting its figures"
         )
     return out
@@ -501,3 +508,60 @@ def markdown_table(columns: dict[str, Optional[dict]], diff: Optional[dict] = No
             + " |"
         )
     return rows
+
+
+# what counts as "grew" for the reward-gaming check: this many times the starting model's length
+LENGTH_GROWTH = 1.5
+
+
+def _beyond_noise(d: Optional[dict], sign: int) -> bool:
+    """A paired difference whose 95% interval lies wholly above 0 (sign=1) or below it (sign=-1)."""
+    lo, hi = (d or {}).get("ci95") or (None, None)
+    if lo is None or hi is None:
+        return False
+    return lo > 0 if sign > 0 else hi < 0
+
+
+def gaming_warnings(
+    base: Optional[dict],
+    final: Optional[dict],
+    comparison: Optional[dict],
+    similarity: str = "rougeL",
+    names: tuple[str, str] = ("SFT model", "GRPO"),
+) -> list[str]:
+    """After a reward-trained stage, in words: where the summaries moved in a way a summary reward is known to be
+    gamed (longer summaries for ROUGE, copying, repetition, invented numbers or names, cut endings), or where the
+    similarity itself fell; each judged by the paired 95% interval of the change (noise is not a warning).
+    `base`/`final`: score and statistic means of the two models; `comparison`: metrics.json's final_vs_base."""
+    base, final, cmp = base or {}, final or {}, comparison or {}
+    scores, stats = cmp.get("model_minus_base") or {}, cmp.get("diagnostics_model_minus_base") or {}
+    before, after = names
+    out = []
+    sim = scores.get(similarity)
+    lb, lf = base.get("length_ratio"), final.get("length_ratio")
+    if _beyond_noise(sim, 1) and lb and lf and lf >= LENGTH_GROWTH * lb:
+        out.append(
+            f"{similarity} rose ({100 * sim['diff']:+.2f}) while the summaries grew from {lb:.2f} to {lf:.2f} times "
+            f"the reference's length: the length guard was gamed (raise rl.weights.length or narrow rl.length_band)"
+        )
+    if _beyond_noise(sim, -1):
+        lo, hi = sim["ci95"]
+        out.append(
+            f"{similarity} fell beyond noise ({100 * sim['diff']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]): the other "
+            f"components outweighed similarity (raise rl.weights.similarity or lower the others)"
+        )
+    checks = (
+        ("density", "copies longer fragments of the document", "rl.weights.copying or lower rl.copy_slack"),
+        ("repeated_3gram", "repeats itself more", "rl.weights.repetition"),
+        ("unsupported_numbers", "states more numbers absent from the document", "rl.weights.unsupported"),
+        ("unsupported_names", "names more things absent from the document", "rl.weights.unsupported"),
+        ("cut_by_max_new_tokens", "leaves more summaries cut at the budget", "rl.weights.cut"),
+    )
+    for key, what, knob in checks:
+        d = stats.get(key)
+        if _beyond_noise(d, 1):
+            out.append(
+                f"the {after} model {what} than the {before}: {BY_KEY[key].short} {fmt(key, base.get(key))} -> "
+                f"{fmt(key, final.get(key))} ({diff_cell(key, d)}); raise {knob}"
+            )
+    return out

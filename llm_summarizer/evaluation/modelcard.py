@@ -30,8 +30,9 @@ def _diagnostics_lines(metrics: RunMetrics, ev: Optional[dict]) -> list[str]:
     """The statistics of each summary against its document: the validation passes of training, and a test-set
     evaluation with intervals when there is one."""
     out = []
+    before, after = metrics.labels
     table = D.markdown_table(
-        {"references": metrics.references, "base model": metrics.base, "fine-tuned": metrics.final},
+        {"references": metrics.references, before: metrics.base, after: metrics.final},
         (metrics.final_vs_base or {}).get("diagnostics_model_minus_base"),
     )
     if table:
@@ -56,7 +57,10 @@ def _diagnostics_lines(metrics: RunMetrics, ev: Optional[dict]) -> list[str]:
         ]
     if not out:
         return []
-    warn = D.warnings(metrics.final, metrics.base, metrics.references)
+    warn = D.warnings(metrics.final, metrics.base, metrics.references, after, before)
+    if metrics.is_grpo:
+        similarity = ((metrics.stage or {}).get("reward") or {}).get("similarity_metric") or "rougeL"
+        warn += D.gaming_warnings(metrics.base, metrics.final, metrics.final_vs_base, similarity, (before, after))
     return [
         "## Beyond ROUGE: each summary against its document",
         "",
@@ -122,10 +126,13 @@ def _hyper_rows(cfg: Config, metrics: RunMetrics, model_info: dict) -> list[str]
     steps = f"{tr.global_step}" + (
         f" (max_steps {t.max_steps})" if t.max_steps > 0 else f" ({t.num_train_epochs} epochs)"
     )
+    stage = metrics.stage or {}
+    grpo = _grpo_rows(cfg, stage) if metrics.is_grpo else []
     rows = [
+        *([("started from", f"`{stage.get('started_from')}` ({stage.get('started_from_kind')})")] if grpo else []),
         (
             "base model",
-            f"`{m.name}`"
+            f"`{model_info.get('base_model') or m.name}`"
             + (
                 f" (loaded from `{model_info['resolved_path']}`)"
                 if model_info.get("resolved_path") not in (None, m.name)
@@ -158,11 +165,40 @@ def _hyper_rows(cfg: Config, metrics: RunMetrics, model_info: dict) -> list[str]
             "sequence length",
             f"{m.max_seq_length} tokens; documents truncated (`{cfg.data.truncation}`), summaries never",
         ),
-        ("loss", "on the summary tokens (and EOS) only"),
+        *(grpo or [("loss", "on the summary tokens (and EOS) only")]),
         ("seed", f"{t.seed} (data split seed {cfg.data.split_seed})"),
         ("final training loss", f"{tr.train_loss:.4f}" if isinstance(tr.train_loss, (int, float)) else "n/a"),
     ]
     return ["| setting | value |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+
+
+def _grpo_rows(cfg: Config, stage: dict) -> list[tuple[str, str]]:
+    rl, reward = cfg.rl, stage.get("reward") or {}
+    parts = " + ".join(f"{w:g} x {name}" for name, w in (reward.get("components") or {}).items())
+    rows = [
+        ("stage", f"GRPO ({stage.get('trainer')}), loss {rl.loss_type}, KL beta {rl.beta}"),
+        (
+            "completions",
+            f"{rl.num_generations} per prompt, temperature {rl.temperature}, top_p {rl.top_p}, budget "
+            f"{stage.get('max_completion_length')} tokens (cut completions penalized, not masked)",
+        ),
+        ("reward", parts or "n/a"),
+        (
+            "reward guards",
+            f"length band {list(rl.length_band)} x the reference; copying above density "
+            f"{reward.get('allowed_density') or 0:.2f} (training references "
+            f"{reward.get('reference_density') or 0:.2f} x {rl.copy_slack})",
+        ),
+    ]
+    if stage.get("steps_per_minute"):
+        rows.append(
+            (
+                "cost",
+                f"{stage['steps_per_minute']:.2f} steps/min, sampling "
+                f"{100 * (stage.get('generation_share') or 0):.0f}% of the training time",
+            )
+        )
+    return rows
 
 
 def _gguf_use_lines(export_info: dict) -> list[str]:
@@ -266,17 +302,19 @@ def write_model_card(
     metrics = metrics or RunMetrics()
     final = metrics.final or {}
     base_model = (model_info or {}).get("resolved_path") or cfg.model.name
+    hub_base = (model_info or {}).get("base_model") or cfg.model.name
     hub_datasets = [s.name for s in (cfg.data.train, cfg.data.validation, cfg.data.test) if s is not None and s.name]
     local_datasets = [Path(s.path).name for s in (cfg.data.train, cfg.data.validation) if s is not None and s.path]
     tags = ["summarization", "llm_summarizer", "trl", "sft", "lora" if kind == "adapter" else "merged-lora"]
+    tags += ["grpo"] if metrics.is_grpo else []
     tags += [
         t
         for t in (cfg.model.backend if cfg.model.backend == "unsloth" else None, "gguf" if kind == "gguf" else None)
         if t
     ]
     meta: dict = {}
-    if _is_hub_id(cfg.model.name):
-        meta["base_model"] = cfg.model.name
+    if _is_hub_id(hub_base):
+        meta["base_model"] = hub_base
     if kind != "gguf":
         meta["library_name"] = "peft" if kind == "adapter" else "transformers"
     meta.update(
@@ -315,13 +353,15 @@ def write_model_card(
         "gguf": "A GGUF file for llama.cpp / Ollama",
     }.get(kind, "A model")
     proto = metrics.eval_protocol
-    body = [
-        f"# {cfg.output.run_name}",
-        "",
-        f"{what} that summarizes text, fine-tuned from `{cfg.model.name}` with llm_summarizer "
-        f"({cfg.model.backend} backend, TRL SFTTrainer, loss on the summary tokens only).",
-        "",
-    ]
+    before, after = metrics.labels
+    how = (
+        f"trained with GRPO on llm_summarizer's summary reward from `{(metrics.stage or {}).get('started_from')}` "
+        f"(base `{hub_base}`; {cfg.model.backend} backend, TRL GRPOTrainer)"
+        if metrics.is_grpo
+        else f"fine-tuned from `{cfg.model.name}` with llm_summarizer ({cfg.model.backend} backend, TRL SFTTrainer, "
+        "loss on the summary tokens only)"
+    )
+    body = [f"# {cfg.output.run_name}", "", f"{what} that summarizes text, {how}.", ""]
     if export_info:
         v = export_info.get("verification") or {}
         body += [
@@ -337,7 +377,7 @@ def write_model_card(
     body += [
         "## ROUGE on the validation split (F1 x 100, generated summaries)",
         "",
-        *score_table(metrics.final or {}, metrics.base or {}, None, "fine-tuned"),
+        *score_table(metrics.final or {}, metrics.base or {}, None, after, before),
         "",
     ]
     if eval_metrics:

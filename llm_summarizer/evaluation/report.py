@@ -260,7 +260,11 @@ def f1(v) -> Optional[float]:
 
 
 def score_table(
-    model: dict, base: Optional[dict] = None, diff: Optional[dict] = None, model_label: str = "model"
+    model: dict,
+    base: Optional[dict] = None,
+    diff: Optional[dict] = None,
+    model_label: str = "model",
+    base_label: str = "base model",
 ) -> list[str]:
     """The scores of generated summaries as a markdown table, a row per registered metric the blocks hold (x 100,
     with the 95% interval where the block has one); with a base, its column and the change (the paired difference
@@ -275,7 +279,7 @@ def score_table(
             s += f" [{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]"
         return s
 
-    head = f"| metric | base model | {model_label} | change |" if base else f"| metric | {model_label} |"
+    head = f"| metric | {base_label} | {model_label} | change |" if base else f"| metric | {model_label} |"
     rows = [head, "|---|---|---|---|" if base else "|---|---|"]
     for k in KEYS:
         m, b = f1(model.get(k)), f1((base or {}).get(k))

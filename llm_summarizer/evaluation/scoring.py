@@ -267,6 +267,14 @@ def example_stats(reference: str, prediction: str, protocol: Protocol) -> dict[s
     }
 
 
+def rouge_f1(reference: str, prediction: str, key: str, protocol: Protocol) -> float:
+    """One ROUGE F1 of one pair (the same scorer and sentence split as every score; the GRPO reward reads it)."""
+    s = _scorer(protocol.tokenizer).score(
+        split_sentences(reference, protocol.lsum_split), split_sentences(prediction, protocol.lsum_split)
+    )
+    return float(s[key].fmeasure)
+
+
 def score_pair(reference: str, prediction: str, protocol: Optional[Protocol] = None) -> dict[str, float]:
     """Every registered metric of one pair; without a protocol, `auto` is resolved on this reference alone."""
     st = example_stats(reference, prediction, protocol or protocol_for([reference]))

@@ -152,6 +152,9 @@ def load_for_training(cfg: Config, raw_splits=None):
     plan = training_plan(cfg, probe_optim=False)  # before anything loads: a pair that cannot run here is refused
     check_quantized_training(cfg)
     path = resolve_model_path(cfg, raw_splits)
+    start = starting_adapter(cfg, path)
+    if start is not None:
+        path = start.base  # the adapter's base is loaded; the adapter's weights go onto the LoRA added below
     m = cfg.model
     be = get_backend(m.backend)
     # The plan's dtype, always given: Unsloth left to choose (dtype=None) picks by itself and its trainer then refuses
@@ -174,13 +177,15 @@ def load_for_training(cfg: Config, raw_splits=None):
         raise
     unsloth_float32(model, plan)
     model = add_lora(be, model, cfg)
+    if start is not None:
+        continue_adapter(model, start, cfg)
     tok = finish_tokenizer(cfg, tok, be.name)
     if model.config.pad_token_id is None or model.config.pad_token_id != tok.pad_token_id:
         model.config.pad_token_id = tok.pad_token_id
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     info = {
-        "base_model": cfg.model.name,
+        "base_model": start.base if start is not None else cfg.model.name,
         "resolved_path": path,
         "backend": be.name,
         "precision": plan.precision,
@@ -188,6 +193,10 @@ def load_for_training(cfg: Config, raw_splits=None):
         "trainable_params": trainable,
         "total_params": total,
     }
+    if start is not None:
+        info["started_from"], info["started_from_kind"] = str(start.path), "adapter (its LoRA weights continued)"
+    elif is_local_path(cfg.model.name) and Path(os.path.expanduser(cfg.model.name)).is_dir():
+        info["started_from"], info["started_from_kind"] = cfg.model.name, "model directory (a new LoRA)"
     # where the weights came from, and what was repaired
     gguf_record = optional_model_file(Path(path) / GGUF_CONVERSION_FILE, "its record in run_info.json", log)
     if gguf_record is not None:
@@ -201,6 +210,47 @@ def load_for_training(cfg: Config, raw_splits=None):
         total / 1e6,
     )
     return model, tok, info
+
+
+def starting_adapter(cfg: Config, path: str) -> Optional[ModelDir]:
+    """model.name as a fine-tuned adapter directory (e.g. fine_tuned/demo, to continue it with GRPO), else None."""
+    if not is_local_path(cfg.model.name) or not Path(path).is_dir() or not (Path(path) / ADAPTER_CONFIG).is_file():
+        return None
+    info = describe_model_dir(path, what="model.name")
+    ac = json.loads((info.path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    own = {"lora.r": ac.get("r"), "lora.alpha": ac.get("lora_alpha")}
+    mine = {"lora.r": cfg.lora.r, "lora.alpha": cfg.lora.alpha}
+    targets = ac.get("target_modules")
+    if isinstance(targets, list) and isinstance(cfg.lora.target_modules, list):
+        own["lora.target_modules"], mine["lora.target_modules"] = sorted(targets), sorted(cfg.lora.target_modules)
+    wrong = [k for k in own if own[k] is not None and own[k] != mine[k]]
+    if wrong:
+        raise UserError(
+            f"model.name={cfg.model.name} is a LoRA adapter; training continues its weights, so its shape is the "
+            f"run's: set {' '.join(f'{k}={own[k]}' for k in wrong)} (the config has "
+            f"{', '.join(f'{k}={mine[k]}' for k in wrong)})"
+        )
+    log.info("model.name is an adapter: loading its base %s and continuing the adapter's weights", info.base)
+    return info
+
+
+def continue_adapter(model, start: ModelDir, cfg: Config) -> None:
+    """The saved adapter's weights into the LoRA just added (the same shape: starting_adapter checked it)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = start.path / "adapter_model.safetensors"
+    if weights.is_file():
+        state = load_file(str(weights))
+    else:
+        state = torch.load(start.path / "adapter_model.bin", map_location="cpu", weights_only=True)
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    if unexpected:
+        raise UserError(
+            f"model.name={cfg.model.name}: {len(unexpected)} adapter weights fit no layer of its base "
+            f"(e.g. {unexpected[0]}): the adapter was trained on another model"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,10 +84,11 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
     plots = output_dir / PLOTS_DIR
     plots.mkdir(parents=True, exist_ok=True)
     base, final, tr = metrics.base, metrics.final, metrics.train
+    before, after = metrics.labels
     final_rows, base_rows = _final_predictions(output_dir, tr.global_step)
     made = {CURVES_PNG: (plot_training_curves(log_history, plots / CURVES_PNG, base), "training curves")}
     if final:
-        made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, final, base), "ROUGE base vs fine-tuned")
+        made[ROUGE_PNG] = (plot_rouge_bars(plots / ROUGE_PNG, final, base, after), f"ROUGE {before} vs {after}")
     if final_rows:
         made[LENGTHS_PNG] = (
             plot_lengths(
@@ -102,15 +103,21 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
         "references": _diagnostics_of(_reference_rows(output_dir)),
         "base model": _diagnostics_of(base_rows),
         "fine-tuned": _diagnostics_of(final_rows),
-    }
+    }  # the plot's legend keys (the base and the trained model, whatever the stage)
     if any(series.values()):
         made[COVERAGE_PNG] = (plot_coverage_density(plots / COVERAGE_PNG, series), "coverage vs density")
     data = metrics.data
     t, lo = cfg.train, cfg.lora
+    stage = metrics.stage or {}
+    how = (
+        f"`{stage.get('started_from')}` trained further with GRPO on the summary reward ({stage.get('trainer')})"
+        if metrics.is_grpo
+        else f"`{cfg.model.name}` fine-tuned"
+    )
     lines = [
         f"# Training report: {cfg.output.run_name}",
         "",
-        f"`{cfg.model.name}` fine-tuned with LoRA (r={lo.r}, alpha={lo.alpha}) on the {cfg.model.backend} backend: "
+        f"{how} with LoRA (r={lo.r}, alpha={lo.alpha}) on the {cfg.model.backend} backend: "
         f"{tr.global_step} steps, final training loss {num(tr.train_loss)}, "
         f"{num(tr.train_runtime_s, 1)} s of training. Fine-tuned model: `{cfg.model_dir}`.",
         "",
@@ -119,14 +126,15 @@ def _training_report(cfg, output_dir: Path, metrics: RunMetrics, log_history: li
         lines += [
             "## Scores x 100 on generated validation summaries",
             "",
-            *score_table(final, base, None, "fine-tuned" if base else "model"),
+            *score_table(final, base, None, after if base else "model", before),
             "",
         ]
     lines += _plots_md(made)
     lines += diagnostics_section(
-        {"references": metrics.references, "base model": base, "fine-tuned": final},
+        {"references": metrics.references, before: base, after: final},
         (metrics.final_vs_base or {}).get("diagnostics_model_minus_base"),
-        warnings=D.warnings(final, base, metrics.references),
+        warnings=D.warnings(final, base, metrics.references, after, before)
+        + (D.gaming_warnings(base, final, metrics.final_vs_base, names=(before, after)) if metrics.is_grpo else []),
     )
     lines += ["## Data", ""]
     for role, s in data.items():

@@ -265,14 +265,25 @@ def build_session(
     prepared = tokenized(cfg, tokenizer, raw)
     evaluator = rouge_evaluator(cfg, tokenizer, prepared)
     callbacks = [SummaryEvalCallback(evaluator, cfg.eval.every_steps)] if evaluator is not None else []
+    if cfg.rl.method == "grpo" and (cfg.train.early_stopping or cfg.train.load_best_model_at_end) and evaluator is None:
+        raise UserError(
+            "rl.method=grpo stops early / keeps the best model on the summary evaluation: enable eval.generate"
+        )
     callbacks += early_stopping(cfg)
     callbacks += list(extra_callbacks or [])
     callbacks += [reporter] if reporter is not None else []
     advice = training_plan(cfg, probe_optim=False).nonfinite_advice()
     callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips, advice))  # last: final grads
-    trainer = build_trainer(
-        cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"], rouge_evaluator=evaluator
-    )
+    if cfg.rl.method == "grpo":
+        from .grpo import build_grpo_trainer  # GRPO's modules only for a GRPO run
+
+        trainer = build_grpo_trainer(
+            cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"], rouge_evaluator=evaluator
+        )
+    else:
+        trainer = build_trainer(
+            cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"], rouge_evaluator=evaluator
+        )
     trackers = attach_trackers(cfg, trainer, evaluator, resume_from)
     return Session(
         cfg,
@@ -436,7 +447,18 @@ def run_metrics(s: Session, base: Optional[dict], final: Optional[dict], train_o
         tune={"trial": reporter.number, "pruned_at_step": reporter.pruned_at} if reporter is not None else None,
         # W&B run id and URL (online), sync command (offline), ...
         tracking=(s.trackers.info() or None) if s.trackers is not None else None,
+        stage=stage_record(s, train_out),
     )
+
+
+def stage_record(s: Session, train_out) -> dict:
+    """Which training stage made the model (sft or grpo) and from which model; a GRPO run's reward and cost."""
+    if s.cfg.rl.method != "grpo":
+        info = s.model_info
+        return {"method": "sft", **({"started_from": info["started_from"]} if info.get("started_from") else {})}
+    from .grpo import stage_record as grpo_stage
+
+    return grpo_stage(s.cfg, s.trainer, s.model_info, train_out.metrics.get("train_runtime"))
 
 
 def speed_and_memory(trainer, train_out) -> dict:

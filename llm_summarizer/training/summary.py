@@ -13,12 +13,14 @@ from .run import RunResult
 def summary_lines(result: RunResult, where: str = "") -> list[str]:
     """The end-of-run summary the train command prints; `where` names the engine (" on Ray (2 workers)")."""
     m = result.metrics
+    before, after = _names(m)
+    tags = (before, after) if m.is_grpo else ("base", "final")
     lines = [
         "",
         f"== llm_summarizer: training finished{where}",
         f"   steps:           {m.train.global_step} (train loss {m.train.train_loss:.4f})",
-        f"   scores base:     {format_scores(m.base)}",
-        f"   scores final:    {format_scores(m.final)}",
+        f"   scores {_tag(tags[0])} {format_scores(m.base)}",
+        f"   scores {_tag(tags[1])} {format_scores(m.final)}",
         f"   fine-tuned model: {result.model_dir}/  (adapter, tokenizer, config.yaml, metrics.json, README.md)",
         f"   checkpoints+logs: {result.output_dir}/  (checkpoint-*, eval_predictions/, rouge_samples.jsonl)",
     ]
@@ -38,11 +40,18 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
     if t.peak_memory_gib is not None:
         speed = f"{t.train_tokens_per_s:.0f} training tokens/s, " if t.train_tokens_per_s else ""
         lines.append(f"   speed, memory:   {speed}peak {t.peak_memory_gib:.2f} GiB ({t.peak_memory_of})")
+    stage = m.stage or {}
+    if m.is_grpo and stage.get("steps_per_minute"):
+        share = 100 * (stage.get("generation_share") or 0)
+        lines.append(
+            f"   GRPO cost:       {stage['steps_per_minute']:.2f} steps/min "
+            f"({stage.get('num_generations')} completions per prompt), sampling {share:.0f}% of the training time"
+        )
     cmp = m.final_vs_base
     if cmp:
         lines += [
             "",
-            f"== fine-tuned minus base on the same {cmp['examples']} validation examples "
+            f"== {after} minus {before} on the same {cmp['examples']} validation examples "
             f"(scores x 100, paired bootstrap 95% interval)",
         ]
         for k, d in cmp["model_minus_base"].items():
@@ -60,8 +69,8 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
                 f"== example {i} (validation id {ex['id']})",
                 f"   document:   {_one_line(ex['document'], 300)}",
                 f"   reference:  {_one_line(ex['reference'])}",
-                f"   base:       {_one_line(ex['base'])}",
-                f"   fine-tuned: {_one_line(ex['fine_tuned'])}",
+                f"   {_tag(before, 11)} {_one_line(ex['base'])}",
+                f"   {_tag(after, 11)} {_one_line(ex['fine_tuned'])}",
             ]
     return lines
 
@@ -69,7 +78,8 @@ def summary_lines(result: RunResult, where: str = "") -> list[str]:
 def diagnostics_lines(m: RunMetrics) -> list[str]:
     """Beside ROUGE: the summaries against their documents (base, fine-tuned, the references), with the paired
     change and, in words, what a reader should check."""
-    blocks = {"references": m.references, "base": m.base, "fine-tuned": m.final}
+    before, after = _names(m)
+    blocks = {"references": m.references, before: m.base, after: m.final}
     if not any(k in (b or {}) for b in blocks.values() for k in diagnostics.DIAGNOSTIC_KEYS):
         return []
     cmp = m.final_vs_base or {}
@@ -78,11 +88,26 @@ def diagnostics_lines(m: RunMetrics) -> list[str]:
         "",
         "== beyond ROUGE: each summary against its document ("
         + (f"{n} validation examples, " if n else "")
-        + "mean per summary; fine-tuned - base with paired bootstrap 95% interval)",
+        + f"mean per summary; {after} - {before} with paired bootstrap 95% interval)",
     ]
-    out += diagnostics.lines(blocks, cmp.get("diagnostics_model_minus_base"), "fine-tuned - base")
-    out += [f"   warning: {w}" for w in diagnostics.warnings(m.final, m.base, m.references)]
+    out += diagnostics.lines(blocks, cmp.get("diagnostics_model_minus_base"), f"{after} - {before}")
+    out += [f"   warning: {w}" for w in diagnostics.warnings(m.final, m.base, m.references, *m.labels[::-1])]
+    if m.is_grpo:
+        similarity = ((m.stage or {}).get("reward") or {}).get("similarity_metric") or "rougeL"
+        gamed = diagnostics.gaming_warnings(m.base, m.final, cmp, similarity, (before, after))
+        out += [f"   warning: {w}" for w in gamed]
+        if cmp and not gamed:
+            out.append("   no reward gaming seen: no guard statistic moved the wrong way beyond noise")
     return out
+
+
+def _names(m: RunMetrics) -> tuple[str, str]:
+    """The two models' short names in this text: base / fine-tuned after SFT, SFT model / GRPO after GRPO."""
+    return m.labels if m.is_grpo else ("base", "fine-tuned")
+
+
+def _tag(label: str, width: int = 9) -> str:
+    return f"{label + ':':<{width}}"
 
 
 STARTUP_NAMES = {

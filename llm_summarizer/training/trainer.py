@@ -240,19 +240,11 @@ class EpochSeededLengthGroupedSampler(Sampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
 
-class SummarizationTrainer(SFTTrainer):
-    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop.
+class RunTrainer:
+    """What every trainer of a run adds to TRL's (SFT's and GRPO's alike): crash-consistent checkpoints, the losses
+    NonFiniteGuard reads, optimizer state kept in CPU memory on CPU ranks. Mixed in before the TRL class."""
 
-    `rouge_evaluator`: the ROUGE pass run at every evaluation (None: loss only). `loss_from_logits`: TRL's fused
-    LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the transformers backend computes the
-    same token-mean cross-entropy from the logits."""
-
-    def __init__(self, *args, rouge_evaluator=None, loss_from_logits: bool = False, **kwargs):
-        self.step_losses: list = []  # the losses since the last optimizer step, for NonFiniteGuard (no sync here)
-        super().__init__(*args, **kwargs)
-        self.rouge_evaluator = rouge_evaluator
-        self.loss_from_logits = loss_from_logits
-        self._watch_guards()
+    step_losses: list  # the losses since the last optimizer step, for NonFiniteGuard (no sync here)
 
     def _watch_guards(self) -> None:
         for cb in self.callback_handler.callbacks:
@@ -304,6 +296,21 @@ class SummarizationTrainer(SFTTrainer):
         if opt.is_file() and sched.is_file():
             self.optimizer.load_state_dict(torch.load(opt, map_location="cpu", weights_only=True))
             self.lr_scheduler.load_state_dict(torch.load(sched, weights_only=True))
+
+
+class SummarizationTrainer(RunTrainer, SFTTrainer):
+    """SFTTrainer (Unsloth's patched one on the unsloth backend) + ROUGE in the eval loop.
+
+    `rouge_evaluator`: the ROUGE pass run at every evaluation (None: loss only). `loss_from_logits`: TRL's fused
+    LM-head loss is a Triton kernel that cannot run without a GPU; on the CPU the transformers backend computes the
+    same token-mean cross-entropy from the logits."""
+
+    def __init__(self, *args, rouge_evaluator=None, loss_from_logits: bool = False, **kwargs):
+        self.step_losses = []
+        super().__init__(*args, **kwargs)
+        self.rouge_evaluator = rouge_evaluator
+        self.loss_from_logits = loss_from_logits
+        self._watch_guards()
 
     def _get_train_sampler(self, train_dataset=None):
         # group_by_length: transformers' grouping with an order seeded per epoch (EpochSeededLengthGroupedSampler),
