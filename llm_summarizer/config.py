@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .layout import FINE_TUNED_DIR, MODEL_CACHE_DIR, OUTPUTS_DIR
-from .metrics import KEYS, PRIMARY, eval_name, higher_is_better, is_summary_metric, plain_name
+from .metrics import KEYS, PRIMARY, eval_name, family, higher_is_better, is_summary_metric, plain_name
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md", ".gguf", ".yaml", ".yml")
@@ -723,8 +723,6 @@ class RLSection(_Section):
     @field_validator("similarity_metric")
     @classmethod
     def _rouge_key(cls, v):
-        from .metrics import family
-
         keys = family("rouge")
         if plain_name(v) not in keys:
             raise ValueError(f"{v!r}: the similarity component is a ROUGE key, one of {', '.join(keys)}")

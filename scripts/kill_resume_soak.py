@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/kill_resume_soak.py --kills 30            # the long soak (tens of minutes)
     .venv/bin/python scripts/kill_resume_soak.py --kills 3 --steps 40  # the short version the suite runs
+    .venv/bin/python scripts/kill_resume_soak.py --kills 3 --steps 12 --set rl.method=grpo   # the GRPO stage
 
 Runs the ready config `tiny` (the 2-layer model; shortened by the flags) once uninterrupted, then again in a
 separate output directory, killing the process with SIGKILL N times: at random moments, and every third kill just as
@@ -42,6 +43,7 @@ def overrides(out: Path, args) -> list[str]:
         "eval.num_samples=8",
         "eval.base_eval=true",
         f"data.train.limit={args.train_rows}",
+        *args.set,
     ]
 
 
@@ -151,6 +153,13 @@ def main(argv=None) -> int:
         "--config",
         default="tiny",
         help="a ready config by name, or a YAML file (default tiny: the 2-layer model, nothing downloaded)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more config override for both runs (repeatable), e.g. --set rl.method=grpo",
     )
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--models-dir", default=str(ROOT / MODEL_CACHE_DIR))

@@ -89,7 +89,7 @@ def test_cli_print_config_is_resolved_yaml():
     assert r.returncode == 0, r.stderr
     data = yaml.safe_load(r.stdout)
     assert data["train"]["max_steps"] == 11
-    assert set(data) == {"model", "lora", "data", "train", "eval", "output", "tracking", "scale", "tune"}
+    assert set(data) == {"model", "lora", "data", "train", "eval", "output", "tracking", "scale", "tune", "rl"}
 
 
 def test_missing_config_file_exit_2():

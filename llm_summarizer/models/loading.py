@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from ..config import Config, ModelSection, is_local_path
@@ -236,9 +238,6 @@ def starting_adapter(cfg: Config, path: str) -> Optional[ModelDir]:
 
 def continue_adapter(model, start: ModelDir, cfg: Config) -> None:
     """The saved adapter's weights into the LoRA just added (the same shape: starting_adapter checked it)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     weights = start.path / "adapter_model.safetensors"
     if weights.is_file():
         state = load_file(str(weights))

@@ -17,6 +17,8 @@ from ..metrics import EVAL_PREFIX, KEYS, plain_name
 from ..redaction import redact
 
 # the samples table: ROUGE and the statistics of each summary against its document, per example
+# the GRPO completions table: the reward components (training/rewards.py COMPONENTS) are its last columns
+COMPLETION_COLUMNS = ["step", "id", "completion", "tokens", "cut", "reward"]
 SAMPLE_COLUMNS = ["step", "tag", "id", "document", "reference", "prediction", *KEYS, *DIAGNOSTIC_KEYS]
 STEP_KEY = "train/global_step"
 
@@ -108,6 +110,9 @@ class Tracker:
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         """A few generated summaries of one evaluation (columns SAMPLE_COLUMNS)."""
+
+    def log_completions(self, step: int, rows: list[dict]) -> None:
+        """A few completions a GRPO step sampled, each with its reward parts (columns COMPLETION_COLUMNS)."""
 
     def summary(self, values: dict[str, float]) -> None:
         """Final numbers of the run (base/..., final/... and references/...: ROUGE and the statistics)."""

@@ -113,6 +113,12 @@ class Trackers:
             for t in self.trackers:
                 t.log_samples(step, samples)
 
+    def on_completions(self, step: int, rows: list[dict]) -> None:
+        """Called by the GRPO trainer at its logging steps: a few sampled completions with their reward parts."""
+        if rows and not self.closed:
+            for t in self.trackers:
+                t.log_completions(step, rows)
+
     def callback(self) -> TrackingCallback:
         return TrackingCallback(self)
 

@@ -21,11 +21,12 @@ from ..contracts import RunMetrics
 from ..evaluation.diagnostics import DIAGNOSTIC_KEYS
 from ..metrics import KEYS
 from ..redaction import redact
-from .base import SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config, run_labels
+from .base import COMPLETION_COLUMNS, SAMPLE_COLUMNS, STEP_KEY, Tracker, evaluation_values, run_config, run_labels
 
 log = logging.getLogger("llm_summarizer.tracking")
 
 SAMPLES_KEY = "eval/rouge_samples"
+COMPLETIONS_KEY = "train/grpo_completions"
 WANDB_DIR = "wandb"
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 
@@ -100,12 +101,12 @@ def start_run(mode: str, why: str, kwargs: dict, failed_online: str):
         return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs), "offline", why
 
 
-def _new_table():
+def _new_table(columns=SAMPLE_COLUMNS):
     try:
         # one table on the dashboard that grows at each evaluation (only the new rows are sent)
-        return wandb.Table(columns=SAMPLE_COLUMNS, log_mode="INCREMENTAL")
+        return wandb.Table(columns=columns, log_mode="INCREMENTAL")
     except (TypeError, AssertionError):  # a wandb without incremental tables: re-log the one table
-        return wandb.Table(columns=SAMPLE_COLUMNS, log_mode="MUTABLE")
+        return wandb.Table(columns=columns, log_mode="MUTABLE")
 
 
 class WandbTracker(Tracker):
@@ -158,6 +159,22 @@ class WandbTracker(Tracker):
         for s in samples:
             self.table.add_data(*[s.get(c) for c in SAMPLE_COLUMNS])
         self.run.log({SAMPLES_KEY: self.table, STEP_KEY: step})
+
+    def log_completions(self, step, rows):
+        if not rows:
+            return
+        parts = list(rows[0].get("rewards") or {})
+        if getattr(self, "completions", None) is None:
+            columns = [*COMPLETION_COLUMNS, *(f"reward_{p}" for p in parts)]  # "cut" is a column and a part
+            self.completions, self.completion_parts = _new_table(columns), parts
+        for r in rows:
+            rewards = r.get("rewards") or {}
+            total = r.get("reward")
+            self.completions.add_data(
+                *[total if c == "reward" else r.get(c) for c in COMPLETION_COLUMNS],
+                *[rewards.get(p) for p in self.completion_parts],
+            )
+        self.run.log({COMPLETIONS_KEY: self.completions, STEP_KEY: step})
 
     def summary(self, values):
         self.run.summary.update(values)

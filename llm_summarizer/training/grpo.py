@@ -37,11 +37,11 @@ from ..errors import UserError
 from ..evaluation import diagnostics
 from ..evaluation.scoring import protocol_for
 from ..layout import GRPO_COMPLETIONS_FILE
-from ..models.device import training_plan
+from ..models.device import names_only_plan, training_plan
 from ..models.generation import derive_max_new_tokens
 from ..stats import percentile
 from .rewards import SummaryReward
-from .trainer import RunTrainer, check_metric, eval_loss_rows, sft_kwargs
+from .trainer import RELIED_ON, RunTrainer, check_extra_args, check_metric, ddp_kwargs, eval_loss_rows, sft_kwargs
 
 log = logging.getLogger("llm_summarizer.grpo")
 
@@ -91,11 +91,10 @@ def grpo_rows(split, formatter, max_completion_length: int) -> tuple[datasets.Da
     return datasets.Dataset.from_dict(rows), ids_by_text
 
 
-def grpo_config(
-    cfg: Config, output_dir: Path, has_validation: bool, report_to: list[str], max_completion_length: int, weights
-) -> GRPOConfig:
-    """GRPOConfig from the config: the training settings SFT reads (sft_kwargs, the device plan) and rl.*."""
-    plan = training_plan(cfg)
+def grpo_kwargs(
+    cfg: Config, plan, output_dir: Path, has_validation: bool, report_to: list[str], max_completion_length: int, weights
+) -> dict:
+    """GRPOConfig's arguments: the training settings SFT reads (sft_kwargs, the device plan) and rl.*."""
     fields = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
     base = {k: v for k, v in sft_kwargs(cfg, plan, output_dir, has_validation, report_to).items() if k not in SFT_ONLY}
     rl = cfg.rl
@@ -116,20 +115,42 @@ def grpo_config(
         log_completions=False,  # TRL's table goes to W&B/parquet only; ours is grpo_completions.jsonl
         use_vllm=False,
     )
-    unknown = set(kwargs) - fields
-    kwargs = {k: v for k, v in kwargs.items() if k in fields}
-    if unknown:
-        log.debug("GRPOConfig lacks %s; left out", sorted(unknown))
-    extra = dict(cfg.train.extra_args)
-    for key in extra:
-        if key not in fields:
-            raise UserError(f"train.extra_args.{key}: not a field of TRL's GRPOConfig (rl.method=grpo)")
-        if key in kwargs:
-            raise UserError(
-                f"train.extra_args.{key}: llm_summarizer sets this GRPOConfig field itself (from train.*, eval.* "
-                "or rl.*); set it there"
-            )
-    return GRPOConfig(**kwargs, **extra)
+    return {k: v for k, v in kwargs.items() if k in fields}
+
+
+def managed_grpo_args(cfg: Config) -> frozenset:
+    """The GRPOConfig fields train.extra_args may not set (as trainer.managed_args for SFTConfig)."""
+    keys = set(grpo_kwargs(cfg, names_only_plan(cfg), Path("."), True, [], 1, [1.0]))
+    return frozenset(keys | set(ddp_kwargs(cfg, ranks=True)) | RELIED_ON)
+
+
+def check_grpo_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
+    """train.extra_args of a GRPO run, checked against GRPOConfig's fields (as SFT's against SFTConfig's)."""
+    return check_extra_args(cfg, managed_grpo_args(cfg) if managed is None else managed, GRPOConfig)
+
+
+def grpo_config(
+    cfg: Config, output_dir: Path, has_validation: bool, report_to: list[str], max_completion_length: int, weights
+) -> GRPOConfig:
+    """GRPOConfig from the config; train.extra_args may set GRPOConfig's other fields (e.g. generation_batch_size,
+    use_transformers_paged)."""
+    kwargs = grpo_kwargs(cfg, training_plan(cfg), output_dir, has_validation, report_to, max_completion_length, weights)
+    extra = check_grpo_extra_args(cfg, managed_grpo_args(cfg) | set(kwargs))
+    try:
+        args = GRPOConfig(**kwargs, **extra)
+    except (TypeError, ValueError) as e:
+        if not extra:
+            raise
+        raise UserError(f"train.extra_args {extra}: TRL's GRPOConfig refused them: {e}") from None
+    # the round check of Config._check_grpo, for a round set through extra_args (generation_batch_size)
+    per_round, accum = args.steps_per_generation, cfg.train.gradient_accumulation_steps
+    if per_round % accum or (cfg.train.save_strategy == "steps" and cfg.train.save_steps % (per_round // accum)):
+        raise UserError(
+            f"train.extra_args {extra}: a generation round of {per_round} micro-batches must be a whole number of "
+            f"optimizer steps (train.gradient_accumulation_steps={accum}) dividing train.save_steps="
+            f"{cfg.train.save_steps}, so that every checkpoint resumes to the same completions"
+        )
+    return args
 
 
 def trainer_kind() -> str:
@@ -160,6 +181,7 @@ class SummaryGRPOTrainer(RunTrainer, GRPOTrainer):
         self.logps_from_logits = logps_from_logits
         self.completions_file = completions_file
         self.reward = reward
+        self.completion_listeners: list = []  # fn(step, rows): the trackers' completions table
         self.generation_seconds = 0.0  # this process's sampling of completions (its share of the training time)
         # our end-of-turn ids end a completion too (TRL knows the model's eos ids), in generation and in its masks
         self.eos_token_ids = list(dict.fromkeys([*self.eos_token_ids, *stop_ids]))
@@ -240,18 +262,25 @@ class SummaryGRPOTrainer(RunTrainer, GRPOTrainer):
             return
         if step != 1 and step % self.args.logging_steps:
             return
-        names = list(self.reward_func_names)
-        with open(self.completions_file, "a", encoding="utf-8") as f:
-            for i in range(min(COMPLETION_SAMPLES, len(completions))):
-                row = {
+        names, weights = list(self.reward_func_names), self.reward_weights.tolist()
+        rows = []
+        for i in range(min(COMPLETION_SAMPLES, len(completions))):
+            parts = {n: float(rewards[i, j]) for j, n in enumerate(names)}
+            rows.append(
+                {
                     "step": step,
                     "id": inputs[i].get("id"),
                     "completion": completions[i],
                     "tokens": len(completion_ids_list[i]),
                     "cut": self.is_cut(completion_ids_list[i]),
-                    "rewards": {n: float(rewards[i, j]) for j, n in enumerate(names)},
+                    "reward": sum(w * parts[n] for n, w in zip(names, weights)),
+                    "rewards": parts,
                 }
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            )
+        with open(self.completions_file, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        for fn in self.completion_listeners:
+            fn(step, rows)
 
     def log(self, logs: dict, start_time=None) -> None:
         # each component's share of the reward: |weight x mean| over the sum of them (what drives the advantage)
@@ -317,6 +346,12 @@ def build_grpo_trainer(
         density or float("nan"),
         cfg.rl.copy_slack,
     )
+    if cfg.rl.beta > 0 and (Path(str(cfg.model.name)).expanduser() / "adapter_config.json").is_file():
+        log.warning(
+            "rl.beta=%g: TRL measures the KL against the model with the LoRA adapter switched off, which is the base "
+            "model, not the SFT adapter this run continues; rl.beta=0 (the default) has no reference model",
+            cfg.rl.beta,
+        )
     trainer = SummaryGRPOTrainer(
         model=model,
         reward_funcs=funcs,

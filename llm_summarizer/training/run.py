@@ -41,6 +41,8 @@ from ..models.loading import load_for_training
 from ..paths import Place, check_places, claim
 from ..tracking.trackers import Trackers, check_installed, start_trackers
 from .checkpoints import check_adapter_shape, check_world_size, clean_staging, resolve_resume
+from .grpo import build_grpo_trainer, check_grpo_extra_args
+from .grpo import stage_record as grpo_stage
 from .guards import RunLock, training_errors
 from .report import write_training_report
 from .stopping import NonFiniteGuard, early_stopping_callback
@@ -228,7 +230,7 @@ def prepare_output(cfg: Config) -> Optional[Path]:
     """Clear what a killed run left half-done; the checkpoint to resume from (None: start afresh). Several ranks:
     rank 0 does it and tells the others."""
     check_installed(cfg)
-    check_extra_args(cfg)  # before anything heavy is loaded
+    (check_grpo_extra_args if cfg.rl.method == "grpo" else check_extra_args)(cfg)  # before anything heavy loads
     resume, problem = None, None
     if distributed.is_main():
         clean_staging(cfg.output_dir)
@@ -275,8 +277,6 @@ def build_session(
     advice = training_plan(cfg, probe_optim=False).nonfinite_advice()
     callbacks.append(NonFiniteGuard(cfg.train.on_nonfinite, cfg.train.max_nonfinite_skips, advice))  # last: final grads
     if cfg.rl.method == "grpo":
-        from .grpo import build_grpo_trainer  # GRPO's modules only for a GRPO run
-
         trainer = build_grpo_trainer(
             cfg, model, tokenizer, prepared, cfg.output_dir, callbacks, report_to=["none"], rouge_evaluator=evaluator
         )
@@ -343,6 +343,8 @@ def attach_trackers(cfg: Config, trainer, evaluator, resume_from: Optional[Path]
         trainer.add_callback(trackers.callback())
         if evaluator is not None:
             evaluator.listeners.append(trackers.on_summary_eval)
+        if hasattr(trainer, "completion_listeners"):  # GRPO: the sampled completions with their reward parts
+            trainer.completion_listeners.append(trackers.on_completions)
     return trackers
 
 
@@ -456,8 +458,6 @@ def stage_record(s: Session, train_out) -> dict:
     if s.cfg.rl.method != "grpo":
         info = s.model_info
         return {"method": "sft", **({"started_from": info["started_from"]} if info.get("started_from") else {})}
-    from .grpo import stage_record as grpo_stage
-
     return grpo_stage(s.cfg, s.trainer, s.model_info, train_out.metrics.get("train_runtime"))
 
 

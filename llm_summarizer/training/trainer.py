@@ -59,14 +59,17 @@ def check_metric(cfg: Config, has_validation: bool) -> None:
         )
 
 
-def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
-    """train.extra_args, each key checked against SFTConfig's fields before anything is loaded."""
+def check_extra_args(cfg: Config, managed: Optional[set] = None, target=SFTConfig) -> dict:
+    """train.extra_args, each key checked against the fields of the stage's TRL config (`target`: SFTConfig, or
+    GRPOConfig through grpo.check_grpo_extra_args) before anything is loaded; `managed`: the fields this project
+    sets itself (default: SFT's)."""
     extra = dict(cfg.train.extra_args)
     if not extra:
         return extra
-    types = {f.name: f.type for f in dataclasses.fields(SFTConfig) if f.init}
-    fields = set(types)
     managed = managed_args(cfg) if managed is None else managed
+    name = target.__name__
+    types = {f.name: f.type for f in dataclasses.fields(target) if f.init}
+    fields = set(types)
     for key in extra:
         if "token" in key.lower() and key not in fields - {"hub_token"}:
             raise UserError(
@@ -76,19 +79,19 @@ def check_extra_args(cfg: Config, managed: Optional[set] = None) -> dict:
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields), n=3)
             raise UserError(
-                f"train.extra_args.{key}: not a field of TRL's SFTConfig"
+                f"train.extra_args.{key}: not a field of TRL's {name}"
                 + (f"; did you mean {', '.join(close)}?" if close else "")
             )
         if key in managed:
             raise UserError(
-                f"train.extra_args.{key}: llm_summarizer sets this SFTConfig field itself (from its "
-                f"config keys, e.g. train.* and eval.*); set it there, not in extra_args"
+                f"train.extra_args.{key}: llm_summarizer sets this {name} field itself (from its "
+                f"config keys, e.g. train.*, eval.* and rl.*); set it there, not in extra_args"
             )
         wanted = _plain_types(types[key])
         value = extra[key]
         if wanted and not any(_fits(value, t) for t in wanted):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in wanted)
-            raise UserError(f"train.extra_args.{key}: {value!r} is {type(value).__name__}; SFTConfig expects {names}")
+            raise UserError(f"train.extra_args.{key}: {value!r} is {type(value).__name__}; {name} expects {names}")
     return extra
 
 

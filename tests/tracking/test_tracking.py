@@ -111,14 +111,15 @@ class WandbRun:
                 out.setdefault(k, []).append((row["train/global_step"], v))
         return out
 
-    def table_rows(self) -> list[tuple[int, list[dict]]]:
-        """(increment number, rows) for each time the samples table was logged, rows from the table files."""
+    def table_rows(self, key: str = SAMPLES) -> list[tuple[int, list[dict]]]:
+        """(increment number, rows) for each time a table (the samples table by default) was logged, rows from the
+        table files."""
         out = []
         for row in self.history:
-            if row.get(f"{SAMPLES}/_type") != "incremental-table-file":
+            if row.get(f"{key}/_type") != "incremental-table-file":
                 continue
-            t = json.loads((self.dir / "files" / row[f"{SAMPLES}/path"]).read_text())
-            out.append((row[f"{SAMPLES}/increment_num"], [dict(zip(t["columns"], r)) for r in t["data"]]))
+            t = json.loads((self.dir / "files" / row[f"{key}/path"]).read_text())
+            out.append((row[f"{key}/increment_num"], [dict(zip(t["columns"], r)) for r in t["data"]]))
         return out
 
 
