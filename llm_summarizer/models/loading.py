@@ -80,6 +80,12 @@ def resolve_model_path(cfg: Config, raw_splits=None) -> str:
         )
     name = os.path.expanduser(cfg.model.name)
     if is_local_path(cfg.model.name):
+        if cfg.rl.method == "grpo" and not os.path.exists(name):
+            raise UserError(
+                f"model.name={cfg.model.name}: directory not found. A GRPO stage starts from a fine-tuned model: "
+                "train it first (for the ready config grpo-demo: llm-summarizer train --config demo), or name "
+                "another model directory or a base model"
+            )
         info = describe_model_dir(name, what="model.name")
         if info.kind == "merged":
             check_architecture(name, "model.name", cfg.model.trust_remote_code)

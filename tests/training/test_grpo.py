@@ -267,3 +267,12 @@ def test_grpo_resumes_after_sigkill_to_the_uninterrupted_adapter(tmp_path, model
     assert rep["adapter_max_abs_diff"] <= 1e-5 and rep["rouge_steps_compared"] >= 2
     m = json.loads((tmp_path / "uninterrupted" / "fine_tuned" / "metrics.json").read_text())
     assert m["stage"]["method"] == "grpo"
+
+
+def test_grpo_from_a_missing_sft_model_says_to_train_it_first(tmp_path):
+    from llm_summarizer.models.loading import resolve_model_path
+
+    cfg = load_config("grpo-demo", [f"model.name={tmp_path / 'not-trained-yet'}"])
+    with pytest.raises(UserError, match="directory not found. A GRPO stage starts from a fine-tuned model"):
+        resolve_model_path(cfg)
+    assert load_config("grpo-demo").model.name == "./fine_tuned/demo"
