@@ -426,11 +426,13 @@ class EvalSection(_Section):
         description="ROUGE-Lsum sentence split: regex (sentence punctuation, not after abbreviations or "
         "initials; the same everywhere), punkt (nltk's trained model; needs its data installed), newline",
     )
-    batching: Literal["continuous", "static"] = Field(
-        "continuous",
+    batching: Literal["auto", "continuous", "static"] = Field(
+        "auto",
         description="generation batches: continuous (a row that ends leaves the batch at once and the "
-        "next prompt takes its place; greedy decoding only, the same texts) or static (each batch runs until its "
-        "longest summary ends; what sampling and beam search always use)",
+        "next prompt takes its place; greedy decoding only, the same texts), static (each batch runs until its "
+        "longest summary ends; what sampling and beam search always use), or auto: continuous, except on a CPU "
+        "that other processes keep busy (their runnable threads plus torch's would oversubscribe the cores), where "
+        "continuous batching's many small steps slow down most; the log says which ran and why",
     )
     long_documents: Literal["chunk", "truncate"] = Field(
         "chunk",
@@ -442,8 +444,27 @@ class EvalSection(_Section):
     chunk_tokens: Optional[int] = Field(
         None,
         ge=16,
-        description="chunk: document tokens per window; None = what fits model.max_seq_length beside "
-        "the prompt and max_new_tokens (a larger value gives the model longer inputs than it was trained on)",
+        description="chunk: document tokens per window; None = what fits the window the model reads (see "
+        "eval.max_window_tokens) beside the prompt and max_new_tokens",
+    )
+    max_window_tokens: int = Field(
+        2048,
+        ge=64,
+        description="chunk, without eval.chunk_tokens: the longest window (prompt + document + summary tokens): "
+        "the model's context (its config's max_position_embeddings), capped by this and, on a GPU, by what its free "
+        "memory holds for eval.batch_size rows; never below model.max_seq_length. Chosen by BENCHMARKS.md's "
+        "long-document rows",
+    )
+    chunk_strategy: Literal["map_reduce", "refine"] = Field(
+        "map_reduce",
+        description="chunk: map_reduce (every window summarized, then the joined summaries merged in rounds, as "
+        "LangChain's map-reduce chain) or refine (the first window summarized, then each next window updates the "
+        "running summary, as LangChain's refine chain; one generation per window, in order)",
+    )
+    dedup_sentences: bool = Field(
+        True,
+        description="chunk: drop a sentence that repeats an earlier one (the same words, or 80% of its words "
+        "in one earlier sentence) from the joined summaries before a merge and from each merged summary",
     )
     chunk_overlap: int = Field(
         32,
@@ -460,7 +481,13 @@ class EvalSection(_Section):
     merge_instruction: Optional[str] = Field(
         None,
         description="chunk: the instruction of the merge rounds' prompt (the joined summaries are its document); "
-        "None = data.instruction, the prompt the model was trained with",
+        "None = one of its own that says the text is partial summaries of one document, in order, to combine "
+        "(models/chunked.py MERGE_INSTRUCTION); the string 'data.instruction' = the prompt the model was trained with",
+    )
+    refine_instruction: Optional[str] = Field(
+        None,
+        description="chunk_strategy=refine: the instruction of each update's prompt (its document is the summary "
+        "so far and the next part); None = models/chunked.py REFINE_INSTRUCTION",
     )
     max_merge_rounds: int = Field(
         4,

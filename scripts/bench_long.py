@@ -91,49 +91,72 @@ def timed(fn):
 
 
 # -- quality: chunk vs truncate on QMSum ----------------------------------------------------------------------
-def quality(loaded_for, meetings: list[dict], samples: int, seed: int) -> dict:
+# The methods measured by default: the two truncations and chunking at its defaults; --method adds others.
+METHODS = {
+    "head": ["data.truncation=head", "eval.long_documents=truncate"],
+    "head_tail": ["data.truncation=head_tail", "eval.long_documents=truncate"],
+    "chunk": ["eval.long_documents=chunk"],
+}
+DIAGNOSTICS = ("length_ratio", "density", "coverage", "repeated_3gram", "novel_2gram")
+
+
+def parse_method(spec: str) -> tuple[str, list[str]]:
+    """NAME=KEY=VALUE,KEY=VALUE (e.g. refine-1k=eval.chunk_strategy=refine,eval.max_window_tokens=1024): a chunked
+    method of these settings."""
+    name, _, rest = spec.partition("=")
+    if not name or not rest:
+        raise SystemExit(f"bench_long: --method {spec!r}: give NAME=KEY=VALUE[,KEY=VALUE...]")
+    return name, ["eval.long_documents=chunk", *[o for o in rest.split(",") if o]]
+
+
+def quality(loaded_for, meetings: list[dict], samples: int, seed: int, methods: dict) -> dict:
+    from llm_summarizer.evaluation import diagnostics
     from llm_summarizer.evaluation.bootstrap import paired_difference, score_block
     from llm_summarizer.evaluation.scoring import protocol_for
-    from llm_summarizer.models.generation import default_max_new_tokens, summarize_texts
+    from llm_summarizer.models.generation import check_documents, default_max_new_tokens, summarize_texts
 
     protocol = protocol_for([m["summary"] for m in meetings])
     out = {"meetings": [m["id"] for m in meetings], "methods": {}}
     rows = {}
-    for name, overrides in (
-        ("head", ["data.truncation=head", "eval.long_documents=truncate"]),
-        ("head_tail", ["data.truncation=head_tail", "eval.long_documents=truncate"]),
-        ("chunk", ["eval.long_documents=chunk"]),
-    ):
+    for name, overrides in methods.items():
         loaded = loaded_for(overrides)
         max_new, _ = default_max_new_tokens(loaded)
+        docs = [m["document"] for m in meetings]
+        cost = check_documents(loaded, docs, max_new, [m["id"] for m in meetings])
         print(f"bench_long: quality, {name}: {len(meetings)} meetings", file=sys.stderr, flush=True)
-        gens, seconds, load = timed(
-            lambda: summarize_texts(
-                loaded, [m["document"] for m in meetings], max_new, names=[m["id"] for m in meetings]
-            )
-        )
+        gens, seconds, load = timed(lambda: summarize_texts(loaded, docs, max_new, names=[m["id"] for m in meetings]))
         print(f"bench_long: quality, {name}: {seconds:.0f} s", file=sys.stderr, flush=True)
         rows[name] = [{"id": m["id"], "reference": m["summary"], "prediction": g.text} for m, g in zip(meetings, gens)]
         trees = [g.tree for g in gens if g.tree]
+        per = diagnostics.corpus(
+            [g.text for g in gens], docs, [m["summary"] for m in meetings], [g.hit_max for g in gens]
+        )
         out["methods"][name] = {
             "overrides": overrides,
             "seconds": round(seconds, 2),
+            "seconds_per_meeting": round(seconds / len(meetings), 1),
             "load_avg": load,
             "max_new_tokens": max_new,
             "scores": score_block(rows[name], samples, seed, protocol),
+            "diagnostics": {k: diagnostics.means(per)[k] for k in DIAGNOSTICS},
             "generations": sum(t["generations"] for t in trees) + len(gens) - len(trees),
+            "planned_generations": cost.generations if cost else None,
             "tokens_generated": sum(t["generated_tokens"] for t in trees)
             + sum(g.new_tokens for g in gens if not g.tree),
             "summary_words": sum(len(g.text.split()) for g in gens) / len(gens),
             "hit_max": sum(g.hit_max for g in gens),
+            "strategy": trees[0].get("strategy", "map_reduce") if trees else None,
             "windows": [t["windows"] for t in trees],
             "merge_rounds": [t["merge_rounds"] for t in trees],
             "cut_merges": sum(t["cut"] for t in trees),
+            "dropped_sentences": sum(t.get("dropped_repeated_sentences", 0) for t in trees),
             "window_tokens": trees[0]["window_tokens"] if trees else loaded.formatter.doc_budget(max_new),
             "examples": [{"id": m["id"], "summary": g.text} for m, g in list(zip(meetings, gens))[:2]],
         }
-    for base in ("head", "head_tail"):
-        out[f"chunk_minus_{base}"] = paired_difference(rows["chunk"], rows[base], samples, seed, protocol)
+    for name in rows:
+        for base in ("head", "head_tail"):
+            if base in rows and name not in ("head", "head_tail"):
+                out[f"{name}_minus_{base}"] = paired_difference(rows[name], rows[base], samples, seed, protocol)
     out["reference_words"] = sum(len(m["summary"].split()) for m in meetings) / len(meetings)
     return out
 
@@ -280,33 +303,41 @@ def _ci(block: dict, k: str) -> str:
     return f"{100 * b['f1']:.2f} [{100 * b['ci95'][0]:.2f}, {100 * b['ci95'][1]:.2f}]"
 
 
+def _diff(d: dict) -> str:
+    return " / ".join(
+        f"{100 * d[k]['diff']:+.2f} [{100 * d[k]['ci95'][0]:+.2f}, {100 * d[k]['ci95'][1]:+.2f}]"
+        for k in ("rouge1", "rouge2", "rougeL")
+    )
+
+
 def quality_rows(r: dict, head: str, cmd: str) -> list[str]:
     q = r["quality"]
     rows = []
     for name, m in q["methods"].items():
         s = m["scores"]
-        diff = q.get(f"chunk_minus_{name}")
-        how = {"head": "truncate (head)", "head_tail": "truncate (head_tail)", "chunk": "chunk"}[name]
+        how = {"head": "truncate (head)", "head_tail": "truncate (head_tail)"}.get(name)
         extra = ""
-        if name == "chunk":
+        if how is None:
             w = m["windows"]
+            how = f"{name} ({m['strategy']}, {m['window_tokens']}-token windows)"
+            merges = (
+                f", merge rounds {min(m['merge_rounds'])}-{max(m['merge_rounds'])}, last round cut in {m['cut_merges']}"
+                if m["strategy"] == "map_reduce"
+                else ""
+            )
             extra = (
-                f"; {sum(w) / len(w):.0f} windows of {m['window_tokens']} tokens per meeting, merge rounds "
-                f"{min(m['merge_rounds'])}-{max(m['merge_rounds'])}, last round cut in {m['cut_merges']}"
+                f"; {sum(w) / len(w):.1f} windows per meeting{merges}; {m['dropped_sentences']} repeated "
+                f"sentences dropped; planned at most {m['planned_generations']} generations"
             )
-        vs = (
-            " / ".join(
-                f"{100 * diff[k]['diff']:+.2f} [{100 * diff[k]['ci95'][0]:+.2f}, {100 * diff[k]['ci95'][1]:+.2f}]"
-                for k in ("rouge1", "rouge2", "rougeL")
-            )
-            if diff
-            else "-"
-        )
+        vs = [f"minus {b}: {_diff(q[f'{name}_minus_{b}'])}" for b in ("head", "head_tail") if f"{name}_minus_{b}" in q]
+        d = m["diagnostics"]
+        diag = " · ".join(f"{k} {d[k]:.2f}" if d.get(k) is not None else f"{k} -" for k in DIAGNOSTICS)
         rows.append(
-            f"{head}| {how} | {_ci(s, 'rouge1')} | {_ci(s, 'rouge2')} | {_ci(s, 'rougeL')} | {vs} | "
+            f"{head}| {how} | {_ci(s, 'rouge1')} | {_ci(s, 'rouge2')} | {_ci(s, 'rougeL')} | "
+            f"{'<br>'.join(vs) or '-'} | {diag} | "
             f"{m['summary_words']:.0f} ({q['reference_words']:.0f}) | {m['generations']} | "
-            f"{m['tokens_generated']} | {m['seconds']:.0f} s (load {m['load_avg'][0]}-{m['load_avg'][1]})"
-            f"{extra} | `{cmd}` |"
+            f"{m['tokens_generated']} | {m['seconds']:.0f} s, {m['seconds_per_meeting']:.0f} s a meeting (load "
+            f"{m['load_avg'][0]}-{m['load_avg'][1]}){extra} | `{cmd}` |"
         )
     return rows
 
@@ -350,9 +381,9 @@ def batching_rows(r: dict, head: str, cmd: str) -> list[str]:
 
 QUALITY_HEADER = (
     "| date | device | model · data | method | ROUGE-1 F1 [95%] | ROUGE-2 F1 [95%] | ROUGE-L F1 [95%] | "
-    "chunk minus this (R-1 / R-2 / R-L, paired 95%) | summary words (reference) | generations | "
-    "tokens generated | wall time, notes | command |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "this minus a truncation (R-1 / R-2 / R-L, paired 95%) | diagnostics (means) | summary words (reference) | "
+    "generations | tokens generated | wall time, notes | command |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -381,6 +412,15 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", help="JSON results (default <work>/long.json)")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="'' to write no rows")
+    ap.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE,...",
+        help="a chunked method of its own settings beside head, head_tail and chunk (the defaults), e.g. "
+        "refine=eval.chunk_strategy=refine or w1k=eval.max_window_tokens=1024",
+    )
+    ap.add_argument("--only", help="measure only these methods (comma-separated names), e.g. head,chunk")
     ap.add_argument("overrides", nargs="*", help="config overrides for every generation, e.g. eval.chunk_tokens=1024")
     args = ap.parse_args(argv)
     root = Path(args.data_root)
@@ -423,7 +463,17 @@ def main(argv=None) -> int:
     }
     meetings = read_jsonl(root / "qmsum" / "test.jsonl", args.meetings)
     if "quality" in parts:
-        result["quality"] = quality(loaded_for, meetings, args.bootstrap, 1234)
+        methods = dict(METHODS)
+        methods.update(parse_method(m) for m in args.method)
+        if args.only:
+            wanted = args.only.split(",")
+            unknown = [w for w in wanted if w not in methods]
+            if unknown:
+                raise SystemExit(
+                    f"bench_long: --only {args.only}: no method {', '.join(unknown)}; known {sorted(methods)}"
+                )
+            methods = {w: methods[w] for w in wanted}
+        result["quality"] = quality(loaded_for, meetings, args.bootstrap, 1234, methods)
     if "batching" in parts:
         max_new, _ = default_max_new_tokens(loaded_for([]))
         val = [r["document"] for r in read_jsonl(root / "dialogsum" / "validation.jsonl", args.rouge_rows)]

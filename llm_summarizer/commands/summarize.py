@@ -10,10 +10,14 @@ Tables (.jsonl .json .csv .tsv .parquet) give one summary per row, from --column
 when it is one of the usual names: document, text, article, dialogue, ...). Other files are read as
 plain UTF-8 text. A document longer than the model's token budget (model.max_seq_length minus the prompt
 and max_new_tokens) is, by eval.long_documents:
-  chunk (the default): cut into windows at line and sentence ends (eval.chunk_overlap tokens repeated), each
-    window summarized, then the joined summaries summarized, in at most eval.max_merge_rounds rounds, until one
-    summary is left; the JSON output carries the tree (`chunks`: each window's span and summary, which
-    summaries each merge read) and `method`; progress counts windows and merges.
+  chunk (the default): cut into windows as long as the model reads (its context, at most
+    eval.max_window_tokens with prompt and summary) at line and sentence ends (eval.chunk_overlap tokens
+    repeated); by eval.chunk_strategy, map_reduce (each window summarized, then the joined summaries merged
+    under a prompt of their own, in at most eval.max_merge_rounds rounds, until one summary is left) or refine
+    (each next window updates the summary so far); repeated sentences are dropped (eval.dedup_sentences). Before
+    it starts, the log says what it will cost (windows, generations, tokens to read); after, what it took. The
+    JSON output carries the tree (`chunks`: each window's span and summary, which summaries each merge or update
+    read) and `method`; progress counts windows and merges.
   truncate: cut by the same rule as in training (data.truncation), with a warning.
     llm-summarizer summarize --model fine_tuned/demo meeting.txt --format jsonl
     llm-summarizer summarize --model fine_tuned/demo meeting.txt eval.long_documents=truncate
@@ -30,6 +34,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from ..errors import UserError
@@ -109,7 +114,11 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     # 2. The model, with the prompt format and token budget it was trained with.
     loaded = load_for_generation(args.model, args.backend, args.base, overrides)
     max_new, max_new_source = default_max_new_tokens(loaded)
-    check_documents(loaded, [it.text for it in items], max_new, [it.name for it in items])  # before any output
+    cost = check_documents(loaded, [it.text for it in items], max_new, [it.name for it in items])  # before output
+    if cost is not None and cost.chunked:
+        log.info("summarize: %s", cost.describe())
+    started = time.monotonic()
+    generated: list = []
     record = GenerationRecord.made(
         loaded.cfg.eval, loaded.backend, max_new, max_new_source, loaded.formatter, loaded.tokenizer
     )
@@ -128,6 +137,7 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
                 loaded, [it.text for it in part], max_new, names=[it.name for it in part], progress=shown_progress
             )
             _warn_truncated(loaded, part, gens, max_new, shown)
+            generated.extend(gens)
             for it, g in zip(part, gens):
                 if g.tree is not None:
                     log.info("%s: %s", it.name, g.tree["how"])
@@ -149,6 +159,17 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
                     sink.write(f"== {it.name}\n{g.text}\n\n")
             sink.flush()
         shown_progress.close()
+    if cost is not None and cost.chunked:
+        made = sum(g.tree["generations"] if g.tree else 1 for g in generated)
+        seconds = time.monotonic() - started
+        log.info(
+            "summarize: %d generations in %.0f s (%.1f s each; planned %s %d)",
+            made,
+            seconds,
+            seconds / max(1, made),
+            "exactly" if cost.exact else "at most",
+            cost.generations,
+        )
     if out_path:
         log.info("wrote %d summaries to %s", len(items), out_path)
     if len(shown) > 5:

@@ -292,12 +292,24 @@ def long_documents(cfg: Config, window: Optional[int] = None) -> str:
         )
         overlap_text = f"{overlap} tokens of overlap{said}"
     else:
-        size = f"{ev.chunk_tokens} tokens" if ev.chunk_tokens else "the token budget"
+        size = (
+            f"{ev.chunk_tokens} tokens"
+            if ev.chunk_tokens
+            else f"the model's context (at most eval.max_window_tokens={ev.max_window_tokens} with prompt and summary)"
+        )
         overlap_text = f"{ev.chunk_overlap} tokens of overlap at most"
-    merge = f", merge prompt {ev.merge_instruction!r}" if ev.merge_instruction else ""
+    dedup = ", sentences that repeat an earlier one dropped" if ev.dedup_sentences else ""
+    if ev.chunk_strategy == "refine":
+        prompt = ev.refine_instruction or "its own prompt (models/chunked.py REFINE_INSTRUCTION)"
+        return (
+            f"chunk (refine): windows of {size} less the summary so far, cut at line and sentence ends, "
+            f"{overlap_text}; the first summarized, each next one read with the summary so far under {prompt!r}"
+            f"{dedup} (at most {ev.max_chunks} windows per document)"
+        )
+    merge = ev.merge_instruction or "its own prompt (models/chunked.py MERGE_INSTRUCTION)"
     return (
-        f"chunk: windows of {size} cut at line and sentence ends, {overlap_text}, each "
-        f"summarized, then the joined summaries in at most {ev.max_merge_rounds} merge rounds{merge} "
+        f"chunk (map_reduce): windows of {size} cut at line and sentence ends, {overlap_text}, each "
+        f"summarized, then the joined summaries in at most {ev.max_merge_rounds} merge rounds under {merge!r}{dedup} "
         f"(at most {ev.max_chunks} windows per document)"
     )
 

@@ -21,8 +21,11 @@ runs that check's code from the installed Unsloth on each device described).
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -292,26 +295,97 @@ def resolve_optim(cfg: Config, device: Optional[Device] = None) -> str:
     return optim
 
 
-def generation_batching(backend: str, asked: str, device: Optional[Device] = None) -> tuple[str, Optional[str]]:
+@dataclass(frozen=True)
+class CpuLoad:
+    """How contended this machine's CPU is right now: other processes' runnable threads, the threads torch uses
+    here, and the cores this process may run on."""
+
+    others: int
+    threads: int
+    cores: int
+
+    @property
+    def oversubscribed(self) -> bool:
+        return self.others + self.threads > self.cores
+
+    def describe(self) -> str:
+        return (
+            f"{self.others} runnable thread(s) of other processes beside torch's {self.threads} on {self.cores} core(s)"
+        )
+
+
+def _running_threads(stat: str) -> int:
+    for line in stat.splitlines():
+        if line.startswith("procs_running"):
+            return int(line.split()[1])
+    raise ValueError("no procs_running in /proc/stat")
+
+
+def _own_running() -> int:
+    n = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        n += state == "R"
+    return n
+
+
+def cpu_load(looks: int = 5, gap_s: float = 0.02) -> Optional[CpuLoad]:
+    """The CPU's contention now, from /proc (Linux): runnable threads (procs_running) less this process's own, the
+    least of a few looks `gap_s` apart (a process that keeps the CPU busy is runnable in every look; a passing one is
+    not); None where /proc is not there. About 0.1 s."""
+    try:
+        others = []
+        for k in range(looks):
+            if k:
+                time.sleep(gap_s)
+            others.append(max(0, _running_threads(Path("/proc/stat").read_text()) - _own_running()))
+    except (OSError, ValueError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return CpuLoad(min(others), torch.get_num_threads(), cores)
+
+
+def generation_batching(
+    backend: str, asked: str, device: Optional[Device] = None, load: Optional[CpuLoad] = None
+) -> tuple[str, Optional[str]]:
     """(batching, why it differs from what was asked, or None). Continuous batching feeds the model a cache it
     rebuilds as rows leave and join; on a GPU Unsloth decodes through private buffers of its own (and CUDA graphs)
-    that this has not been run against on a GPU yet, so there static batches run until a GPU run says otherwise."""
+    that this has not been run against on a GPU yet, so there static batches run until a GPU run says otherwise.
+    `auto` (the default) is continuous, except on a CPU that other processes keep busy (`load`, measured when not
+    given): each continuous step is many small tensor operations, and with more runnable threads than cores every
+    one of them waits for torch's threads to be scheduled again (measured: 0.21x of static batches on a busy
+    2-core machine, BENCHMARKS.md floors)."""
     device = device or current()
-    if asked == "continuous" and backend == "unsloth" and device.cuda:
+    wanted = asked
+    if asked == "auto":
+        wanted = "continuous"
+        if not device.cuda:
+            load = load or cpu_load()
+            if load is not None and load.oversubscribed:
+                return "static", (
+                    f"eval.batching=auto: static batches: the CPU is busy ({load.describe()}), where continuous "
+                    f"batching's small steps slow down most; eval.batching=continuous forces it"
+                )
+    if wanted == "continuous" and backend == "unsloth" and device.cuda:
         return "static", (
             "eval.batching=continuous: static batches on Unsloth's CUDA fast decoder (continuous batching is not yet "
             "verified against its decode buffers on a GPU; model.backend=transformers batches continuously)"
         )
-    return asked, None
+    return wanted, None
 
 
 _said: set = set()
 
 
 def say_once(message: Optional[str]) -> None:
-    """A decision's reason, logged once per process (generation runs many times in a run)."""
-    if message and message not in _said:
-        _said.add(message)
+    """A decision's reason, logged once per process (generation runs many times in a run); measured numbers in
+    parentheses do not make it a new reason."""
+    key = message.split(" (")[0] if message else None
+    if key and key not in _said:
+        _said.add(key)
         log.info(message)
 
 

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..faults import is_oom
 from ..stats import percentile
 from .backends import for_inference, for_training
-from .chunked import plan, summarize_long
+from .chunked import MERGE_INSTRUCTION, REFINE_INSTRUCTION, TRAINING_PROMPT, plan_cost, summarize_long
 from .device import effective_batching
 from .loading import Loaded, load_for_generation
 
@@ -623,20 +623,32 @@ def summarize_texts(
 
     if (long_documents or ev.long_documents) != "chunk":
         return run(texts, loaded.formatter, progress, on_done)
-    formatter, merge_formatter = chunk_formatters(loaded, n)
+    formatter, merge_formatter, refine_formatter = chunk_formatters(loaded, n)
     return summarize_long(
-        list(texts), formatter, merge_formatter, ev, n, run, names=names, progress=progress, on_done=on_done
+        list(texts),
+        formatter,
+        merge_formatter,
+        ev,
+        n,
+        run,
+        names=names,
+        progress=progress,
+        on_done=on_done,
+        refine_formatter=refine_formatter,
     )
 
 
 def check_documents(
     loaded: Loaded, texts: list[str], max_new_tokens: Optional[int] = None, names: Optional[list[str]] = None
-) -> None:
+):
     """With eval.long_documents=chunk, the refusals summarize_texts would give (an empty document, more windows
-    than eval.max_chunks, no room for a document), for all `texts` at once and before anything is generated."""
+    than eval.max_chunks, no room for a document), for all `texts` at once and before anything is generated; and
+    what summarizing them will cost (a chunked.Cost), else None."""
     if loaded.cfg.eval.long_documents == "chunk":
         n = max_new_tokens or default_max_new_tokens(loaded)[0]
-        plan(list(texts), chunk_formatters(loaded, n)[0], loaded.cfg.eval, n, names)
+        formatter, merge, refine = chunk_formatters(loaded, n)
+        return plan_cost(list(texts), formatter, merge, loaded.cfg.eval, n, names, refine)
+    return None
 
 
 def chunk_window(loaded: Loaded, max_new_tokens: int) -> Optional[int]:
@@ -647,19 +659,94 @@ def chunk_window(loaded: Loaded, max_new_tokens: int) -> Optional[int]:
     return budget if budget >= 1 else None
 
 
-def chunk_formatters(loaded: Loaded, max_new_tokens: int):
-    """The prompt formatters of the windows and of the merge rounds: the model's own, or with eval.chunk_tokens a
-    window of that many document tokens, and eval.merge_instruction in the merge rounds' prompt when set."""
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def model_context(config, tokenizer=None) -> tuple[Optional[int], str]:
+    """The tokens the model can attend to, and where that was read: its config's context length (the first of
+    _CONTEXT_KEYS), else the tokenizer's model_max_length (when it is a real number, not the 1e30 placeholder),
+    else None."""
+    for key in _CONTEXT_KEYS:
+        v = getattr(config, key, None) if config is not None else None
+        if isinstance(v, int) and v > 0:
+            return v, f"the model config's {key}"
+    v = getattr(tokenizer, "model_max_length", None)
+    if isinstance(v, int) and 0 < v < 10**7:
+        return v, "the tokenizer's model_max_length"
+    return None, "nothing (no context length in the model config or tokenizer)"
+
+
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> Optional[int]:
+    """The KV cache one token takes: 2 (keys, values) x layers x key/value heads x head size x dtype bytes."""
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (layers and heads and hidden):
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
+
+
+def memory_window(config, batch_size: int, free_bytes: Optional[int], dtype_bytes: int = 2) -> Optional[int]:
+    """The longest window whose KV cache for `batch_size` rows fits half of `free_bytes` (a GPU's free memory;
+    None on the CPU, where RAM is not what limits a window)."""
+    per = kv_bytes_per_token(config, dtype_bytes)
+    if not free_bytes or not per:
+        return None
+    return int(free_bytes * 0.5 // (per * max(1, batch_size)))
+
+
+def _free_gpu_bytes(model) -> Optional[int]:
+    try:
+        device = next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return None
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def window_length(loaded: Loaded, max_new_tokens: int) -> tuple[int, str]:
+    """The tokens of one chunking window (prompt + document + summary) and why: eval.chunk_tokens when set; else
+    the model's context capped by eval.max_window_tokens and (on a GPU) by what free memory holds for
+    eval.batch_size rows; never below model.max_seq_length (what the model was trained with)."""
     cfg, f = loaded.cfg, loaded.formatter
-    length = cfg.model.max_seq_length
     if cfg.eval.chunk_tokens:
-        length = f.template_tokens + cfg.eval.chunk_tokens + max_new_tokens
+        return f.template_tokens + cfg.eval.chunk_tokens + max_new_tokens, f"eval.chunk_tokens={cfg.eval.chunk_tokens}"
+    config = getattr(loaded.model, "config", None)
+    context, where = model_context(config, loaded.tokenizer)
+    limits = [(cfg.eval.max_window_tokens, f"eval.max_window_tokens={cfg.eval.max_window_tokens}")]
+    if context:
+        limits.append((context, f"the model's context ({context}, {where})"))
+    dtype = getattr(config, "torch_dtype", None)
+    mem = memory_window(config, cfg.eval.batch_size, _free_gpu_bytes(loaded.model), 4 if dtype == torch.float32 else 2)
+    if mem:
+        limits.append((mem, f"the GPU's free memory (KV cache of {cfg.eval.batch_size} rows)"))
+    length, why = min(limits, key=lambda x: x[0])
+    if length <= cfg.model.max_seq_length:
+        return cfg.model.max_seq_length, f"model.max_seq_length={cfg.model.max_seq_length} ({why} is not longer)"
+    return length, why
+
+
+def chunk_formatters(loaded: Loaded, max_new_tokens: int):
+    """The prompt formatters of the windows, of the merge rounds and of refine's updates, all of one window
+    (window_length): the windows' is the model's own prompt; the merge rounds' has eval.merge_instruction
+    (default MERGE_INSTRUCTION; 'data.instruction' = the training prompt), refine's eval.refine_instruction."""
+    cfg, f = loaded.cfg, loaded.formatter
+    length, _why = window_length(loaded, max_new_tokens)
     formatter = f if length == f.max_seq_length else Formatter(loaded.tokenizer, cfg.data, length)
-    if not cfg.eval.merge_instruction:
-        return formatter, formatter
-    data = cfg.data.model_copy(update={"instruction": cfg.eval.merge_instruction})
-    merge = Formatter(loaded.tokenizer, data, length)
-    return formatter, merge
+
+    def with_instruction(text: Optional[str]):
+        if text == TRAINING_PROMPT or text == cfg.data.instruction:
+            return formatter
+        return Formatter(loaded.tokenizer, cfg.data.model_copy(update={"instruction": text}), length)
+
+    merge = with_instruction(cfg.eval.merge_instruction or MERGE_INSTRUCTION)
+    refine = None
+    if cfg.eval.chunk_strategy == "refine":
+        refine = with_instruction(cfg.eval.refine_instruction or REFINE_INSTRUCTION)
+    return formatter, merge, refine
 
 
 def summarize(

@@ -70,6 +70,7 @@ def test_smoke_on_the_tiny_model(tiny_run, tmp_path):
     assert c["same_trees_continuous"] == c["same_trees_static"] == 1 and c["generations"] > 10
     assert b["evaluate"]["same_texts"] == 6
     text = md.read_text()
-    assert text.count("| chunk |") == 1 and "| truncate (head_tail) |" in text
+    assert text.count("| chunk (map_reduce, 200-token windows) |") == 1 and "| truncate (head_tail) |" in text
+    assert chunk["planned_generations"] >= chunk["generations"] and chunk["diagnostics"]["density"] is not None
     assert "generation, continuous batching (the ROUGE pass" in text and "chunked summarization (1 QMSum" in text
     assert "evaluate (6 DialogSum test rows" in text

@@ -73,6 +73,9 @@ def test_directory_and_long_input_says_it_was_truncated(tiny_run, tmp_path, caps
     assert "a.txt:" not in text  # only the long one is reported
 
 
+WINDOW = "eval.max_window_tokens=256"  # the tiny model's training length (its config reads 8k)
+
+
 def test_a_long_document_is_chunked_with_its_tree_in_the_json_output(tiny_run, tmp_path, capsys, logs):
     rows = read_jsonl(TEST)[:14]
     meeting = tmp_path / "meeting.txt"
@@ -80,7 +83,7 @@ def test_a_long_document_is_chunked_with_its_tree_in_the_json_output(tiny_run, t
     short = tmp_path / "short.txt"
     short.write_text(rows[0]["document"])
     out = tmp_path / "s.jsonl"
-    assert summarize_main("--model", tiny_run.model_dir, meeting, short, "--output", out) == 0
+    assert summarize_main("--model", tiny_run.model_dir, meeting, short, "--output", out, WINDOW) == 0
     long_row, short_row = read_jsonl(out)
     assert long_row["method"] == "chunked" and long_row["summary"] and not long_row["truncated_input"]
     tree = long_row["chunks"]
@@ -88,9 +91,13 @@ def test_a_long_document_is_chunked_with_its_tree_in_the_json_output(tiny_run, t
     first = tree["rounds"][0]
     assert len(first) == tree["windows"] >= 3 and first[0]["span"][0] == 0 and first[-1]["span"][1] == len(text)
     assert long_row["summary"] == tree["rounds"][-1][0]["summary"] and tree["how"] in logs.getvalue()
+    # the cost said before it started, and what it took after
+    said = logs.getvalue()
+    assert f"{tree['windows']} windows of at most {tree['window_tokens']} tokens (map_reduce), at most" in said
+    assert f"summarize: {tree['generations'] + 1} generations in" in said  # the windows, the merges, the short one
     assert short_row["method"] == "whole" and "chunks" not in short_row
     # the same document summarized alone, and cut instead of chunked
-    assert summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl") == 0
+    assert summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl", WINDOW) == 0
     assert json.loads(capsys.readouterr().out)["summary"] == long_row["summary"]  # deterministic
     assert (
         summarize_main("--model", tiny_run.model_dir, meeting, "--format", "jsonl", "eval.long_documents=truncate") == 0
@@ -106,13 +113,16 @@ def test_long_document_refusals_come_before_any_output(tiny_run, tmp_path, capsy
     big.write_text(("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20000)[: 1 << 20])  # 1 MiB
     out = tmp_path / "out.jsonl"
     capsys.readouterr()
-    assert summarize_main("--model", tiny_run.model_dir, ok, big, "--output", out) == 2
+    assert summarize_main("--model", tiny_run.model_dir, ok, big, "--output", out, WINDOW) == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and captured.out == ""
     assert f"{big}: " in captured.err and "windows of at most" in captured.err and "eval.max_chunks=256" in captured.err
     assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))  # nothing written, no temporary file
-    assert summarize_main("--model", tiny_run.model_dir, ok, "model.max_seq_length=40") == 2
-    assert "leaves no room for a document: the prompt takes" in capsys.readouterr().err
+    assert (
+        summarize_main("--model", tiny_run.model_dir, ok, "model.max_seq_length=40", "eval.max_window_tokens=64") == 2
+    )
+    err = capsys.readouterr().err
+    assert "leaves no room for a document: the prompt takes" in err and "eval.max_window_tokens" in err
 
 
 def test_input_errors_are_one_message(tiny_run, tmp_path, capsys, monkeypatch):

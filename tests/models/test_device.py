@@ -6,6 +6,7 @@ import ast
 import inspect
 import os
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +286,31 @@ def test_env_describes_a_t4_on_any_machine(capsys):
         "training_precision_auto: fp16 mixed precision, float16 weights (Tesla T4, compute capability 7.5: no " in out
     )
     assert "generation_batching_unsloth: static" in out
+
+
+@pytest.mark.parametrize(
+    "others,threads,cores,want",
+    [(0, 2, 2, "continuous"), (1, 2, 2, "static"), (2, 2, 16, "continuous"), (15, 2, 16, "static")],
+)
+def test_auto_batching_is_static_on_a_busy_cpu_only(others, threads, cores, want):
+    load = dev.CpuLoad(others, threads, cores)
+    batching, why = dev.generation_batching("transformers", "auto", KNOWN["cpu"], load)
+    assert batching == want
+    assert (why is not None) == (want == "static")
+    if why:
+        assert f"{others} runnable thread(s) of other processes" in why and "eval.batching=continuous" in why
+    # asked for explicitly, continuous runs whatever the load; a GPU ignores the CPU's load
+    assert dev.generation_batching("transformers", "continuous", KNOWN["cpu"], load) == ("continuous", None)
+    assert dev.generation_batching("transformers", "auto", KNOWN["t4"], load) == ("continuous", None)
+    assert dev.generation_batching("unsloth", "auto", KNOWN["t4"], load)[0] == "static"
+
+
+def test_cpu_load_reads_this_machine(monkeypatch):
+    """Linux only (reads /proc): the other processes' runnable threads, the least of the looks."""
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this machine")
+    looks = iter([5, 3, 4])
+    monkeypatch.setattr(dev, "_running_threads", lambda stat: next(looks))
+    monkeypatch.setattr(dev, "_own_running", lambda: 1)
+    load = dev.cpu_load(looks=3, gap_s=0)
+    assert load.others == 2 and load.threads == torch.get_num_threads() and load.cores >= 1

@@ -66,6 +66,7 @@ class _Server:
                     "0",
                     "--max-chars",
                     "5000",
+                    "eval.max_window_tokens=256",  # the tiny model's training length: long documents are chunked
                 ],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
