@@ -88,6 +88,7 @@ def main(argv=None) -> int:
         "it when those were measured on a busy machine)",
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GRPO config overrides")
+    ap.add_argument("--tag", help="a name for this GRPO variant (its runs, evaluations and results apart; SFT shared)")
     ap.add_argument("--no-sftmore", action="store_true", help="skip the longer SFT run (GRPO against SFT only)")
     ap.add_argument("--work", default=str(ROOT / "outputs" / "bench"))
     ap.add_argument(
@@ -101,9 +102,10 @@ def main(argv=None) -> int:
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    log = work / f"grpo-{name}.log"
+    tag = f"-{args.tag}" if args.tag else ""
+    log = work / f"grpo-{name}{tag}.log"
     data = data_overrides(name)
-    runs = {k: f"bench-{k}-{name}" for k in ("sft", "grpo", "sftmore")}
+    runs = {k: f"bench-{k}-{name}" + (tag if k != "sft" else "") for k in ("sft", "grpo", "sftmore")}
     dirs = {k: ROOT / "fine_tuned" / v for k, v in runs.items()}
     out_of = lambda k: [f"output.run_name={runs[k]}", "train.resume=never"]  # noqa: E731
     seconds = {}
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     more_steps = args.sftmore_steps or max(1, round(grpo["train"]["train_runtime_s"] / sft_s_per_step))
     seconds["sftmore"] = (
         None
-        if done("sftmore")
+        if args.no_sftmore or done("sftmore")
         else cli(
             "train",
             "--config",
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     # 4. held-out rows: generate with each model, then paired differences
     preds = {}
     for k in kinds:
-        out = work / f"grpo-{name}-eval-{k}"
+        out = work / f"grpo-{name}{tag if k != 'sft' else ''}-eval-{k}"
         reuse = args.reuse and (out / "metrics.json").is_file()
         if not reuse:
             shutil.rmtree(out, ignore_errors=True)  # a new model: its summaries from scratch
@@ -185,13 +187,13 @@ def main(argv=None) -> int:
             )
         )
         preds[k] = out / "predictions.jsonl"
-    pairs = {"grpo_minus_sft": paired(preds["grpo"], preds["sft"], work / f"grpo-{name}-grpo-vs-sft.json", log)}
+    pairs = {"grpo_minus_sft": paired(preds["grpo"], preds["sft"], work / f"grpo-{name}{tag}-grpo-vs-sft.json", log)}
     if not args.no_sftmore:
         pairs["grpo_minus_sftmore"] = paired(
-            preds["grpo"], preds["sftmore"], work / f"grpo-{name}-grpo-vs-sftmore.json", log
+            preds["grpo"], preds["sftmore"], work / f"grpo-{name}{tag}-grpo-vs-sftmore.json", log
         )
         pairs["sftmore_minus_sft"] = paired(
-            preds["sftmore"], preds["sft"], work / f"grpo-{name}-sftmore-vs-sft.json", log
+            preds["sftmore"], preds["sft"], work / f"grpo-{name}{tag}-sftmore-vs-sft.json", log
         )
     stage = grpo.get("stage") or {}
     report = {
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
         "seconds": seconds,
         "command": " ".join([".venv/bin/python", "scripts/bench_grpo.py", *(argv or sys.argv[1:])]),
     }
-    path = work / f"grpo-{name}.json"
+    path = work / f"grpo-{name}{tag}.json"
     path.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("dataset", "grpo_steps", "sftmore_steps", "seconds")}, indent=1))
     print(f"wrote {path}")
