@@ -38,10 +38,11 @@ def run(args, cfg) -> int:
     # after the arguments are checked: tokenizers and datasets load only for a valid command
     from ..data.lengths import length_lines, length_report
     from ..data.preview import preview_text, write_processed
+    from ..data.prompt import Formatter
     from ..data.rows import load_raw_splits
     from ..data.tokenize import prepare
     from ..evaluation import diagnostics
-    from ..models.generation import derive_max_new_tokens
+    from ..models.generation import derive_max_new_tokens, saved_model_config, window_for
     from ..models.loading import load_tokenizer
 
     raw = load_raw_splits(cfg)
@@ -50,8 +51,11 @@ def run(args, cfg) -> int:
     print(preview_text(prepared, tokenizer, args.examples))
     # token lengths against the budget, at training and at generation (the ROUGE pass's max_new_tokens)
     max_new = derive_max_new_tokens(prepared.stats["train"].completion_tokens, cfg.eval)
+    # chunking's windows as summarize would cut them: the model's context, capped (eval.max_window_tokens)
+    length, _why = window_for(cfg, prepared.formatter.template_tokens, max_new, saved_model_config(cfg), tokenizer)
+    window = Formatter(tokenizer, cfg.data, length) if length != prepared.formatter.max_seq_length else None
     lengths = {
-        role: length_report(prepared.formatter, split.rows, max_new, cfg.eval.chunk_overlap)
+        role: length_report(prepared.formatter, split.rows, max_new, cfg.eval.chunk_overlap, window)
         for role, split in raw.items()
     }
     for role, report in lengths.items():

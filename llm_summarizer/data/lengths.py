@@ -25,10 +25,13 @@ def _spread(values: list[int]) -> dict:
     }
 
 
-def length_report(formatter, rows: list[dict], max_new_tokens: Optional[int] = None, chunk_overlap: int = 0) -> dict:
+def length_report(
+    formatter, rows: list[dict], max_new_tokens: Optional[int] = None, chunk_overlap: int = 0, window_formatter=None
+) -> dict:
     """Token lengths of `rows` ({document, summary}) against `formatter`'s budget: percentiles, the rows and tokens
     each truncation policy cuts, the max_seq_length that fits 95% of the examples whole, and (given
-    max_new_tokens) the documents over the generation budget and the windows chunking would use."""
+    max_new_tokens) the documents over the generation budget and the windows chunking would use (cut at
+    `window_formatter`'s budget: the window chunking reads, when longer than the training one)."""
     docs = formatter._enc_many([r["document"] for r in rows])
     doc_tokens = [len(d) for d in docs]
     # the completion as training encodes it (Formatter.examples), in one batched call
@@ -58,14 +61,16 @@ def length_report(formatter, rows: list[dict], max_new_tokens: Optional[int] = N
             "over_budget": len(longer),
             "share": round(len(longer) / n, 4) if n else 0.0,
         }
-        if budget >= 1 and longer:
+        window = (window_formatter or formatter).doc_budget(max_new_tokens)
+        if window >= 1 and longer:
             windows = []
             for i in longer:
                 text = rows[i]["document"]
                 # windows from the document's own token starts; a tokenizer without offsets: counted from the ids
                 starts = _starts(formatter, text, len(docs[i]))
-                windows.append(len(split_windows(text, starts, budget, chunk_overlap)))
+                windows.append(len(split_windows(text, starts, window, chunk_overlap)) if len(starts) > window else 1)
             gen["chunk_windows"] = _spread(windows)
+            gen["window_tokens"] = window
         out["generation"] = gen
     return out
 
@@ -142,7 +147,10 @@ def length_lines(role: str, r: dict) -> list[str]:
         )
         if "chunk_windows" in g:
             w = g["chunk_windows"]
-            line += f"; eval.long_documents=chunk reads them in {w['mean']} windows on average (max {w['max']})"
+            line += (
+                f"; eval.long_documents=chunk reads them in {w['mean']} windows of {g['window_tokens']} document "
+                f"tokens on average (max {w['max']})"
+            )
         lines.append(line)
     return lines
 

@@ -711,22 +711,40 @@ def window_length(loaded: Loaded, max_new_tokens: int) -> tuple[int, str]:
     """The tokens of one chunking window (prompt + document + summary) and why: eval.chunk_tokens when set; else
     the model's context capped by eval.max_window_tokens and (on a GPU) by what free memory holds for
     eval.batch_size rows; never below model.max_seq_length (what the model was trained with)."""
-    cfg, f = loaded.cfg, loaded.formatter
-    if cfg.eval.chunk_tokens:
-        return f.template_tokens + cfg.eval.chunk_tokens + max_new_tokens, f"eval.chunk_tokens={cfg.eval.chunk_tokens}"
     config = getattr(loaded.model, "config", None)
-    context, where = model_context(config, loaded.tokenizer)
+    dtype = getattr(config, "torch_dtype", None)
+    mem = memory_window(
+        config, loaded.cfg.eval.batch_size, _free_gpu_bytes(loaded.model), 4 if dtype == torch.float32 else 2
+    )
+    return window_for(loaded.cfg, loaded.formatter.template_tokens, max_new_tokens, config, loaded.tokenizer, mem)
+
+
+def window_for(cfg, template_tokens: int, max_new_tokens: int, config, tokenizer, memory: Optional[int] = None):
+    """window_length from its parts: the config, the prompt's template tokens, the model config (or None) and
+    tokenizer (their context), the memory cap (or None)."""
+    if cfg.eval.chunk_tokens:
+        return template_tokens + cfg.eval.chunk_tokens + max_new_tokens, f"eval.chunk_tokens={cfg.eval.chunk_tokens}"
+    context, where = model_context(config, tokenizer)
     limits = [(cfg.eval.max_window_tokens, f"eval.max_window_tokens={cfg.eval.max_window_tokens}")]
     if context:
         limits.append((context, f"the model's context ({context}, {where})"))
-    dtype = getattr(config, "torch_dtype", None)
-    mem = memory_window(config, cfg.eval.batch_size, _free_gpu_bytes(loaded.model), 4 if dtype == torch.float32 else 2)
-    if mem:
-        limits.append((mem, f"the GPU's free memory (KV cache of {cfg.eval.batch_size} rows)"))
+    if memory:
+        limits.append((memory, f"the GPU's free memory (KV cache of {cfg.eval.batch_size} rows)"))
     length, why = min(limits, key=lambda x: x[0])
     if length <= cfg.model.max_seq_length:
         return cfg.model.max_seq_length, f"model.max_seq_length={cfg.model.max_seq_length} ({why} is not longer)"
     return length, why
+
+
+def saved_model_config(cfg):
+    """The model config of cfg.model.name where it can be read without a network (a local folder, the hub cache),
+    else None (chunking then reads the tokenizer's context): what `llm-summarizer data` plans windows with."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(cfg.model.name, cache_dir=cfg.model.cache_dir, local_files_only=True)
+    except Exception:  # a hub name not cached, a random: model, an adapter folder: the tokenizer's context instead
+        return None
 
 
 def chunk_formatters(loaded: Loaded, max_new_tokens: int):

@@ -118,6 +118,13 @@ def test_length_report_percentiles_policies_and_the_length_that_fits_95(tokenize
     assert sum(1 for t in whole if t <= r["fit_95"]) >= 190
     g = r["generation"]
     assert g["document_budget"] == 96 - f.template_tokens - 40 and g["chunk_windows"]["max"] >= 10
+    # windows as long as the model reads (summarize's window): fewer of them, said with their size
+    wide = length_report(
+        f, rows, max_new_tokens=40, chunk_overlap=8, window_formatter=Formatter(tokenizer, cfg.data, 512)
+    )
+    assert wide["generation"]["window_tokens"] == 512 - f.template_tokens - 40
+    assert wide["generation"]["chunk_windows"]["max"] < g["chunk_windows"]["max"]
+    assert f"windows of {512 - f.template_tokens - 40} document tokens" in "\n".join(length_lines("train", wide))
     text = "\n".join(length_lines("train", r))
     assert f"model.max_seq_length={r['fit_95']} would fit 95%" in text and "data.truncation=head_tail" in text
     # what training logs, from its tokenized split, says the same
