@@ -348,6 +348,18 @@ def cpu_load(looks: int = 5, gap_s: float = 0.02) -> Optional[CpuLoad]:
     return CpuLoad(min(others), torch.get_num_threads(), cores)
 
 
+_last_load: list = [None, -1e9]  # (CpuLoad or None, when it was measured: time.monotonic())
+
+
+def recent_cpu_load(max_age_s: float = 5.0) -> Optional[CpuLoad]:
+    """cpu_load(), measured again when the last measure is older than `max_age_s` (a server answering many small
+    requests does not pay 0.1 s for each)."""
+    now = time.monotonic()
+    if now - _last_load[1] > max_age_s:
+        _last_load[:] = [cpu_load(), now]
+    return _last_load[0]
+
+
 def generation_batching(
     backend: str, asked: str, device: Optional[Device] = None, load: Optional[CpuLoad] = None
 ) -> tuple[str, Optional[str]]:
@@ -363,7 +375,7 @@ def generation_batching(
     if asked == "auto":
         wanted = "continuous"
         if not device.cuda:
-            load = load or cpu_load()
+            load = load or recent_cpu_load()
             if load is not None and load.oversubscribed:
                 return "static", (
                     f"eval.batching=auto: static batches: the CPU is busy ({load.describe()}), where continuous "

@@ -17,7 +17,7 @@ def made(ev: EvalSection, backend: str = "transformers") -> GenerationRecord:
 
 def test_greedy_continuous_record(monkeypatch):
     # eval.batching=auto on a quiet CPU (the load described, not this machine's)
-    monkeypatch.setattr(device, "cpu_load", lambda: device.CpuLoad(0, 2, 2))
+    monkeypatch.setattr(device, "recent_cpu_load", lambda: device.CpuLoad(0, 2, 2))
     r = made(EvalSection(batch_size=4))
     assert r.to_dict() == {
         "strategy": "greedy",
@@ -31,7 +31,7 @@ def test_greedy_continuous_record(monkeypatch):
     }
     assert "greedy, max_new_tokens 94 (eval.max_new_tokens), continuous" in r.describe()
     # ... and on a busy one: static batches, as they will run
-    monkeypatch.setattr(device, "cpu_load", lambda: device.CpuLoad(3, 2, 2))
+    monkeypatch.setattr(device, "recent_cpu_load", lambda: device.CpuLoad(3, 2, 2))
     assert made(EvalSection(batch_size=4)).batching == "batches of 4, left padding"
     assert made(EvalSection(batch_size=4, batching="continuous")).batching.startswith("continuous")
 
