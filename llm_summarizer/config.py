@@ -448,12 +448,13 @@ class EvalSection(_Section):
         "eval.max_window_tokens) beside the prompt and max_new_tokens",
     )
     max_window_tokens: int = Field(
-        2048,
+        1024,
         ge=64,
         description="chunk, without eval.chunk_tokens: the longest window (prompt + document + summary tokens): "
         "the model's context (its config's max_position_embeddings), capped by this and, on a GPU, by what its free "
-        "memory holds for eval.batch_size rows; never below model.max_seq_length. Chosen by BENCHMARKS.md's "
-        "long-document rows",
+        "memory holds for eval.batch_size rows; never below model.max_seq_length. 1024: on QMSum with SmolLM2-135M, "
+        "2048-token windows read slower per token and ran into max_new_tokens more often (BENCHMARKS.md, Long "
+        "documents)",
     )
     chunk_strategy: Literal["map_reduce", "refine"] = Field(
         "map_reduce",

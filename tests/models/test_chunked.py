@@ -132,8 +132,8 @@ def test_real_model_chunked_summary_is_deterministic_and_short_documents_are_unc
     a = summarize_texts(refine, [long_doc, DOCS[20]], 24)
     assert a == summarize_texts(refine, [long_doc, DOCS[20]], 24) and a[1] == chunked[1]
     assert a[0].tree["strategy"] == "refine" and a[0].tree["generations"] == a[0].tree["windows"] > tree["windows"]
-    # the model's own context (8k here, capped by eval.max_window_tokens' default): the document is one window
-    wide = load_for_generation(tiny_run.model_dir)
+    # a window as long as the model reads (its config: 8k), capped at 4k: the document is one window
+    wide = load_for_generation(tiny_run.model_dir, overrides=["eval.max_window_tokens=4096"])
     assert summarize_texts(wide, [long_doc], 24)[0].method == "whole"
 
 
