@@ -510,8 +510,10 @@ def markdown_table(columns: dict[str, Optional[dict]], diff: Optional[dict] = No
     return rows
 
 
-# what counts as "grew" for the reward-gaming check: this many times the starting model's length
+# what counts as "grew" for the reward-gaming check: this many times the starting model's length when the
+# similarity rose with it, LENGTH_DRIFT times (beyond noise) whatever the similarity did
 LENGTH_GROWTH = 1.5
+LENGTH_DRIFT = 1.2
 
 
 def _beyond_noise(d: Optional[dict], sign: int) -> bool:
@@ -543,6 +545,16 @@ def gaming_warnings(
         out.append(
             f"{similarity} rose ({100 * sim['diff']:+.2f}) while the summaries grew from {lb:.2f} to {lf:.2f} times "
             f"the reference's length: the length guard was gamed (raise rl.weights.length or narrow rl.length_band)"
+        )
+    elif _beyond_noise(stats.get("length_ratio"), 1) and lb and lf and lf >= LENGTH_DRIFT * lb:
+        grew = f"the summaries grew from {lb:.2f} to {lf:.2f} times the reference's length"
+        cell = diff_cell("length_ratio", stats["length_ratio"])
+        out.append(
+            f"{grew} ({cell}) "
+            f"while {similarity} moved {100 * sim['diff']:+.2f}: the length guard lost to the other components "
+            f"(raise rl.weights.length or narrow rl.length_band)"
+            if sim
+            else f"{grew} ({cell}): raise rl.weights.length or narrow rl.length_band"
         )
     if _beyond_noise(sim, -1):
         lo, hi = sim["ci95"]

@@ -230,3 +230,35 @@ def test_one_summary_for_a_page():
     assert shown["shown"]["cut_by_max_new_tokens"] == "100.0%" and shown["values"]["length_ratio"] is None
     assert shown["labels"]["coverage"].startswith("extractive fragment coverage")
     assert D.for_display("Компания продала суда.", "Компания продала суда в Осло.")["tokenizer"] == "unicode"
+
+
+def test_reward_gaming_warnings_name_the_guard_that_was_gamed():
+    """After GRPO (diagnostics.gaming_warnings): hand-made comparisons of an SFT model and a GRPO model."""
+    from llm_summarizer.evaluation.diagnostics import gaming_warnings
+
+    def d(diff, lo, hi):
+        return {"diff": diff, "ci95": [lo, hi]}
+
+    def cmp(sim, **stats):
+        return {"model_minus_base": {"rougeL": sim}, "diagnostics_model_minus_base": stats}
+
+    base = {"length_ratio": 1.04, "density": 2.13, "repeated_3gram": 0.06}
+    # BENCHMARKS' DialogSum GRPO 2, in the run: ROUGE-L up but not beyond noise, 1.41x longer beyond noise
+    longer = {**base, "length_ratio": 1.47}
+    (w,) = gaming_warnings(base, longer, cmp(d(0.037, -0.0003, 0.08), length_ratio=d(0.42, 0.20, 0.62)))
+    assert "grew from 1.04 to 1.47 times the reference's length (+0.42 [+0.20, +0.62])" in w
+    assert "rougeL moved +3.70" in w and "rl.weights.length" in w
+    # ROUGE up beyond noise and 1.5x longer: the classic length hack, said once
+    (w,) = gaming_warnings(base, {**base, "length_ratio": 1.6}, cmp(d(0.05, 0.01, 0.09), length_ratio=d(0.5, 0.3, 0.7)))
+    assert w.startswith("rougeL rose (+5.00) while the summaries grew from 1.04 to 1.60")
+    # longer, but within noise or under 1.2x: nothing; ROUGE down beyond noise and repeating: both said
+    assert gaming_warnings(base, longer, cmp(d(0.0, -0.02, 0.02), length_ratio=d(0.42, -0.1, 0.9))) == []
+    assert (
+        gaming_warnings(base, {**base, "length_ratio": 1.2}, cmp(d(0.0, -0.02, 0.02), length_ratio=d(0.16, 0.1, 0.2)))
+        == []
+    )
+    ws = gaming_warnings(
+        base, {**base, "repeated_3gram": 0.16}, cmp(d(-0.021, -0.045, -0.002), repeated_3gram=d(0.1, 0.06, 0.14))
+    )
+    assert any("rougeL fell beyond noise (-2.10 [-4.50, -0.20])" in x for x in ws)
+    assert any("repeats itself more" in x and "rl.weights.repetition" in x for x in ws) and len(ws) == 2
