@@ -217,7 +217,7 @@ def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
     from llm_summarizer.models.generation import GenerationRequest, chunk_formatters, generate
 
     ev = loaded.cfg.eval
-    fmt, merge_fmt = chunk_formatters(loaded, max_new)
+    fmt, merge_fmt, refine_fmt = chunk_formatters(loaded, max_new)
 
     def with_batching(mode):
         def run(texts, formatter, _report):
@@ -232,7 +232,7 @@ def chunked_ways(loaded, docs: list[str], max_new: int) -> dict:
             )
             return generate(loaded.model, loaded.tokenizer, request)
 
-        return summarize_long(docs, fmt, merge_fmt, ev, max_new, run)
+        return summarize_long(docs, fmt, merge_fmt, ev, max_new, run, refine_formatter=refine_fmt)
 
     print(f"bench_long: batching, chunked: {len(docs)} documents", file=sys.stderr, flush=True)
     floor, t_f, l_f = timed(lambda: with_batching("floor"))
