@@ -52,19 +52,32 @@ REFINE_DOCUMENT = "Summary so far:\n{summary}\n\nNext part:\n{part}"
 TRAINING_PROMPT = "data.instruction"  # eval.merge_instruction's value for the prompt the model was trained with
 
 _WORD = re.compile(r"\w+")
+# a sentence ends after . ! ? or an ellipsis and its closing quotes or brackets, before a space; after a CJK full
+# stop, question or exclamation mark with or without one (the sentence places of data/chunking.py)
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f][\"'\u201d\u2019)\]]*")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of `text`, line by line (a line break always ends one)."""
+    out = []
+    for line in text.split("\n"):
+        at = 0
+        for m in _SENTENCE_END.finditer(line):
+            out.append(line[at : m.end()])
+            at = m.end()
+        out.append(line[at:])
+    return [s.strip() for s in out if s.strip()]
 
 
 def dedup_sentences(texts: list[str], share: float = 0.8) -> tuple[list[str], int]:
     """`texts` with each sentence that repeats an earlier one (in any earlier text or earlier in the same) removed,
     and how many were: the same words (any order, any case), or, for a sentence of three or more words, `share` of
-    them in one earlier sentence. Sentences are split as ROUGE-Lsum splits them; a sentence of no words stays."""
-    from ..evaluation.scoring import split_sentences
-
+    them in one earlier sentence (`sentences`); a sentence of no words stays."""
     kept: list[set] = []
     out, removed = [], 0
     for text in texts:
         keep = []
-        for sentence in split_sentences(text).split("\n") if text.strip() else []:
+        for sentence in sentences(text):
             words = {w.lower() for w in _WORD.findall(sentence)}
             if words and any(words == k or (len(words) >= 3 and len(words & k) >= share * len(words)) for k in kept):
                 removed += 1

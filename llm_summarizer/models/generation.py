@@ -194,7 +194,7 @@ class GenerationRequest:
     on_done: Optional[Callable[[int, Generated], None]] = None
 
     def __post_init__(self):
-        if self.batching is not None:
+        if self.batching not in (None, "auto"):
             strategy(self.batching)  # an unknown strategy is refused here, before any prompt is built
 
 
@@ -740,7 +740,7 @@ def saved_model_config(cfg):
     """The model config of cfg.model.name where it can be read without a network (a local folder, the hub cache),
     else None (chunking then reads the tokenizer's context): what `llm-summarizer data` plans windows with."""
     try:
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # only when `data` plans windows: nothing loads at import time
 
         return AutoConfig.from_pretrained(cfg.model.name, cache_dir=cfg.model.cache_dir, local_files_only=True)
     except Exception:  # a hub name not cached, a random: model, an adapter folder: the tokenizer's context instead

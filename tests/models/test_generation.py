@@ -115,7 +115,7 @@ def test_sampling_beams_penalties_and_sliding_window_caches_run_static(loaded):
         assert not plain_greedy(loaded.model, ev)
     finally:
         gc.repetition_penalty = old
-    assert load_config("tiny").eval.batching == "continuous"
+    assert load_config("tiny").eval.batching == "auto"  # continuous, or static on a busy CPU (models/device.py)
 
 
 class DecodeBuffers:
@@ -199,8 +199,11 @@ def test_generate_takes_one_request_and_the_strategy_table_refuses_an_unknown_st
         request.max_new_tokens = 9
     gens = generation.generate(loaded.model, loaded.tokenizer, request)
     assert len(gens) == 3 and all(isinstance(g, generation.Generated) for g in gens)
-    # the config's choices and the table's names are the same set: a new strategy is added in both, nowhere else
-    assert set(typing.get_args(EvalSection.model_fields["batching"].annotation)) == set(generation.STRATEGIES)
+    # the config's choices are the table's names and `auto` (which picks one of them by the device and the CPU's
+    # load): a new strategy is added in both, nowhere else
+    assert set(typing.get_args(EvalSection.model_fields["batching"].annotation)) == {*generation.STRATEGIES, "auto"}
+    auto = generation.GenerationRequest(loaded.formatter, DOCS[:3], loaded.cfg.eval, 8, loaded.backend, batching="auto")
+    assert [g.text for g in generation.generate(loaded.model, loaded.tokenizer, auto)] == [g.text for g in gens]
     assert generation.strategy("static").run is generation._static
     with pytest.raises(
         UserError, match=r"batching='speculative': no such decoding strategy; known: continuous, static"

@@ -139,7 +139,11 @@ def test_too_many_windows_is_a_400_with_the_reason(tiny_run):
     from llm_summarizer.models.loading import load_for_generation
     from llm_summarizer.serve.server import Refusal, Summarizer
 
-    s = Summarizer(load_for_generation(tiny_run.model_dir, overrides=["eval.max_chunks=2"]), False, 100_000)
+    s = Summarizer(
+        load_for_generation(tiny_run.model_dir, overrides=["eval.max_chunks=2", "eval.max_window_tokens=256"]),
+        False,
+        100_000,
+    )
     with pytest.raises(Refusal) as e:
         s.summarize("\n".join(DOCS * 3))
     assert e.value.status == 400 and "windows of at most" in str(e.value) and "eval.max_chunks=2" in str(e.value)
