@@ -109,7 +109,7 @@ def test_notebook_runs_top_to_bottom_in_offline_demo_mode(tmp_path, models_dir, 
     document = json.loads((ROOT / "data/demo/test.jsonl").read_text().splitlines()[0])["document"]
     expected = summarize(str(model_dir), [document])[0].strip()
     assert expected and expected in text.split("== summary ==", 1)[1], text[-2000:]
-    # a long text (twelve test documents): chunked, its tree shown round by round, then one summary
+    # a long text (48 test documents): chunked, its tree shown round by round, then one summary
     assert "chunked: " in text and "-- round 0 (windows of the document)" in text and "-- round 1 (merges" in text
     assert text.split("== long document summary ==", 1)[1].strip()
     # the export exists and was checked
