@@ -50,7 +50,13 @@ def decisions(device=None) -> dict:
     # the device plan imports torch: only when asked
     from ..config_loading import load_config
     from ..errors import UserError
-    from ..models.device import current, dtype_name, generation_batching, inference_dtype, training_plan
+    from ..models.device import (
+        current,
+        dtype_name,
+        generation_batching,
+        inference_dtype,
+        training_plan,
+    )
 
     device = device or current()
     cfg = load_config(None)
@@ -64,7 +70,20 @@ def decisions(device=None) -> dict:
         "training_precision_auto": training,
         "generation_dtype": dtype_name(inference_dtype(cfg, device)),
         "generation_batching_unsloth": generation_batching("unsloth", cfg.eval.batching, device)[0],
+        "generation_cpu_threads": generation_threads_text(cfg.eval.cpu_threads, device),
     }
+
+
+def generation_threads_text(asked, device) -> str:
+    """The torch threads generation uses here now (on a CPU: fewer while other processes keep cores busy)."""
+    import torch  # the device plan imports torch: only when asked
+
+    from ..models.device import generation_threads
+
+    if device.cuda:
+        return "not used (GPU)"
+    n, why = generation_threads(asked, device)
+    return f"torch's {torch.get_num_threads()}" if n is None else f"{n}: {why}"
 
 
 def run(args, _cfg) -> int:

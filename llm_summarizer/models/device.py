@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -360,33 +361,65 @@ def recent_cpu_load(max_age_s: float = 5.0) -> Optional[CpuLoad]:
     return _last_load[0]
 
 
-def generation_batching(
-    backend: str, asked: str, device: Optional[Device] = None, load: Optional[CpuLoad] = None
-) -> tuple[str, Optional[str]]:
+def generation_batching(backend: str, asked: str, device: Optional[Device] = None) -> tuple[str, Optional[str]]:
     """(batching, why it differs from what was asked, or None). Continuous batching feeds the model a cache it
     rebuilds as rows leave and join; on a GPU Unsloth decodes through private buffers of its own (and CUDA graphs)
     that this has not been run against on a GPU yet, so there static batches run until a GPU run says otherwise.
-    `auto` (the default) is continuous, except on a CPU that other processes keep busy (`load`, measured when not
-    given): each continuous step is many small tensor operations, and with more runnable threads than cores every
-    one of them waits for torch's threads to be scheduled again (measured: 0.21x of static batches on a busy
-    2-core machine, BENCHMARKS.md floors)."""
+    `auto` (the default) is continuous otherwise, a busy CPU included: under measured load (other processes
+    spinning on one or both of 2 cores, or another torch process) continuous batching stayed 1.1-1.3x faster than
+    static batches; what slows a busy CPU down is torch's thread count, which generation_threads() sets."""
     device = device or current()
-    wanted = asked
-    if asked == "auto":
-        wanted = "continuous"
-        if not device.cuda:
-            load = load or recent_cpu_load()
-            if load is not None and load.oversubscribed:
-                return "static", (
-                    f"eval.batching=auto: static batches: the CPU is busy ({load.describe()}), where continuous "
-                    f"batching's small steps slow down most; eval.batching=continuous forces it"
-                )
+    wanted = "continuous" if asked == "auto" else asked
     if wanted == "continuous" and backend == "unsloth" and device.cuda:
         return "static", (
             "eval.batching=continuous: static batches on Unsloth's CUDA fast decoder (continuous batching is not yet "
             "verified against its decode buffers on a GPU; model.backend=transformers batches continuously)"
         )
     return wanted, None
+
+
+def generation_threads(
+    asked: Union[str, int], device: Optional[Device] = None, load: Optional[CpuLoad] = None
+) -> tuple[Optional[int], Optional[str]]:
+    """(torch threads for a generation on a CPU, why; or None, None: leave torch's threads as they are).
+
+    torch's CPU threads meet at the end of every operation, so a generation step is as slow as the slowest of them:
+    one that shares its core with another process's thread gets half that core, and every operation waits for it.
+    With other processes keeping `others` cores busy, `auto` uses one thread per core they leave free (at least 1):
+    measured on 2 cores with one spinning process beside, chunked summarization took 46.5 s on 1 thread against
+    86.6 s on 2 (1.9x; quiet, 1 thread 47.4 s and 2 threads 32.3 s). A number asks for that many threads."""
+    device = device or current()
+    if device.cuda:
+        return None, None
+    if asked != "auto":
+        n, threads = int(asked), load.threads if load else torch.get_num_threads()
+        return (None, None) if n == threads else (n, f"generation on {n} torch thread(s) (eval.cpu_threads={n})")
+    load = load or recent_cpu_load()
+    if load is None or not load.oversubscribed:
+        return None, None
+    free, threads = max(1, load.cores - load.others), load.threads
+    if free >= threads:
+        return None, None
+    return free, (
+        f"generation on {free} of {threads} torch thread(s): the CPU is busy ({load.describe()}); a thread sharing "
+        f"its core with another process would stall the others at every operation (eval.cpu_threads sets a number)"
+    )
+
+
+@contextmanager
+def threads_for_generation(asked: Union[str, int], device: Optional[Device] = None):
+    """torch's threads as generation_threads() says while the block runs (its reason logged once), then as before."""
+    n, why = generation_threads(asked, device)
+    if n is None:
+        yield
+        return
+    say_once(why)
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _said: set = set()

@@ -31,7 +31,7 @@ from ..faults import is_oom
 from ..stats import percentile
 from .backends import for_inference, for_training
 from .chunked import MERGE_INSTRUCTION, REFINE_INSTRUCTION, TRAINING_PROMPT, plan_cost, summarize_long
-from .device import effective_batching
+from .device import effective_batching, threads_for_generation
 from .loading import Loaded, load_for_generation
 
 log = logging.getLogger("llm_summarizer.generation")
@@ -240,7 +240,7 @@ def generate(model, tokenizer, request: GenerationRequest) -> list[Generated]:
     batch and retries, and `request.batch` (when given) keeps the smaller size for the next call."""
     job = _Job.start(request)
     mode = effective_batching(request.backend, request.ev, request.batching)
-    with inference_mode(model, tokenizer, request.backend):
+    with inference_mode(model, tokenizer, request.backend), threads_for_generation(request.ev.cpu_threads):
         chosen(mode, model, request).run(model, tokenizer, job)
     return job.results  # type: ignore[return-value]
 

@@ -7,6 +7,7 @@ import inspect
 import os
 import types
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -290,19 +291,26 @@ def test_env_describes_a_t4_on_any_machine(capsys):
 
 @pytest.mark.parametrize(
     "others,threads,cores,want",
-    [(0, 2, 2, "continuous"), (1, 2, 2, "static"), (2, 2, 16, "continuous"), (15, 2, 16, "static")],
+    [(0, 2, 2, None), (1, 2, 2, 1), (2, 2, 2, 1), (2, 2, 16, None), (13, 4, 16, 3), (15, 2, 16, 1), (1, 1, 2, None)],
 )
-def test_auto_batching_is_static_on_a_busy_cpu_only(others, threads, cores, want):
+def test_a_busy_cpu_generates_on_the_cores_other_processes_leave_free(others, threads, cores, want):
+    """The load described (mocked), not this machine's."""
     load = dev.CpuLoad(others, threads, cores)
-    batching, why = dev.generation_batching("transformers", "auto", KNOWN["cpu"], load)
-    assert batching == want
-    assert (why is not None) == (want == "static")
+    n, why = dev.generation_threads("auto", KNOWN["cpu"], load)
+    assert n == want
+    assert (why is not None) == (want is not None)
     if why:
-        assert f"{others} runnable thread(s) of other processes" in why and "eval.batching=continuous" in why
-    # asked for explicitly, continuous runs whatever the load; a GPU ignores the CPU's load
-    assert dev.generation_batching("transformers", "continuous", KNOWN["cpu"], load) == ("continuous", None)
-    assert dev.generation_batching("transformers", "auto", KNOWN["t4"], load) == ("continuous", None)
-    assert dev.generation_batching("unsloth", "auto", KNOWN["t4"], load)[0] == "static"
+        assert why.startswith(f"generation on {want} of {threads} torch thread(s): the CPU is busy ({others} runnable")
+        assert "eval.cpu_threads" in why
+    # a number is used whatever the load; a GPU's generation leaves torch's CPU threads alone
+    assert dev.generation_threads(1, KNOWN["cpu"], load) == ((None, None) if threads == 1 else (1, ANY))
+    assert dev.generation_threads(threads, KNOWN["cpu"], load) == (None, None)
+    assert dev.generation_threads("auto", KNOWN["t4"], load) == (None, None)
+    assert dev.generation_threads(3, KNOWN["t4"], load) == (None, None)
+    # continuous batching stays the choice on a busy CPU (it measured faster than static batches there too)
+    assert dev.generation_batching("transformers", "auto", KNOWN["cpu"]) == ("continuous", None)
+    assert dev.generation_batching("transformers", "auto", KNOWN["t4"]) == ("continuous", None)
+    assert dev.generation_batching("unsloth", "auto", KNOWN["t4"])[0] == "static"
 
 
 def test_cpu_load_reads_this_machine(monkeypatch):

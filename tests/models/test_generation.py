@@ -92,6 +92,47 @@ def test_out_of_memory_halves_the_continuous_batch_and_restarts_its_rows(loaded,
     assert [g.text for g in got] == want and batch.size == 2 and batch.reductions == 2
 
 
+def test_a_busy_cpu_generates_on_the_cores_left_free_and_gets_its_threads_back(loaded, monkeypatch, caplog):
+    """The load described (another process keeping one of 2 cores busy), not this machine's: every forward runs on
+    1 thread, the same texts come out, torch's 2 threads are back afterwards and the log says why."""
+    import logging
+
+    import torch
+
+    from llm_summarizer.models import device
+    from llm_summarizer.models.generation import GenerationRequest, generate
+
+    args = (loaded.formatter, DOCS[:6], loaded.cfg.eval, 16, loaded.backend)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the machine described, whatever this one's torch uses
+    try:
+        want = [g.text for g in generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=4))]
+        seen, forward = [], loaded.model.forward
+
+        def watched(*a, **kw):
+            seen.append(torch.get_num_threads())
+            return forward(*a, **kw)
+
+        monkeypatch.setattr(loaded.model, "forward", watched)
+        monkeypatch.setattr(device, "recent_cpu_load", lambda: device.CpuLoad(others=1, threads=2, cores=2))
+        with caplog.at_level(logging.INFO):
+            got = generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=4))
+        assert [g.text for g in got] == want and seen and set(seen) == {1}
+        assert "generation on 1 of 2 torch thread(s): the CPU is busy (1 runnable thread(s) of other" in caplog.text
+        assert torch.get_num_threads() == 2
+        # quiet: torch's threads; a number in eval.cpu_threads: that many, whatever the load
+        monkeypatch.setattr(device, "recent_cpu_load", lambda: device.CpuLoad(others=0, threads=2, cores=2))
+        seen.clear()
+        generate(loaded.model, loaded.tokenizer, GenerationRequest(*args[:2], loaded.cfg.eval, 8, loaded.backend))
+        assert set(seen) == {2}
+        seen.clear()
+        ev = loaded.cfg.eval.model_copy(update={"cpu_threads": 1})
+        generate(loaded.model, loaded.tokenizer, GenerationRequest(loaded.formatter, DOCS[:2], ev, 8, loaded.backend))
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sampling_beams_penalties_and_sliding_window_caches_run_static(loaded):
     from types import SimpleNamespace
 
