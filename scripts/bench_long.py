@@ -83,6 +83,44 @@ def fine_tune(args) -> Path:
     return result.model_dir
 
 
+def _spin() -> None:
+    x = 0
+    while True:  # another user's CPU-bound job: always runnable, never sleeps
+        x += 1
+
+
+class Busy:
+    """`n` processes spinning beside the measurements (a shared machine, reproducibly), stopped on exit."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        import multiprocessing as mp
+
+        self.procs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(self.n)]
+        for proc in self.procs:
+            proc.start()
+        if self.n:
+            time.sleep(2)  # running before the first measurement
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.terminate()
+            proc.join()
+
+
+def threads_used(ev) -> dict:
+    """The torch threads our generation and the plain floor use now (the floor keeps torch's own)."""
+    import torch
+
+    from llm_summarizer.models.device import generation_threads
+
+    n, why = generation_threads(ev.cpu_threads)
+    return {"torch": torch.get_num_threads(), "ours": n or torch.get_num_threads(), "why": why}
+
+
 def timed(fn):
     before = load_avg()
     t0 = time.perf_counter()
@@ -345,13 +383,17 @@ def quality_rows(r: dict, head: str, cmd: str) -> list[str]:
 def batching_rows(r: dict, head: str, cmd: str) -> list[str]:
     b = r["batching"]
     rows = []
+    t = b.get("threads")
+    load = f"{'busy: ' + str(b['busy']) + ' process(es) spinning beside' if b.get('busy') else 'quiet'}" + (
+        f"; ours on {t['ours']} torch thread(s), the floor on torch's {t['torch']}" if t else ""
+    )
     g = b.get("rouge_pass")
     if g:
         floor = sum(g["floor_s"]) / 2
         rows.append(
             f"{head}| generation, continuous batching (the ROUGE pass: {g['examples']} DialogSum prompts of "
             f"{g['prompt_tokens'][0]}-{g['prompt_tokens'][1]} tokens, batch {g['batch_size']}, max_new "
-            f"{g['max_new_tokens']}) | continuous: {g['examples'] / g['continuous_s']:.2f} ex/s, "
+            f"{g['max_new_tokens']}; {load}) | continuous: {g['examples'] / g['continuous_s']:.2f} ex/s, "
             f"{g['tokens'] / g['continuous_s']:.0f} tok/s<br>sorted static: {g['examples'] / g['static_s']:.2f} ex/s | "
             f"{g['examples'] / floor:.2f} ex/s | **continuous {g['ratio_continuous']:.2f}x**<br>sorted "
             f"{g['ratio_static']:.2f}x | same texts as the floor: continuous {g['same_texts_continuous']}/"
@@ -361,7 +403,8 @@ def batching_rows(r: dict, head: str, cmd: str) -> list[str]:
     e = b.get("evaluate")
     if e:
         rows.append(
-            f"{head}| evaluate ({e['rows']} DialogSum test rows, end to end) | continuous: {e['continuous_s']:.0f} s "
+            f"{head}| evaluate ({e['rows']} DialogSum test rows, end to end; {load}) | continuous: "
+            f"{e['continuous_s']:.0f} s "
             f"| sorted static: {e['static_s']} s | **{e['continuous_over_static']:.2f}x** of static | same texts "
             f"{e['same_texts']}/{e['rows']}; ROUGE-L {100 * e['rougeL']['continuous']:.2f} both ways; load avg "
             f"{e['load_avg']} | `{cmd}` |"
@@ -370,7 +413,7 @@ def batching_rows(r: dict, head: str, cmd: str) -> list[str]:
     if c:
         rows.append(
             f"{head}| chunked summarization ({c['documents']} QMSum meetings, {c['generations']} generations: "
-            f"windows and merges, batch {c['batch_size']}, max_new {c['max_new_tokens']}) | continuous: "
+            f"windows and merges, batch {c['batch_size']}, max_new {c['max_new_tokens']}; {load}) | continuous: "
             f"{c['continuous_s']:.0f} s<br>sorted static: {c['static_s']:.0f} s | plain generate in order: "
             f"{c['floor_s']:.0f} s | **continuous {c['ratio_continuous']:.2f}x**<br>sorted {c['ratio_static']:.2f}x "
             f"| same trees as the floor: continuous {c['same_trees_continuous']}/{c['documents']}, sorted "
@@ -403,6 +446,12 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="quality,batching", help="quality, batching, or both")
     ap.add_argument("--meetings", type=int, default=10, help="QMSum test meetings for the quality part")
     ap.add_argument("--batching-meetings", type=int, default=2, help="QMSum meetings chunked in the batching part")
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="batching: this many processes spinning beside the measurements (a busy shared machine; 0: quiet)",
+    )
     ap.add_argument("--rouge-rows", type=int, default=24, help="DialogSum validation prompts (the ROUGE pass)")
     ap.add_argument("--evaluate-rows", type=int, default=24, help="DialogSum test rows for evaluate")
     ap.add_argument("--train-rows", type=int, default=160)
@@ -477,17 +526,18 @@ def main(argv=None) -> int:
     if "batching" in parts:
         max_new, _ = default_max_new_tokens(loaded_for([]))
         val = [r["document"] for r in read_jsonl(root / "dialogsum" / "validation.jsonl", args.rouge_rows)]
-        result["batching"] = {
-            "rouge_pass": three_ways(loaded, val, max_new),
-            "chunked": chunked_ways(
+        with Busy(args.busy):
+            result["batching"] = {"busy": args.busy, "threads": threads_used(loaded.cfg.eval)}
+            print(f"bench_long: batching, {args.busy} busy process(es), {result['batching']['threads']}", flush=True)
+            result["batching"]["rouge_pass"] = three_ways(loaded, val, max_new)
+            result["batching"]["chunked"] = chunked_ways(
                 loaded_for(["eval.long_documents=chunk"]),
                 [m["document"] for m in meetings[: args.batching_meetings]],
                 max_new,
-            ),
-        }
-        result["batching"]["evaluate"] = evaluate_ways(
-            model_dir, root / "dialogsum", args.evaluate_rows, Path(args.work)
-        )
+            )
+            result["batching"]["evaluate"] = evaluate_ways(
+                model_dir, root / "dialogsum", args.evaluate_rows, Path(args.work)
+            )
     out = Path(args.out) if args.out else Path(args.work) / "long.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")

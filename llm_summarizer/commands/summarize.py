@@ -36,6 +36,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from ..errors import UserError
 from . import boot
@@ -72,21 +73,55 @@ def _warn_truncated(loaded, items: list, gens, max_new_tokens: int, shown: list)
 
 class _Progress:
     """Progress by generation: a whole document, a window, or a merge round's input; a new bar whenever merge
-    rounds add to the count."""
+    rounds add to the count. Where no bar is shown (a log, a pipe) and a long document was planned, a log line at
+    most every `every_s` seconds: generations so far of the planned ones, seconds each, and the time left at that
+    rate."""
 
-    def __init__(self, bar):
+    def __init__(self, bar, planned: Optional[int] = None, exact: bool = False, every_s: float = 30.0, clock=None):
+        from ..progress import enabled
+
         self.bar, self.shown, self.total = bar, None, None
+        self.planned, self.exact, self.every_s = planned, exact, every_s
+        self.logs = bool(planned) and not enabled()
+        self.clock = clock or time.monotonic
+        self.started = self.said = self.clock()
+        self.before, self.done = 0, 0  # generations of the earlier groups of documents, of this one
+
+    def group(self) -> None:
+        """The next group of documents starts: its counts go on from the earlier groups'."""
+        self.before, self.done = self.before + self.done, 0
 
     def __call__(self, done: int, total: int) -> None:
         if total != self.total:
             self.close()
             self.shown, self.total = self.bar(total, "summarize: documents, windows and merges", "summary"), total
         self.shown.update_to(done)
+        self.done = done
+        now = self.clock()
+        if self.logs and now - self.said >= self.every_s:
+            self.said = now
+            made = self.before + done
+            each = (now - self.started) / max(1, made)
+            left = max(0, self.planned - made) * each
+            log.info(
+                "summarize: %d of %s %d generations in %.0f s (%.1f s each): %s %s left",
+                made,
+                "exactly" if self.exact else "at most",
+                self.planned,
+                now - self.started,
+                each,
+                "about" if self.exact else "at most about",
+                _duration(left),
+            )
 
     def close(self) -> None:
         if self.shown is not None:
             self.shown.close()
         self.shown, self.total = None, None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
@@ -130,8 +165,10 @@ def summarize_inputs(args, inputs: list[str], overrides: list[str]) -> int:
     # --output appears whole once every summary is written (an interrupted run leaves what was there before)
     with atomic_file(out_path) if out_path else contextlib.nullcontext(sys.stdout) as sink:
         # 3. Generate in groups of documents, writing as they finish.
-        shown_progress = _Progress(bar)
+        chunked = cost is not None and cost.chunked
+        shown_progress = _Progress(bar, cost.generations if chunked else None, chunked and cost.exact)
         for start in range(0, len(items), group):
+            shown_progress.group()
             part = items[start : start + group]
             gens = summarize_texts(
                 loaded, [it.text for it in part], max_new, names=[it.name for it in part], progress=shown_progress

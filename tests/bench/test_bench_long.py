@@ -48,6 +48,8 @@ def test_smoke_on_the_tiny_model(tiny_run, tmp_path):
             "6",
             "--bootstrap",
             "100",
+            "--busy",
+            "1",
             "--markdown",
             str(md),
             "eval.max_new_tokens=6",
@@ -74,3 +76,6 @@ def test_smoke_on_the_tiny_model(tiny_run, tmp_path):
     assert chunk["planned_generations"] >= chunk["generations"] and chunk["diagnostics"]["density"] is not None
     assert "generation, continuous batching (the ROUGE pass" in text and "chunked summarization (1 QMSum" in text
     assert "evaluate (6 DialogSum test rows" in text
+    # the batching part ran beside a spinning process, and its rows say so with the threads each side used
+    assert b["busy"] == 1 and b["threads"]["ours"] <= b["threads"]["torch"]
+    assert text.count("busy: 1 process(es) spinning beside; ours on ") == 3

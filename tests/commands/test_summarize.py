@@ -186,3 +186,45 @@ def test_length_sorted_batches_give_the_texts_of_dataset_order_batches(tiny_run)
     one_by_one = generate(loaded.model, loaded.tokenizer, GenerationRequest(*args, batch_size=1))
     assert [g.text for g in by_length] == [g.text for g in in_order] == [g.text for g in one_by_one]
     assert len({g.text for g in by_length}) > 1  # not one text for every document
+
+
+def test_long_documents_log_progress_and_time_left_where_no_bar_is_shown(monkeypatch, caplog):
+    """In a log (no bar): a line at most every 30 s with the generations so far of those planned, seconds each and
+    the time left at that rate, counted on across groups of documents (the clock is described, not this one's)."""
+    import logging
+
+    from llm_summarizer.commands import summarize
+    from llm_summarizer.progress import bar
+
+    monkeypatch.setenv("LLM_SUMMARIZER_PROGRESS", "off")
+    now = [100.0]
+    progress = summarize._Progress(bar, planned=40, exact=False, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="llm_summarizer.summarize"):
+        progress.group()
+        for done in range(1, 11):  # 10 generations, 2 s each
+            now[0] += 2
+            progress(done, 12)
+        progress.group()  # the next group of documents counts on
+        for done in range(1, 11):
+            now[0] += 2
+            progress(done, 14)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["summarize: 15 of at most 40 generations in 30 s (2.0 s each): at most about 50 s left"]
+    # refine's count is exact; with a bar shown (or nothing chunked) no line is logged
+    caplog.clear()
+    progress = summarize._Progress(bar, planned=100, exact=True, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="llm_summarizer.summarize"):
+        now[0] += 120
+        progress(10, 10)
+    assert caplog.records[0].getMessage().endswith("(12.0 s each): about 18 min left")
+    monkeypatch.setenv("LLM_SUMMARIZER_PROGRESS", "on")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llm_summarizer.summarize"):
+        shown = summarize._Progress(bar, planned=100, exact=True, clock=lambda: now[0])
+        now[0] += 120
+        shown(10, 10)
+        shown.close()
+        silent = summarize._Progress(bar, planned=None, clock=lambda: now[0])
+        now[0] += 120
+        silent(1, 1)
+    assert not caplog.records
