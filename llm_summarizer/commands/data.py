@@ -42,8 +42,8 @@ def run(args, cfg) -> int:
     from ..data.rows import load_raw_splits
     from ..data.tokenize import prepare
     from ..evaluation import diagnostics
-    from ..models.generation import derive_max_new_tokens, saved_model_config, window_for
-    from ..models.loading import load_tokenizer
+    from ..models.generation import derive_max_new_tokens, window_for
+    from ..models.loading import load_tokenizer, saved_model_config
 
     raw = load_raw_splits(cfg)
     tokenizer = load_tokenizer(cfg, raw)

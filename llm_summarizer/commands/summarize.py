@@ -78,7 +78,7 @@ class _Progress:
     rate."""
 
     def __init__(self, bar, planned: Optional[int] = None, exact: bool = False, every_s: float = 30.0, clock=None):
-        from ..progress import enabled
+        from ..progress import enabled  # with bar, where summarizing starts (the CLI parses before it)
 
         self.bar, self.shown, self.total = bar, None, None
         self.planned, self.exact, self.every_s = planned, exact, every_s

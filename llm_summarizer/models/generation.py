@@ -736,23 +736,17 @@ def window_for(cfg, template_tokens: int, max_new_tokens: int, config, tokenizer
     return length, why
 
 
-def saved_model_config(cfg):
-    """The model config of cfg.model.name where it can be read without a network (a local folder, the hub cache),
-    else None (chunking then reads the tokenizer's context): what `llm-summarizer data` plans windows with."""
-    try:
-        from transformers import AutoConfig  # only when `data` plans windows: nothing loads at import time
-
-        return AutoConfig.from_pretrained(cfg.model.name, cache_dir=cfg.model.cache_dir, local_files_only=True)
-    except Exception:  # a hub name not cached, a random: model, an adapter folder: the tokenizer's context instead
-        return None
-
-
 def chunk_formatters(loaded: Loaded, max_new_tokens: int):
     """The prompt formatters of the windows, of the merge rounds and of refine's updates, all of one window
     (window_length): the windows' is the model's own prompt; the merge rounds' has eval.merge_instruction
     (default MERGE_INSTRUCTION; 'data.instruction' = the training prompt), refine's eval.refine_instruction."""
     cfg, f = loaded.cfg, loaded.formatter
     length, _why = window_length(loaded, max_new_tokens)
+    ev = cfg.eval
+    key = (length, id(f), cfg.data.model_dump_json(), ev.merge_instruction, ev.refine_instruction, ev.chunk_strategy)
+    cached = getattr(loaded, "_chunk_formatters", None)
+    if cached is not None and cached[0] == key:  # a server's requests, a run's rounds: built once per settings
+        return cached[1]
     formatter = f if length == f.max_seq_length else Formatter(loaded.tokenizer, cfg.data, length)
 
     def with_instruction(text: Optional[str]):
@@ -764,6 +758,7 @@ def chunk_formatters(loaded: Loaded, max_new_tokens: int):
     refine = None
     if cfg.eval.chunk_strategy == "refine":
         refine = with_instruction(cfg.eval.refine_instruction or REFINE_INSTRUCTION)
+    loaded._chunk_formatters = (key, (formatter, merge, refine))
     return formatter, merge, refine
 
 

@@ -499,3 +499,14 @@ def load_base_for_generation(loaded: Loaded) -> Loaded:
     return Loaded(
         model, loaded.tokenizer, loaded.formatter, loaded.cfg, loaded.backend, base_info, loaded.dtype, loaded.quantized
     )
+
+
+def saved_model_config(cfg):
+    """The model config of cfg.model.name where it can be read without a network (a local folder, the hub cache),
+    else None (chunking then reads the tokenizer's context): what `llm-summarizer data` plans windows with."""
+    try:
+        from transformers import AutoConfig  # only when `data` plans windows: nothing loads at import time
+
+        return AutoConfig.from_pretrained(cfg.model.name, cache_dir=cfg.model.cache_dir, local_files_only=True)
+    except Exception:  # a hub name not cached, a random: model, an adapter folder: the tokenizer's context instead
+        return None
