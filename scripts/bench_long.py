@@ -83,24 +83,19 @@ def fine_tune(args) -> Path:
     return result.model_dir
 
 
-def _spin() -> None:
-    x = 0
-    while True:  # another user's CPU-bound job: always runnable, never sleeps
-        x += 1
-
-
 class Busy:
-    """`n` processes spinning beside the measurements (a shared machine, reproducibly), stopped on exit."""
+    """`n` processes spinning beside the measurements (a shared machine, reproducibly: another user's CPU-bound
+    job, always runnable, never sleeping), stopped on exit."""
+
+    SPIN = "while True:\n    pass"
 
     def __init__(self, n: int):
         self.n, self.procs = n, []
 
     def __enter__(self):
-        import multiprocessing as mp
+        import subprocess
 
-        self.procs = [mp.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(self.n)]
-        for proc in self.procs:
-            proc.start()
+        self.procs = [subprocess.Popen([sys.executable, "-c", self.SPIN]) for _ in range(self.n)]
         if self.n:
             time.sleep(2)  # running before the first measurement
         return self
@@ -108,7 +103,7 @@ class Busy:
     def __exit__(self, *exc):
         for proc in self.procs:
             proc.terminate()
-            proc.join()
+            proc.wait()
 
 
 def threads_used(ev) -> dict:
