@@ -50,13 +50,7 @@ def decisions(device=None) -> dict:
     # the device plan imports torch: only when asked
     from ..config_loading import load_config
     from ..errors import UserError
-    from ..models.device import (
-        current,
-        dtype_name,
-        generation_batching,
-        inference_dtype,
-        training_plan,
-    )
+    from ..models.device import current, dtype_name, generation_batching, inference_dtype, training_plan
 
     device = device or current()
     cfg = load_config(None)

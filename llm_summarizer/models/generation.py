@@ -744,8 +744,8 @@ def chunk_formatters(loaded: Loaded, max_new_tokens: int):
     length, _why = window_length(loaded, max_new_tokens)
     ev = cfg.eval
     key = (length, id(f), cfg.data.model_dump_json(), ev.merge_instruction, ev.refine_instruction, ev.chunk_strategy)
-    cached = getattr(loaded, "_chunk_formatters", None)
-    if cached is not None and cached[0] == key:  # a server's requests, a run's rounds: built once per settings
+    cached = loaded.chunk_formatters_cache
+    if cached is not None and cached[0] == key:
         return cached[1]
     formatter = f if length == f.max_seq_length else Formatter(loaded.tokenizer, cfg.data, length)
 
@@ -758,7 +758,7 @@ def chunk_formatters(loaded: Loaded, max_new_tokens: int):
     refine = None
     if cfg.eval.chunk_strategy == "refine":
         refine = with_instruction(cfg.eval.refine_instruction or REFINE_INSTRUCTION)
-    loaded._chunk_formatters = (key, (formatter, merge, refine))
+    loaded.chunk_formatters_cache = (key, (formatter, merge, refine))
     return formatter, merge, refine
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -280,6 +280,8 @@ class Loaded:
     info: ModelDir
     dtype: str
     quantized: Optional[str] = None  # "4bit" / "8bit" when the base was loaded quantized, or is stored so
+    # generation.chunk_formatters' (settings, formatters): built once per settings, not per request or round
+    chunk_formatters_cache: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     @contextlib.contextmanager
     def base_model(self):
